@@ -1,0 +1,1 @@
+"""farensectl: the thin Click front end of the farensed library."""

@@ -1,0 +1,82 @@
+"""Durable file writes: temp file -> fsync -> rename -> fsync dir. Nothing is ever deleted."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry so a rename inside it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temp file beside `path`, then make it appear atomically at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()  # our own half-written temp file, never user data
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes durably and atomically."""
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def dumps(obj: Any) -> bytes:
+    """Pretty JSON (orjson) with a trailing newline, readable by jq and people."""
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write a JSON document durably and atomically."""
+    atomic_write_bytes(path, dumps(obj))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON document written by this module."""
+    return orjson.loads(Path(path).read_bytes())
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line and fsync (append-only logs such as training_metrics.jsonl)."""
+    with open(path, "ab") as fh:
+        fh.write(line if line.endswith(b"\n") else line + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to `path.old-<timestamp>` (never delete what a user may want back)."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        n += 1
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target

@@ -1,0 +1,46 @@
+"""training_v2_results.png: loss, val_loss and gap curves with the best point marked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .atomic import atomic_write_with
+from .gap import BANDS
+
+PLOT_NAME = "training_v2_results.png"
+
+
+def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
+    """Draw the training curves of a metrics history to `path` (atomically)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("loss") is not None]
+    vals = [r for r in records if r.get("val_loss") is not None]
+    fig, (ax_loss, ax_gap) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss (treino)", alpha=0.6)
+    if vals:
+        ax_loss.plot([r["step"] for r in vals], [r["val_loss"] for r in vals], "o-", label="val_loss")
+        best = min(vals, key=lambda r: r["val_loss"])
+        ax_loss.plot([best["step"]], [best["val_loss"]], "*", markersize=18, color="gold",
+                     markeredgecolor="black", label=f"melhor (step {best['step']}: {best['val_loss']:.4f})")
+        ax_gap.plot([r["step"] for r in vals], [r["gap"] for r in vals], "o-", color="purple", label="gap")
+        for limit, name, _ in BANDS[:-1]:
+            ax_gap.axhline(limit, linestyle="--", linewidth=0.8, color="gray")
+            ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
+        ax_gap.axvline(best["step"], color="gold", linewidth=1)
+        ax_loss.axvline(best["step"], color="gold", linewidth=1)
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title(title or "Treino")
+    ax_loss.legend()
+    ax_gap.set_ylabel("gap = val_loss − loss")
+    ax_gap.set_xlabel("step")
+    ax_gap.legend()
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path

@@ -1,0 +1,272 @@
+"""The job spec: typed dataclasses with the seed's V2 defaults, and a validating loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .datacheck import check_data_file, check_model_dir
+from .errors import SpecError
+from .workspace import Workspace
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters: rank, alpha (scale = alpha / rank), dropout, number of last layers adapted."""
+
+    rank: int = 6
+    alpha: float = 16.0
+    dropout: float = 0.08
+    layers: int = 16
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass
+class DataConfig:
+    """JSONL files in one of mlx-lm's formats (chat messages, prompt/completion, text)."""
+
+    train: str
+    valid: str
+    test: str | None = None
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop after `patience` validations without an improvement larger than `min_delta`."""
+
+    patience: int = 5
+    min_delta: float = 0.001
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel training over several hosts with mlx.launch."""
+
+    hosts: list = field(default_factory=list)
+    backend: str = "ring"
+    hostfile: str | None = None
+
+
+@dataclass
+class JobSpec:
+    """One training job. Every key but `model` and `data` has the seed's V2 default."""
+
+    name: str
+    model: str
+    data: DataConfig
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    batch_size: int = 2
+    grad_accumulation: int = 4
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    max_seq_length: int = 2048
+    seed: int = 0
+    eval_every: int = 50
+    save_every: int = 200
+    keep_checkpoints: int = 3
+    early_stopping: EarlyStoppingConfig | None = field(default_factory=EarlyStoppingConfig)
+    evaluate: bool = True
+    val_samples: int | None = None
+    # queue keys
+    priority: int = 0
+    not_before: str | None = None
+    after: list = field(default_factory=list)
+    max_recoveries: int = 10
+    distributed: DistributedConfig | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resume_fingerprint(self) -> dict:
+        """The settings that, once changed, make resuming a run meaningless."""
+        return {
+            "model": self.model,
+            "lora": dataclasses.asdict(self.lora),
+            "batch_size": self.batch_size,
+            "grad_accumulation": self.grad_accumulation,
+            "learning_rate": self.learning_rate,
+            "max_seq_length": self.max_seq_length,
+            "seed": self.seed,
+            "val_samples": self.val_samples,
+            "world_size": len(self.distributed.hosts) if self.distributed else 1,
+        }
+
+
+SECTIONS = {
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "early_stopping": EarlyStoppingConfig,
+    "distributed": DistributedConfig,
+}
+
+# key -> (check, description); every number is range-checked here, in one place
+RANGES = {
+    "lora.rank": (lambda v: v >= 1, "≥ 1"),
+    "lora.alpha": (lambda v: v > 0, "> 0"),
+    "lora.dropout": (lambda v: 0 <= v < 1, "0 ≤ dropout < 1"),
+    "lora.layers": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todas)"),
+    "batch_size": (lambda v: v >= 1, "≥ 1"),
+    "grad_accumulation": (lambda v: v >= 1, "≥ 1"),
+    "learning_rate": (lambda v: 0 < v < 1, "0 < lr < 1"),
+    "epochs": (lambda v: v >= 1, "≥ 1"),
+    "max_seq_length": (lambda v: v >= 8, "≥ 8"),
+    "seed": (lambda v: 0 <= v < 2**32, "0 ≤ seed < 2^32"),
+    "eval_every": (lambda v: v >= 1, "≥ 1"),
+    "save_every": (lambda v: v >= 1, "≥ 1"),
+    "keep_checkpoints": (lambda v: v >= 1, "≥ 1"),
+    "early_stopping.patience": (lambda v: v >= 1, "≥ 1"),
+    "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
+    "val_samples": (lambda v: v >= 1, "≥ 1"),
+    "max_recoveries": (lambda v: v >= 0, "≥ 0"),
+}
+
+TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista"}
+
+
+def _base_type(annotation: str) -> type:
+    for name, typ in (("int", int), ("float", float), ("str", str), ("bool", bool), ("list", list)):
+        if annotation.split(" |")[0] == name:
+            return typ
+    raise AssertionError(annotation)
+
+
+def _check_type(value: Any, typ: type, where: str) -> Any:
+    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise SpecError(f"{where}: deve ser {TYPE_NAMES[typ]}, não {orjson.dumps(value).decode()}")
+    return value
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> SpecError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f" (quis dizer '{close[0]}'?)" if close else f" (chaves válidas: {', '.join(known)})"
+    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+
+
+def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
+    where = f"{label}: {prefix.rstrip('.')}" if prefix else label
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: deve ser um objeto JSON")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _unknown_key(key, list(fields), where)
+    kwargs = {}
+    for name, f in fields.items():
+        key = prefix + name
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in raw:
+            if required:
+                raise SpecError(f"{label}: falta a chave obrigatória '{key}'")
+            continue
+        value = raw[name]
+        if value is None and "None" in str(f.type):
+            kwargs[name] = None
+        elif name in SECTIONS and cls is not DataConfig:
+            if name == "early_stopping" and value is False:
+                kwargs[name] = None
+                continue
+            kwargs[name] = _build(SECTIONS[name], value, key + ".", label)
+        else:
+            value = _check_type(value, _base_type(str(f.type)), f"{label}: {key}")
+            if key in RANGES and not RANGES[key][0](value):
+                raise SpecError(f"{label}: {key} = {value} fora do intervalo ({RANGES[key][1]})")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_not_before(value: str, now: dt.datetime | None = None) -> dt.datetime:
+    """ISO time, or `HH:MM` meaning the next such local time."""
+    now = now or dt.datetime.now().astimezone()
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+    if m:
+        hour, minute = int(m.group(1)), int(m.group(2))
+        if hour > 23 or minute > 59:
+            raise ValueError(f"hora inválida '{value}'")
+        when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return when if when > now else when + dt.timedelta(days=1)
+    when = dt.datetime.fromisoformat(value.strip())
+    return when if when.tzinfo else when.astimezone()
+
+
+def _cross_checks(spec: JobSpec, label: str) -> None:
+    if not NAME_RE.match(spec.name):
+        raise SpecError(f"{label}: name '{spec.name}' deve usar só letras, dígitos, '.', '_' e '-'")
+    if spec.save_every % spec.grad_accumulation:
+        raise SpecError(
+            f"{label}: save_every = {spec.save_every} deve ser múltiplo de grad_accumulation "
+            f"({spec.grad_accumulation}): só se guarda no fim de uma atualização do otimizador"
+        )
+    if spec.not_before is not None:
+        try:
+            parse_not_before(spec.not_before)
+        except ValueError as exc:
+            raise SpecError(f"{label}: not_before '{spec.not_before}' não é hora ISO nem HH:MM ({exc})") from None
+    for i, dep in enumerate(spec.after):
+        if isinstance(dep, bool) or not isinstance(dep, int) or dep < 1:
+            raise SpecError(f"{label}: after[{i}] deve ser o id (inteiro ≥ 1) de um job")
+    if spec.distributed is not None:
+        d = spec.distributed
+        if not d.hosts and not d.hostfile:
+            raise SpecError(f"{label}: distributed precisa de 'hosts' ou 'hostfile'")
+        if d.backend not in ("ring", "mpi"):
+            raise SpecError(f"{label}: distributed.backend '{d.backend}' deve ser 'ring' ou 'mpi'")
+        if spec.batch_size % max(len(d.hosts), 1):
+            raise SpecError(f"{label}: batch_size deve ser múltiplo do número de hosts ({len(d.hosts)})")
+
+
+def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
+    """Build a JobSpec from a decoded JSON object; every problem is one SpecError line."""
+    spec = _build(JobSpec, raw, "", label)
+    _cross_checks(spec, label)
+    return spec
+
+
+def read_spec_file(path: Path) -> Any:
+    """Decode a spec file, reporting malformed JSON with its line and column."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: não foi possível ler ({exc.strerror})") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SpecError(f"{path}: JSON inválido na linha {exc.lineno}, coluna {exc.colno}: {exc.msg}") from None
+
+
+def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
+    """Check the model folder and data files exist and parse; return example counts."""
+    check_model_dir(ws.resolve(spec.model), f"{label}: model")
+    counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
+    counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
+    if spec.data.test:
+        counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
+    if counts["train"] < spec.batch_size:
+        raise SpecError(
+            f"{label}: data.train tem {counts['train']} exemplos, menos que batch_size ({spec.batch_size})"
+        )
+    return counts
+
+
+def load_spec(path: Path, ws: Workspace, check_files: bool = True) -> JobSpec:
+    """Load and fully validate a spec file before anything runs."""
+    label = str(path)
+    spec = parse_spec(read_spec_file(path), label)
+    if check_files:
+        check_inputs(spec, ws, label)
+    return spec
