@@ -15,21 +15,21 @@ def _format_of(record: dict, where: str) -> str:
     if "messages" in record:
         msgs = record["messages"]
         if not isinstance(msgs, list) or not msgs:
-            raise SpecError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+            raise SpecError(f"{where}: 'messages' deve ser uma lista não vazia de {{role, content}}")
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
                 m.get("content"), str
             ):
-                raise SpecError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
+                raise SpecError(f"{where}: messages[{i}] deve ser um objeto com 'role' e 'content' de texto")
         return "messages"
     if "prompt" in record or "completion" in record:
         for key in ("prompt", "completion"):
             if not isinstance(record.get(key), str):
-                raise SpecError(f"{where}: '{key}' must be a string (prompt/completion format)")
+                raise SpecError(f"{where}: '{key}' deve ser texto (formato prompt/completion)")
         return "prompt/completion"
     if "text" in record:
         if not isinstance(record["text"], str) or not record["text"]:
-            raise SpecError(f"{where}: 'text' must be a non-empty string")
+            raise SpecError(f"{where}: 'text' deve ser texto não vazio")
         return "text"
     keys = ", ".join(sorted(record)) or "nenhuma"
     raise SpecError(

@@ -1,0 +1,78 @@
+"""Shared fixtures: the tiny model built once per machine (cached on disk), a temp workspace per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from tests.helpers import TEST_SPEC, run_cli, write_spec
+
+CACHE = Path(os.environ.get("FARENSE_TEST_CACHE", Path(__file__).parent / ".cache"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own workspace root (as $FARENSE_HOME) and runs offline."""
+    home = tmp_path / "ws"
+    home.mkdir()
+    monkeypatch.setenv("FARENSE_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """models/tiny-mistral-4bit, built by the project itself once and reused across runs."""
+    from farensed.tinymodel import build_tiny_model, recipe_hash
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"tiny-mistral-4bit-{recipe_hash()}"
+    with FileLock(str(CACHE / "build.lock")):
+        build_tiny_model(target, log=lambda msg: print(msg, file=sys.stderr))
+    return target
+
+
+def make_workspace(root: Path, model: Path) -> Path:
+    """A workspace with the tiny model (linked, read-only use) and the demo data."""
+    from farensed.demo_data import write_demo_data
+
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    link = root / "models" / "tiny-mistral-4bit"
+    if not link.exists():
+        link.symlink_to(model, target_is_directory=True)
+    write_demo_data(root / "data" / "demo")
+    return root
+
+
+@pytest.fixture
+def workspace(isolated_home, tiny_model) -> Path:
+    return make_workspace(isolated_home, tiny_model)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, tiny_model) -> Path:
+    """TEST_SPEC trained once without interruption: what every resumed run must equal."""
+    root = make_workspace(tmp_path_factory.mktemp("reference"), tiny_model)
+    spec = write_spec(root, TEST_SPEC)
+    proc = run_cli(root, "run", str(spec))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return root
+
+
+@pytest.fixture
+def fresh_copy(tmp_path):
+    """Copy a folder tree (e.g. a finished run) into this test's temp dir."""
+
+    def copy(src: Path, name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst, symlinks=True)
+        return dst
+
+    return copy

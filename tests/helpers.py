@@ -1,0 +1,120 @@
+"""Helpers for tests that train the tiny model in real child processes."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+# A short V2-shaped job: 2 epochs x 40 steps, validation every 8 steps, checkpoints every 8.
+TEST_SPEC = {
+    "name": "t",
+    "model": "models/tiny-mistral-4bit",
+    "data": {"train": "data/demo/train.jsonl", "valid": "data/demo/valid.jsonl"},
+    "lora": {"rank": 4, "alpha": 16, "dropout": 0.08, "layers": 2},
+    "batch_size": 4,
+    "grad_accumulation": 2,
+    "learning_rate": 2e-3,
+    "epochs": 2,
+    "max_seq_length": 128,
+    "eval_every": 8,
+    "save_every": 8,
+    "keep_checkpoints": 2,
+    "early_stopping": {"patience": 5, "min_delta": 0.001},
+    "val_samples": 24,
+    "evaluate": False,
+}
+
+
+def spec_with(**changes) -> dict:
+    spec = copy.deepcopy(TEST_SPEC)
+    spec.update(changes)
+    return spec
+
+
+def write_spec(root: Path, spec: dict, name: str = "job.json") -> Path:
+    path = Path(root) / name
+    path.write_bytes(orjson.dumps(spec, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def cli_cmd(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", "--home", str(root), *args]
+
+
+def child_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_cmd(root, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=child_env(), timeout=timeout)
+
+
+def start_cli(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(cli_cmd(root, *args), stdout=out, stderr=subprocess.STDOUT, env=child_env())
+
+
+def metric_lines(run_dir: Path) -> int:
+    try:
+        return (run_dir / "training_metrics.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.02, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def kill_at_record(root: Path, spec_path: Path, records: int, sig=signal.SIGKILL, log: Path | None = None) -> int:
+    """Start a run, send `sig` once its metrics hold `records` lines; return its exit code."""
+    run_dir = root / "checkpoints_qlora" / "t"
+    proc = start_cli(root, "run", str(spec_path), log=log)
+    wait_for(lambda: metric_lines(run_dir) >= records, proc=proc)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout=120)
+
+
+def load_adapters(path: Path) -> dict:
+    import mlx.core as mx
+
+    return mx.load(str(path))
+
+
+def assert_same_adapters(a: Path, b: Path) -> None:
+    import mlx.core as mx
+
+    ta, tb = load_adapters(a), load_adapters(b)
+    assert sorted(ta) == sorted(tb) and ta
+    for key in ta:
+        assert mx.array_equal(ta[key], tb[key]).item(), f"tensor {key} differs"
+
+
+def deterministic_metrics(run_dir: Path) -> list[dict]:
+    from farensed.metrics import deterministic
+
+    return [deterministic(r) for r in orjson.loads((run_dir / "training_metrics.json").read_bytes())]
+
+
+def deterministic_summary(run_dir: Path) -> dict:
+    summary = orjson.loads((run_dir / "training_summary.json").read_bytes())
+    for key in ("elapsed_s", "tokens_per_second"):
+        summary.pop(key)
+    return summary
