@@ -324,6 +324,7 @@ class Trainer:
 
         record = {
             "step": progress.step,
+            "total_steps": self.total_steps,
             "epoch": epoch,
             "loss": progress.group_loss / progress.group_steps,
             "learning_rate": float(self.optimizer.learning_rate.item()),

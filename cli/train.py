@@ -1,0 +1,83 @@
+"""farensectl run / demo / plot / completion."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .app import cli, queue, workspace
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--fresh", is_flag=True, help="Start over; the old run folder is moved aside, never deleted.")
+def run(spec, fresh):
+    """Train SPEC in the foreground, no daemon (same engine, same files).
+
+    Re-running a spec whose training_state.json exists resumes it exactly.
+    Exit code 75 means: interrupted by a signal, resumable.
+
+    \b
+    Example:
+      farensectl run jobs/examples/v2.json
+    """
+    from farensed.runner import run_spec
+
+    sys.exit(run_spec(spec, workspace().root, fresh=fresh))
+
+
+@cli.command()
+@click.option("--prepare", is_flag=True, help="Only build the tiny model, the demo data and demo.json.")
+def demo(prepare):
+    """Build a tiny model and data, train jobs/examples/demo.json, show the gap analysis.
+
+    \b
+    Example:
+      farensectl demo --prepare && farensectl submit jobs/examples/demo.json
+    """
+    from farensed.demo import prepare as prepare_demo
+    from farensed.runner import configure_environment, run_spec
+
+    configure_environment()
+    ws = workspace()
+    spec_path = prepare_demo(ws, log=click.echo)
+    if not prepare:
+        sys.exit(run_spec(spec_path, ws.root, fresh=True))
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+def plot(job_id):
+    """(Re)draw a job's training_v2_results.png and print its path.
+
+    \b
+    Example:
+      farensectl plot 3
+    """
+    from farensed.errors import QueueError
+    from farensed.metrics import read_all
+    from farensed.plots import PLOT_NAME, plot_training
+
+    q = queue()
+    job = q.get(job_id)
+    run_dir = q.ws.run_dir(job.name)
+    records = read_all(run_dir)
+    if not records:
+        raise QueueError(f"job {job_id} ainda não tem métricas ({run_dir})")
+    click.echo(plot_training(records, run_dir / PLOT_NAME, title=f"{job.name} — loss, val_loss e gap"))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print a shell completion script (Click's own mechanism).
+
+    \b
+    Example:
+      eval "$(farensectl completion bash)"
+    """
+    from click.shell_completion import get_completion_class
+
+    comp = get_completion_class(shell)(cli, {}, "farensectl", "_FARENSECTL_COMPLETE")
+    click.echo(comp.source())

@@ -1,0 +1,38 @@
+"""The training child the daemon starts: runs one job's spec and records its exit code in exit.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from .atomic import atomic_write_json
+from .errors import FarenseError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farensed.child")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--job-dir", required=True)
+    args = parser.parse_args(argv)
+    job_dir = Path(args.job_dir)
+    code = 1
+    try:
+        from .runner import run_spec
+
+        code = run_spec(job_dir / "spec.json", args.home)
+    except FarenseError as exc:
+        print(f"Error: {exc}", flush=True)
+        code = exc.exit_code
+    except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
+        traceback.print_exc()
+        sys.stdout.flush()
+        code = 1
+    # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
+    atomic_write_json(job_dir / "exit.json", {"code": code})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
