@@ -193,12 +193,23 @@ class Queue:
     def submit(self, spec_path: Path, **overrides) -> Job:
         """Validate a spec fully, write it into the inbox atomically and make it a job; return the job."""
         spec_path = Path(spec_path)
-        load_spec(spec_path, self.ws)  # every error before anything is written
+        spec = load_spec(spec_path, self.ws)  # every error before anything is written
+        self._check_overrides(spec_path, spec, overrides)
         data = spec_path.read_bytes()
         name = f".submit-{os.getpid()}-{spec_path.name}"
         with self.lock:
             atomic_write_bytes(self.inbox / name, data)
             return self.ingest(self.inbox / name, overrides)
+
+    def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
+        if overrides.get("not_before"):
+            try:
+                parse_not_before(overrides["not_before"])
+            except ValueError as exc:
+                raise SpecError(f"{source}: not_before '{overrides['not_before']}' não é hora ISO nem HH:MM ({exc})") from None
+        for dep in overrides.get("after") or spec.after:
+            if not self.job_dir(dep).is_dir():
+                raise SpecError(f"{source}: after: job {dep} não existe")
 
     # ---- scheduling ------------------------------------------------------------------------------------
     def next_runnable(self, now: dt.datetime | None = None) -> Job | None:
