@@ -68,6 +68,33 @@ def plot(job_id):
     click.echo(plot_training(records, run_dir / PLOT_NAME, title=f"{job.name} — loss, val_loss e gap"))
 
 
+@cli.command(name="eval")
+@click.argument("job_id", type=int, required=False)
+@click.option("--one-by-one", is_flag=True, help="Generate one example at a time instead of batched.")
+@click.option("--json", "as_json", is_flag=True, help="Print the aggregates as JSON.")
+def eval_job(job_id, one_by_one, as_json):
+    """Evaluate a job's best adapters vs the base model: F1, exact match, perplexity.
+
+    Writes evaluation_report.json, evaluation_summary.csv and evaluation_*.png in the
+    job's run folder. A killed evaluation resumes where it stopped.
+
+    \b
+    Example:
+      farensectl eval 3
+    """
+    from farensed.runner import evaluate_spec
+    from farensed.spec import load_spec
+
+    q = queue()
+    job = q.resolve(job_id)
+    spec = load_spec(q.job_dir(job.id) / "spec.json", q.ws, check_files=False)
+    report = evaluate_spec(spec, q.ws, batched=not one_by_one)
+    if as_json:
+        from .app import print_json
+
+        print_json({k: report[k] for k in ("adapters", "base", "uplift")})
+
+
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell):

@@ -44,3 +44,30 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
+
+
+def plot_evaluation(report: dict, folder: Path) -> list[Path]:
+    """evaluation_f1.png (F1 distribution) and evaluation_loss.png (per-example loss), adapters vs base."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, name, label in (("f1", "evaluation_f1.png", "F1 por exemplo"),
+                             ("loss", "evaluation_loss.png", "loss da resposta por exemplo")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for tag, colour in (("base", "gray"), ("adapters", "tab:blue")):
+            values = [ex[tag][key] for ex in report["examples"]]
+            ax.hist(values, bins=20, alpha=0.6, color=colour,
+                    label=f"{tag} (média {sum(values) / len(values):.3f})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("exemplos")
+        ax.set_title(f"{report['config']['name']} — {label}")
+        ax.legend()
+        fig.tight_layout()
+        atomic_write_with(folder / name, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        plt.close(fig)
+        paths.append(folder / name)
+    return paths

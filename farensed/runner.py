@@ -24,4 +24,29 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     spec = load_spec(Path(spec_path), ws)
     from .trainer import Trainer  # imports mlx: only here, never in the daemon
 
-    return Trainer(spec, ws, fresh=fresh).run()
+    code = Trainer(spec, ws, fresh=fresh).run()
+    if code == 0:
+        if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
+            evaluate_spec(spec, ws)
+        print_final_analysis(ws.run_dir(spec.name))
+    return code
+
+
+def print_final_analysis(run_dir: Path) -> None:
+    """The seed's ANÁLISE FINAL DE OVERFITTING, last thing on the console."""
+    from . import console
+    from .gap import analyse, format_analysis
+    from .metrics import read_all
+
+    console.say(format_analysis(analyse(read_all(run_dir))))
+
+
+def evaluate_spec(spec, ws: Workspace, batched: bool = True) -> dict:
+    """Evaluate a job's best adapters against its base model (resumable)."""
+    configure_environment()
+    from . import console
+    from .evaluate import Evaluator
+
+    evaluator = Evaluator(spec, ws, batched=batched, log=console.say)
+    console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
+    return evaluator.run()

@@ -20,7 +20,7 @@ from . import EXIT_RESUMABLE, console
 from .atomic import atomic_write_json, atomic_write_with
 from .checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from .data import collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
-from .gap import analyse, band, format_analysis
+from .gap import analyse, band
 from .metrics import MetricsLog
 from .plots import PLOT_NAME, plot_training
 from .resume import find_start
@@ -349,7 +349,7 @@ class Trainer:
 
     # ---- the end ----------------------------------------------------------------------------------------
     def finish(self, stop_reason: str, already: bool = False) -> int:
-        """training_summary.json, the plot, output/<name>/ = best adapters, and the final analysis."""
+        """training_summary.json, the plot, output/<name>/ = best adapters (the runner prints the analysis)."""
         import shutil
 
         from .atomic import read_json
@@ -390,5 +390,4 @@ class Trainer:
         if best and not already:
             console.say(f"\nMelhor modelo: Época {best['epoch'] + 1}, Step {best['step']} (val_loss {best['val_loss']:.4f})")
         console.say(f"Adapters finais: {out.relative_to(self.ws.root)}")
-        console.say(format_analysis(analysis))
         return 0
