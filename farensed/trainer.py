@@ -96,6 +96,7 @@ class Trainer:
         self.model_path = ws.resolve(spec.model)
         self.fresh = fresh
         self.stop = StopRequest()
+        self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -214,6 +215,7 @@ class Trainer:
     def checkpoint(self, progress: Progress, stopper: EarlyStopping, metrics: MetricsLog, finished: bool) -> Path:
         from mlx.utils import tree_flatten
 
+        tic = time.perf_counter()
         epoch = min(progress.step - 1, self.total_steps - 1) // self.steps_per_epoch
         state = {
             "name": self.spec.name,
@@ -242,6 +244,7 @@ class Trainer:
         )
         write_run_state(self.run_dir, dict(state, checkpoint=path.name))
         prune(self.run_dir, self.spec.keep_checkpoints)
+        self.checkpoint_seconds.append(time.perf_counter() - tic)
         console.say(f"\n✓ Checkpoint guardado em: {path.relative_to(self.ws.root)}")
         return path
 
@@ -380,6 +383,9 @@ class Trainer:
             "elapsed_s": records[-1]["elapsed_s"] if records else 0.0,
         }
         summary["tokens_per_second"] = summary["trained_tokens"] / summary["elapsed_s"] if summary["elapsed_s"] else None
+        summary["step_s_mean"] = summary["elapsed_s"] / summary["steps_run"] if summary["steps_run"] else None
+        summary["checkpoint_s_mean"] = (sum(self.checkpoint_seconds) / len(self.checkpoint_seconds)
+                                        if self.checkpoint_seconds else None)
         atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
         plot_training(records, self.run_dir / PLOT_NAME, title=f"{self.spec.name} — loss, val_loss e gap")
         out = self.ws.output_dir(self.spec.name)

@@ -115,6 +115,6 @@ def deterministic_metrics(run_dir: Path) -> list[dict]:
 
 def deterministic_summary(run_dir: Path) -> dict:
     summary = orjson.loads((run_dir / "training_summary.json").read_bytes())
-    for key in ("elapsed_s", "tokens_per_second"):
-        summary.pop(key)
+    for key in ("elapsed_s", "tokens_per_second", "step_s_mean", "checkpoint_s_mean"):
+        summary.pop(key, None)
     return summary
