@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -62,7 +61,7 @@ def workspace(root: Path, model: Path) -> Path:
 BENCH_SPEC = {
     "name": "bench", "model": "models/tiny-mistral-4bit",
     "data": {"train": "data/demo/train.jsonl", "valid": "data/demo/valid.jsonl"},
-    "lora": {"rank": 6, "alpha": 16, "dropout": 0.08, "layers": 16},
+    "lora": {"rank": 6, "alpha": 16, "dropout": 0.08, "layers": 2},
     "batch_size": 4, "grad_accumulation": 2, "learning_rate": 2e-3, "epochs": 3, "max_seq_length": 128,
     "eval_every": 1000, "save_every": 200, "keep_checkpoints": 2, "early_stopping": None, "evaluate": False,
 }
@@ -84,26 +83,20 @@ def run_farense(root: Path, spec: dict) -> dict:
 
 
 def run_mlx_lm_lora(root: Path, spec: dict, iters: int) -> tuple[float, float]:
-    """`mlx_lm lora` on the same model, data, batch, sequence length and steps: (tokens/s, peak GB)."""
-    config = root / "lora.yaml"
-    config.write_text(
-        f"lora_parameters:\n  rank: {spec['lora']['rank']}\n  scale: {spec['lora']['alpha'] / spec['lora']['rank']}\n"
-        f"  dropout: {spec['lora']['dropout']}\n")
-    out = root / "mlx_lm_adapters"
-    shutil.rmtree(out, ignore_errors=True)
+    """mlx-lm's own LoRA trainer (what `mlx_lm lora` runs) on the same model, data, batch, length, steps."""
+    lora = spec["lora"]
     proc = subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "lora", "--model", str(root / "models/tiny-mistral-4bit"), "--train",
-         "--data", str(root / "data/demo"), "--batch-size", str(spec["batch_size"]), "--iters", str(iters),
-         "--max-seq-length", str(spec["max_seq_length"]), "--num-layers", str(spec["lora"]["layers"]),
-         "--learning-rate", str(spec["learning_rate"]), "--grad-accumulation-steps", str(spec["grad_accumulation"]),
-         "--steps-per-report", str(iters), "--steps-per-eval", str(10 * iters), "--val-batches", "1",
-         "--mask-prompt", "--adapter-path", str(out), "-c", str(config)],
+        [sys.executable, "-m", "bench.mlx_lm_anchor", "--model", str(root / "models/tiny-mistral-4bit"),
+         "--data", str(root / "data/demo"), "--batch_size", str(spec["batch_size"]), "--iters", str(iters),
+         "--max_seq_length", str(spec["max_seq_length"]), "--layers", str(lora["layers"]), "--rank", str(lora["rank"]),
+         "--scale", str(lora["alpha"] / lora["rank"]), "--dropout", str(lora["dropout"]),
+         "--learning_rate", str(spec["learning_rate"]), "--grad_accumulation", str(spec["grad_accumulation"]),
+         "--seed", "0"],
         capture_output=True, text=True, env=env(), cwd=root)
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
-    tps = float(re.findall(r"Tokens/sec ([\d.]+)", proc.stdout)[-1])
-    peak = float(re.findall(r"Peak mem ([\d.]+) GB", proc.stdout)[-1])
-    return tps, peak
+    result = orjson.loads(proc.stdout.strip().splitlines()[-1])
+    return result["tokens_per_second"], result["peak_memory_gb"]
 
 
 def training_throughput(root: Path, repeats: int) -> list[Figure]:

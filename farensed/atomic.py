@@ -60,11 +60,17 @@ def read_json(path: Path) -> Any:
     return orjson.loads(Path(path).read_bytes())
 
 
-def append_line(path: Path, line: bytes) -> None:
-    """Append one line and fsync (append-only logs such as training_metrics.jsonl)."""
+def append_line(path: Path, line: bytes, sync: bool = True) -> None:
+    """Append one line (and fsync unless the caller syncs at its own durable points)."""
     with open(path, "ab") as fh:
         fh.write(line if line.endswith(b"\n") else line + b"\n")
         fh.flush()
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from .atomic import atomic_write_json, dumps, fsync_dir, move_aside, read_json
+from .atomic import atomic_write_json, dumps, fsync_dir, fsync_file, move_aside, read_json
 
 STATE_NAME = "training_state.json"
 CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)_step(\d+)$")
@@ -39,18 +39,13 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
 def save_safetensors(path: Path, arrays: dict) -> None:
     """mx.save_safetensors to exactly `path` (it appends .safetensors to names lacking it)."""
     import mlx.core as mx
 
     assert path.suffix == ".safetensors", path
     mx.save_safetensors(str(path), arrays)
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def write_checkpoint(run_dir: Path, name: str, tensors: dict[str, dict], json_files: dict[str, object],
@@ -67,10 +62,10 @@ def write_checkpoint(run_dir: Path, name: str, tensors: dict[str, dict], json_fi
         files[fname] = sha256(tmp / fname)
     for fname, obj in json_files.items():
         (tmp / fname).write_bytes(dumps(obj))
-        _fsync_file(tmp / fname)
+        fsync_file(tmp / fname)
         files[fname] = sha256(tmp / fname)
     (tmp / STATE_NAME).write_bytes(dumps(dict(state, format=FORMAT, files=files)))
-    _fsync_file(tmp / STATE_NAME)
+    fsync_file(tmp / STATE_NAME)
     fsync_dir(tmp)
     if final.exists():
         # The same step written again (a run resumed from an older checkpoint after this one was found

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .errors import QueueError
 from .keepawake import keep_awake, notify, release
 from .procs import create_time, process_alive, signal_group
 from .queue import EXIT_FILE, Job, JobStatus, Queue, now_iso
+from .wake import Waker
 from .workspace import Workspace
 
 PID_FILE = "daemon.pid"
@@ -77,7 +77,7 @@ class Daemon:
         self.singleton = FileLock(str(ws.jobs / ".daemon.lock"))
         self.current: Running | None = None
         self.stopping = False
-        self.wake = threading.Event()
+        self.waker: Waker | None = None
         self._log = log or (lambda msg: print(msg, flush=True))
 
     def log(self, msg: str) -> None:
@@ -192,7 +192,8 @@ class Daemon:
     # ---- the loop --------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
-        self.wake.set()
+        if self.waker is not None:
+            self.waker.set()
 
     def _watch(self):
         from watchdog.events import FileSystemEventHandler
@@ -202,7 +203,7 @@ class Daemon:
 
         class Inbox(FileSystemEventHandler):
             def on_any_event(self, event):
-                daemon.wake.set()
+                daemon.waker.set()
 
         observer = Observer()
         observer.schedule(Inbox(), str(self.queue.inbox), recursive=False)
@@ -213,16 +214,16 @@ class Daemon:
     def work(self, burst: bool = False) -> int:
         """Run until SIGTERM/SIGINT (or, with burst, until nothing is left to run); return the exit code."""
         self.acquire()
+        self.waker = Waker(self.ws.jobs)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.log(f"farensed a vigiar {self.queue.inbox} (pid {os.getpid()})")
         observer = self._watch()
         try:
             self.recover()
-            last_scan = 0.0
+            last_scan, woken = 0.0, True
             while not self.stopping:
-                if self.wake.is_set() or time.monotonic() - last_scan >= self.rescan_interval:
-                    self.wake.clear()
+                if woken or time.monotonic() - last_scan >= self.rescan_interval:
                     last_scan = time.monotonic()
                     for job in self.queue.ingest_inbox():
                         self.log(f"job {job.id} ({job.name}) recebido de jobs/pending/{job.source}")
@@ -233,11 +234,12 @@ class Daemon:
                     self.start(job)
                 if burst and self.current is None and not self._waiting():
                     break
-                self.wake.wait(self.poll_interval)
+                woken = self.waker.wait(self.poll_interval)
             if self.stopping:
                 self.shutdown()
         finally:
             observer.stop()
+            self.waker.close()
             self.singleton.release()
         return 0
 

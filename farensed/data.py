@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-PAD_TO = 32
+PAD_TO = 8
 
 
 def file_digest(path: Path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from .atomic import append_line, atomic_write_bytes, atomic_write_json
+from .atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
 
 JSON_NAME, JSONL_NAME, CSV_NAME = "training_metrics.json", "training_metrics.jsonl", "training_metrics.csv"
 CSV_COLUMNS = [
@@ -43,11 +43,14 @@ class MetricsLog:
 
     def append(self, record: dict, force_flush: bool = False) -> None:
         self.records.append(record)
-        append_line(self.folder / JSONL_NAME, orjson.dumps(record))
+        # No fsync per record: the durable points are flush() and the checkpoints, which hold the history.
+        append_line(self.folder / JSONL_NAME, orjson.dumps(record), sync=False)
         if force_flush or time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
+        if (self.folder / JSONL_NAME).exists():
+            fsync_file(self.folder / JSONL_NAME)
         atomic_write_json(self.folder / JSON_NAME, self.records)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")

@@ -199,7 +199,11 @@ class Queue:
         name = f".submit-{os.getpid()}-{spec_path.name}"
         with self.lock:
             atomic_write_bytes(self.inbox / name, data)
-            return self.ingest(self.inbox / name, overrides)
+            job = self.ingest(self.inbox / name, overrides)
+        from .wake import nudge
+
+        nudge(self.root)  # an idle daemon starts it now, not at its next poll
+        return job
 
     def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
         if overrides.get("not_before"):
@@ -253,8 +257,12 @@ class Queue:
             job = self.get(job_id)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise QueueError(f"job {job_id} está {job.state}: só jobs failed ou cancelled podem ser repetidos")
-            return self.update(job_id, state=JobStatus.PENDING.value, error=None, exit_code=None, ended_at=None,
-                               cancel_requested=False, held=None)
+            job = self.update(job_id, state=JobStatus.PENDING.value, error=None, exit_code=None, ended_at=None,
+                              cancel_requested=False, held=None)
+        from .wake import nudge
+
+        nudge(self.root)
+        return job
 
     def log_path(self, job_id: int) -> Path:
         return self.job_dir(job_id) / LOG_FILE

@@ -129,8 +129,13 @@ class Trainer:
             spec.batch_size, drop_last=False,
         )
         self.steps_per_epoch = len(self.train_batches)
+        # Batches are fixed (only their order changes per epoch): pad and convert each once.
+        self.train_arrays = [collate(self.train_set, b, spec.max_seq_length) for b in self.train_batches]
         self.total_steps = self.steps_per_epoch * spec.epochs
 
+        if spec.lora.layers > len(self.model.layers):
+            console.say(f"ℹ  lora.layers = {spec.lora.layers} > {len(self.model.layers)} camadas do modelo: "
+                        "todas são adaptadas")
         mx.random.seed(spec.seed)  # LoRA's initial weights
         self.model.freeze()
         linear_to_lora_layers(
@@ -281,7 +286,7 @@ class Trainer:
                 mx.random.seed(step_seed(spec.seed, progress.step))
                 in_group = index % spec.grad_accumulation + 1
                 boundary = in_group == spec.grad_accumulation or index + 1 == self.steps_per_epoch
-                batch, lengths = collate(self.train_set, self.train_batches[order[index]], spec.max_seq_length)
+                batch, lengths = self.train_arrays[order[index]]
                 loss, toks, grad = micro_step(batch, lengths, grad, boundary, in_group)
                 mx.eval(self.state, loss, toks, grad)
                 progress.step += 1

@@ -1,0 +1,67 @@
+"""Waking the daemon at once: a datagram on jobs/.wake.sock (watchdog's inotify buffer adds ~0.5 s)."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+from pathlib import Path
+
+SOCKET_NAME = ".wake.sock"
+
+
+def nudge(jobs: Path) -> None:
+    """Tell a listening daemon that the queue changed (nothing happens if none listens)."""
+    path = str(Path(jobs) / SOCKET_NAME)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"1", path)
+    except OSError:
+        pass
+
+
+class Waker:
+    """wait(timeout) returns early when nudged; falls back to a thread event where sockets cannot bind."""
+
+    def __init__(self, jobs: Path):
+        self.path = Path(jobs) / SOCKET_NAME
+        self.event = threading.Event()
+        self.sock = None
+        try:
+            if self.path.is_socket():
+                self.path.unlink()  # a stale socket of a dead daemon (we hold the queue's daemon lock)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(self.path))
+            sock.setblocking(False)
+            self.sock = sock
+        except OSError:  # e.g. a path longer than AF_UNIX allows: watchdog and polling still work
+            self.sock = None
+
+    def set(self) -> None:
+        self.event.set()
+        if self.sock is not None:
+            nudge(self.path.parent)
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken (by a nudge or set()) before the timeout."""
+        if self.sock is None:
+            woken = self.event.wait(timeout)
+        else:
+            ready, _, _ = select.select([self.sock], [], [], 0 if self.event.is_set() else timeout)
+            woken = bool(ready) or self.event.is_set()
+            while ready:
+                try:
+                    self.sock.recv(64)
+                except BlockingIOError:
+                    break
+        self.event.clear()
+        return woken
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
