@@ -19,8 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     job_dir = Path(args.job_dir)
     code = 1
     try:
-        from .runner import run_spec
+        from .runner import run_distributed, run_spec
+        from .spec import load_spec
+        from .workspace import Workspace
 
+        ws = Workspace.at(args.home)
+        spec = load_spec(job_dir / "spec.json", ws)
+        if spec.distributed:
+            # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
+            run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / "exit.json")
+            return 0
         code = run_spec(job_dir / "spec.json", args.home)
     except FarenseError as exc:
         print(f"Error: {exc}", flush=True)

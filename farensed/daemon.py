@@ -160,8 +160,10 @@ class Daemon:
             return
         release(run.awake)
         code = self.queue.read_exit(run.job_id)
-        if code is None and rc is not None and rc >= 0:
-            code = rc  # exited on its own without exit.json (e.g. could not start Python)
+        if code is None and rc is not None and rc > 0:
+            code = rc  # failed on its own without exit.json (e.g. could not start Python)
+        if code is None:
+            signal_group(run.pid, signal.SIGKILL)  # ranks orphaned by a killed launcher must not train on
         self.current = None
         self.settle(run.job_id, code)
 

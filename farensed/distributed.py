@@ -94,7 +94,9 @@ def run_launcher(cmd: list[str]) -> int:
     """Run mlx.launch with SIGTERM/SIGINT ignored (they are for the ranks, which checkpoint first)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
+    # A pipe nobody writes: mlx.launch selects on its stdin, and /dev/null (always readable) makes it spin.
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    return proc.wait()
 
 
 def read_exit(exit_file: Path) -> int | None:
@@ -131,7 +133,8 @@ class World:
 
         if self.size == 1:
             return arrays
-        out = {k: self.all_sum(v if self.is_main else mx.zeros_like(v)) for k, v in arrays.items()}
+        # Sorted keys: every rank must run the same collectives in the same order.
+        out = {k: self.all_sum(arrays[k] if self.is_main else mx.zeros_like(arrays[k])) for k in sorted(arrays)}
         mx.eval(out)
         return out
 

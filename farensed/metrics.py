@@ -29,26 +29,35 @@ def deterministic(record: dict) -> dict:
 class MetricsLog:
     """All metrics records of one run, mirrored to disk; the .json and .csv are rewritten atomically."""
 
-    def __init__(self, folder: Path, records: list[dict] | None = None, flush_every_s: float = 2.0):
+    def __init__(self, folder: Path, records: list[dict] | None = None, flush_every_s: float = 2.0,
+                 write: bool = True):
         self.folder = Path(folder)
+        self.write = write  # False on the ranks of a distributed job other than 0
         self.records: list[dict] = list(records or [])
         self.flush_every_s = flush_every_s
         self._last_flush = 0.0
 
     def reset_files(self) -> None:
         """Make the files hold exactly `records` (used on start and on resume from a checkpoint)."""
+        if not self.write:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
         body = b"".join(orjson.dumps(r) + b"\n" for r in self.records)
         atomic_write_bytes(self.folder / JSONL_NAME, body)
         self.flush()
 
     def append(self, record: dict, force_flush: bool = False) -> None:
         self.records.append(record)
+        if not self.write:
+            return
         # No fsync per record: the durable points are flush() and the checkpoints, which hold the history.
         append_line(self.folder / JSONL_NAME, orjson.dumps(record), sync=False)
         if force_flush or time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
+        if not self.write:
+            return
         if (self.folder / JSONL_NAME).exists():
             fsync_file(self.folder / JSONL_NAME)
         atomic_write_json(self.folder / JSON_NAME, self.records)

@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from .errors import QueueError, SpecError
+from .distributed import world_size
 from .spec import load_spec, parse_not_before
 from .workspace import Workspace
 
@@ -135,7 +136,7 @@ class Queue:
         job_id = self._next_id()
         job = Job(id=job_id, name=spec.name, priority=spec.priority, after=list(spec.after),
                   max_recoveries=spec.max_recoveries, source=source,
-                  world_size=len(spec.distributed.hosts) if spec.distributed else 1)
+                  world_size=world_size(spec, self.ws))
         not_before = overrides.get("not_before") or spec.not_before
         for key, value in overrides.items():
             if value is not None and key != "not_before":

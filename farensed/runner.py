@@ -22,13 +22,42 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     configure_environment()
     ws = Workspace.at(home)
     spec = load_spec(Path(spec_path), ws)
+    from .distributed import in_rank
+
+    if spec.distributed and not in_rank():
+        return run_distributed(spec, ws, Path(spec_path), fresh)
     from .trainer import Trainer  # imports mlx: only here, never in the daemon
 
     code = Trainer(spec, ws, fresh=fresh).run()
-    if code == 0:
+    if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
             evaluate_spec(spec, ws)
         print_final_analysis(ws.run_dir(spec.name))
+    return code
+
+
+def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file: Path | None = None) -> int:
+    """Run every rank through mlx.launch; the result is rank 0's exit code (75 when a peer was lost)."""
+    from . import EXIT_RESUMABLE, console
+    from .atomic import move_aside
+    from .distributed import check_hosts, hosts_of, launch_command, read_exit, run_launcher
+
+    check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
+    run_dir = ws.run_dir(spec.name)
+    if fresh and run_dir.exists():
+        console.say(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}")
+    own = exit_file is None
+    exit_file = exit_file or ws.root / "checkpoints_qlora" / f".{spec.name}.exit-{os.getpid()}.json"
+    exit_file.parent.mkdir(parents=True, exist_ok=True)
+    exit_file.unlink(missing_ok=True)
+    console.say(f"mlx.launch: {len(hosts_of(spec, ws))} ranks ({spec.distributed.backend})")
+    run_launcher(launch_command(spec, ws, spec_path.resolve(), exit_file))
+    code = read_exit(exit_file)
+    if own:
+        exit_file.unlink(missing_ok=True)
+    if code is None:
+        console.say("⚠  Um rank perdeu-se antes do fim; retoma do último checkpoint com o mesmo comando.")
+        return EXIT_RESUMABLE
     return code
 
 

@@ -100,7 +100,6 @@ class JobSpec:
             "max_seq_length": self.max_seq_length,
             "seed": self.seed,
             "val_samples": self.val_samples,
-            "world_size": len(self.distributed.hosts) if self.distributed else 1,
         }
 
 

@@ -20,20 +20,19 @@ from . import EXIT_RESUMABLE, console
 from .atomic import atomic_write_json, atomic_write_with
 from .checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from .data import collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
-from .gap import analyse, band
+from .gap import band
 from .metrics import MetricsLog
-from .plots import PLOT_NAME, plot_training
 from .resume import find_start
 from .spec import JobSpec
 from .stopping import EarlyStopping
+from .summary import finish_run
 from .workspace import Workspace
 
-SUMMARY_NAME = "training_summary.json"
 
-
-def step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int, rank: int | None = None) -> int:
     """The RNG seed of one micro-step (dropout masks), independent of how the run was interrupted."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+    entropy = [seed, step] if rank is None else [seed, step, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class StopRequest:
@@ -97,6 +96,7 @@ class Trainer:
         self.fresh = fresh
         self.stop = StopRequest()
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
+        self.world = None  # set in run(): this rank's place in a distributed job (size 1 otherwise)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -130,7 +130,10 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.train_batches)
         # Batches are fixed (only their order changes per epoch): pad and convert each once.
-        self.train_arrays = [collate(self.train_set, b, spec.max_seq_length) for b in self.train_batches]
+        # Distributed: each rank takes its rows of every global batch and its share of the validation batches.
+        rank, size = self.world.rank, self.world.size
+        self.train_arrays = [collate(self.train_set, b[rank::size], spec.max_seq_length) for b in self.train_batches]
+        self.valid_batches = [b for i, b in enumerate(self.valid_batches) if i % size == rank]
         self.total_steps = self.steps_per_epoch * spec.epochs
 
         if spec.lora.layers > len(self.model.layers):
@@ -154,21 +157,36 @@ class Trainer:
         progress, records = Progress(), []
         if start.resuming:
             path, state = start.checkpoint.path, start.state
-            adapters = mx.load(str(path / "adapters.safetensors"))
+            adapters, optimizer_state = self._checkpoint_tensors(path)
             self.model.load_weights(list(adapters.items()), strict=False)
-            self.optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+            self.optimizer.state = tree_unflatten(list(optimizer_state.items()))
             mx.eval(self.model.parameters(), self.optimizer.state)
             progress = Progress(**state["progress"])
             stopper = EarlyStopping.from_dict(state["early_stopping"])
             from .atomic import read_json
 
-            records = read_json(path / "training_metrics.json")
+            records = read_json(path / "training_metrics.json") if self.world.is_main else []
             console.say(f"\n↻ A retomar de {path.name} (step {progress.step}/{self.total_steps})")
         self.optimizer.init(self.model.trainable_parameters())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.run_dir, records)
+        metrics = MetricsLog(self.run_dir, records, write=self.world.is_main)
         metrics.reset_files()
         return progress, stopper, metrics
+
+    def _checkpoint_tensors(self, path: Path) -> tuple[dict, dict]:
+        """Adapters and optimizer state of a checkpoint; rank 0 reads them and broadcasts them."""
+        import mlx.core as mx
+        import mlx.optimizers as optim
+        from mlx.utils import tree_flatten
+
+        if self.world.is_main:
+            adapters = mx.load(str(path / "adapters.safetensors"))
+            optimizer_state = mx.load(str(path / "optimizer.safetensors"))
+        else:  # tensors of the right shapes, to receive rank 0's (other hosts have no checkpoint files)
+            adapters = self._adapter_weights()
+            scratch = optim.Adam(learning_rate=self.spec.learning_rate)
+            scratch.init(self.model.trainable_parameters())
+            optimizer_state = dict(tree_flatten(scratch.state))
+        return self.world.broadcast_arrays(adapters), self.world.broadcast_arrays(optimizer_state)
 
     def _compile_step(self):
         """The compiled micro-step, built after every piece of state has been restored."""
@@ -204,12 +222,13 @@ class Trainer:
         from mlx_lm.tuner.trainer import default_loss
 
         self.model.eval()
-        total, ntoks = mx.array(0.0), mx.array(0)
+        total, ntoks = mx.array(0.0), mx.array(0.0)
         for indices in self.valid_batches:
             loss, toks = default_loss(self.model, *collate(self.valid_set, indices, self.spec.max_seq_length))
             total, ntoks = total + loss * toks, ntoks + toks
             mx.eval(total, ntoks)
         self.model.train()
+        total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))  # averaged over ranks, token-weighted
         return (total / ntoks).item()
 
     def _adapter_weights(self) -> dict:
@@ -217,9 +236,12 @@ class Trainer:
 
         return dict(tree_flatten(self.model.trainable_parameters()))
 
-    def checkpoint(self, progress: Progress, stopper: EarlyStopping, metrics: MetricsLog, finished: bool) -> Path:
+    def checkpoint(self, progress: Progress, stopper: EarlyStopping, metrics: MetricsLog, finished: bool) -> None:
+        """Rank 0 writes checkpoint_epoch<E>_step<S>/ and the run's training_state.json."""
         from mlx.utils import tree_flatten
 
+        if not self.world.is_main:
+            return
         tic = time.perf_counter()
         epoch = min(progress.step - 1, self.total_steps - 1) // self.steps_per_epoch
         state = {
@@ -233,7 +255,7 @@ class Trainer:
             "rng": {"scheme": "seed-per-micro-step", "data_order": "numpy default_rng([seed, epoch])"},
             "progress": progress.__dict__,
             "early_stopping": stopper.to_dict(),
-            "fingerprint": self.spec.resume_fingerprint(),
+            "fingerprint": self._fingerprint(),
             "data": self.data_digests,
             "metrics_records": len(metrics.records),
             "finished": finished,
@@ -251,21 +273,25 @@ class Trainer:
         prune(self.run_dir, self.spec.keep_checkpoints)
         self.checkpoint_seconds.append(time.perf_counter() - tic)
         console.say(f"\n✓ Checkpoint guardado em: {path.relative_to(self.ws.root)}")
-        return path
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> int:
         import mlx.core as mx
 
+        from .distributed import World
+
         spec = self.spec
+        self.world = World()
         console.say(console.banner(spec))
         self._load()
-        start = find_start(self.run_dir, spec.resume_fingerprint(), self.data_digests, self.fresh, console.say)
+        start = self._start_point()
         if start.resuming and start.state.get("finished"):
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"], already=True)
         progress, stopper, metrics = self._restore(start)
-        atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
+        if self.world.is_main:
+            atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
+        rank = self.world.rank if self.world.size > 1 else None
         micro_step = self._compile_step()
         console.say(console.heading(f"INICIANDO TREINO - {spec.name}"))
 
@@ -283,14 +309,17 @@ class Trainer:
                        mininterval=0.5 if os.isatty(1) else 10, file=os.sys.stdout)
             for index in range(index, self.steps_per_epoch):
                 tic = time.perf_counter()
-                mx.random.seed(step_seed(spec.seed, progress.step))
+                mx.random.seed(step_seed(spec.seed, progress.step, rank))
                 in_group = index % spec.grad_accumulation + 1
                 boundary = in_group == spec.grad_accumulation or index + 1 == self.steps_per_epoch
                 batch, lengths = self.train_arrays[order[index]]
                 loss, toks, grad = micro_step(batch, lengths, grad, boundary, in_group)
+                if self.world.size > 1:  # the global batch's loss, token-weighted over ranks
+                    loss_sum, toks = self.world.all_sum(mx.stack([loss * toks, toks.astype(mx.float32)]))
+                    loss = loss_sum / toks
                 mx.eval(self.state, loss, toks, grad)
                 progress.step += 1
-                loss, toks = loss.item(), toks.item()
+                loss, toks = loss.item(), int(toks.item())
                 for attr in ("window", "group"):
                     setattr(progress, f"{attr}_loss", getattr(progress, f"{attr}_loss") + loss)
                     setattr(progress, f"{attr}_steps", getattr(progress, f"{attr}_steps") + 1)
@@ -310,13 +339,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if stopper.stopped:
                     progress.stop_reason = "early_stopping"
+                stop_now = boundary and self.world.any(self.stop.signum is not None)  # all ranks agree
                 if progress.stop_reason or boundary and (
-                    progress.step % spec.save_every == 0 or index + 1 == self.steps_per_epoch
-                    or self.stop.signum is not None
+                    progress.step % spec.save_every == 0 or index + 1 == self.steps_per_epoch or stop_now
                 ):
                     finished = progress.stop_reason is not None or progress.step == self.total_steps
                     self.checkpoint(progress, stopper, metrics, finished)
-                    if self.stop.signum is not None and not finished:
+                    if stop_now and not finished:
                         bar.close()
                         console.say(f"\n⏸  Interrompido (sinal {self.stop.signum}); retoma com o mesmo comando.")
                         return EXIT_RESUMABLE
@@ -326,6 +355,34 @@ class Trainer:
         if progress.stop_reason == "early_stopping":
             console.say(console.early_stop_block(stopper))
         return self.finish(progress.stop_reason or "completed")
+
+    def _fingerprint(self) -> dict:
+        """What must not change for a resume to mean anything (the world size included)."""
+        return dict(self.spec.resume_fingerprint(), world_size=self.world.size)
+
+    def _start_point(self):
+        """Rank 0 decides fresh / resume / refuse from its disk; every rank gets the same answer."""
+        from .checkpoint import Checkpoint
+        from .errors import ResumeError
+        from .resume import StartPoint
+
+        decision = None
+        if self.world.is_main:
+            try:
+                start = find_start(self.run_dir, self._fingerprint(), self.data_digests, self.fresh, console.say)
+            except ResumeError as exc:
+                self.world.broadcast_json({"error": str(exc)})
+                raise
+            if self.world.size == 1:
+                return start
+            decision = {"state": start.state, "checkpoint": start.checkpoint.path.name if start.resuming else None}
+        decision = self.world.broadcast_json(decision)
+        if "error" in decision:
+            raise ResumeError(decision["error"])
+        if not self.world.is_main:
+            ckpt = decision["checkpoint"]
+            return StartPoint(Checkpoint(self.run_dir / ckpt, 0, 0) if ckpt else None, decision["state"])
+        return start
 
     def _record(self, progress: Progress, epoch: int, tokens: int, seconds: float) -> dict:
         import mlx.core as mx
@@ -351,54 +408,14 @@ class Trainer:
         progress.window_loss, progress.window_steps = 0.0, 0
         record.update(val_loss=val_loss, train_loss=train_loss, gap=gap, band=band(gap))
         improved = stopper.update(val_loss, progress.step, epoch)
-        if improved:
+        if improved and self.world.is_main:
             save_adapters(self.run_dir / "adapters", self._adapter_weights(), adapter_config(self.spec, self.model_path))
         console.say(console.validation_block(progress.step, val_loss, gap, record["band"], improved, stopper))
 
     # ---- the end ----------------------------------------------------------------------------------------
     def finish(self, stop_reason: str, already: bool = False) -> int:
-        """training_summary.json, the plot, output/<name>/ = best adapters (the runner prints the analysis)."""
-        import shutil
-
-        from .atomic import read_json
-
-        records = read_json(self.run_dir / "training_metrics.json")
-        analysis = analyse(records)
-        vals = analysis["validations"]
-        best = min(vals, key=lambda r: r["val_loss"]) if vals else None
-        train = [r for r in records if r.get("loss") is not None]
-        summary = {
-            "name": self.spec.name,
-            "status": analysis["status"],
-            "gap_mean": analysis["gap_mean"],
-            "gap_max": analysis["gap_max"],
-            "gap_min": analysis["gap_min"],
-            "best_step": best["step"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "best_val_loss": best["val_loss"] if best else None,
-            "first_val_loss": vals[0]["val_loss"] if vals else None,
-            "final_val_loss": vals[-1]["val_loss"] if vals else None,
-            "final_loss": train[-1]["loss"] if train else None,
-            "stop_reason": stop_reason,
-            "steps_run": records[-1]["step"] if records else 0,
-            "total_steps": self.total_steps,
-            "epochs_run": records[-1]["epoch"] + 1 if records else 0,
-            "validations": len(vals),
-            "trained_tokens": records[-1]["trained_tokens"] if records else 0,
-            "elapsed_s": records[-1]["elapsed_s"] if records else 0.0,
-        }
-        summary["tokens_per_second"] = summary["trained_tokens"] / summary["elapsed_s"] if summary["elapsed_s"] else None
-        summary["step_s_mean"] = summary["elapsed_s"] / summary["steps_run"] if summary["steps_run"] else None
-        summary["checkpoint_s_mean"] = (sum(self.checkpoint_seconds) / len(self.checkpoint_seconds)
-                                        if self.checkpoint_seconds else None)
-        atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
-        plot_training(records, self.run_dir / PLOT_NAME, title=f"{self.spec.name} — loss, val_loss e gap")
-        out = self.ws.output_dir(self.spec.name)
-        out.mkdir(parents=True, exist_ok=True)
-        for fname in ("adapters.safetensors", "adapter_config.json"):
-            src = self.run_dir / "adapters" / fname
-            atomic_write_with(out / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
-        if best and not already:
-            console.say(f"\nMelhor modelo: Época {best['epoch'] + 1}, Step {best['step']} (val_loss {best['val_loss']:.4f})")
-        console.say(f"Adapters finais: {out.relative_to(self.ws.root)}")
+        """Summary, plot and output/<name>/ (rank 0); the runner prints the final analysis."""
+        if self.world.is_main:
+            finish_run(self.ws, self.spec.name, self.run_dir, stop_reason, self.total_steps,
+                       self.checkpoint_seconds, announce_best=not already)
         return 0
