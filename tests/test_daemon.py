@@ -217,3 +217,28 @@ def test_daemon_start_status_stop_fallback_process(workspace):
     result = runner.invoke(cli, ["--home", str(workspace), "daemon", "stop"])
     assert result.exit_code == 0 and f"farensed parado (pid {status['pid']})" in result.output
     assert not process_alive(status["pid"], None)
+
+
+def test_memory_guard_checkpoint_stops_and_holds_the_job_until_memory_recovers(workspace):
+    import psutil as ps
+
+    from farensed.daemon import Daemon
+
+    job_id = submit(workspace, spec_with(epochs=2))
+    available = ps.virtual_memory().available / 2**20
+    daemon = Daemon(Workspace(workspace), min_available_mb=None, log=lambda msg: None)
+    daemon.start(queue(workspace).get(job_id))
+    wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 3, timeout=120)
+    daemon.min_available_mb = available * 100  # "memory is low"
+    assert daemon.guard_memory() is False
+    job = queue(workspace).get(job_id)
+    assert job.held.startswith("memória baixa")
+    daemon.current.popen.wait(timeout=120)
+    daemon.poll_current()
+    job = queue(workspace).get(job_id)
+    assert (job.state, job.exit_code, job.recoveries) == ("pending", 75, 0) and job.held
+    assert queue(workspace).next_runnable() is None  # held back
+    assert "memória baixa" in (workspace / "jobs" / str(job_id) / "log").read_text()
+    daemon.min_available_mb = 1  # memory is back
+    assert daemon.guard_memory() is True
+    assert queue(workspace).get(job_id).held is None and queue(workspace).next_runnable().id == job_id
