@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from . import EXIT_RESUMABLE, console
-from .atomic import atomic_write_json, atomic_write_with
+from .adapters import adapter_config, save_adapters
+from .atomic import atomic_write_json
 from .checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from .data import collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
 from .gap import band
@@ -59,31 +61,6 @@ class Progress:
     trained_tokens: int = 0
     elapsed_s: float = 0.0
     stop_reason: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def adapter_config(spec: JobSpec, model_path: Path) -> dict:
-    """mlx-lm's adapter_config.json, so `mlx_lm generate --adapter-path` loads the adapters."""
-    return {
-        "fine_tune_type": "lora",
-        "model": str(model_path),
-        "num_layers": spec.lora.layers,
-        "lora_parameters": {"rank": spec.lora.rank, "scale": spec.lora.scale, "dropout": spec.lora.dropout},
-        "farense": {"name": spec.name, "alpha": spec.lora.alpha},
-    }
-
-
-def save_adapters(folder: Path, weights: dict, config: dict) -> None:
-    """adapters.safetensors + adapter_config.json, each written atomically."""
-    import mlx.core as mx
-
-    def write(tmp: Path) -> None:
-        named = tmp.with_name(tmp.name + ".safetensors")  # mx appends the suffix otherwise
-        mx.save_safetensors(str(named), weights)
-        os.replace(named, tmp)
-
-    atomic_write_with(folder / "adapters.safetensors", write)
-    atomic_write_json(folder / "adapter_config.json", config)
 
 
 class Trainer:
@@ -306,7 +283,7 @@ class Trainer:
             first = False
             order = epoch_order(self.steps_per_epoch, spec.seed, epoch)
             bar = tqdm(total=self.steps_per_epoch, initial=index, desc="Treino", unit="batch",
-                       mininterval=0.5 if os.isatty(1) else 10, file=os.sys.stdout)
+                       mininterval=0.5 if os.isatty(1) else 10, file=sys.stdout)
             for index in range(index, self.steps_per_epoch):
                 tic = time.perf_counter()
                 mx.random.seed(step_seed(spec.seed, progress.step, rank))

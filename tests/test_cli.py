@@ -172,3 +172,13 @@ def test_submit_to_a_real_daemon_tail_follow_and_gap(workspace):
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
+
+
+def test_the_cli_does_not_import_mlx_outside_training_and_evaluation(done_ws):
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+            f"for args in (['list'], ['status', '1'], ['gap', '1'], ['tail', '1', '--no-follow'], ['compare', '1', '2']):\n"
+            f"    assert CliRunner().invoke(cli, ['--home', {str(done_ws)!r}, *args]).exit_code == 0, args\n"
+            "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MLX []" in proc.stdout
