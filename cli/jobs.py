@@ -52,9 +52,10 @@ def _follow(q, job, emit) -> int:
 @click.option("--priority", type=int, help="Higher runs first (overrides the spec's priority).")
 @click.option("--not-before", "not_before", help="Start no earlier than this ISO time or HH:MM (next such time).")
 @click.option("--after", type=int, multiple=True, help="Start only after job ID is done (repeatable).")
+@click.option("--fresh", is_flag=True, help="Start over: the run folder of the same name is moved aside.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end and exit with its code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-def submit(spec, priority, not_before, after, wait_, as_json):
+def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     """Validate SPEC fully and queue it; prints the job id.
 
     \b
@@ -64,7 +65,7 @@ def submit(spec, priority, not_before, after, wait_, as_json):
     from farensed.daemon import daemon_pid
 
     q = queue()
-    job = q.submit(spec, priority=priority, not_before=not_before, after=list(after) or None)
+    job = q.submit(spec, priority=priority, not_before=not_before, after=list(after) or None, fresh=fresh or None)
     if as_json:
         print_json({"id": job.id, "name": job.name, "state": job.state, "priority": job.priority,
                     "not_before": job.not_before, "after": job.after})

@@ -11,10 +11,23 @@ from .atomic import atomic_write_json
 from .errors import FarenseError
 
 
+FRESH_DONE = "fresh.done"
+
+
+def start_over(run_dir: Path, job_dir: Path) -> None:
+    """`submit --fresh`: move the old run folder aside once; later attempts of the job resume the new run."""
+    from .atomic import move_aside
+
+    if run_dir.exists():
+        print(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}", flush=True)
+    atomic_write_json(job_dir / FRESH_DONE, {"run_dir": str(run_dir)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farensed.child")
     parser.add_argument("--home", required=True)
     parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args(argv)
     job_dir = Path(args.job_dir)
     code = 1
@@ -25,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ws = Workspace.at(args.home)
         spec = load_spec(job_dir / "spec.json", ws)
+        if args.fresh:
+            start_over(ws.run_dir(spec.name), job_dir)
         if spec.distributed:
             # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
             run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / "exit.json")

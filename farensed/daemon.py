@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 
 from . import EXIT_RESUMABLE
 from .atomic import atomic_write_json, read_json
+from .child import FRESH_DONE
 from .errors import QueueError
 from .keepawake import keep_awake, notify, release
 from .procs import create_time, process_alive, signal_group
@@ -110,6 +111,7 @@ class Daemon:
         exit_file = job_dir / EXIT_FILE
         if exit_file.exists():
             os.replace(exit_file, job_dir / "exit.prev.json")
+        fresh = job.fresh and not (job_dir / FRESH_DONE).exists()  # until the child has started over
         job = self.queue.update(job.id, state=JobStatus.RUNNING.value, attempts=job.attempts + 1,
                                 started_at=now_iso(), ended_at=None, exit_code=None, error=None)
         log = open(self.queue.log_path(job.id), "ab")
@@ -117,7 +119,8 @@ class Daemon:
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "farensed.child", "--home", str(self.ws.root), "--job-dir", str(job_dir)],
+            [sys.executable, "-m", "farensed.child", "--home", str(self.ws.root), "--job-dir", str(job_dir)]
+            + (["--fresh"] if fresh else []),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.ws.root, env=env,
             start_new_session=True,  # own process group: survives the daemon, gets signals only from us
         )

@@ -67,6 +67,7 @@ class Job:
     error: str | None = None
     held: str | None = None  # why a pending job is held back (memory guard)
     cancel_requested: bool = False
+    fresh: bool = False  # first attempt starts over (old run folder moved aside); recoveries resume
 
     @property
     def status(self) -> JobStatus:

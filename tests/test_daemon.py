@@ -242,3 +242,29 @@ def test_memory_guard_checkpoint_stops_and_holds_the_job_until_memory_recovers(w
     daemon.min_available_mb = 1  # memory is back
     assert daemon.guard_memory() is True
     assert queue(workspace).get(job_id).held is None and queue(workspace).next_runnable().id == job_id
+
+
+def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace):
+    first = submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
+    assert run_burst(workspace).returncode == 0 and queue(workspace).get(first).state == "done"
+    changed = spec_with(epochs=2, lora=dict(TEST_SPEC["lora"], rank=8))
+    refused = submit(workspace, changed)
+    assert run_burst(workspace).returncode == 0
+    job = queue(workspace).get(refused)
+    assert job.state == "failed" and job.exit_code == 3 and "lora.rank: 4 → 8" in job.error and "--fresh" in job.error
+    fresh = submit(workspace, changed, fresh=True)
+    daemon = start_daemon(workspace)
+    try:
+        run_dir = workspace / "checkpoints_qlora/t"
+        moved = lambda: any(p.name.startswith("t.old-") for p in (workspace / "checkpoints_qlora").iterdir())  # noqa
+        wait_for(lambda: moved() and metric_lines(run_dir) >= 12, timeout=120)
+        os.kill(queue(workspace).get(fresh).pid, signal.SIGKILL)  # the recovery must resume, not start over again
+        wait_for(lambda: queue(workspace).get(fresh).state in ("done", "failed"), timeout=300)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    job = queue(workspace).get(fresh)
+    assert (job.state, job.attempts, job.recoveries) == ("done", 2, 1)
+    log = (workspace / "jobs" / str(fresh) / "log").read_text()
+    assert log.count("--fresh: a pasta anterior foi guardada") == 1 and "A retomar de checkpoint_epoch" in log
+    assert len([p for p in (workspace / "checkpoints_qlora").iterdir() if p.name.startswith("t.old-")]) == 1
