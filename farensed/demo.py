@@ -42,7 +42,7 @@ def prepare(ws: Workspace, log=print) -> Path:
     spec_path = ws.resolve(SPEC_PATH)
     try:
         current = read_json(spec_path)
-    except Exception:
+    except (OSError, ValueError):  # missing or not JSON: rewrite it
         current = None
     if current != DEMO_SPEC:
         atomic_write_json(spec_path, DEMO_SPEC)

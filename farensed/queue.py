@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,8 +185,6 @@ class Queue:
 
     def ingest_inbox(self) -> list[Job]:
         """Every spec file waiting in jobs/pending/, oldest first."""
-        import time
-
         settled = time.time() - 0.3  # a file copied in by hand may still be being written
         files = sorted((p for p in self.inbox.iterdir()
                         if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime < settled),

@@ -21,7 +21,7 @@ from . import EXIT_RESUMABLE, console
 from .adapters import adapter_config, save_adapters
 from .atomic import atomic_write_json
 from .checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
-from .data import collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
+from .data import TokenizedSet, collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
 from .gap import band
 from .metrics import MetricsLog
 from .resume import find_start
@@ -99,19 +99,7 @@ class Trainer:
         truncated = self.train_set.truncated + self.valid_set.truncated
         if truncated:
             console.say(f"⚠  {truncated} exemplos mais longos que max_seq_length={spec.max_seq_length} foram truncados")
-        self.train_batches = length_sorted_batches(self.train_set, spec.batch_size, drop_last=True)
-        n_valid = len(self.valid_set) if spec.val_samples is None else min(spec.val_samples, len(self.valid_set))
-        self.valid_batches = length_sorted_batches(
-            type(self.valid_set)(self.valid_set.tokens[:n_valid], self.valid_set.offsets[:n_valid], 0),
-            spec.batch_size, drop_last=False,
-        )
-        self.steps_per_epoch = len(self.train_batches)
-        # Batches are fixed (only their order changes per epoch): pad and convert each once.
-        # Distributed: each rank takes its rows of every global batch and its share of the validation batches.
-        rank, size = self.world.rank, self.world.size
-        self.train_arrays = [collate(self.train_set, b[rank::size], spec.max_seq_length) for b in self.train_batches]
-        self.valid_batches = [b for i, b in enumerate(self.valid_batches) if i % size == rank]
-        self.total_steps = self.steps_per_epoch * spec.epochs
+        self._make_batches()
 
         if spec.lora.layers > len(self.model.layers):
             console.say(f"ℹ  lora.layers = {spec.lora.layers} > {len(self.model.layers)} camadas do modelo: "
@@ -123,6 +111,23 @@ class Trainer:
             {"rank": spec.lora.rank, "scale": spec.lora.scale, "dropout": spec.lora.dropout},
         )
         self.optimizer = optim.Adam(learning_rate=spec.learning_rate)
+
+    def _make_batches(self) -> None:
+        """Batches are fixed (only their order changes per epoch): pad and convert each once.
+
+        Distributed: each rank takes its rows of every global batch and its share of the validation batches.
+        """
+        spec, rank, size = self.spec, self.world.rank, self.world.size
+        train_batches = length_sorted_batches(self.train_set, spec.batch_size, drop_last=True)
+        n_valid = len(self.valid_set) if spec.val_samples is None else min(spec.val_samples, len(self.valid_set))
+        valid_batches = length_sorted_batches(
+            TokenizedSet(self.valid_set.tokens[:n_valid], self.valid_set.offsets[:n_valid], 0),
+            spec.batch_size, drop_last=False)
+        self.steps_per_epoch = len(train_batches)
+        self.total_steps = self.steps_per_epoch * spec.epochs
+        self.train_arrays = [collate(self.train_set, b[rank::size], spec.max_seq_length) for b in train_batches]
+        self.valid_arrays = [collate(self.valid_set, b, spec.max_seq_length)
+                             for i, b in enumerate(valid_batches) if i % size == rank]
 
     def _restore(self, start) -> tuple[Progress, EarlyStopping, MetricsLog]:
         """Adapters, optimizer, counters, early stopping and metrics from a checkpoint (or fresh ones)."""
@@ -200,8 +205,8 @@ class Trainer:
 
         self.model.eval()
         total, ntoks = mx.array(0.0), mx.array(0.0)
-        for indices in self.valid_batches:
-            loss, toks = default_loss(self.model, *collate(self.valid_set, indices, self.spec.max_seq_length))
+        for batch in self.valid_arrays:
+            loss, toks = default_loss(self.model, *batch)
             total, ntoks = total + loss * toks, ntoks + toks
             mx.eval(total, ntoks)
         self.model.train()

@@ -143,3 +143,26 @@ def test_demo_command_trains_v2_demo_and_prints_the_gap_analysis(workspace):
     summary = orjson.loads((workspace / "checkpoints_qlora/demo/training_summary.json").read_bytes())
     assert summary["final_val_loss"] <= 0.7 * summary["first_val_loss"]
     assert (workspace / "jobs/examples/demo.json").is_file()
+
+
+def test_demo_prepare_builds_inputs_and_trains_nothing(isolated_home, tiny_model):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tests.conftest import make_workspace
+
+    make_workspace(isolated_home, tiny_model)  # the model is reused (idempotent), data and spec are written
+    (isolated_home / "data/demo/train.jsonl").unlink()
+    result = CliRunner().invoke(cli, ["demo", "--prepare"])
+    assert result.exit_code == 0, result.output
+    assert (isolated_home / "data/demo/train.jsonl").is_file()
+    spec = orjson.loads((isolated_home / "jobs/examples/demo.json").read_bytes())
+    assert spec["model"] == "models/tiny-mistral-4bit" and spec["early_stopping"]["patience"] == 5
+    assert not (isolated_home / "checkpoints_qlora").exists()
+
+
+def test_sequences_longer_than_max_seq_length_are_truncated_and_counted(workspace):
+    spec = write_spec(workspace, spec_with(max_seq_length=24, epochs=1, eval_every=40, save_every=40))
+    proc = run_cli(workspace, "run", str(spec))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "212 exemplos mais longos que max_seq_length=24 foram truncados" in proc.stdout

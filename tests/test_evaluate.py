@@ -108,3 +108,20 @@ def test_eval_bad_input_is_one_line(workspace):
     (workspace / "jobs" / str(job.id) / "spec.json").write_bytes(orjson.dumps(text_spec))
     result = CliRunner().invoke(cli, ["eval", str(job.id)])
     assert result.exit_code == 2 and "text.jsonl:1: formato 'text' não tem referências" in result.output
+
+
+def test_compare_shows_f1_and_em_of_evaluated_jobs(reference_run, fresh_copy):
+    from farensed.queue import Queue
+    from farensed.workspace import Workspace
+
+    ws = fresh_copy(reference_run, "cmp")
+    q = Queue(Workspace(ws))
+    for name in ("a", "b"):
+        spec = dict(TEST_SPEC, name=name, epochs=1, eval_every=40, save_every=40, evaluate=True)
+        q.submit(write_spec(ws, spec, f"{name}.json"))
+        assert run_cli(ws, "run", str(ws / f"{name}.json")).returncode == 0
+    table = orjson.loads(CliRunner().invoke(cli, ["--home", str(ws), "compare", "1", "2", "--json"]).stdout)
+    for col in table["jobs"]:
+        report = orjson.loads((ws / "checkpoints_qlora" / col["name"] / "evaluation_report.json").read_bytes())
+        assert col["f1"] == report["adapters"]["f1_mean"] and col["exact_match"] == report["adapters"]["em_mean"]
+    assert "F1" in CliRunner().invoke(cli, ["--home", str(ws), "compare", "1", "2"]).output
