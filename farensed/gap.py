@@ -27,17 +27,24 @@ def validations(records: list[dict]) -> list[dict]:
 
 
 def analyse(records: list[dict]) -> dict:
-    """Status band (of the mean gap), gap mean/max/min and one row per validation."""
+    """Status, gap mean/max/min and one row per validation.
+
+    The status is the band of the gap at the best validation (lowest val_loss): the adapters the job delivers.
+    The mean is not used for it: the first validation's train-loss window holds the untrained model's high losses,
+    so an early, strongly negative gap would make every run look better than its final model is.
+    """
     rows = [
         {"step": r["step"], "epoch": r["epoch"], "loss": r["train_loss"], "val_loss": r["val_loss"],
          "gap": r["gap"], "band": r["band"]}
         for r in validations(records)
     ]
     if not rows:
-        return {"status": None, "gap_mean": None, "gap_max": None, "gap_min": None, "validations": []}
+        return {"status": None, "gap_mean": None, "gap_max": None, "gap_min": None, "best_step": None,
+                "best_gap": None, "validations": []}
     gaps = [r["gap"] for r in rows]
-    mean = statistics.fmean(gaps)
-    return {"status": band(mean), "gap_mean": mean, "gap_max": max(gaps), "gap_min": min(gaps), "validations": rows}
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {"status": band(best["gap"]), "gap_mean": statistics.fmean(gaps), "gap_max": max(gaps),
+            "gap_min": min(gaps), "best_step": best["step"], "best_gap": best["gap"], "validations": rows}
 
 
 def format_analysis(analysis: dict, per_validation: bool = False) -> str:
@@ -48,7 +55,8 @@ def format_analysis(analysis: dict, per_validation: bool = False) -> str:
         out += ["Sem validações ainda.", line]
         return "\n".join(out)
     status = analysis["status"]
-    out.append(f"Status: {icon(status)} {status} ({BAND_LIMITS[status]})")
+    out.append(f"Status: {icon(status)} {status} ({BAND_LIMITS[status]}, no melhor modelo: step {analysis['best_step']},"
+               f" gap {analysis['best_gap']:.4f})")
     out.append(f"Gap médio: {analysis['gap_mean']:.4f}")
     out.append(f"Gap máximo: {analysis['gap_max']:.4f}")
     out.append(f"Gap mínimo: {analysis['gap_min']:.4f}")

@@ -27,7 +27,8 @@ def test_analysis_mean_max_min_and_seed_block():
     assert analysis["gap_mean"] == pytest.approx(0.0885)
     assert (analysis["gap_max"], analysis["gap_min"]) == (0.127, 0.05)
     text = format_analysis(analysis)
-    assert "ANÁLISE FINAL DE OVERFITTING" in text and "Status: ✅ BOM (gap < 0.15)" in text
+    assert analysis["best_step"] == 4 and analysis["best_gap"] == 0.127
+    assert "ANÁLISE FINAL DE OVERFITTING" in text and "Status: ✅ BOM (gap < 0.15, no melhor modelo: step 4" in text
     assert "Gap médio: 0.0885" in text and "Gap máximo: 0.1270" in text and "Gap mínimo: 0.0500" in text
 
 
