@@ -157,9 +157,10 @@ def tail(job_id, lines, follow):
     q = queue()
     job = q.resolve(job_id)
     run_dir = q.ws.run_dir(job.name)
-    recent = read_last(run_dir, lines) if lines > 0 else []
+    window = read_last(run_dir, max(lines, 1000))  # one read: the last N lines, and a base for the ETA
+    recent = window[-lines:] if lines > 0 else []
     best = progress(q, job)["best_val_loss"]
-    first = read_last(run_dir, 1000)[0] if recent else None
+    first = window[0] if recent else None
     click.echo(f"job {job.id} ({job.name}): {job.state}, recuperações {job.recoveries}, hosts {job.world_size}")
     for record in recent:
         click.echo(_line(record, best, first))

@@ -7,11 +7,26 @@ import sys
 import traceback
 from pathlib import Path
 
+import orjson
+
 from .atomic import atomic_write_json
 from .errors import FarenseError
 
 
-FRESH_DONE = "fresh.done"
+FRESH_DONE, EXIT_FILE = "fresh.done", "exit.json"
+
+
+def write_exit_code(path: Path, code: int) -> None:
+    """Record how a training process ended (written last: a killed process leaves none)."""
+    atomic_write_json(path, {"code": code})
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The recorded exit code, or None when there is none (the process was lost)."""
+    try:
+        return int(orjson.loads(Path(path).read_bytes())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def start_over(run_dir: Path, job_dir: Path) -> None:
@@ -42,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             start_over(ws.run_dir(spec.name), job_dir)
         if spec.distributed:
             # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
-            run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / "exit.json")
+            run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / EXIT_FILE)
             return 0
         code = run_spec(job_dir / "spec.json", args.home)
     except FarenseError as exc:
@@ -53,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         code = 1
     # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
-    atomic_write_json(job_dir / "exit.json", {"code": code})
+    write_exit_code(job_dir / EXIT_FILE, code)
     return code
 
 

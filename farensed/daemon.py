@@ -19,11 +19,11 @@ from filelock import FileLock, Timeout
 
 from . import EXIT_RESUMABLE
 from .atomic import atomic_write_json, read_json
-from .child import FRESH_DONE
+from .child import EXIT_FILE, FRESH_DONE
 from .errors import QueueError
 from .keepawake import keep_awake, notify, release
 from .procs import create_time, process_alive, signal_group
-from .queue import EXIT_FILE, Job, JobStatus, Queue, now_iso
+from .queue import Job, JobStatus, Queue, now_iso
 from .wake import Waker
 from .workspace import Workspace
 

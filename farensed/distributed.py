@@ -99,13 +99,6 @@ def run_launcher(cmd: list[str]) -> int:
     return proc.wait()
 
 
-def read_exit(exit_file: Path) -> int | None:
-    try:
-        return int(orjson.loads(exit_file.read_bytes())["code"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 class World:
     """This process's place in the group; collectives are skipped when alone."""
 

@@ -16,16 +16,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import orjson
 from filelock import FileLock
 
 from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from .child import EXIT_FILE, read_exit_code
 from .errors import QueueError, SpecError
 from .distributed import world_size
 from .spec import load_spec, parse_not_before
 from .workspace import Workspace
 
-JOB_FILE, SPEC_FILE, LOG_FILE, EXIT_FILE = "job.json", "spec.json", "log", "exit.json"
+JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 
 
 class JobStatus(str, enum.Enum):
@@ -269,7 +269,4 @@ class Queue:
         return self.job_dir(job_id) / LOG_FILE
 
     def read_exit(self, job_id: int) -> int | None:
-        try:
-            return int(read_json(self.job_dir(job_id) / EXIT_FILE)["code"])
-        except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
+        return read_exit_code(self.job_dir(job_id) / EXIT_FILE)

@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .atomic import atomic_write_json
+from .child import write_exit_code
 from .distributed import peer_lost
 from .errors import FarenseError
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         record = not peer_lost(exc)  # a dead peer: leave no exit code, so the job resumes
     if main_rank and record:
-        atomic_write_json(Path(args.exit_file), {"code": code})
+        write_exit_code(Path(args.exit_file), code)
     return code
 
 

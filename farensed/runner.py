@@ -40,7 +40,8 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     """Run every rank through mlx.launch; the result is rank 0's exit code (75 when a peer was lost)."""
     from . import EXIT_RESUMABLE, console
     from .atomic import move_aside
-    from .distributed import check_hosts, hosts_of, launch_command, read_exit, run_launcher
+    from .child import read_exit_code
+    from .distributed import check_hosts, hosts_of, launch_command, run_launcher
 
     check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
     run_dir = ws.run_dir(spec.name)
@@ -52,7 +53,7 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     exit_file.unlink(missing_ok=True)
     console.say(f"mlx.launch: {len(hosts_of(spec, ws))} ranks ({spec.distributed.backend})")
     run_launcher(launch_command(spec, ws, spec_path.resolve(), exit_file))
-    code = read_exit(exit_file)
+    code = read_exit_code(exit_file)
     if own:
         exit_file.unlink(missing_ok=True)
     if code is None:
