@@ -16,13 +16,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.figures import Figure, REPO, checkpoint_share, resume_startup, training_throughput, workspace
+from bench.figures import REPO, Figure, checkpoint_share, resume_startup, training_throughput, workspace
 from bench.figures_queue import cli_figures, daemon_figures, eval_figures, tail_figures
 
 
 def build_figure(tmp: Path) -> tuple[Figure, Path]:
-    from farensed.demo_data import write_demo_data
-    from farensed.tinymodel import build_tiny_model
+    from farensed.demo.data import write_demo_data
+    from farensed.demo.tinymodel import build_tiny_model
 
     tic = time.perf_counter()
     model = build_tiny_model(tmp / "model", force=True, log=lambda *_: None)
@@ -33,18 +33,22 @@ def build_figure(tmp: Path) -> tuple[Figure, Path]:
 def machine() -> str:
     import mlx.core as mx
 
-    return (f"{platform.system()} {platform.machine()}, {psutil.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-            f"mlx {mx.__version__} ({mx.default_device()})")
+    return (
+        f"{platform.system()} {platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"mlx {mx.__version__} ({mx.default_device()})"
+    )
 
 
 def table(figures: list[Figure]) -> str:
     rows = ["| figure | farense | anchor | ratio | goal | notes |", "|---|---|---|---|---|---|"]
     for f in figures:
         ratio = f.ratio()
-        rows.append(f"| {f.name} | {Figure.fmt(f.farense, f.unit)} | "
-                    f"{f.anchor_name + ': ' + Figure.fmt(f.anchor, f.unit) if f.anchor else '—'} | "
-                    f"{'—' if ratio is None else f'{ratio:.2f}×'} | {f.goal} | {f.note} |")
+        rows.append(
+            f"| {f.name} | {Figure.fmt(f.farense, f.unit)} | "
+            f"{f.anchor_name + ': ' + Figure.fmt(f.anchor, f.unit) if f.anchor else '—'} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}×'} | {f.goal} | {f.note} |"
+        )
     return "\n".join(rows)
 
 
@@ -60,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="farense-bench-") as tmp:
         tmp = Path(tmp)
         if quick:
-            from farensed.tinymodel import build_tiny_model
+            from farensed.demo.tinymodel import build_tiny_model
 
             model = build_tiny_model(REPO / "tests/.cache/bench-model", log=lambda *_: None)
         else:
@@ -79,16 +83,24 @@ def main() -> None:
         for step in steps:
             for fig in step():
                 figures.append(fig)
-                print(f"{fig.name}: {Figure.fmt(fig.farense, fig.unit)}"
-                      + (f" vs {fig.anchor_name} {Figure.fmt(fig.anchor, fig.unit)} ({fig.ratio():.2f}×)"
-                         if fig.anchor else ""), flush=True)
+                print(
+                    f"{fig.name}: {Figure.fmt(fig.farense, fig.unit)}"
+                    + (
+                        f" vs {fig.anchor_name} {Figure.fmt(fig.anchor, fig.unit)} ({fig.ratio():.2f}×)"
+                        if fig.anchor
+                        else ""
+                    ),
+                    flush=True,
+                )
     text = table(figures)
     print(f"\n{text}\n\n({time.perf_counter() - started:.0f} s)")
     if not quick:
         results = REPO / "bench/RESULTS.md"
         head = results.read_text().split("<!-- table -->")[0] if results.exists() else "# Benchmarks\n\n"
-        results.write_text(f"{head}<!-- table -->\nMachine: {machine()}. Date: {dt.date.today()}. "
-                           f"Median (min–max) of repeated runs; comparisons interleaved in one run.\n\n{text}\n")
+        results.write_text(
+            f"{head}<!-- table -->\nMachine: {machine()}. Date: {dt.date.today()}. "
+            f"Median (min–max) of repeated runs; comparisons interleaved in one run.\n\n{text}\n"
+        )
 
 
 if __name__ == "__main__":

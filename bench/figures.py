@@ -49,7 +49,7 @@ def env() -> dict:
 
 
 def workspace(root: Path, model: Path) -> Path:
-    from farensed.demo_data import write_demo_data
+    from farensed.demo.data import write_demo_data
 
     (root / "models").mkdir(parents=True, exist_ok=True)
     if not (root / "models/tiny-mistral-4bit").exists():
@@ -59,11 +59,20 @@ def workspace(root: Path, model: Path) -> Path:
 
 
 BENCH_SPEC = {
-    "name": "bench", "model": "models/tiny-mistral-4bit",
+    "name": "bench",
+    "model": "models/tiny-mistral-4bit",
     "data": {"train": "data/demo/train.jsonl", "valid": "data/demo/valid.jsonl"},
     "lora": {"rank": 6, "alpha": 16, "dropout": 0.08, "layers": 2},
-    "batch_size": 4, "grad_accumulation": 2, "learning_rate": 2e-3, "epochs": 3, "max_seq_length": 128,
-    "eval_every": 1000, "save_every": 200, "keep_checkpoints": 2, "early_stopping": None, "evaluate": False,
+    "batch_size": 4,
+    "grad_accumulation": 2,
+    "learning_rate": 2e-3,
+    "epochs": 3,
+    "max_seq_length": 128,
+    "eval_every": 1000,
+    "save_every": 200,
+    "keep_checkpoints": 2,
+    "early_stopping": None,
+    "evaluate": False,
 }
 
 
@@ -77,8 +86,13 @@ def run_farense(root: Path, spec: dict) -> dict:
     if (root / "checkpoints_qlora").exists():
         shutil.rmtree(root / "checkpoints_qlora")
     path = write(root / "bench.json", spec)
-    subprocess.run([sys.executable, "-m", "cli.main", "--home", str(root), "run", str(path)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    subprocess.run(
+        [sys.executable, "-m", "farensed.cli.main", "--home", str(root), "run", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     return orjson.loads((root / "checkpoints_qlora" / spec["name"] / "training_summary.json").read_bytes())
 
 
@@ -86,13 +100,40 @@ def run_mlx_lm_lora(root: Path, spec: dict, iters: int) -> tuple[float, float]:
     """mlx-lm's own LoRA trainer (what `mlx_lm lora` runs) on the same model, data, batch, length, steps."""
     lora = spec["lora"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.mlx_lm_anchor", "--model", str(root / "models/tiny-mistral-4bit"),
-         "--data", str(root / "data/demo"), "--batch_size", str(spec["batch_size"]), "--iters", str(iters),
-         "--max_seq_length", str(spec["max_seq_length"]), "--layers", str(lora["layers"]), "--rank", str(lora["rank"]),
-         "--scale", str(lora["alpha"] / lora["rank"]), "--dropout", str(lora["dropout"]),
-         "--learning_rate", str(spec["learning_rate"]), "--grad_accumulation", str(spec["grad_accumulation"]),
-         "--seed", "0"],
-        capture_output=True, text=True, env=env(), cwd=root)
+        [
+            sys.executable,
+            "-m",
+            "bench.mlx_lm_anchor",
+            "--model",
+            str(root / "models/tiny-mistral-4bit"),
+            "--data",
+            str(root / "data/demo"),
+            "--batch_size",
+            str(spec["batch_size"]),
+            "--iters",
+            str(iters),
+            "--max_seq_length",
+            str(spec["max_seq_length"]),
+            "--layers",
+            str(lora["layers"]),
+            "--rank",
+            str(lora["rank"]),
+            "--scale",
+            str(lora["alpha"] / lora["rank"]),
+            "--dropout",
+            str(lora["dropout"]),
+            "--learning_rate",
+            str(spec["learning_rate"]),
+            "--grad_accumulation",
+            str(spec["grad_accumulation"]),
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=root,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
     result = orjson.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,17 +154,31 @@ def training_throughput(root: Path, repeats: int) -> list[Figure]:
         theirs.append(tps)
         their_mem.append(peak)
     note = f"{steps} steps, batch 4, grad_accumulation 2, max_seq_length 128, rank 6, dropout 0.08, same data"
-    return [Figure("training tokens/s", ours, theirs, "tok/s", "≥ 1.05× mlx_lm lora", "mlx_lm lora", note,
-                   lower_is_better=False),
-            Figure("peak memory (training)", our_mem, their_mem, "GB", "≈ mlx_lm lora", "mlx_lm lora")]
+    return [
+        Figure(
+            "training tokens/s",
+            ours,
+            theirs,
+            "tok/s",
+            "≥ 1.05× mlx_lm lora",
+            "mlx_lm lora",
+            note,
+            lower_is_better=False,
+        ),
+        Figure("peak memory (training)", our_mem, their_mem, "GB", "≈ mlx_lm lora", "mlx_lm lora"),
+    ]
 
 
 def first_new_record_after(root: Path, spec_path: Path, before: int) -> float:
     """Seconds from launching `farensectl run` until its first new metrics record appears."""
     jsonl = root / "checkpoints_qlora/bench/training_metrics.jsonl"
     tic = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(root), "run", str(spec_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farensed.cli.main", "--home", str(root), "run", str(spec_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     while True:
         lines = jsonl.read_bytes().count(b"\n") if jsonl.exists() else 0
         if lines > before and proc.poll() is None:
@@ -146,8 +201,12 @@ def resume_startup(root: Path, repeats: int) -> list[Figure]:
         shutil.rmtree(root / "checkpoints_qlora", ignore_errors=True)
         fresh.append(first_new_record_after(root, path, 0))
         shutil.rmtree(root / "checkpoints_qlora", ignore_errors=True)
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(root), "run", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "farensed.cli.main", "--home", str(root), "run", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env(),
+        )
         state = root / "checkpoints_qlora/bench/training_state.json"
         while not state.exists():
             time.sleep(0.01)
@@ -155,14 +214,23 @@ def resume_startup(root: Path, repeats: int) -> list[Figure]:
         proc.wait()
         records = orjson.loads(state.read_bytes())["metrics_records"]
         resumed.append(first_new_record_after(root, path, records))
-    return [Figure("resume start-up (launch → first step)", resumed, fresh, "s", "≤ 1.10× fresh start-up",
-                   "fresh start-up")]
+    return [
+        Figure("resume start-up (launch → first step)", resumed, fresh, "s", "≤ 1.10× fresh start-up", "fresh start-up")
+    ]
 
 
 def checkpoint_share(root: Path) -> list[Figure]:
     """Checkpoint write time as a share of the V2 save interval (200 steps) of step time."""
     summary = run_farense(root, dict(BENCH_SPEC, save_every=20, keep_checkpoints=2))
     share = summary["checkpoint_s_mean"] / (200 * summary["step_s_mean"]) * 100
-    return [Figure("checkpoint save share at save_every=200", [share], None, "%", "< 5 %",
-                   note=f"one checkpoint {summary['checkpoint_s_mean'] * 1000:.1f} ms, "
-                        f"one step {summary['step_s_mean'] * 1000:.1f} ms")]
+    return [
+        Figure(
+            "checkpoint save share at save_every=200",
+            [share],
+            None,
+            "%",
+            "< 5 %",
+            note=f"one checkpoint {summary['checkpoint_s_mean'] * 1000:.1f} ms, "
+            f"one step {summary['step_s_mean'] * 1000:.1f} ms",
+        )
+    ]

@@ -19,15 +19,24 @@ def _cli_seconds(root: Path, *args: str, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli.main", "--home", str(root), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+        subprocess.run(
+            [sys.executable, "-m", "farensed.cli.main", "--home", str(root), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env(),
+        )
         out.append(time.perf_counter() - tic)
     return out
 
 
 def _start_daemon(root: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "farensed.daemon_main", "--home", str(root)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     while not (root / "jobs/daemon.pid").exists():
         time.sleep(0.01)
     time.sleep(1.0)  # let it settle into its idle loop
@@ -36,7 +45,7 @@ def _start_daemon(root: Path) -> subprocess.Popen:
 
 def daemon_figures(root: Path, repeats: int, idle_seconds: float) -> list[Figure]:
     """Submit → child started on an idle daemon; idle RSS and CPU."""
-    from farensed.queue import Queue
+    from farensed.queue.jobs import Queue
     from farensed.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
@@ -63,14 +72,16 @@ def daemon_figures(root: Path, repeats: int, idle_seconds: float) -> list[Figure
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait()
-    return [Figure("submit → child started (idle daemon)", latencies, None, "ms", "< 250 ms"),
-            Figure("idle daemon RSS", [rss], None, "MB", "< 60 MB"),
-            Figure(f"idle daemon CPU over {idle_seconds:.0f} s", [cpu], None, "%", "< 0.5 %")]
+    return [
+        Figure("submit → child started (idle daemon)", latencies, None, "ms", "< 250 ms"),
+        Figure("idle daemon RSS", [rss], None, "MB", "< 60 MB"),
+        Figure(f"idle daemon CPU over {idle_seconds:.0f} s", [cpu], None, "%", "< 0.5 %"),
+    ]
 
 
 def cli_figures(root: Path, repeats: int, jobs: int = 1000) -> list[Figure]:
     """`farensectl --help` and `list` with 1,000 jobs."""
-    from farensed.queue import Job, Queue
+    from farensed.queue.jobs import Job, Queue
     from farensed.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
@@ -78,15 +89,27 @@ def cli_figures(root: Path, repeats: int, jobs: int = 1000) -> list[Figure]:
     for i in range(1, jobs + 1):
         (q.job_dir(i)).mkdir()
         q.save(Job(id=i, name=f"job-{i}", state="done"))
-    return [Figure("farensectl --help", [s * 1000 for s in _cli_seconds(root, "--help", repeats=repeats)], None,
-                   "ms", "< 250 ms"),
-            Figure(f"farensectl list ({jobs} jobs)", [s * 1000 for s in _cli_seconds(root, "list", repeats=repeats)],
-                   None, "ms", "< 400 ms")]
+    return [
+        Figure(
+            "farensectl --help",
+            [s * 1000 for s in _cli_seconds(root, "--help", repeats=repeats)],
+            None,
+            "ms",
+            "< 250 ms",
+        ),
+        Figure(
+            f"farensectl list ({jobs} jobs)",
+            [s * 1000 for s in _cli_seconds(root, "list", repeats=repeats)],
+            None,
+            "ms",
+            "< 400 ms",
+        ),
+    ]
 
 
 def tail_figures(root: Path, repeats: int, big: int) -> list[Figure]:
     """`tail -n 20` on a huge metrics file vs a small one (cost independent of length)."""
-    from farensed.queue import Job, Queue
+    from farensed.queue.jobs import Job, Queue
     from farensed.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
@@ -96,21 +119,42 @@ def tail_figures(root: Path, repeats: int, big: int) -> list[Figure]:
         q.save(Job(id=job_id, name=name, state="done"))
         run = root / "checkpoints_qlora" / name
         run.mkdir(parents=True, exist_ok=True)
-        line = orjson.dumps({"step": 1, "total_steps": n, "epoch": 0, "loss": 1.5, "learning_rate": 2e-4,
-                             "tokens_per_second": 2500.0, "peak_memory_gb": 0.1, "elapsed_s": 1.0}) + b"\n"
+        line = (
+            orjson.dumps(
+                {
+                    "step": 1,
+                    "total_steps": n,
+                    "epoch": 0,
+                    "loss": 1.5,
+                    "learning_rate": 2e-4,
+                    "tokens_per_second": 2500.0,
+                    "peak_memory_gb": 0.1,
+                    "elapsed_s": 1.0,
+                }
+            )
+            + b"\n"
+        )
         with open(run / "training_metrics.jsonl", "wb") as fh:
             for start in range(0, n, 10000):
                 fh.write(line * min(10000, n - start))
     small = _cli_seconds(root, "tail", "1", "-n", "20", "--no-follow", repeats=repeats)
     large = _cli_seconds(root, "tail", "2", "-n", "20", "--no-follow", repeats=repeats)
-    return [Figure(f"tail -n 20 on {big:,} records", [s * 1000 for s in large], [s * 1000 for s in small], "ms",
-                   "ratio ≈ 1", "100 records")]
+    return [
+        Figure(
+            f"tail -n 20 on {big:,} records",
+            [s * 1000 for s in large],
+            [s * 1000 for s in small],
+            "ms",
+            "ratio ≈ 1",
+            "100 records",
+        )
+    ]
 
 
 def eval_figures(root: Path) -> list[Figure]:
     """Evaluation examples/s, batched generation vs one by one (same adapters, same data)."""
     from bench.figures import run_farense
-    from farensed.evaluate import PROGRESS, REPORT, Evaluator
+    from farensed.engine.evaluate import PROGRESS, REPORT, Evaluator
     from farensed.spec import parse_spec
     from farensed.workspace import Workspace
 
@@ -126,5 +170,14 @@ def eval_figures(root: Path) -> list[Figure]:
         tic = time.perf_counter()
         evaluator.run()
         rates[batched] = 2 * len(evaluator.examples) / (time.perf_counter() - tic)
-    return [Figure("evaluation examples/s (base + adapters)", [rates[True]], [rates[False]], "ex/s",
-                   "batched > one by one", "one by one", lower_is_better=False)]
+    return [
+        Figure(
+            "evaluation examples/s (base + adapters)",
+            [rates[True]],
+            [rates[False]],
+            "ex/s",
+            "batched > one by one",
+            "one by one",
+            lower_is_better=False,
+        )
+    ]

@@ -11,9 +11,20 @@ import orjson
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    for name, typ in (("model", str), ("data", str), ("batch_size", int), ("iters", int), ("max_seq_length", int),
-                      ("layers", int), ("rank", int), ("scale", float), ("dropout", float),
-                      ("learning_rate", float), ("grad_accumulation", int), ("seed", int)):
+    for name, typ in (
+        ("model", str),
+        ("data", str),
+        ("batch_size", int),
+        ("iters", int),
+        ("max_seq_length", int),
+        ("layers", int),
+        ("rank", int),
+        ("scale", float),
+        ("dropout", float),
+        ("learning_rate", float),
+        ("grad_accumulation", int),
+        ("seed", int),
+    ):
         p.add_argument(f"--{name}", type=typ, required=True)
     a = p.parse_args()
     import mlx.core as mx
@@ -39,15 +50,35 @@ def main() -> None:
         def on_train_loss_report(self, info):
             Capture.report = info
 
-    args = TrainingArgs(batch_size=a.batch_size, iters=a.iters, val_batches=1, steps_per_report=a.iters,
-                        steps_per_eval=10 * a.iters, steps_per_save=10 * a.iters, max_seq_length=a.max_seq_length,
-                        adapter_file="anchor_adapters.safetensors",
-                        grad_accumulation_steps=a.grad_accumulation)
-    train(model, optim.Adam(learning_rate=a.learning_rate), CacheDataset(train_set), CacheDataset(valid_set),
-          args=args, training_callback=Capture())
-    sys.stdout.write(orjson.dumps({"tokens_per_second": Capture.report["tokens_per_second"],
-                                   "peak_memory_gb": Capture.report["peak_memory"],
-                                   "train_loss": Capture.report["train_loss"]}).decode() + "\n")
+    args = TrainingArgs(
+        batch_size=a.batch_size,
+        iters=a.iters,
+        val_batches=1,
+        steps_per_report=a.iters,
+        steps_per_eval=10 * a.iters,
+        steps_per_save=10 * a.iters,
+        max_seq_length=a.max_seq_length,
+        adapter_file="anchor_adapters.safetensors",
+        grad_accumulation_steps=a.grad_accumulation,
+    )
+    train(
+        model,
+        optim.Adam(learning_rate=a.learning_rate),
+        CacheDataset(train_set),
+        CacheDataset(valid_set),
+        args=args,
+        training_callback=Capture(),
+    )
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "tokens_per_second": Capture.report["tokens_per_second"],
+                "peak_memory_gb": Capture.report["peak_memory"],
+                "train_loss": Capture.report["train_loss"],
+            }
+        ).decode()
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

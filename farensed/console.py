@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from .gap import icon
+from farensed.analysis.gap import icon
 
 LINE = "=" * 80
 THIN = "─" * 76
@@ -21,19 +21,21 @@ def say(msg: str = "") -> None:
 def banner(spec) -> str:
     es = spec.early_stopping
     stop = f"Patience={es.patience}, Min Delta={es.min_delta:g}" if es else "desativado"
-    return "\n".join([
-        LINE,
-        f"CONFIGURATION - {spec.name}",
-        LINE,
-        f"LoRA Rank: {spec.lora.rank}",
-        f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})",
-        f"Dropout: {spec.lora.dropout:g}",
-        f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
-        f"Learning Rate: {spec.learning_rate:g}",
-        f"Épocas: {spec.epochs}",
-        f"Early Stopping: {stop}",
-        LINE,
-    ])
+    return "\n".join(
+        [
+            LINE,
+            f"CONFIGURATION - {spec.name}",
+            LINE,
+            f"LoRA Rank: {spec.lora.rank}",
+            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})",
+            f"Dropout: {spec.lora.dropout:g}",
+            f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
+            f"Learning Rate: {spec.learning_rate:g}",
+            f"Épocas: {spec.epochs}",
+            f"Early Stopping: {stop}",
+            LINE,
+        ]
+    )
 
 
 def heading(title: str) -> str:
@@ -58,12 +60,14 @@ def validation_block(step: int, val_loss: float, gap: float, band: str, improved
 
 
 def early_stop_block(stopper) -> str:
-    return "\n".join([
-        "",
-        "  EARLY STOPPING ATIVADO!",
-        f"   Sem melhoria por {stopper.patience} validações consecutivas",
-        f"   Melhor modelo: Época {stopper.best_epoch + 1}, Step {stopper.best_step}",
-        f"   Melhor Val Loss: {stopper.best_val_loss:.4f}",
-        "",
-        "Treino terminado por Early Stopping",
-    ])
+    return "\n".join(
+        [
+            "",
+            "  EARLY STOPPING ATIVADO!",
+            f"   Sem melhoria por {stopper.patience} validações consecutivas",
+            f"   Melhor modelo: Época {stopper.best_epoch + 1}, Step {stopper.best_step}",
+            f"   Melhor Val Loss: {stopper.best_val_loss:.4f}",
+            "",
+            "Treino terminado por Early Stopping",
+        ]
+    )

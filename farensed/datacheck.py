@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import SpecError
+from farensed.errors import SpecError
 
 FORMATS = ("messages", "prompt/completion", "text")
 
@@ -17,9 +17,7 @@ def _format_of(record: dict, where: str) -> str:
         if not isinstance(msgs, list) or not msgs:
             raise SpecError(f"{where}: 'messages' deve ser uma lista não vazia de {{role, content}}")
         for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-                m.get("content"), str
-            ):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise SpecError(f"{where}: messages[{i}] deve ser um objeto com 'role' e 'content' de texto")
         return "messages"
     if "prompt" in record or "completion" in record:
@@ -32,9 +30,7 @@ def _format_of(record: dict, where: str) -> str:
             raise SpecError(f"{where}: 'text' deve ser texto não vazio")
         return "text"
     keys = ", ".join(sorted(record)) or "nenhuma"
-    raise SpecError(
-        f"{where}: formato desconhecido (chaves: {keys}); use 'messages', 'prompt'/'completion' ou 'text'"
-    )
+    raise SpecError(f"{where}: formato desconhecido (chaves: {keys}); use 'messages', 'prompt'/'completion' ou 'text'")
 
 
 def check_data_file(path: Path, label: str) -> int:

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from .datacheck import check_data_file, check_model_dir
-from .errors import SpecError
-from .workspace import Workspace
+from farensed.datacheck import check_data_file, check_model_dir
+from farensed.errors import SpecError
+from farensed.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -256,9 +256,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     if spec.data.test:
         counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
     if counts["train"] < spec.batch_size:
-        raise SpecError(
-            f"{label}: data.train tem {counts['train']} exemplos, menos que batch_size ({spec.batch_size})"
-        )
+        raise SpecError(f"{label}: data.train tem {counts['train']} exemplos, menos que batch_size ({spec.batch_size})")
     return counts
 
 

@@ -20,7 +20,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def at(cls, home: str | os.PathLike | None = None) -> "Workspace":
+    def at(cls, home: str | os.PathLike | None = None) -> Workspace:
         return cls(resolve_home(home))
 
     def resolve(self, path: str | os.PathLike) -> Path:

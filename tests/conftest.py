@@ -30,7 +30,7 @@ def isolated_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """models/tiny-mistral-4bit, built by the project itself once and reused across runs."""
-    from farensed.tinymodel import build_tiny_model, recipe_hash
+    from farensed.demo.tinymodel import build_tiny_model, recipe_hash
 
     CACHE.mkdir(parents=True, exist_ok=True)
     target = CACHE / f"tiny-mistral-4bit-{recipe_hash()}"
@@ -41,7 +41,7 @@ def tiny_model() -> Path:
 
 def make_workspace(root: Path, model: Path) -> Path:
     """A workspace with the tiny model (linked, read-only use) and the demo data."""
-    from farensed.demo_data import write_demo_data
+    from farensed.demo.data import write_demo_data
 
     (root / "models").mkdir(parents=True, exist_ok=True)
     link = root / "models" / "tiny-mistral-4bit"

@@ -45,7 +45,7 @@ def write_spec(root: Path, spec: dict, name: str = "job.json") -> Path:
 
 
 def cli_cmd(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "--home", str(root), *args]
+    return [sys.executable, "-m", "farensed.cli.main", "--home", str(root), *args]
 
 
 def child_env() -> dict:
@@ -55,8 +55,14 @@ def child_env() -> dict:
 
 
 def run_cli(root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_cmd(root, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=child_env(), timeout=timeout)
+    return subprocess.run(
+        cli_cmd(root, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
 
 
 def start_cli(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
@@ -108,7 +114,7 @@ def assert_same_adapters(a: Path, b: Path) -> None:
 
 
 def deterministic_metrics(run_dir: Path) -> list[dict]:
-    from farensed.metrics import deterministic
+    from farensed.analysis.metrics import deterministic
 
     return [deterministic(r) for r in orjson.loads((run_dir / "training_metrics.json").read_bytes())]
 

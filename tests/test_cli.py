@@ -10,15 +10,30 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from farensed.gap import band
-from farensed.queue import Queue
+from farensed.analysis.gap import band
+from farensed.cli.main import cli
+from farensed.queue.jobs import Queue
 from farensed.workspace import Workspace
 from tests.conftest import make_workspace
 from tests.helpers import child_env, cli_cmd, spec_with, write_spec
 
-COMMANDS = ["submit", "list", "status", "tail", "gap", "logs", "cancel", "retry", "wait", "compare", "plot",
-            "run", "demo", "daemon", "completion"]
+COMMANDS = [
+    "submit",
+    "list",
+    "status",
+    "tail",
+    "gap",
+    "logs",
+    "cancel",
+    "retry",
+    "wait",
+    "compare",
+    "plot",
+    "run",
+    "demo",
+    "daemon",
+    "completion",
+]
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +41,23 @@ def finished_queue(tmp_path_factory, tiny_model):
     """A queue where a V1-like job (1) and a V2-like job (2) ran to the end through the daemon."""
     root = make_workspace(tmp_path_factory.mktemp("queue"), tiny_model)
     q = Queue(Workspace(root))
-    v1 = spec_with(name="v1", lora={"rank": 8, "alpha": 16, "dropout": 0.0, "layers": 2}, learning_rate=5e-3,
-                   early_stopping=None, epochs=1)
+    v1 = spec_with(
+        name="v1",
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "layers": 2},
+        learning_rate=5e-3,
+        early_stopping=None,
+        epochs=1,
+    )
     v2 = spec_with(name="v2", epochs=1)
     for spec in (v1, v2):
         q.submit(write_spec(root, spec, f"{spec['name']}.json"))
-    proc = subprocess.run([sys.executable, "-m", "farensed.daemon_main", "--home", str(root), "--burst", "--poll",
-                           "0.1"], capture_output=True, text=True, env=child_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(root), "--burst", "--poll", "0.1"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     return root
 
@@ -65,10 +90,13 @@ def test_submit_prints_the_bare_id_and_hints_on_stderr(workspace):
     assert doc["id"] == 2 and doc["state"] == "pending" and doc["after"] == [1] and "T23:59:00" in doc["not_before"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--after", "99"], "after: job 99 não existe"),
-    (["--not-before", "ontem"], "not_before 'ontem' não é hora ISO nem HH:MM"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--after", "99"], "after: job 99 não existe"),
+        (["--not-before", "ontem"], "not_before 'ontem' não é hora ISO nem HH:MM"),
+    ],
+)
 def test_submit_errors_queue_nothing(workspace, args, message):
     spec = write_spec(workspace, spec_with(epochs=1))
     result = invoke(workspace, "submit", str(spec), *args)
@@ -85,8 +113,20 @@ def test_submit_invalid_spec_is_one_line_and_queues_nothing(workspace):
     assert "Traceback" not in result.output and Queue(Workspace(workspace)).jobs() == []
 
 
-@pytest.mark.parametrize("args", [["status", "7"], ["tail", "7"], ["gap", "7"], ["logs", "7"], ["cancel", "7"],
-                                  ["retry", "7"], ["wait", "7"], ["plot", "7"], ["compare", "7", "8"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "7"],
+        ["tail", "7"],
+        ["gap", "7"],
+        ["logs", "7"],
+        ["cancel", "7"],
+        ["retry", "7"],
+        ["wait", "7"],
+        ["plot", "7"],
+        ["compare", "7", "8"],
+    ],
+)
 def test_unknown_job_is_one_line_exit_4(workspace, args):
     result = invoke(workspace, *args)
     assert result.exit_code == 4 and result.output.strip() == "Error: job 7 não existe"
@@ -135,8 +175,21 @@ def test_logs_plot_compare_completion(done_ws):
     table = orjson.loads(invoke(done_ws, "compare", "1", "2", "--json").stdout)
     a, b = table["jobs"]
     assert (a["name"], b["name"]) == ("v1", "v2") and a["final_loss"] != b["final_loss"]
-    assert {"final_loss", "final_val_loss", "best_val_loss", "status", "gap_mean", "gap_max", "gap_min",
-            "epochs_run", "steps_run", "early_stopped", "wall_time_s", "tokens_per_second", "f1"} <= set(a)
+    assert {
+        "final_loss",
+        "final_val_loss",
+        "best_val_loss",
+        "status",
+        "gap_mean",
+        "gap_max",
+        "gap_min",
+        "epochs_run",
+        "steps_run",
+        "early_stopped",
+        "wall_time_s",
+        "tokens_per_second",
+        "f1",
+    } <= set(a)
     assert "melhor val_loss" in invoke(done_ws, "compare", "1", "2").output
     assert "_FARENSECTL_COMPLETE" in invoke(done_ws, "completion", "bash").output
 
@@ -154,22 +207,48 @@ def test_cancel_retry_wait(done_ws):
 
 
 def test_submit_to_a_real_daemon_tail_follow_and_gap(workspace):
-    daemon = subprocess.Popen([sys.executable, "-m", "farensed.daemon_main", "--home", str(workspace), "--poll",
-                               "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env())
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(workspace), "--poll", "0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+    )
     try:
         spec = write_spec(workspace, spec_with(epochs=1))
-        proc = subprocess.run(cli_cmd(workspace, "submit", str(spec), "--json"), capture_output=True, text=True,
-                              env=child_env(), timeout=60)
+        proc = subprocess.run(
+            cli_cmd(workspace, "submit", str(spec), "--json"),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
         job_id = orjson.loads(proc.stdout)["id"]
-        early = subprocess.run(cli_cmd(workspace, "tail", str(job_id), "--no-follow"), capture_output=True,
-                               text=True, env=child_env(), timeout=60)
+        early = subprocess.run(
+            cli_cmd(workspace, "tail", str(job_id), "--no-follow"),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
         assert early.returncode == 0 and f"job {job_id} (t)" in early.stdout
-        follow = subprocess.run(cli_cmd(workspace, "tail", str(job_id), "-n", "0", "--follow"), capture_output=True,
-                                text=True, env=child_env(), timeout=300)
+        follow = subprocess.run(
+            cli_cmd(workspace, "tail", str(job_id), "-n", "0", "--follow"),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
         assert follow.returncode == 0, follow.stdout[-2000:] + follow.stderr[-2000:]
         assert "step 40/40" in follow.stdout and "ANÁLISE FINAL DE OVERFITTING" in follow.stdout
-        gap = orjson.loads(subprocess.run(cli_cmd(workspace, "gap", str(job_id), "--json"), capture_output=True,
-                                          text=True, env=child_env(), timeout=60).stdout)
+        gap = orjson.loads(
+            subprocess.run(
+                cli_cmd(workspace, "gap", str(job_id), "--json"),
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                timeout=60,
+            ).stdout
+        )
         best = min(gap["validations"], key=lambda v: v["val_loss"])
         assert gap["state"] == "done" and gap["status"] == band(best["gap"])
     finally:
@@ -178,10 +257,12 @@ def test_submit_to_a_real_daemon_tail_follow_and_gap(workspace):
 
 
 def test_the_cli_does_not_import_mlx_outside_training_and_evaluation(done_ws):
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
-            f"for args in (['list'], ['status', '1'], ['gap', '1'], ['tail', '1', '--no-follow'], ['compare', '1', '2']):\n"
-            f"    assert CliRunner().invoke(cli, ['--home', {str(done_ws)!r}, *args]).exit_code == 0, args\n"
-            "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')))")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom farensed.cli.main import cli\n"
+        f"for args in (['list'], ['status', '1'], ['gap', '1'], ['tail', '1', '--no-follow'], ['compare', '1', '2']):\n"
+        f"    assert CliRunner().invoke(cli, ['--home', {str(done_ws)!r}, *args]).exit_code == 0, args\n"
+        "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MLX []" in proc.stdout

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import orjson
 
-from farensed.procs import process_alive
-from farensed.queue import Queue
+from farensed.queue.jobs import Queue
+from farensed.queue.procs import process_alive
 from farensed.workspace import Workspace
 from tests.helpers import (
-    TEST_SPEC, assert_same_adapters, child_env, deterministic_metrics, metric_lines, spec_with, wait_for, write_spec,
+    TEST_SPEC,
+    assert_same_adapters,
+    child_env,
+    deterministic_metrics,
+    metric_lines,
+    spec_with,
+    wait_for,
+    write_spec,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,14 +32,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start_daemon(root: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
     out = open(log or root / "daemon-test.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "farensed.daemon_main", "--home", str(root), "--poll", "0.1",
-                             "--rescan", "1", *args], stdout=out, stderr=subprocess.STDOUT, env=child_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(root), "--poll", "0.1", "--rescan", "1", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+    )
 
 
 def run_burst(root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "farensed.daemon_main", "--home", str(root), "--burst", "--poll",
-                           "0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(root), "--burst", "--poll", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
 
 
 def queue(root: Path) -> Queue:
@@ -45,8 +61,10 @@ def submit(root: Path, spec: dict, **overrides) -> int:
 
 
 def test_three_jobs_run_by_priority_each_exactly_once(workspace):
-    ids = {name: submit(workspace, spec_with(name=name, epochs=1, eval_every=20, save_every=20), priority=prio)
-           for name, prio in (("low", 0), ("high", 9), ("mid", 3))}
+    ids = {
+        name: submit(workspace, spec_with(name=name, epochs=1, eval_every=20, save_every=20), priority=prio)
+        for name, prio in (("low", 0), ("high", 9), ("mid", 3))
+    }
     proc = run_burst(workspace)
     assert proc.returncode == 0, proc.stdout[-2000:]
     jobs = {j.name: j for j in queue(workspace).jobs()}
@@ -121,8 +139,13 @@ def test_second_daemon_refuses_naming_the_holder(workspace):
     first = start_daemon(workspace)
     try:
         wait_for(lambda: (workspace / "jobs/daemon.pid").exists(), timeout=30)
-        second = subprocess.run([sys.executable, "-m", "farensed.daemon_main", "--home", str(workspace)],
-                                capture_output=True, text=True, env=child_env(), timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "farensed.queue.main", "--home", str(workspace)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
         assert second.returncode != 0
         assert f"farensed já está a correr nesta fila (pid {first.pid})" in second.stderr
     finally:
@@ -177,9 +200,11 @@ def test_dependencies_and_not_before(workspace):
 
 def test_the_daemon_never_imports_mlx(workspace):
     submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
-    code = ("import sys\nfrom farensed.daemon import Daemon\nfrom farensed.workspace import Workspace\n"
-            f"Daemon(Workspace.at({str(workspace)!r}), poll_interval=0.1).work(burst=True)\n"
-            "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))")
+    code = (
+        "import sys\nfrom farensed.daemon import Daemon\nfrom farensed.workspace import Workspace\n"
+        f"Daemon(Workspace.at({str(workspace)!r}), poll_interval=0.1).work(burst=True)\n"
+        "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MLX []" in proc.stdout
@@ -187,15 +212,15 @@ def test_the_daemon_never_imports_mlx(workspace):
 
 
 def test_service_files_parse_and_render_with_absolute_paths(workspace):
-    from farensed.service import render
+    from farensed.queue.service import render
 
-    raw = plistlib.loads((REPO / "systemd_launchd/farensed.plist").read_bytes())
+    raw = plistlib.loads((REPO / "farensed/queue/systemd_launchd/farensed.plist").read_bytes())
     assert {"Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "ExitTimeOut"} <= set(raw)
     rendered = plistlib.loads(render("farensed.plist", Workspace(workspace)).encode())
     assert rendered["ProgramArguments"][0] == sys.executable
     assert rendered["ProgramArguments"][-1] == str(workspace) and rendered["ExitTimeOut"] >= 300
     unit = render("farensed.service", Workspace(workspace))
-    assert f"ExecStart={sys.executable} -m farensed.daemon_main --home {workspace}" in unit
+    assert f"ExecStart={sys.executable} -m farensed.queue.main --home {workspace}" in unit
     assert "TimeoutStopSec=330" in unit and "KillMode=process" in unit
     if shutil.which("systemd-analyze"):
         path = workspace / "farensed.service"
@@ -207,7 +232,7 @@ def test_service_files_parse_and_render_with_absolute_paths(workspace):
 def test_daemon_start_status_stop_fallback_process(workspace):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from farensed.cli.main import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["--home", str(workspace), "daemon", "start"])
@@ -222,7 +247,7 @@ def test_daemon_start_status_stop_fallback_process(workspace):
 def test_memory_guard_checkpoint_stops_and_holds_the_job_until_memory_recovers(workspace):
     import psutil as ps
 
-    from farensed.daemon import Daemon
+    from farensed.queue.daemon import Daemon
 
     job_id = submit(workspace, spec_with(epochs=2))
     available = ps.virtual_memory().available / 2**20

@@ -12,11 +12,18 @@ import psutil
 import pytest
 
 from farensed import EXIT_RESUMABLE
-from farensed.queue import Queue
+from farensed.queue.jobs import Queue
 from farensed.workspace import Workspace
 from tests.conftest import make_workspace
 from tests.helpers import (
-    assert_same_adapters, child_env, deterministic_metrics, metric_lines, run_cli, spec_with, start_cli, wait_for,
+    assert_same_adapters,
+    child_env,
+    deterministic_metrics,
+    metric_lines,
+    run_cli,
+    spec_with,
+    start_cli,
+    wait_for,
     write_spec,
 )
 
@@ -28,7 +35,7 @@ def rank_pids(rank: str) -> list[int]:
     pids = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "farensed.rank" in (proc.info["cmdline"] or []) and proc.environ().get("MLX_RANK") == rank:
+            if "farensed.engine.rank" in (proc.info["cmdline"] or []) and proc.environ().get("MLX_RANK") == rank:
                 pids.append(proc.pid)
         except psutil.Error:
             continue
@@ -57,8 +64,9 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(two_rank_run, wo
         assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
         if "val_loss" in b:
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.05)
-    assert sorted(p.name for p in (two_rank_run / "checkpoints_qlora").iterdir() if not p.name.startswith(".")) \
-        == ["t"]  # rank 0 alone wrote
+    assert sorted(p.name for p in (two_rank_run / "checkpoints_qlora").iterdir() if not p.name.startswith(".")) == [
+        "t"
+    ]  # rank 0 alone wrote
 
 
 def test_kill9_of_a_rank_resumes_to_the_uninterrupted_two_rank_result(two_rank_run, workspace):
@@ -74,7 +82,8 @@ def test_kill9_of_a_rank_resumes_to_the_uninterrupted_two_rank_result(two_rank_r
     assert "A retomar de checkpoint_epoch0_step" in proc.stdout
     assert_same_adapters(two_rank_run / "output/t/adapters.safetensors", workspace / "output/t/adapters.safetensors")
     assert deterministic_metrics(two_rank_run / "checkpoints_qlora/t") == deterministic_metrics(
-        workspace / "checkpoints_qlora/t")
+        workspace / "checkpoints_qlora/t"
+    )
 
 
 def test_resuming_with_another_world_size_is_refused(two_rank_run, workspace):
@@ -95,8 +104,12 @@ def test_daemon_runs_the_launcher_like_any_child_and_recovers_when_it_is_killed(
     q = Queue(Workspace(workspace))
     job = q.submit(write_spec(workspace, DIST_SPEC))
     assert job.world_size == 2
-    daemon = subprocess.Popen([sys.executable, "-m", "farensed.daemon_main", "--home", str(workspace), "--poll",
-                               "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env())
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(workspace), "--poll", "0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+    )
     try:
         wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 11, timeout=120)
         wrapper = psutil.Process(q.get(job.id).pid)
@@ -110,7 +123,12 @@ def test_daemon_runs_the_launcher_like_any_child_and_recovers_when_it_is_killed(
     assert (final.state, final.recoveries, final.world_size) == ("done", 1, 2)
     assert not rank_pids("1")
     assert_same_adapters(two_rank_run / "output/t/adapters.safetensors", workspace / "output/t/adapters.safetensors")
-    status = orjson.loads(subprocess.run([sys.executable, "-m", "cli.main", "--home", str(workspace), "status",
-                                          str(job.id), "--json"], capture_output=True, text=True,
-                                         env=child_env()).stdout)
+    status = orjson.loads(
+        subprocess.run(
+            [sys.executable, "-m", "farensed.cli.main", "--home", str(workspace), "status", str(job.id), "--json"],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+        ).stdout
+    )
     assert status["world_size"] == 2

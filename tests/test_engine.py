@@ -11,8 +11,15 @@ import orjson
 
 from farensed import EXIT_RESUMABLE
 from tests.helpers import (
-    TEST_SPEC, assert_same_adapters, child_env, deterministic_metrics, deterministic_summary, kill_at_record,
-    run_cli, spec_with, write_spec,
+    TEST_SPEC,
+    assert_same_adapters,
+    child_env,
+    deterministic_metrics,
+    deterministic_summary,
+    kill_at_record,
+    run_cli,
+    spec_with,
+    write_spec,
 )
 
 RUN = "checkpoints_qlora/t"
@@ -27,9 +34,16 @@ def assert_same_run(a, b):
 
 def test_uninterrupted_run_learns_and_writes_every_file(reference_run):
     run = reference_run / RUN
-    for name in ("adapters/adapters.safetensors", "adapters/adapter_config.json", "training_state.json",
-                 "training_metrics.json", "training_metrics.jsonl", "training_metrics.csv",
-                 "training_summary.json", "training_v2_results.png"):
+    for name in (
+        "adapters/adapters.safetensors",
+        "adapters/adapter_config.json",
+        "training_state.json",
+        "training_metrics.json",
+        "training_metrics.jsonl",
+        "training_metrics.csv",
+        "training_summary.json",
+        "training_v2_results.png",
+    ):
         assert (run / name).is_file(), name
     assert (reference_run / "output/t/adapters.safetensors").is_file()
     assert len(sorted(run.glob("checkpoint_epoch*_step*"))) == TEST_SPEC["keep_checkpoints"]
@@ -109,9 +123,16 @@ def test_finished_run_is_not_trained_again(fresh_copy, reference_run):
 
 def test_overfitting_config_triggers_early_stopping_with_best_before_the_stop(workspace):
     # V1-style: no dropout, higher learning rate, many epochs, patience 2.
-    spec = write_spec(workspace, spec_with(
-        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "layers": 2}, learning_rate=1e-2, epochs=12,
-        early_stopping={"patience": 2, "min_delta": 0.001}, eval_every=8))
+    spec = write_spec(
+        workspace,
+        spec_with(
+            lora={"rank": 8, "alpha": 16, "dropout": 0.0, "layers": 2},
+            learning_rate=1e-2,
+            epochs=12,
+            early_stopping={"patience": 2, "min_delta": 0.001},
+            eval_every=8,
+        ),
+    )
     proc = run_cli(workspace, "run", str(spec))
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "EARLY STOPPING ATIVADO!" in proc.stdout
@@ -126,10 +147,26 @@ def test_overfitting_config_triggers_early_stopping_with_best_before_the_stop(wo
 
 def test_mlx_lm_generate_loads_the_final_adapters(reference_run):
     proc = subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(reference_run / "models/tiny-mistral-4bit"),
-         "--adapter-path", str(reference_run / "output/t"), "--prompt", "Onde fica a Sé de Faro?",
-         "--max-tokens", "12"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "generate",
+            "--model",
+            str(reference_run / "models/tiny-mistral-4bit"),
+            "--adapter-path",
+            str(reference_run / "output/t"),
+            "--prompt",
+            "Onde fica a Sé de Faro?",
+            "--max-tokens",
+            "12",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "Generation:" in proc.stdout or "tokens-per-sec" in proc.stdout
 
@@ -137,8 +174,17 @@ def test_mlx_lm_generate_loads_the_final_adapters(reference_run):
 def test_demo_command_trains_v2_demo_and_prints_the_gap_analysis(workspace):
     proc = run_cli(workspace, "demo")
     assert proc.returncode == 0, proc.stdout[-2000:]
-    for text in ("CONFIGURATION - demo", "Época 1/3", "✅ Val Loss (step 12):", "Sem melhoria (0/5)",
-                 "ANÁLISE FINAL DE OVERFITTING", "Status:", "Gap médio:", "Gap máximo:", "Gap mínimo:"):
+    for text in (
+        "CONFIGURATION - demo",
+        "Época 1/3",
+        "✅ Val Loss (step 12):",
+        "Sem melhoria (0/5)",
+        "ANÁLISE FINAL DE OVERFITTING",
+        "Status:",
+        "Gap médio:",
+        "Gap máximo:",
+        "Gap mínimo:",
+    ):
         assert text in proc.stdout, text
     summary = orjson.loads((workspace / "checkpoints_qlora/demo/training_summary.json").read_bytes())
     assert summary["final_val_loss"] <= 0.7 * summary["first_val_loss"]
@@ -148,7 +194,7 @@ def test_demo_command_trains_v2_demo_and_prints_the_gap_analysis(workspace):
 def test_demo_prepare_builds_inputs_and_trains_nothing(isolated_home, tiny_model):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from farensed.cli.main import cli
     from tests.conftest import make_workspace
 
     make_workspace(isolated_home, tiny_model)  # the model is reused (idempotent), data and spec are written

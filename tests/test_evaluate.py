@@ -10,25 +10,28 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
-from farensed.textmetrics import exact_match, normalise_tokens, token_f1
+from farensed.analysis.textmetrics import exact_match, normalise_tokens, token_f1
+from farensed.cli.main import cli
 from tests.helpers import TEST_SPEC, run_cli, start_cli, wait_for, write_spec
 
 
-@pytest.mark.parametrize("prediction,reference,f1", [
-    ("the cat sat", "the cat sat", 1.0),
-    ("Denver Broncos", "Denver Broncos", 1.0),
-    ("the Denver Broncos!", "Denver broncos", 1.0),  # case, article, punctuation
-    ("Broncos", "Denver Broncos", 2 * (1.0 * 0.5) / 1.5),
-    ("Carolina Panthers", "Denver Broncos", 0.0),
-    ("a b c d", "a b x y", 1 / 3),  # 'a' is an article: {b,c,d} vs {b,x,y} → P=R=1/3
-    ("Sé de Faro", "se de faro", 1.0),  # accents
-    ("O museu abre às 10h", "O Museu abre as 10h.", 1.0),
-    # "às" loses its accent and is then an article: reference = museu abre 10h e fecha 18h → P=1, R=1/2
-    ("museu abre 10h", "O museu abre às 10h e fecha às 18h", 2 * 1 * 0.5 / 1.5),
-    ("", "", 1.0),
-    ("", "algo", 0.0),
-])
+@pytest.mark.parametrize(
+    "prediction,reference,f1",
+    [
+        ("the cat sat", "the cat sat", 1.0),
+        ("Denver Broncos", "Denver Broncos", 1.0),
+        ("the Denver Broncos!", "Denver broncos", 1.0),  # case, article, punctuation
+        ("Broncos", "Denver Broncos", 2 * (1.0 * 0.5) / 1.5),
+        ("Carolina Panthers", "Denver Broncos", 0.0),
+        ("a b c d", "a b x y", 1 / 3),  # 'a' is an article: {b,c,d} vs {b,x,y} → P=R=1/3
+        ("Sé de Faro", "se de faro", 1.0),  # accents
+        ("O museu abre às 10h", "O Museu abre as 10h.", 1.0),
+        # "às" loses its accent and is then an article: reference = museu abre 10h e fecha 18h → P=1, R=1/2
+        ("museu abre 10h", "O museu abre às 10h e fecha às 18h", 2 * 1 * 0.5 / 1.5),
+        ("", "", 1.0),
+        ("", "algo", 0.0),
+    ],
+)
 def test_token_f1_hand_computed(prediction, reference, f1):
     assert token_f1(prediction, reference) == pytest.approx(f1)
 
@@ -93,7 +96,7 @@ def test_killed_evaluation_resumes_where_it_stopped(evaluated, fresh_copy, refer
 
 
 def test_eval_bad_input_is_one_line(workspace):
-    from farensed.queue import Queue
+    from farensed.queue.jobs import Queue
     from farensed.workspace import Workspace
 
     spec = write_spec(workspace, TEST_SPEC)
@@ -111,7 +114,7 @@ def test_eval_bad_input_is_one_line(workspace):
 
 
 def test_compare_shows_f1_and_em_of_evaluated_jobs(reference_run, fresh_copy):
-    from farensed.queue import Queue
+    from farensed.queue.jobs import Queue
     from farensed.workspace import Workspace
 
     ws = fresh_copy(reference_run, "cmp")

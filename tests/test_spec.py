@@ -10,7 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from farensed.cli.main import cli
 from farensed.spec import JobSpec, LoraConfig, load_spec, parse_not_before, parse_spec
 from farensed.workspace import Workspace
 from tests.helpers import TEST_SPEC
@@ -31,7 +31,13 @@ def test_examples_v1_v2_show_the_seeds_differences():
     ws = Workspace(REPO)
     v1 = load_spec(REPO / "jobs/examples/v1.json", ws, check_files=False)
     v2 = load_spec(REPO / "jobs/examples/v2.json", ws, check_files=False)
-    assert (v1.lora.rank, v1.lora.dropout, v1.batch_size, v1.learning_rate, v1.early_stopping) == (8, 0.0, 4, 5e-4, None)
+    assert (v1.lora.rank, v1.lora.dropout, v1.batch_size, v1.learning_rate, v1.early_stopping) == (
+        8,
+        0.0,
+        4,
+        5e-4,
+        None,
+    )
     assert (v2.lora.rank, v2.lora.dropout, v2.batch_size, v2.learning_rate) == (6, 0.08, 2, 2e-4)
     assert v2.early_stopping.patience == 5
     default = parse_spec({"name": v2.name, "model": v2.model, "data": orjson.loads(orjson.dumps(v2.data.__dict__))})
@@ -53,6 +59,7 @@ def _set(path, value):
         for key in keys[:-1]:
             node = node[key]
         node[keys[-1]] = value
+
     return mutate
 
 
@@ -63,6 +70,7 @@ def _drop(path):
         for key in keys[:-1]:
             node = node[key]
         del node[keys[-1]]
+
     return mutate
 
 
@@ -75,6 +83,7 @@ def _broken_model(*missing):
             for f in dst.glob(pattern):
                 f.unlink()
         spec["model"] = "models/broken"
+
     return mutate
 
 
@@ -82,6 +91,7 @@ def _data_file(content: bytes):
     def mutate(spec, ws):
         (ws / "data/bad.jsonl").write_bytes(content)
         spec["data"]["train"] = "data/bad.jsonl"
+
     return mutate
 
 
@@ -128,8 +138,11 @@ BAD_SPECS = [
 
 
 def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 @pytest.mark.parametrize("case,mutate,expected", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from farensed.demo_data import demo_examples, write_demo_data
-from farensed.tinymodel import build_tiny_model, is_valid
+from farensed.demo.data import demo_examples, write_demo_data
+from farensed.demo.tinymodel import build_tiny_model, is_valid
 from tests.helpers import child_env
 
 
@@ -18,8 +18,9 @@ def test_tiny_model_loads_is_quantized_and_generates(tiny_model):
     quantized = [m for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
     assert len(quantized) >= 14  # 7 projections x 2 layers (+ lm_head)
     assert all(m.bits == 4 for m in quantized)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Onde fica a Sé de Faro?"}],
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Onde fica a Sé de Faro?"}], add_generation_prompt=True
+    )
     text = generate(model, tokenizer, prompt=prompt, max_tokens=16)
     assert isinstance(text, str) and len(text.strip()) > 0
 
@@ -41,9 +42,25 @@ def test_invalid_model_folder_is_rebuilt(tmp_path, tiny_model):
 
 
 def test_mlx_lm_generate_cli_runs_on_the_tiny_model(tiny_model):
-    proc = subprocess.run([sys.executable, "-m", "mlx_lm", "generate", "--model", str(tiny_model),
-                           "--prompt", "Olá", "--max-tokens", "8"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=child_env(), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--prompt",
+            "Olá",
+            "--max-tokens",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 

@@ -5,23 +5,35 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from farensed.analysis.gap import analyse, band, format_analysis
+from farensed.analysis.metrics import MetricsLog, read_all, read_last
 from farensed.atomic import atomic_write_json, move_aside, read_json
-from farensed.gap import analyse, band, format_analysis
-from farensed.metrics import MetricsLog, read_all, read_last
-from farensed.stopping import EarlyStopping
+from farensed.engine.stopping import EarlyStopping
 
 
-@pytest.mark.parametrize("gap,expected", [(-0.2, "EXCELENTE"), (0.0499, "EXCELENTE"), (0.05, "BOM"),
-                                          (0.1499, "BOM"), (0.15, "MODERADO"), (0.2999, "MODERADO"),
-                                          (0.30, "CRÍTICO"), (2.27, "CRÍTICO")])
+@pytest.mark.parametrize(
+    "gap,expected",
+    [
+        (-0.2, "EXCELENTE"),
+        (0.0499, "EXCELENTE"),
+        (0.05, "BOM"),
+        (0.1499, "BOM"),
+        (0.15, "MODERADO"),
+        (0.2999, "MODERADO"),
+        (0.30, "CRÍTICO"),
+        (2.27, "CRÍTICO"),
+    ],
+)
 def test_bands_follow_the_seed(gap, expected):
     assert band(gap) == expected
 
 
 def test_analysis_mean_max_min_and_seed_block():
-    records = [{"step": 1, "epoch": 0, "loss": 2.0},
-               {"step": 2, "epoch": 0, "loss": 1.9, "train_loss": 1.95, "val_loss": 2.0, "gap": 0.05, "band": "BOM"},
-               {"step": 4, "epoch": 1, "loss": 1.5, "train_loss": 1.6, "val_loss": 1.727, "gap": 0.127, "band": "BOM"}]
+    records = [
+        {"step": 1, "epoch": 0, "loss": 2.0},
+        {"step": 2, "epoch": 0, "loss": 1.9, "train_loss": 1.95, "val_loss": 2.0, "gap": 0.05, "band": "BOM"},
+        {"step": 4, "epoch": 1, "loss": 1.5, "train_loss": 1.6, "val_loss": 1.727, "gap": 0.127, "band": "BOM"},
+    ]
     analysis = analyse(records)
     assert analysis["status"] == "BOM"
     assert analysis["gap_mean"] == pytest.approx(0.0885)

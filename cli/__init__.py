@@ -1,1 +1,0 @@
-"""farensectl: the thin Click front end of the farensed library."""

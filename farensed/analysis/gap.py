@@ -1,0 +1,93 @@
+"""The seed's overfitting gap: val_loss − train loss at each validation, its band, and the final analysis."""
+
+from __future__ import annotations
+
+import statistics
+
+# (upper bound, band, icon); the last band has no upper bound
+BANDS = [(0.05, "EXCELENTE", "✅"), (0.15, "BOM", "✅"), (0.30, "MODERADO", "⚠"), (float("inf"), "CRÍTICO", "❌")]
+BAND_LIMITS = {"EXCELENTE": "gap < 0.05", "BOM": "gap < 0.15", "MODERADO": "gap < 0.30", "CRÍTICO": "gap ≥ 0.30"}
+
+
+def band(gap: float) -> str:
+    """EXCELENTE (< 0.05), BOM (< 0.15), MODERADO (< 0.30) or CRÍTICO (≥ 0.30)."""
+    for limit, name, _ in BANDS:
+        if gap < limit:
+            return name
+    return "CRÍTICO"
+
+
+def icon(name: str) -> str:
+    return next(i for _, n, i in BANDS if n == name)
+
+
+def validations(records: list[dict]) -> list[dict]:
+    """The metrics records that carry a validation."""
+    return [r for r in records if r.get("val_loss") is not None]
+
+
+def analyse(records: list[dict]) -> dict:
+    """Status, gap mean/max/min and one row per validation.
+
+    The status is the band of the gap at the best validation (lowest val_loss): the adapters the job delivers.
+    The mean is not used for it: the first validation's train-loss window holds the untrained model's high losses,
+    so an early, strongly negative gap would make every run look better than its final model is.
+    """
+    rows = [
+        {
+            "step": r["step"],
+            "epoch": r["epoch"],
+            "loss": r["train_loss"],
+            "val_loss": r["val_loss"],
+            "gap": r["gap"],
+            "band": r["band"],
+        }
+        for r in validations(records)
+    ]
+    if not rows:
+        return {
+            "status": None,
+            "gap_mean": None,
+            "gap_max": None,
+            "gap_min": None,
+            "best_step": None,
+            "best_gap": None,
+            "validations": [],
+        }
+    gaps = [r["gap"] for r in rows]
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {
+        "status": band(best["gap"]),
+        "gap_mean": statistics.fmean(gaps),
+        "gap_max": max(gaps),
+        "gap_min": min(gaps),
+        "best_step": best["step"],
+        "best_gap": best["gap"],
+        "validations": rows,
+    }
+
+
+def format_analysis(analysis: dict, per_validation: bool = False) -> str:
+    """The seed's `ANÁLISE FINAL DE OVERFITTING` block."""
+    line = "=" * 80
+    out = [line, "ANÁLISE FINAL DE OVERFITTING", line]
+    if analysis["status"] is None:
+        out += ["Sem validações ainda.", line]
+        return "\n".join(out)
+    status = analysis["status"]
+    out.append(
+        f"Status: {icon(status)} {status} ({BAND_LIMITS[status]}, no melhor modelo: step {analysis['best_step']},"
+        f" gap {analysis['best_gap']:.4f})"
+    )
+    out.append(f"Gap médio: {analysis['gap_mean']:.4f}")
+    out.append(f"Gap máximo: {analysis['gap_max']:.4f}")
+    out.append(f"Gap mínimo: {analysis['gap_min']:.4f}")
+    if per_validation:
+        out.append("")
+        out.append(f"{'step':>7} {'época':>5} {'loss':>8} {'val_loss':>9} {'gap':>8}  banda")
+        for r in analysis["validations"]:
+            out.append(
+                f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {r['band']}"
+            )
+    out.append(line)
+    return "\n".join(out)

@@ -1,0 +1,118 @@
+"""Training metrics: training_metrics.json (a JSON list), .jsonl (append-only) and .csv; read from the end."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
+
+JSON_NAME, JSONL_NAME, CSV_NAME = "training_metrics.json", "training_metrics.jsonl", "training_metrics.csv"
+CSV_COLUMNS = [
+    "step",
+    "epoch",
+    "loss",
+    "train_loss",
+    "learning_rate",
+    "tokens_per_second",
+    "peak_memory_gb",
+    "trained_tokens",
+    "elapsed_s",
+    "val_loss",
+    "gap",
+    "band",
+]
+# Fields that depend on the clock or the machine; the rest is equal between a resumed and an uninterrupted run.
+TIMING_KEYS = ("tokens_per_second", "peak_memory_gb", "elapsed_s", "time")
+
+
+def deterministic(record: dict) -> dict:
+    """A record without its timing fields (what exact resume promises to reproduce)."""
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+class MetricsLog:
+    """All metrics records of one run, mirrored to disk; the .json and .csv are rewritten atomically."""
+
+    def __init__(self, folder: Path, records: list[dict] | None = None, flush_every_s: float = 2.0, write: bool = True):
+        self.folder = Path(folder)
+        self.write = write  # False on the ranks of a distributed job other than 0
+        self.records: list[dict] = list(records or [])
+        self.flush_every_s = flush_every_s
+        self._last_flush = 0.0
+
+    def reset_files(self) -> None:
+        """Make the files hold exactly `records` (used on start and on resume from a checkpoint)."""
+        if not self.write:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        body = b"".join(orjson.dumps(r) + b"\n" for r in self.records)
+        atomic_write_bytes(self.folder / JSONL_NAME, body)
+        self.flush()
+
+    def append(self, record: dict, force_flush: bool = False) -> None:
+        self.records.append(record)
+        if not self.write:
+            return
+        # No fsync per record: the durable points are flush() and the checkpoints, which hold the history.
+        append_line(self.folder / JSONL_NAME, orjson.dumps(record), sync=False)
+        if force_flush or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.write:
+            return
+        if (self.folder / JSONL_NAME).exists():
+            fsync_file(self.folder / JSONL_NAME)
+        atomic_write_json(self.folder / JSON_NAME, self.records)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.records)
+        atomic_write_bytes(self.folder / CSV_NAME, buf.getvalue().encode())
+        self._last_flush = time.monotonic()
+
+
+def read_all(folder: Path) -> list[dict]:
+    """Every record, from the .jsonl (skipping a torn last line)."""
+    path = Path(folder) / JSONL_NAME
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return out
+
+
+def read_last(folder: Path, n: int, block: int = 65536) -> list[dict]:
+    """The last `n` records, reading the .jsonl backwards (cost independent of the file's length)."""
+    path = Path(folder) / JSONL_NAME
+    if n <= 0 or not path.exists():
+        return []
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        pos = fh.tell()
+        data = b""
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+    lines = data.splitlines()
+    if pos > 0:
+        lines = lines[1:]  # first line may be cut in the middle
+    records = []
+    for line in lines[-(n + 1) :]:
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return records[-n:]

@@ -1,0 +1,81 @@
+"""training_v2_results.png: loss, val_loss and gap curves with the best point marked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from farensed.analysis.gap import BANDS
+from farensed.atomic import atomic_write_with
+
+PLOT_NAME = "training_v2_results.png"
+
+
+def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
+    """Draw the training curves of a metrics history to `path` (atomically)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("loss") is not None]
+    vals = [r for r in records if r.get("val_loss") is not None]
+    fig, (ax_loss, ax_gap) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss (treino)", alpha=0.6)
+    if vals:
+        ax_loss.plot([r["step"] for r in vals], [r["val_loss"] for r in vals], "o-", label="val_loss")
+        best = min(vals, key=lambda r: r["val_loss"])
+        ax_loss.plot(
+            [best["step"]],
+            [best["val_loss"]],
+            "*",
+            markersize=18,
+            color="gold",
+            markeredgecolor="black",
+            label=f"melhor (step {best['step']}: {best['val_loss']:.4f})",
+        )
+        ax_gap.plot([r["step"] for r in vals], [r["gap"] for r in vals], "o-", color="purple", label="gap")
+        for limit, name, _ in BANDS[:-1]:
+            ax_gap.axhline(limit, linestyle="--", linewidth=0.8, color="gray")
+            ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
+        ax_gap.axvline(best["step"], color="gold", linewidth=1)
+        ax_loss.axvline(best["step"], color="gold", linewidth=1)
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title(title or "Treino")
+    ax_loss.legend()
+    ax_gap.set_ylabel("gap = val_loss − loss")
+    ax_gap.set_xlabel("step")
+    ax_gap.legend()
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path
+
+
+def plot_evaluation(report: dict, folder: Path) -> list[Path]:
+    """evaluation_f1.png (F1 distribution) and evaluation_loss.png (per-example loss), adapters vs base."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, name, label in (
+        ("f1", "evaluation_f1.png", "F1 por exemplo"),
+        ("loss", "evaluation_loss.png", "loss da resposta por exemplo"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for tag, colour in (("base", "gray"), ("adapters", "tab:blue")):
+            values = [ex[tag][key] for ex in report["examples"]]
+            ax.hist(values, bins=20, alpha=0.6, color=colour, label=f"{tag} (média {sum(values) / len(values):.3f})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("exemplos")
+        ax.set_title(f"{report['config']['name']} — {label}")
+        ax.legend()
+        fig.tight_layout()
+        atomic_write_with(folder / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=90))
+        plt.close(fig)
+        paths.append(folder / name)
+    return paths

@@ -1,0 +1,67 @@
+"""The farensectl Click group and the helpers every command shares."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from farensed.errors import FarenseError
+
+
+class FarenseGroup(click.Group):
+    """A click group that turns library errors into one line on stderr and their exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FarenseError as exc:
+            err = click.ClickException(str(exc))
+            err.exit_code = exc.exit_code
+            raise err from None
+
+
+@click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="FARENSE_HOME",
+    help="Workspace root (default: $FARENSE_HOME, else the current directory).",
+)
+@click.version_option(package_name="farense")
+@click.pass_context
+def cli(ctx, home):
+    """Fine-tune LLMs with QLoRA on MLX: a queue daemon, exact resume, gap analysis.
+
+    \b
+    Example:
+      farensectl demo
+      farensectl submit jobs/examples/v2.json && farensectl tail
+    """
+    ctx.obj = {"home": home}
+
+
+def workspace(ctx=None):
+    from farensed.workspace import Workspace
+
+    ctx = ctx or click.get_current_context()
+    return Workspace.at(ctx.find_root().obj["home"])
+
+
+def queue(ctx=None):
+    from farensed.queue.jobs import Queue
+
+    return Queue(workspace(ctx))
+
+
+def print_json(obj) -> None:
+    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+BAND_COLOURS = {"EXCELENTE": "green", "BOM": "green", "MODERADO": "yellow", "CRÍTICO": "red"}
+
+
+def colour_band(text: str, band: str | None) -> str:
+    """Colour a gap band on a TTY (click strips it elsewhere)."""
+    return click.style(text, fg=BAND_COLOURS.get(band or "", None)) if sys.stdout.isatty() else text

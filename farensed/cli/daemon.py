@@ -1,0 +1,63 @@
+"""farensectl daemon start|stop|status|install|uninstall."""
+
+from __future__ import annotations
+
+import click
+
+from farensed.cli.app import cli, print_json, workspace
+
+
+@cli.group()
+def daemon():
+    """Manage farensed: a LaunchAgent (macOS), a systemd user unit (Linux), or a background process.
+
+    \b
+    Example:
+      farensectl daemon install && farensectl daemon status
+    """
+
+
+@daemon.command()
+def start():
+    """Start farensed (through launchd/systemd when installed)."""
+    from farensed.queue import service
+
+    click.echo(service.start(workspace()))
+
+
+@daemon.command()
+def stop():
+    """Stop farensed; the running job checkpoints and resumes at the next start."""
+    from farensed.queue import service
+
+    click.echo(service.stop(workspace()))
+
+
+@daemon.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def daemon_status(as_json):
+    """Is farensed running, with which pid and service manager."""
+    from farensed.queue import service
+
+    info = service.status(workspace())
+    if as_json:
+        print_json(info)
+    else:
+        state = f"a correr (pid {info['pid']})" if info["running"] else "parado"
+        click.echo(f"farensed {state}; gestor: {info['manager']}; instalado: {'sim' if info['installed'] else 'não'}")
+
+
+@daemon.command()
+def install():
+    """Render the service file with absolute paths and load it (launchctl / systemctl --user)."""
+    from farensed.queue import service
+
+    click.echo(service.install(workspace()))
+
+
+@daemon.command()
+def uninstall():
+    """Unload and remove the service file; stop farensed."""
+    from farensed.queue import service
+
+    click.echo(service.uninstall(workspace()))

@@ -1,0 +1,14 @@
+"""farensectl entry point: the group and every command module registered on it."""
+
+from __future__ import annotations
+
+from farensed.cli import daemon, jobs, train  # noqa: F401 - each module registers its commands on `cli`
+from farensed.cli.app import cli
+
+
+def main() -> None:
+    cli(prog_name="farensectl")
+
+
+if __name__ == "__main__":
+    main()

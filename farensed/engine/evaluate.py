@@ -1,0 +1,211 @@
+"""Evaluation of a job's best adapters against the base model: loss/perplexity, greedy answers, token F1, EM.
+
+Resumable: each finished example is appended (fsync) to evaluation_progress.jsonl; a killed evaluation
+continues from the first example that is not there. Deterministic: greedy decoding, fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from farensed.analysis.textmetrics import aggregate, exact_match, token_f1
+from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
+from farensed.engine.checkpoint import sha256
+from farensed.engine.data import file_digest, load_jsonl
+from farensed.errors import FarenseError, SpecError
+
+REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
+MODELS = ("base", "adapters")
+
+
+@dataclass
+class Example:
+    index: int
+    prompt: list[dict]  # chat messages before the answer
+    reference: str
+
+
+def load_examples(path: Path) -> list[Example]:
+    """The last assistant turn of each chat example (or the completion) is the reference."""
+    out = []
+    for i, record in enumerate(load_jsonl(path)):
+        where = f"{path}:{i + 1}"
+        if "messages" in record:
+            msgs = record["messages"]
+            if msgs[-1].get("role") != "assistant":
+                raise SpecError(f"{where}: sem referência (a última mensagem não é do 'assistant')")
+            out.append(Example(i, msgs[:-1], msgs[-1]["content"]))
+        elif "prompt" in record and "completion" in record:
+            out.append(Example(i, [{"role": "user", "content": record["prompt"]}], record["completion"]))
+        else:
+            raise SpecError(
+                f"{where}: formato 'text' não tem referências para avaliar; use 'messages' ou prompt/completion"
+            )
+    if not out:
+        raise SpecError(f"{path}: ficheiro de avaliação vazio")
+    return out
+
+
+class Evaluator:
+    """Scores base and adapters on the same examples; writes the report, CSV and PNGs into the run folder."""
+
+    def __init__(self, spec, ws, batch_size: int = 8, batched: bool = True, log=print):
+        self.spec, self.ws, self.log = spec, ws, log
+        self.run_dir = ws.run_dir(spec.name)
+        self.adapters = self.run_dir / "adapters"
+        self.data_path = ws.resolve(spec.data.test or spec.data.valid)
+        self.batch_size, self.batched = batch_size, batched
+        if not (self.adapters / "adapters.safetensors").is_file():
+            raise FarenseError(f"{self.run_dir}: job sem adapters para avaliar (treine-o primeiro)")
+        self.examples = load_examples(self.data_path)  # bad input fails here, before any output
+
+    def _fingerprint(self) -> dict:
+        return {
+            "adapters": sha256(self.adapters / "adapters.safetensors"),
+            "data": file_digest(self.data_path),
+            "batched": self.batched,
+        }
+
+    def _done(self, fingerprint: dict) -> dict[tuple[str, int], dict]:
+        path = self.run_dir / PROGRESS
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        if not lines or orjson.loads(lines[0]).get("fingerprint") != fingerprint:
+            if path.exists():
+                move_aside(path)  # adapters or data changed: those results no longer apply
+            append_line(path, orjson.dumps({"fingerprint": fingerprint}))
+            return {}
+        done = {}
+        for line in lines[1:]:
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # torn last line of a killed evaluation
+            done[(rec["model"], rec["index"])] = rec
+        return done
+
+    def run(self) -> dict:
+        examples = self.examples
+        fingerprint = self._fingerprint()
+        done = self._done(fingerprint)
+        from mlx_lm import load
+        from mlx_lm.tuner.utils import load_adapters
+
+        model, tokenizer = load(str(self.ws.resolve(self.spec.model)))
+        for tag in MODELS:
+            if tag == "adapters":
+                load_adapters(model, str(self.adapters))
+            model.eval()
+            self._score(tag, model, tokenizer, [e for e in examples if (tag, e.index) not in done], done)
+        report = self._report(examples, done, fingerprint)
+        self._write(report)
+        return report
+
+    def _score(self, tag, model, tokenizer, todo: list[Example], done: dict) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"Avaliação ({tag})", unit="ex", mininterval=0.5 if os.isatty(1) else 10)
+        step = self.batch_size if self.batched else 1
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            predictions = self._generate(model, tokenizer, chunk)
+            for example, prediction in zip(chunk, predictions):
+                rec = {
+                    "model": tag,
+                    "index": example.index,
+                    "prediction": prediction,
+                    "loss": self._loss(model, tokenizer, example),
+                    "f1": token_f1(prediction, example.reference),
+                    "em": exact_match(prediction, example.reference),
+                }
+                append_line(self.run_dir / PROGRESS, orjson.dumps(rec))
+                done[(tag, example.index)] = rec
+            bar.update(len(chunk))
+        bar.close()
+
+    def _prompt_tokens(self, tokenizer, example: Example) -> list[int]:
+        return list(tokenizer.apply_chat_template(example.prompt, add_generation_prompt=True))
+
+    def _generate(self, model, tokenizer, chunk: list[Example]) -> list[str]:
+        from mlx_lm.generate import batch_generate, generate
+
+        prompts = [self._prompt_tokens(tokenizer, e) for e in chunk]
+        limits = [min(len(tokenizer.encode(e.reference)) + 8, 256) for e in chunk]
+        if self.batched and len(chunk) > 1:
+            return [t.strip() for t in batch_generate(model, tokenizer, prompts, max_tokens=limits).texts]
+        return [generate(model, tokenizer, prompt=p, max_tokens=m).strip() for p, m in zip(prompts, limits)]
+
+    def _loss(self, model, tokenizer, example: Example) -> float:
+        """Mean cross-entropy of the reference answer given the prompt (prompt tokens masked)."""
+        import mlx.core as mx
+        import mlx.nn as nn
+
+        messages = example.prompt + [{"role": "assistant", "content": example.reference}]
+        tokens = list(tokenizer.apply_chat_template(messages))
+        offset = len(self._prompt_tokens(tokenizer, example))
+        x = mx.array([tokens])
+        logits = model(x[:, :-1])
+        ce = nn.losses.cross_entropy(logits, x[:, 1:])[0]
+        mask = mx.arange(1, len(tokens)) >= offset
+        return (ce * mask).sum().item() / max(mask.sum().item(), 1)
+
+    def _report(self, examples: list[Example], done: dict, fingerprint: dict) -> dict:
+        report = {
+            "config": {
+                "name": self.spec.name,
+                "model": self.spec.model,
+                "adapters": str(self.adapters),
+                "data": str(self.data_path),
+                "examples": len(examples),
+                "decoding": "greedy",
+                "normalisation": "lower-case, no accents, no punctuation, no articles (pt, en)",
+                **fingerprint,
+            }
+        }
+        for tag in MODELS:
+            rows = [done[(tag, e.index)] for e in examples]
+            f1, em, loss = ([r[k] for r in rows] for k in ("f1", "em", "loss"))
+            agg = aggregate(f1)
+            report[tag] = {
+                "f1_mean": agg["mean"],
+                "f1_median": agg["median"],
+                "f1_p10": agg["p10"],
+                "f1_p90": agg["p90"],
+                "em_mean": sum(em) / len(em),
+                "loss_mean": sum(loss) / len(loss),
+                "perplexity": math.exp(sum(loss) / len(loss)),
+                "examples": len(rows),
+            }
+        report["uplift"] = {k: report["adapters"][k] - report["base"][k] for k in report["base"] if k != "examples"}
+        report["examples"] = [
+            {
+                "index": e.index,
+                "prompt": e.prompt[-1]["content"],
+                "reference": e.reference,
+                **{tag: {k: done[(tag, e.index)][k] for k in ("prediction", "f1", "em", "loss")} for tag in MODELS},
+            }
+            for e in examples
+        ]
+        return report
+
+    def _write(self, report: dict) -> None:
+        atomic_write_json(self.run_dir / REPORT, report)
+        rows = ["metric,adapters,base,uplift"] + [
+            f"{k},{report['adapters'][k]:.6f},{report['base'][k]:.6f},{report['uplift'][k]:.6f}"
+            for k in report["uplift"]
+        ]
+        atomic_write_bytes(self.run_dir / SUMMARY, ("\n".join(rows) + "\n").encode())
+        from farensed.analysis.plots import plot_evaluation
+
+        plot_evaluation(report, self.run_dir)
+        a, b = report["adapters"], report["base"]
+        self.log(
+            f"\nAvaliação ({report['config']['examples']} exemplos): F1 {a['f1_mean']:.4f} (base {b['f1_mean']:.4f}),"
+            f" EM {a['em_mean']:.4f} (base {b['em_mean']:.4f}), perplexidade {a['perplexity']:.2f}"
+            f" (base {b['perplexity']:.2f})"
+        )
+        self.log(f"✓ Relatório: {(self.run_dir / REPORT).relative_to(self.ws.root)}")

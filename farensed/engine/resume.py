@@ -1,0 +1,55 @@
+"""Deciding how a run starts: fresh, resumed from the newest valid checkpoint, or refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from farensed.atomic import move_aside
+from farensed.engine.checkpoint import STATE_NAME, Checkpoint, newest_valid
+from farensed.errors import ResumeError
+
+
+@dataclass
+class StartPoint:
+    """Where training starts: nothing (fresh) or a verified checkpoint and its state."""
+
+    checkpoint: Checkpoint | None = None
+    state: dict | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.checkpoint is not None
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} → {b}")
+    return out
+
+
+def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool, warn) -> StartPoint:
+    """Fresh start, resume point, or a ResumeError saying what changed and suggesting --fresh."""
+    if fresh:
+        if run_dir.exists():
+            moved = move_aside(run_dir)
+            warn(f"--fresh: a pasta anterior foi guardada em {moved}")
+        return StartPoint()
+    if not (run_dir / STATE_NAME).exists():
+        return StartPoint()
+    found = newest_valid(run_dir, warn)
+    if found is None:
+        raise ResumeError(f"{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar")
+    ckpt, state = found
+    changed = _differences(state["fingerprint"], fingerprint) + _differences(state["data"], data_digests)
+    if changed:
+        raise ResumeError(
+            f"{run_dir}: não é possível retomar, a spec ou os dados mudaram ({'; '.join(changed)}); "
+            "use --fresh para recomeçar (a pasta antiga é guardada)"
+        )
+    return StartPoint(ckpt, state)

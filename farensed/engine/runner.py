@@ -1,0 +1,82 @@
+"""The engine's entry point, shared by `farensectl run` and the daemon's child process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from farensed.spec import load_spec
+from farensed.workspace import Workspace
+
+
+def configure_environment() -> None:
+    """Nothing may be downloaded at run time; models are local folders."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
+    """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal."""
+    configure_environment()
+    ws = Workspace.at(home)
+    spec = load_spec(Path(spec_path), ws)
+    from farensed.engine.distributed import in_rank
+
+    if spec.distributed and not in_rank():
+        return run_distributed(spec, ws, Path(spec_path), fresh)
+    from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
+
+    code = Trainer(spec, ws, fresh=fresh).run()
+    if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
+        if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
+            evaluate_spec(spec, ws)
+        print_final_analysis(ws.run_dir(spec.name))
+    return code
+
+
+def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file: Path | None = None) -> int:
+    """Run every rank through mlx.launch; the result is rank 0's exit code (75 when a peer was lost)."""
+    from farensed import EXIT_RESUMABLE, console
+    from farensed.atomic import move_aside
+    from farensed.engine.distributed import check_hosts, hosts_of, launch_command, run_launcher
+    from farensed.exitfile import read_exit_code
+
+    check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
+    run_dir = ws.run_dir(spec.name)
+    if fresh and run_dir.exists():
+        console.say(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}")
+    own = exit_file is None
+    exit_file = exit_file or ws.root / "checkpoints_qlora" / f".{spec.name}.exit-{os.getpid()}.json"
+    exit_file.parent.mkdir(parents=True, exist_ok=True)
+    exit_file.unlink(missing_ok=True)
+    console.say(f"mlx.launch: {len(hosts_of(spec, ws))} ranks ({spec.distributed.backend})")
+    run_launcher(launch_command(spec, ws, spec_path.resolve(), exit_file))
+    code = read_exit_code(exit_file)
+    if own:
+        exit_file.unlink(missing_ok=True)
+    if code is None:
+        console.say("⚠  Um rank perdeu-se antes do fim; retoma do último checkpoint com o mesmo comando.")
+        return EXIT_RESUMABLE
+    return code
+
+
+def print_final_analysis(run_dir: Path) -> None:
+    """The seed's ANÁLISE FINAL DE OVERFITTING, last thing on the console."""
+    from farensed import console
+    from farensed.analysis.gap import analyse, format_analysis
+    from farensed.analysis.metrics import read_all
+
+    console.say(format_analysis(analyse(read_all(run_dir))))
+
+
+def evaluate_spec(spec, ws: Workspace, batched: bool = True) -> dict:
+    """Evaluate a job's best adapters against its base model (resumable)."""
+    configure_environment()
+    from farensed import console
+    from farensed.engine.evaluate import Evaluator
+
+    evaluator = Evaluator(spec, ws, batched=batched, log=console.say)
+    console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
+    return evaluator.run()

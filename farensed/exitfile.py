@@ -1,0 +1,28 @@
+"""exit.json: how a training process ended, written last by the child (or rank 0), read by the daemon and runner.
+
+A process killed before it could write the file leaves none, which readers take as "lost" (resume, count a
+recovery). Shared by the queue and the engine, so it lives in the foundation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from farensed.atomic import atomic_write_json
+
+EXIT_FILE = "exit.json"
+
+
+def write_exit_code(path: Path, code: int) -> None:
+    """Record how a training process ended (written last: a killed process leaves none)."""
+    atomic_write_json(path, {"code": code})
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The recorded exit code, or None when there is none (the process was lost)."""
+    try:
+        return int(orjson.loads(Path(path).read_bytes())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,61 @@
+"""The training child the daemon starts: runs one job's spec and records its exit code in exit.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from farensed.atomic import atomic_write_json
+from farensed.errors import FarenseError
+from farensed.exitfile import EXIT_FILE, write_exit_code
+
+FRESH_DONE = "fresh.done"
+
+
+def start_over(run_dir: Path, job_dir: Path) -> None:
+    """`submit --fresh`: move the old run folder aside once; later attempts of the job resume the new run."""
+    from farensed.atomic import move_aside
+
+    if run_dir.exists():
+        print(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}", flush=True)
+    atomic_write_json(job_dir / FRESH_DONE, {"run_dir": str(run_dir)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farensed.queue.child")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args(argv)
+    job_dir = Path(args.job_dir)
+    code = 1
+    try:
+        from farensed.engine.runner import run_distributed, run_spec
+        from farensed.spec import load_spec
+        from farensed.workspace import Workspace
+
+        ws = Workspace.at(args.home)
+        spec = load_spec(job_dir / "spec.json", ws)
+        if args.fresh:
+            start_over(ws.run_dir(spec.name), job_dir)
+        if spec.distributed:
+            # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
+            run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / EXIT_FILE)
+            return 0
+        code = run_spec(job_dir / "spec.json", args.home)
+    except FarenseError as exc:
+        print(f"Error: {exc}", flush=True)
+        code = exc.exit_code
+    except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
+        traceback.print_exc()
+        sys.stdout.flush()
+        code = 1
+    # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
+    write_exit_code(job_dir / EXIT_FILE, code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The file queue under jobs/: job ids, states, the inbox jobs/pending/, and atomic transitions.
+
+jobs/
+  pending/               inbox: any spec file (submit writes here; a copy by hand works too)
+  failed/                invalid inbox files, kept, each with <file>.reason.txt
+  <id>/                  one folder per job: spec.json, submitted.json, job.json (state), log, exit.json
+  .queue.lock            held briefly for every id allocation, ingestion and state change
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from farensed.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+from farensed.engine.distributed import world_size
+from farensed.errors import QueueError, SpecError
+from farensed.exitfile import EXIT_FILE, read_exit_code
+from farensed.spec import load_spec, parse_not_before
+from farensed.workspace import Workspace
+
+JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+@dataclass
+class Job:
+    """A job's state, as stored in jobs/<id>/job.json."""
+
+    id: int
+    name: str
+    state: str = JobStatus.PENDING.value
+    priority: int = 0
+    not_before: str | None = None
+    after: list = field(default_factory=list)
+    max_recoveries: int = 10
+    world_size: int = 1
+    submitted_at: str = field(default_factory=now_iso)
+    source: str | None = None
+    attempts: int = 0
+    recoveries: int = 0
+    pid: int | None = None
+    pid_create_time: float | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    held: str | None = None  # why a pending job is held back (memory guard)
+    cancel_requested: bool = False
+    fresh: bool = False  # first attempt starts over (old run folder moved aside); recoveries resume
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self.state)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Queue:
+    """All jobs of one workspace; every mutation happens under the queue lock."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.root = ws.jobs
+        self.inbox = self.root / "pending"
+        self.failed_inbox = self.root / "failed"
+        for folder in (self.root, self.inbox, self.failed_inbox):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+        self.lock = FileLock(str(self.root / ".queue.lock"))
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    def job_dir(self, job_id: int) -> Path:
+        return self.root / str(job_id)
+
+    def ids(self) -> list[int]:
+        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and (p / JOB_FILE).is_file())
+
+    def get(self, job_id: int) -> Job:
+        try:
+            return Job(**read_json(self.job_dir(job_id) / JOB_FILE))
+        except FileNotFoundError:
+            raise QueueError(f"job {job_id} não existe") from None
+
+    def jobs(self) -> list[Job]:
+        return [self.get(i) for i in self.ids()]
+
+    def default_job(self) -> Job:
+        """The running job, else the latest one."""
+        jobs = self.jobs()
+        if not jobs:
+            raise QueueError("não há jobs na fila")
+        running = [j for j in jobs if j.status is JobStatus.RUNNING]
+        return running[0] if running else jobs[-1]
+
+    def resolve(self, job_id: int | None) -> Job:
+        return self.default_job() if job_id is None else self.get(job_id)
+
+    # ---- writing ---------------------------------------------------------------------------------------
+    def save(self, job: Job) -> None:
+        atomic_write_json(self.job_dir(job.id) / JOB_FILE, job.to_dict())
+
+    def update(self, job_id: int, **changes) -> Job:
+        with self.lock:
+            job = self.get(job_id)
+            for key, value in changes.items():
+                setattr(job, key, value)
+            self.save(job)
+            return job
+
+    def _next_id(self) -> int:
+        ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
+        return max(ids, default=0) + 1
+
+    def _create(self, spec_bytes: bytes, spec, source: str, overrides: dict) -> Job:
+        job_id = self._next_id()
+        job = Job(
+            id=job_id,
+            name=spec.name,
+            priority=spec.priority,
+            after=list(spec.after),
+            max_recoveries=spec.max_recoveries,
+            source=source,
+            world_size=world_size(spec, self.ws),
+        )
+        not_before = overrides.get("not_before") or spec.not_before
+        for key, value in overrides.items():
+            if value is not None and key != "not_before":
+                setattr(job, key, value)
+        if not_before:
+            job.not_before = parse_not_before(not_before).isoformat(timespec="seconds")
+        for dep in job.after:
+            if not self.job_dir(dep).is_dir():
+                raise SpecError(f"{source}: after: job {dep} não existe")
+        folder = self.job_dir(job_id)
+        tmp = self.root / f".{job_id}.tmp-{os.getpid()}"
+        tmp.mkdir(mode=0o700)
+        (tmp / SPEC_FILE).write_bytes(spec_bytes)
+        atomic_write_json(tmp / JOB_FILE, job.to_dict())
+        os.replace(tmp, folder)
+        fsync_dir(self.root)
+        return job
+
+    def ingest(self, path: Path, overrides: dict | None = None) -> Job | None:
+        """Turn one inbox file into a job (or move it to failed/ with its reason). Holds the lock."""
+        with self.lock:
+            if not path.exists():
+                return None  # someone else ingested it first
+            try:
+                spec = load_spec(path, self.ws)
+                job = self._create(path.read_bytes(), spec, path.name, overrides or {})
+            except SpecError as exc:
+                self._reject(path, str(exc))
+                if overrides is not None:
+                    raise
+                return None
+            os.replace(path, self.job_dir(job.id) / "submitted.json")
+            fsync_dir(self.inbox)
+            return job
+
+    def _reject(self, path: Path, reason: str) -> None:
+        target = self.failed_inbox / path.name
+        n = 1
+        while target.exists():
+            target = self.failed_inbox / f"{path.stem}.{n}{path.suffix}"
+            n += 1
+        os.replace(path, target)
+        atomic_write_bytes(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
+
+    def ingest_inbox(self) -> list[Job]:
+        """Every spec file waiting in jobs/pending/, oldest first."""
+        settled = time.time() - 0.3  # a file copied in by hand may still be being written
+        files = sorted(
+            (
+                p
+                for p in self.inbox.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime < settled
+            ),
+            key=lambda p: (p.stat().st_mtime_ns, p.name),
+        )
+        return [job for job in map(self.ingest, files) if job]
+
+    def submit(self, spec_path: Path, **overrides) -> Job:
+        """Validate a spec fully, write it into the inbox atomically and make it a job; return the job."""
+        spec_path = Path(spec_path)
+        spec = load_spec(spec_path, self.ws)  # every error before anything is written
+        self._check_overrides(spec_path, spec, overrides)
+        data = spec_path.read_bytes()
+        name = f".submit-{os.getpid()}-{spec_path.name}"
+        with self.lock:
+            atomic_write_bytes(self.inbox / name, data)
+            job = self.ingest(self.inbox / name, overrides)
+        from farensed.queue.wake import nudge
+
+        nudge(self.root)  # an idle daemon starts it now, not at its next poll
+        return job
+
+    def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
+        if overrides.get("not_before"):
+            try:
+                parse_not_before(overrides["not_before"])
+            except ValueError as exc:
+                raise SpecError(
+                    f"{source}: not_before '{overrides['not_before']}' não é hora ISO nem HH:MM ({exc})"
+                ) from None
+        for dep in overrides.get("after") or spec.after:
+            if not self.job_dir(dep).is_dir():
+                raise SpecError(f"{source}: after: job {dep} não existe")
+
+    # ---- scheduling ------------------------------------------------------------------------------------
+    def next_runnable(self, now: dt.datetime | None = None) -> Job | None:
+        """Highest priority, then oldest, among pending jobs whose time and dependencies allow it."""
+        now = now or dt.datetime.now().astimezone()
+        jobs = {j.id: j for j in self.jobs()}
+        ready = []
+        for job in jobs.values():
+            if job.status is not JobStatus.PENDING or job.held:
+                continue
+            if job.not_before and dt.datetime.fromisoformat(job.not_before) > now:
+                continue
+            deps = [jobs.get(d) for d in job.after]
+            broken = [
+                d for d, j in zip(job.after, deps) if j is None or j.status in (JobStatus.FAILED, JobStatus.CANCELLED)
+            ]
+            if broken:
+                self.update(
+                    job.id,
+                    state=JobStatus.FAILED.value,
+                    ended_at=now_iso(),
+                    error=f"dependência {broken[0]} falhou ou foi cancelada",
+                )
+                continue
+            if all(j.status is JobStatus.DONE for j in deps):
+                ready.append(job)
+        return min(ready, key=lambda j: (-j.priority, j.id)) if ready else None
+
+    def cancel(self, job_id: int) -> Job:
+        """Pending: never runs. Running: checkpoint-stop, then cancelled (files kept)."""
+        from farensed.queue.procs import process_alive, signal_group
+
+        with self.lock:
+            job = self.get(job_id)
+            if job.status.terminal:
+                raise QueueError(f"job {job_id} já terminou ({job.state})")
+            if job.status is JobStatus.PENDING:
+                return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado")
+            job = self.update(job_id, cancel_requested=True)
+        if process_alive(job.pid, job.pid_create_time):
+            signal_group(job.pid)
+        return job
+
+    def retry(self, job_id: int) -> Job:
+        """Failed or cancelled → pending; it resumes from its checkpoint."""
+        with self.lock:
+            job = self.get(job_id)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise QueueError(f"job {job_id} está {job.state}: só jobs failed ou cancelled podem ser repetidos")
+            job = self.update(
+                job_id,
+                state=JobStatus.PENDING.value,
+                error=None,
+                exit_code=None,
+                ended_at=None,
+                cancel_requested=False,
+                held=None,
+            )
+        from farensed.queue.wake import nudge
+
+        nudge(self.root)
+        return job
+
+    def log_path(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / LOG_FILE
+
+    def read_exit(self, job_id: int) -> int | None:
+        return read_exit_code(self.job_dir(job_id) / EXIT_FILE)

@@ -1,0 +1,63 @@
+"""Keep the machine awake while a job runs, and tell the user when it ends (where the OS offers it)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+_unavailable: set[str] = set()  # tools that failed once: say so once, not at every job
+
+
+def keep_awake(pid: int, log) -> subprocess.Popen | None:
+    """`caffeinate -i -w PID` on macOS, `systemd-inhibit` where it works; None (and a log line) elsewhere."""
+    if _unavailable:
+        return None
+    if sys.platform == "darwin" and shutil.which("caffeinate"):
+        cmd = ["caffeinate", "-i", "-w", str(pid)]
+    elif shutil.which("systemd-inhibit") and shutil.which("tail"):
+        cmd = [
+            "systemd-inhibit",
+            "--what=sleep:idle",
+            "--who=farensed",
+            "--why=treino em curso",
+            "--mode=block",
+            "tail",
+            f"--pid={pid}",
+            "-f",
+            "/dev/null",
+        ]
+    else:
+        log("sem caffeinate nem systemd-inhibit: a máquina pode adormecer durante o treino")
+        _unavailable.add("all")
+        return None
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.1)
+    if proc.poll() is not None:
+        log(f"{cmd[0]} não está disponível aqui (código {proc.returncode}): a máquina pode adormecer")
+        _unavailable.add(cmd[0])
+        return None
+    return proc
+
+
+def release(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def _applescript_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def notify(title: str, message: str) -> None:
+    """A desktop notification (osascript / notify-send) where available; silently nothing elsewhere."""
+    try:
+        if sys.platform == "darwin" and shutil.which("osascript"):
+            script = f"display notification {_applescript_string(message)} with title {_applescript_string(title)}"
+            subprocess.run(["osascript", "-e", script], timeout=5, capture_output=True)
+        elif shutil.which("notify-send"):
+            subprocess.run(["notify-send", title, message], timeout=5, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        pass
