@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import plistlib
 import shutil
@@ -251,7 +252,7 @@ def test_memory_guard_checkpoint_stops_and_holds_the_job_until_memory_recovers(w
 
     job_id = submit(workspace, spec_with(epochs=2))
     available = ps.virtual_memory().available / 2**20
-    daemon = Daemon(Workspace(workspace), min_available_mb=None, log=lambda msg: None)
+    daemon = Daemon(Workspace(workspace), min_available_mb=None, log=logging.getLogger("test"))
     daemon.start(queue(workspace).get(job_id))
     wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 3, timeout=120)
     daemon.min_available_mb = available * 100  # "memory is low"

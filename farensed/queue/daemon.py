@@ -6,6 +6,7 @@ stays small, and a daemon killed with -9 leaves its child training; the next dae
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -78,7 +79,7 @@ class Daemon:
         rescan_interval: float = 5.0,
         min_available_mb: float | None = None,
         stop_timeout: float = 300.0,
-        log=None,
+        log: logging.Logger | None = None,
     ):
         self.ws, self.queue = ws, Queue(ws)
         self.poll_interval, self.rescan_interval = poll_interval, rescan_interval
@@ -87,10 +88,10 @@ class Daemon:
         self.current: Running | None = None
         self.stopping = False
         self.waker: Waker | None = None
-        self._log = log or (lambda msg: print(msg, flush=True))
+        self.logger = log or logging.getLogger("farensed")
 
     def log(self, msg: str) -> None:
-        self._log(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}")
+        self.logger.info(msg)
 
     # ---- start-up ------------------------------------------------------------------------------------
     def acquire(self) -> None:

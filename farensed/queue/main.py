@@ -2,45 +2,61 @@
 
 from __future__ import annotations
 
-import argparse
-import os
+import logging
 import sys
+
+import click
 
 from farensed.errors import FarenseError
 from farensed.workspace import Workspace
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="farensed", description=__doc__.split("\n")[0].strip("`"))
-    parser.add_argument("--home", help="workspace root (default: $FARENSE_HOME, else the current directory)")
-    parser.add_argument("--burst", action="store_true", help="exit once no job is left to run")
-    parser.add_argument("--poll", type=float, default=0.5, help="seconds between checks of the running child")
-    parser.add_argument("--rescan", type=float, default=5.0, help="seconds between full rescans of jobs/pending/")
-    parser.add_argument(
-        "--min-available-mb",
-        type=float,
-        default=float(os.environ["FARENSE_MIN_AVAILABLE_MB"]) if os.environ.get("FARENSE_MIN_AVAILABLE_MB") else None,
-        help="memory guard: checkpoint-stop the job when available memory falls below this",
+def configure_logging() -> None:
+    """One timestamped line per event on stdout (launchd/systemd keep it; `farensectl daemon` tails it)."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stdout
     )
-    parser.add_argument(
-        "--stop-timeout", type=float, default=300.0, help="seconds to wait for the child's checkpoint on SIGTERM"
-    )
-    args = parser.parse_args(argv)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home", envvar="FARENSE_HOME", help="Workspace root (default: $FARENSE_HOME, else the current directory)."
+)
+@click.option("--burst", is_flag=True, help="Exit once no job is left to run.")
+@click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between checks of the running child.")
+@click.option("--rescan", type=float, default=5.0, show_default=True, help="Seconds between rescans of jobs/pending/.")
+@click.option(
+    "--min-available-mb",
+    type=float,
+    envvar="FARENSE_MIN_AVAILABLE_MB",
+    help="Memory guard: checkpoint-stop the job when available memory falls below this [env FARENSE_MIN_AVAILABLE_MB].",
+)
+@click.option(
+    "--stop-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the child's checkpoint."
+)
+@click.version_option(package_name="farense")
+def cli(home, burst, poll, rescan, min_available_mb, stop_timeout):
+    """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
     from farensed.queue.daemon import Daemon
 
+    configure_logging()
     daemon = Daemon(
-        Workspace.at(args.home),
-        poll_interval=args.poll,
-        rescan_interval=args.rescan,
-        min_available_mb=args.min_available_mb,
-        stop_timeout=args.stop_timeout,
+        Workspace.at(home),
+        poll_interval=poll,
+        rescan_interval=rescan,
+        min_available_mb=min_available_mb,
+        stop_timeout=stop_timeout,
     )
     try:
-        return daemon.work(burst=args.burst)
+        sys.exit(daemon.work(burst=burst))
     except FarenseError as exc:
-        print(f"farensed: {exc}", file=sys.stderr)
-        return exc.exit_code
+        click.echo(f"farensed: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="farensed")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
