@@ -15,6 +15,13 @@ from tests.helpers import TEST_SPEC, run_cli, write_spec
 CACHE = Path(os.environ.get("FARENSE_TEST_CACHE", Path(__file__).parent / ".cache"))
 
 
+def pytest_collection_modifyitems(items):
+    """Two layers: a test that uses the tiny model (directly or through a fixture) is `e2e`, any other `fast`."""
+    for item in items:
+        uses_model = "tiny_model" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.e2e if uses_model else pytest.mark.fast)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own workspace root (as $FARENSE_HOME) and runs offline."""

@@ -47,9 +47,9 @@ def test_examples_v1_v2_show_the_seeds_differences():
 def test_not_before_hh_mm_means_the_next_such_time():
     import datetime as dt
 
-    now = dt.datetime(2026, 11, 25, 22, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 25, 22, 0, tzinfo=dt.UTC)
     assert parse_not_before("23:30", now) == now.replace(hour=23, minute=30)
-    assert parse_not_before("01:00", now) == dt.datetime(2026, 11, 26, 1, 0, tzinfo=dt.timezone.utc)
+    assert parse_not_before("01:00", now) == dt.datetime(2026, 11, 26, 1, 0, tzinfo=dt.UTC)
 
 
 def _set(path, value):

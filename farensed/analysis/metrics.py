@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 
 import orjson
 
 from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
+from farensed.jsonl import parse_lines, read_jsonl, tail_lines
 
 JSON_NAME, JSONL_NAME, CSV_NAME = "training_metrics.json", "training_metrics.jsonl", "training_metrics.csv"
 CSV_COLUMNS = [
@@ -80,39 +80,9 @@ class MetricsLog:
 
 def read_all(folder: Path) -> list[dict]:
     """Every record, from the .jsonl (skipping a torn last line)."""
-    path = Path(folder) / JSONL_NAME
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        try:
-            out.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return out
+    return read_jsonl(Path(folder) / JSONL_NAME)
 
 
-def read_last(folder: Path, n: int, block: int = 65536) -> list[dict]:
+def read_last(folder: Path, n: int) -> list[dict]:
     """The last `n` records, reading the .jsonl backwards (cost independent of the file's length)."""
-    path = Path(folder) / JSONL_NAME
-    if n <= 0 or not path.exists():
-        return []
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        pos = fh.tell()
-        data = b""
-        while pos > 0 and data.count(b"\n") <= n:
-            step = min(block, pos)
-            pos -= step
-            fh.seek(pos)
-            data = fh.read(step) + data
-    lines = data.splitlines()
-    if pos > 0:
-        lines = lines[1:]  # first line may be cut in the middle
-    records = []
-    for line in lines[-(n + 1) :]:
-        try:
-            records.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-    return records[-n:]
+    return parse_lines(tail_lines(Path(folder) / JSONL_NAME, n + 1))[-n:] if n > 0 else []

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import orjson
-
 from farensed.analysis.metrics import JSONL_NAME
+from farensed.jsonl import parse_lines
 
 
 def _eta(record: dict, first: dict | None) -> str | None:
@@ -75,11 +73,7 @@ class MetricsFollower:
             data = self.partial + fh.read()
             self.offset = fh.tell()
         *lines, self.partial = data.split(b"\n")
-        for line in lines:
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+        yield from parse_lines(lines)
 
 
 def follow(
@@ -100,7 +94,3 @@ def follow(
         if over:
             return
         time.sleep(interval)
-
-
-def stdout_is_tty() -> bool:
-    return os.isatty(1)

@@ -8,6 +8,7 @@ import orjson
 
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_all, read_last
+from farensed.analysis.tensors import describe_adapters
 from farensed.atomic import read_json
 from farensed.queue.jobs import Job, JobStatus, Queue
 
@@ -96,6 +97,7 @@ def full_status(queue: Queue, job: Job) -> dict:
         "output_dir": str(queue.ws.output_dir(job.name)),
         "log": str(queue.log_path(job.id)),
         "summary": _read(run_dir / "training_summary.json"),
+        "adapters": describe_adapters(queue.ws.output_dir(job.name)) or describe_adapters(run_dir / "adapters"),
     }
 
 

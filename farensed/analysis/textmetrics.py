@@ -40,20 +40,14 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(normalise_tokens(prediction) == normalise_tokens(reference))
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100), as numpy's default."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def aggregate(values: list[float]) -> dict:
+    # "inclusive" deciles interpolate linearly between data points, as numpy's default percentile does
+    deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
     return {
         "mean": statistics.fmean(values),
         "median": statistics.median(values),
-        "p10": percentile(values, 10),
-        "p90": percentile(values, 90),
+        "p10": deciles[0],
+        "p90": deciles[-1],
         "min": min(values),
         "max": max(values),
     }

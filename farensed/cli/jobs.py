@@ -166,6 +166,11 @@ def status(job_id, as_json):
             f"loss {_fmt(p['loss'])}, val_loss {_fmt(p['val_loss'])}, melhor {_fmt(p['best_val_loss'])}, "
             f"banda {p['band'] or '-'}"
         )
+    if (adapters := info.get("adapters")) and "error" not in adapters:
+        click.echo(
+            f"{'adapters:':<14}{adapters['tensors']} tensores, {adapters['parameters']:,} parâmetros "
+            f"({adapters['path']})"
+        )
     if info.get("error"):
         click.echo("erro:\n  " + info["error"].replace("\n", "\n  "))
 
@@ -251,9 +256,12 @@ def logs(job_id, lines):
     q = queue()
     q.get(job_id)
     path = q.log_path(job_id)
-    text = path.read_text(errors="replace") if path.exists() else ""
-    out = text.splitlines()[-lines:] if lines else text.splitlines()
-    click.echo("\n".join(out))
+    if lines:
+        from farensed.jsonl import tail_lines
+
+        click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
+    else:
+        click.echo(path.read_text(errors="replace") if path.exists() else "", nl=False)
 
 
 @cli.command()

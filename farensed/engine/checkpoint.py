@@ -11,7 +11,6 @@ checkpoint_epoch<E>_step<S>/
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from farensed.atomic import atomic_write_json, dumps, fsync_dir, fsync_file, move_aside, read_json
+from farensed.digest import sha256_file
 
 STATE_NAME = "training_state.json"
 CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)_step(\d+)$")
@@ -29,14 +29,6 @@ FORMAT = 1
 
 def checkpoint_name(epoch: int, step: int) -> str:
     return f"checkpoint_epoch{epoch}_step{step}"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_safetensors(path: Path, arrays: dict) -> None:
@@ -60,11 +52,11 @@ def write_checkpoint(
     files = {}
     for fname, arrays in tensors.items():
         save_safetensors(tmp / fname, arrays)
-        files[fname] = sha256(tmp / fname)
+        files[fname] = sha256_file(tmp / fname)
     for fname, obj in json_files.items():
         (tmp / fname).write_bytes(dumps(obj))
         fsync_file(tmp / fname)
-        files[fname] = sha256(tmp / fname)
+        files[fname] = sha256_file(tmp / fname)
     (tmp / STATE_NAME).write_bytes(dumps(dict(state, format=FORMAT, files=files)))
     fsync_file(tmp / STATE_NAME)
     fsync_dir(tmp)
@@ -107,7 +99,7 @@ def verify(ckpt: Checkpoint) -> dict:
         path = ckpt.path / fname
         if not path.is_file():
             raise ValueError(f"falta {fname}")
-        if sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ValueError(f"{fname} danificado (sha256 não confere)")
     return state
 

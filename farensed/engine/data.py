@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
+
+from farensed.jsonl import read_jsonl
 
 PAD_TO = 8
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_jsonl(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
 
 
 @dataclass
@@ -37,7 +29,7 @@ def tokenize_file(path: Path, tokenizer, max_seq_length: int) -> TokenizedSet:
     """Tokenize with mlx-lm's own dataset classes (chat, completions, text), prompt masked."""
     from mlx_lm.tuner.datasets import create_dataset
 
-    records = load_jsonl(path)
+    records = read_jsonl(path)
     dataset = create_dataset(records, tokenizer, types.SimpleNamespace(mask_prompt=True))
     tokens, offsets = [], []
     for i in range(len(dataset)):
@@ -62,11 +54,11 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_batches)
 
 
-def collate(data: TokenizedSet, indices: list[int], max_seq_length: int, rows: int | None = None):
+def collate(data: TokenizedSet, indices: list[int], max_seq_length: int):
     """Pad a batch to a multiple of PAD_TO (+1 for the shifted targets); lengths as (offset, length)."""
     import mlx.core as mx
 
-    rows = rows or len(indices)
+    rows = len(indices)
     lengths = [min(len(data.tokens[i]), max_seq_length) for i in indices]
     width = min(1 + PAD_TO * ((max(lengths) + PAD_TO - 1) // PAD_TO), max_seq_length)
     arr = np.zeros((rows, width), np.int32)

@@ -6,6 +6,8 @@ continues from the first example that is not there. Deterministic: greedy decodi
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -15,9 +17,9 @@ import orjson
 
 from farensed.analysis.textmetrics import aggregate, exact_match, token_f1
 from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
-from farensed.engine.checkpoint import sha256
-from farensed.engine.data import file_digest, load_jsonl
+from farensed.digest import sha256_file
 from farensed.errors import FarenseError, SpecError
+from farensed.jsonl import parse_lines, read_jsonl
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
 MODELS = ("base", "adapters")
@@ -33,7 +35,7 @@ class Example:
 def load_examples(path: Path) -> list[Example]:
     """The last assistant turn of each chat example (or the completion) is the reference."""
     out = []
-    for i, record in enumerate(load_jsonl(path)):
+    for i, record in enumerate(read_jsonl(path)):
         where = f"{path}:{i + 1}"
         if "messages" in record:
             msgs = record["messages"]
@@ -66,8 +68,8 @@ class Evaluator:
 
     def _fingerprint(self) -> dict:
         return {
-            "adapters": sha256(self.adapters / "adapters.safetensors"),
-            "data": file_digest(self.data_path),
+            "adapters": sha256_file(self.adapters / "adapters.safetensors"),
+            "data": sha256_file(self.data_path),
             "batched": self.batched,
         }
 
@@ -79,14 +81,8 @@ class Evaluator:
                 move_aside(path)  # adapters or data changed: those results no longer apply
             append_line(path, orjson.dumps({"fingerprint": fingerprint}))
             return {}
-        done = {}
-        for line in lines[1:]:
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # torn last line of a killed evaluation
-            done[(rec["model"], rec["index"])] = rec
-        return done
+        # a killed evaluation may leave a torn last line: parse_lines skips it
+        return {(rec["model"], rec["index"]): rec for rec in parse_lines(lines[1:])}
 
     def run(self) -> dict:
         examples = self.examples
@@ -194,11 +190,12 @@ class Evaluator:
 
     def _write(self, report: dict) -> None:
         atomic_write_json(self.run_dir / REPORT, report)
-        rows = ["metric,adapters,base,uplift"] + [
-            f"{k},{report['adapters'][k]:.6f},{report['base'][k]:.6f},{report['uplift'][k]:.6f}"
-            for k in report["uplift"]
-        ]
-        atomic_write_bytes(self.run_dir / SUMMARY, ("\n".join(rows) + "\n").encode())
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["metric", "adapters", "base", "uplift"])
+        for k in report["uplift"]:
+            writer.writerow([k] + [f"{report[tag][k]:.6f}" for tag in ("adapters", "base", "uplift")])
+        atomic_write_bytes(self.run_dir / SUMMARY, buf.getvalue().encode())
         from farensed.analysis.plots import plot_evaluation
 
         plot_evaluation(report, self.run_dir)

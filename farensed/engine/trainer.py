@@ -21,9 +21,10 @@ from farensed import EXIT_RESUMABLE, console
 from farensed.analysis.gap import band
 from farensed.analysis.metrics import MetricsLog
 from farensed.atomic import atomic_write_json
+from farensed.digest import sha256_file
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
-from farensed.engine.data import TokenizedSet, collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
+from farensed.engine.data import TokenizedSet, collate, epoch_order, length_sorted_batches, tokenize_file
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
@@ -88,7 +89,7 @@ class Trainer:
         self.model, self.tokenizer = load(str(self.model_path))
         console.say("\nA carregar datasets...")
         train_path, valid_path = self.ws.resolve(spec.data.train), self.ws.resolve(spec.data.valid)
-        self.data_digests = {"train": file_digest(train_path), "valid": file_digest(valid_path)}
+        self.data_digests = {"train": sha256_file(train_path), "valid": sha256_file(valid_path)}
         console.say("\nA tokenizar...")
         self.train_set = tokenize_file(train_path, self.tokenizer, spec.max_seq_length)
         self.valid_set = tokenize_file(valid_path, self.tokenizer, spec.max_seq_length)

@@ -22,6 +22,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
 from farensed.exitfile import EXIT_FILE
+from farensed.jsonl import tail_lines
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
@@ -42,14 +43,9 @@ def daemon_pid(ws: Workspace) -> int | None:
 
 
 def last_lines(path: Path, n: int = 10) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(path) - 8192))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [line.split("\r")[-1] for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-n:])
+    """The last `n` non-blank lines of a log, each as its last progress-bar redraw (after the final \\r)."""
+    lines = [line.split(b"\r")[-1].decode(errors="replace") for line in tail_lines(path, 4 * n)]
+    return "\n".join([line for line in lines if line.strip()][-n:])
 
 
 @dataclass
