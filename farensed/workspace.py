@@ -1,4 +1,4 @@
-"""The workspace root and the folders of DESIGN.md inside it."""
+"""The workspace root and its folders (models/, data/, jobs/, checkpoints_qlora/, output/; see README)."""
 
 from __future__ import annotations
 

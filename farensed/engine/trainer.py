@@ -1,6 +1,6 @@
 """The resumable QLoRA training loop. Read top to bottom: setup, restore, loop, finish.
 
-Exact resume rests on four rules (MLX_NOTES.md): restore every piece of state before building the compiled
+Exact resume rests on four rules (docs/ARCHITECTURE.md, "Exact resume"): restore every piece of state before building the compiled
 step; the data order is a pure function of (seed, epoch); dropout's RNG is re-seeded from (seed, step) before
 every micro-step; checkpoints are taken only at optimizer-update boundaries.
 """
