@@ -117,7 +117,7 @@ class Daemon:
                 continue
             if process_alive(job.pid, job.pid_create_time):
                 self.log(f"job {job.id} ({job.name}): processo {job.pid} vivo, adotado")
-                self.current = Running(job.id, job.pid)
+                self.current = Running(job.id, job.pid, awake=keep_awake(job.pid, self.log))
             else:
                 self.settle(job.id, self.queue.read_exit(job.id))
 
