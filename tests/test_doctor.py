@@ -119,7 +119,7 @@ def test_the_doctor_probes_mlx_without_importing_it(workspace):
     code = (
         "import sys, json\nfrom click.testing import CliRunner\nfrom farensed.cli.main import cli\n"
         f"r = CliRunner().invoke(cli, ['--home', {str(workspace)!r}, 'doctor', '--json'])\n"
-        "print(json.dumps({'mlx': sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')),"
+        "print(json.dumps({'mlx': sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')),"
         " 'device': [c for c in json.loads(r.output)['checks'] if c['name'] == 'mlx'][0]['data'].get('device')}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=180)

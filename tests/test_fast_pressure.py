@@ -128,3 +128,33 @@ def test_the_guard_describes_what_it_reads():
     assert "desligada" in MemoryGuard(Thresholds(enabled=False), reader=lambda: MAC_CRITICAL).describe()
     assert "PSI full avg10 ≥ 20%" in MemoryGuard(reader=lambda: linux(20 * GB, PSI_IDLE)).describe()
     assert "sem PSI" in MemoryGuard(reader=lambda: linux(20 * GB, None)).describe()
+
+
+def test_farensed_turns_the_guard_on_by_default_and_takes_options_and_env(tmp_path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.helpers import child_env
+
+    def first_line(*args, **env):
+        proc = subprocess.run(
+            [sys.executable, "-m", "farensed.queue.main", "--home", str(tmp_path), "--burst", *args],
+            capture_output=True,
+            text=True,
+            env={**child_env(), **env},
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()[0]
+
+    default = first_line()
+    assert "guarda de memória:" in default and "desligada" not in default
+    if sys.platform != "darwin":
+        floor = default_floor_mb(psutil.virtual_memory().total / 2**20)
+        assert f"memória disponível < {floor:.0f} MB" in default
+        assert "memória disponível < 300 MB" in first_line("--min-available-mb", "300")
+        assert "memória disponível < 400 MB" in first_line(FARENSE_MIN_AVAILABLE_MB="400")
+    assert "desligada" in first_line("--no-memory-guard")
+    assert "desligada" in first_line(FARENSE_MEMORY_GUARD="0")

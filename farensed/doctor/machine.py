@@ -71,10 +71,10 @@ def check_mlx(probe: dict) -> Check:
         return Check("mlx", FAIL, f"mlx não carrega: {probe.get('error')}", "pip install -e . (no venv deste Python)")
     info = probe.get("info", {})
     name = info.get("device_name", "?")
-    if probe.get("metal") and "gpu" in probe["device"]:
+    if "gpu" in probe["device"]:
         memory = info.get("memory_size")
         working = info.get("max_recommended_working_set_size")
-        text = f"Metal GPU {name} (mlx {probe['mlx']})"
+        text = f"{'Metal GPU' if probe.get('metal') else 'GPU'} {name} (mlx {probe['mlx']})"
         if memory:
             text += f", {gb(memory)} de memória unificada"
         if working:

@@ -77,7 +77,11 @@ def cli(
     configure_logging()
     guard = MemoryGuard(
         Thresholds(
-            memory_guard, {"warn": 2, "critical": 4}[pressure_stop], psi_full_stop, psi_some_stop, min_available_mb
+            enabled=memory_guard,
+            macos_stop_level={"warn": 2, "critical": 4}[pressure_stop],
+            psi_full_stop=psi_full_stop,
+            psi_some_stop=psi_some_stop,
+            min_available_mb=min_available_mb,
         )
     )
     logging.getLogger("farensed").info(guard.describe())
