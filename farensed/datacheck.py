@@ -75,3 +75,12 @@ def check_model_dir(path: Path, label: str) -> None:
         raise SpecError(f"{label}: {path} não tem pesos (*.safetensors)")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise SpecError(f"{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)")
+
+
+def file_format(path: Path) -> str:
+    """The format of a data file that `check_data_file` accepted: that of its first example."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if raw.strip():
+                return _format_of(orjson.loads(raw), f"{path}:{lineno}")
+    raise SpecError(f"{path}: ficheiro de dados vazio")

@@ -246,26 +246,30 @@ def test_daemon_start_status_stop_fallback_process(workspace):
 
 
 def test_memory_guard_checkpoint_stops_and_holds_the_job_until_memory_recovers(workspace):
-    import psutil as ps
-
     from farensed.queue.daemon import Daemon
+    from farensed.queue.pressure import MemoryGuard, Reading
 
+    # Recorded kernel readings (macOS levels: 1 normal, 2 warn, 4 critical), fed to the guard as the machine changes.
+    machine = {"now": Reading(total_mb=16384, available_mb=6000, level=1)}
     job_id = submit(workspace, spec_with(epochs=2))
-    available = ps.virtual_memory().available / 2**20
-    daemon = Daemon(Workspace(workspace), min_available_mb=None, log=logging.getLogger("test"))
+    guard = MemoryGuard(reader=lambda: machine["now"])
+    daemon = Daemon(Workspace(workspace), memory_guard=guard, log=logging.getLogger("test"))
     daemon.start(queue(workspace).get(job_id))
     wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 3, timeout=120)
-    daemon.min_available_mb = available * 100  # "memory is low"
+    assert daemon.guard_memory() is True and queue(workspace).get(job_id).held is None
+    machine["now"] = Reading(total_mb=16384, available_mb=5000, level=4, swap_used_mb=3072, swap_out_mb_s=200)
     assert daemon.guard_memory() is False
     job = queue(workspace).get(job_id)
-    assert job.held.startswith("memória baixa")
+    assert job.held.startswith("memória sob pressão") and "sinal: kern.memorystatus_vm_pressure_level" in job.held
     daemon.current.popen.wait(timeout=120)
     daemon.poll_current()
     job = queue(workspace).get(job_id)
     assert (job.state, job.exit_code, job.recoveries) == ("pending", 75, 0) and job.held
     assert queue(workspace).next_runnable() is None  # held back
-    assert "memória baixa" in (workspace / "jobs" / str(job_id) / "log").read_text()
-    daemon.min_available_mb = 1  # memory is back
+    assert "memória sob pressão" in (workspace / "jobs" / str(job_id) / "log").read_text()
+    machine["now"] = Reading(total_mb=16384, available_mb=5000, level=2)  # easing, not yet normal
+    assert daemon.guard_memory() is False and queue(workspace).get(job_id).held
+    machine["now"] = Reading(total_mb=16384, available_mb=6000, level=1)  # pressure is back to normal
     assert daemon.guard_memory() is True
     assert queue(workspace).get(job_id).held is None and queue(workspace).next_runnable().id == job_id
 

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from filelock import FileLock, Timeout
 
 from farensed import EXIT_RESUMABLE
@@ -26,11 +25,13 @@ from farensed.jsonl import tail_lines
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
+from farensed.queue.pressure import Action, MemoryGuard
 from farensed.queue.procs import create_time, process_alive, signal_group
 from farensed.queue.wake import Waker
 from farensed.workspace import Workspace
 
 PID_FILE = "daemon.pid"
+MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
 
 
 def daemon_pid(ws: Workspace) -> int | None:
@@ -73,13 +74,13 @@ class Daemon:
         ws: Workspace,
         poll_interval: float = 0.5,
         rescan_interval: float = 5.0,
-        min_available_mb: float | None = None,
+        memory_guard: MemoryGuard | None = None,
         stop_timeout: float = 300.0,
         log: logging.Logger | None = None,
     ):
         self.ws, self.queue = ws, Queue(ws)
         self.poll_interval, self.rescan_interval = poll_interval, rescan_interval
-        self.min_available_mb, self.stop_timeout = min_available_mb, stop_timeout
+        self.memory_guard, self.stop_timeout = memory_guard or MemoryGuard(), stop_timeout
         self.singleton = FileLock(str(ws.jobs / ".daemon.lock"))
         self.current: Running | None = None
         self.stopping = False
@@ -113,7 +114,7 @@ class Daemon:
                 continue
             if process_alive(job.pid, job.pid_create_time):
                 self.log(f"job {job.id} ({job.name}): processo {job.pid} vivo, adotado")
-                self.current = Running(job.id, job.pid)
+                self.current = Running(job.id, job.pid, awake=keep_awake(job.pid, self.log))
             else:
                 self.settle(job.id, self.queue.read_exit(job.id))
 
@@ -208,24 +209,22 @@ class Daemon:
 
     # ---- memory guard ----------------------------------------------------------------------------------
     def guard_memory(self) -> bool:
-        """False while memory is too low to train: checkpoint-stop the child and hold its job."""
-        if self.min_available_mb is None:
-            return True
-        available = psutil.virtual_memory().available / 2**20
-        if available >= self.min_available_mb:
-            for job in self.queue.jobs():
-                if job.held and available >= self.min_available_mb * 1.25:
-                    self.queue.update(job.id, held=None)
-                    self.log(f"job {job.id}: memória recuperada, volta à fila")
-            return True
-        if self.current is not None and not self.queue.get(self.current.job_id).held:
-            reason = f"memória baixa ({available:.0f} MB livres < {self.min_available_mb:.0f} MB)"
-            self.queue.update(self.current.job_id, held=reason)
-            self.log(f"job {self.current.job_id}: {reason}; a parar com checkpoint")
-            with open(self.queue.log_path(self.current.job_id), "ab") as fh:
-                fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
-            self.signal_child(signal.SIGTERM)
-        return False
+        """False while memory pressure forbids starting a job: checkpoint-stop the child and hold its job."""
+        held = [job for job in self.queue.jobs() if job.held and job.held.startswith(MEMORY_HOLD)]
+        verdict = self.memory_guard.check(holding=bool(held))
+        if verdict.action is Action.RELEASE:
+            for job in held:
+                self.queue.update(job.id, held=None)
+                self.log(f"job {job.id}: memória recuperada ({verdict.detail}), volta à fila")
+        elif verdict.action is Action.STOP and self.current is not None:
+            if not self.queue.get(self.current.job_id).held:
+                reason = f"{MEMORY_HOLD} (sinal: {verdict.signal}; {verdict.detail})"
+                self.queue.update(self.current.job_id, held=reason)
+                self.log(f"job {self.current.job_id}: {reason}; a parar com checkpoint")
+                with open(self.queue.log_path(self.current.job_id), "ab") as fh:
+                    fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+                self.signal_child(signal.SIGTERM)
+        return verdict.may_start
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:

@@ -10,14 +10,17 @@ import time
 _unavailable: set[str] = set()  # tools that failed once: say so once, not at every job
 
 
-def keep_awake(pid: int, log) -> subprocess.Popen | None:
-    """`caffeinate -i -w PID` on macOS, `systemd-inhibit` where it works; None (and a log line) elsewhere."""
-    if _unavailable:
-        return None
-    if sys.platform == "darwin" and shutil.which("caffeinate"):
-        cmd = ["caffeinate", "-i", "-w", str(pid)]
-    elif shutil.which("systemd-inhibit") and shutil.which("tail"):
-        cmd = [
+def inhibit_command(pid: int, platform: str = sys.platform, which=shutil.which) -> list[str] | None:
+    """The command that keeps this machine awake until PID exits, or None where there is none.
+
+    macOS: `caffeinate -i -s -w PID` (-i: no idle sleep; -s: no system sleep while on mains power). A closed
+    MacBook lid still sleeps the machine: the job then resumes exactly when it wakes and farensed finds it.
+    Linux: `systemd-inhibit` around `tail --pid=PID`, which ends when PID does.
+    """
+    if platform == "darwin" and which("caffeinate"):
+        return ["caffeinate", "-i", "-s", "-w", str(pid)]
+    if which("systemd-inhibit") and which("tail"):
+        return [
             "systemd-inhibit",
             "--what=sleep:idle",
             "--who=farensed",
@@ -28,7 +31,15 @@ def keep_awake(pid: int, log) -> subprocess.Popen | None:
             "-f",
             "/dev/null",
         ]
-    else:
+    return None
+
+
+def keep_awake(pid: int, log) -> subprocess.Popen | None:
+    """Keep the machine awake while PID (a started or an adopted child) runs; None (and a log line) where impossible."""
+    if _unavailable:
+        return None
+    cmd = inhibit_command(pid)
+    if cmd is None:
         log("sem caffeinate nem systemd-inhibit: a máquina pode adormecer durante o treino")
         _unavailable.add("all")
         return None

@@ -26,25 +26,70 @@ def configure_logging() -> None:
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between checks of the running child.")
 @click.option("--rescan", type=float, default=5.0, show_default=True, help="Seconds between rescans of jobs/pending/.")
 @click.option(
+    "--memory-guard/--no-memory-guard",
+    default=True,
+    envvar="FARENSE_MEMORY_GUARD",
+    show_default=True,
+    help="Checkpoint-stop the job under memory pressure and hold it until pressure falls [env FARENSE_MEMORY_GUARD].",
+)
+@click.option(
+    "--pressure-stop",
+    type=click.Choice(["warn", "critical"]),
+    default="critical",
+    envvar="FARENSE_PRESSURE_STOP",
+    show_default=True,
+    help="macOS: the kern.memorystatus_vm_pressure_level that stops the job [env FARENSE_PRESSURE_STOP].",
+)
+@click.option(
+    "--psi-full-stop",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=20.0,
+    envvar="FARENSE_PSI_FULL_STOP",
+    show_default=True,
+    help="Linux: stop when PSI memory 'full avg10' reaches this percent [env FARENSE_PSI_FULL_STOP].",
+)
+@click.option(
+    "--psi-some-stop",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=60.0,
+    envvar="FARENSE_PSI_SOME_STOP",
+    show_default=True,
+    help="Linux: stop when PSI memory 'some avg10' reaches this percent [env FARENSE_PSI_SOME_STOP].",
+)
+@click.option(
     "--min-available-mb",
     type=float,
     envvar="FARENSE_MIN_AVAILABLE_MB",
-    help="Memory guard: checkpoint-stop the job when available memory falls below this [env FARENSE_MIN_AVAILABLE_MB].",
+    help="Available-memory floor where the kernel gives no pressure level (Linux; default 5% of RAM, 512-4096 MB) "
+    "[env FARENSE_MIN_AVAILABLE_MB].",
 )
 @click.option(
     "--stop-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the child's checkpoint."
 )
 @click.version_option(package_name="farense")
-def cli(home, burst, poll, rescan, min_available_mb, stop_timeout):
+def cli(
+    home, burst, poll, rescan, memory_guard, pressure_stop, psi_full_stop, psi_some_stop, min_available_mb, stop_timeout
+):
     """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
     from farensed.queue.daemon import Daemon
+    from farensed.queue.pressure import MemoryGuard, Thresholds
 
     configure_logging()
+    guard = MemoryGuard(
+        Thresholds(
+            enabled=memory_guard,
+            macos_stop_level={"warn": 2, "critical": 4}[pressure_stop],
+            psi_full_stop=psi_full_stop,
+            psi_some_stop=psi_some_stop,
+            min_available_mb=min_available_mb,
+        )
+    )
+    logging.getLogger("farensed").info(guard.describe())
     daemon = Daemon(
         Workspace.at(home),
         poll_interval=poll,
         rescan_interval=rescan,
-        min_available_mb=min_available_mb,
+        memory_guard=guard,
         stop_timeout=stop_timeout,
     )
     try:

@@ -1,0 +1,260 @@
+"""The machine's checks: Python and packages, the MLX device, disk, the service, sleep, memory, the HF cache."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
+from farensed.workspace import Workspace
+
+PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
+REQUIRED = ("mlx", "mlx-lm")
+GB = 2**30
+
+# Runs in a fresh interpreter: the doctor (like the daemon and the CLI) never imports mlx itself.
+MLX_PROBE = """
+import json, mlx.core as mx
+info = {"mlx": mx.__version__, "device": str(mx.default_device()), "metal": bool(mx.metal.is_available())}
+try:
+    raw = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    info["info"] = {k: v if isinstance(v, (int, float, str)) else str(v) for k, v in raw.items()}
+except Exception as exc:
+    info["error"] = str(exc)
+print(json.dumps(info))
+"""
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", OK, f"Python {version} ({sys.executable})", data={"version": version})
+
+
+def check_packages() -> Check:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    text = ", ".join(f"{n} {v}" for n, v in versions.items() if v)
+    missing = [n for n in REQUIRED if versions[n] is None]
+    if missing:
+        return Check("pacotes", FAIL, f"em falta: {', '.join(missing)} ({text})", "pip install -e .", versions)
+    return Check("pacotes", OK, text, data=versions)
+
+
+def probe_mlx(timeout: float = 120.0) -> dict:
+    """Ask a fresh interpreter which device MLX trains on (a dict; 'error' when mlx cannot load)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", MLX_PROBE], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"mlx não respondeu em {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or [f"código {proc.returncode}"])[-1]
+        return {"error": last}
+    return orjson.loads(lines[-1])
+
+
+def check_mlx(probe: dict) -> Check:
+    if "device" not in probe:
+        return Check("mlx", FAIL, f"mlx não carrega: {probe.get('error')}", "pip install -e . (no venv deste Python)")
+    info = probe.get("info", {})
+    name = info.get("device_name", "?")
+    if "gpu" in probe["device"]:
+        memory = info.get("memory_size")
+        working = info.get("max_recommended_working_set_size")
+        text = f"{'Metal GPU' if probe.get('metal') else 'GPU'} {name} (mlx {probe['mlx']})"
+        if memory:
+            text += f", {gb(memory)} de memória unificada"
+        if working:
+            text += f", {gb(working)} recomendados para a GPU"
+        return Check("mlx", OK, text, data=probe)
+    fix = None
+    if sys.platform == "darwin":
+        fix = "use um Python arm64 (não Rosetta) num Mac Apple Silicon com o pacote mlx"
+    return Check("mlx", WARN, f"CPU {name} (mlx {probe['mlx']}): sem GPU, o treino é muito mais lento", fix, probe)
+
+
+def check_disk(ws: Workspace) -> Check:
+    target = ws.root / "checkpoints_qlora"
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    text = f"{gb(free)} livres em {target}"
+    data = {"free_bytes": free, "path": str(target)}
+    if free < 1 * GB:
+        return Check("disco", FAIL, text, "liberte espaço: cada checkpoint guarda adapters e otimizador", data)
+    if free < 10 * GB:
+        return Check("disco", WARN, text, "menos de 10 GB: liberte espaço antes de uma run longa", data)
+    return Check("disco", OK, text, data=data)
+
+
+def _process_type(unit_path: Path) -> str | None:
+    try:
+        return plistlib.loads(unit_path.read_bytes()).get("ProcessType")
+    except (OSError, plistlib.InvalidFileException, ValueError):
+        return None
+
+
+def check_service(ws: Workspace) -> Check:
+    from farensed.queue import service
+
+    info = service.status(ws)
+    m = service.manager()
+    where = f"{info['manager']}, {'instalado' if info['installed'] else 'não instalado'}"
+    if info["installed"] and m.kind == "launchd":
+        info["process_type"] = _process_type(m.unit_path)
+        where += f", ProcessType {info['process_type'] or 'em falta'}"
+        if info["process_type"] != "Interactive":
+            return Check(
+                "serviço",
+                WARN,
+                f"o LaunchAgent não tem ProcessType Interactive: o launchd limita CPU e I/O do treino ({where})",
+                "farensectl daemon install (reinstala com ProcessType Interactive)",
+                info,
+            )
+    if info["running"] and info["installed"]:
+        return Check("serviço", OK, f"farensed a correr (pid {info['pid']}; {where})", data=info)
+    if info["running"]:
+        return Check(
+            "serviço",
+            WARN,
+            f"farensed a correr em segundo plano (pid {info['pid']}; {where}): não volta após reiniciar",
+            "farensectl daemon install",
+            info,
+        )
+    if info["installed"]:
+        return Check("serviço", WARN, f"farensed parado ({where})", "farensectl daemon start", info)
+    return Check(
+        "serviço",
+        WARN,
+        f"farensed não está a correr ({where}); a fila não avança",
+        "farensectl daemon install (ou farensectl run SPEC, sem fila)",
+        info,
+    )
+
+
+def parse_pmset(text: str) -> dict[str, str]:
+    """`pmset -g` settings: name → value (the first word after the name)."""
+    settings = {}
+    for line in text.splitlines():
+        if line[:1].isspace() and len(parts := line.split()) >= 2:
+            settings.setdefault(parts[0], parts[1])
+    return settings
+
+
+def _run_text(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def sleep_check_macos(pmset: str, batt: str | None) -> Check:
+    """The verdict on macOS sleep settings, from the text of `pmset -g` and `pmset -g batt`."""
+    settings = parse_pmset(pmset)
+    data = {"pmset": settings, "on_battery": bool(batt and "Battery Power" in batt)}
+    if data["on_battery"]:
+        return Check(
+            "repouso",
+            WARN,
+            "a bateria: caffeinate -s só impede o repouso na corrente; o Mac pode adormecer a meio",
+            "ligue o carregador para uma run longa",
+            data,
+        )
+    if settings.get("lowpowermode") == "1":
+        return Check(
+            "repouso",
+            WARN,
+            "modo de baixo consumo ativo: o treino fica mais lento",
+            "desligue-o em Definições > Bateria (ou sudo pmset -a lowpowermode 0)",
+            data,
+        )
+    sleep = settings.get("sleep", "?")
+    text = "o Mac não adormece sozinho (sleep 0)" if sleep == "0" else f"repouso após {sleep} min sem uso"
+    text += "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
+    return Check("repouso", OK, text, data=data)
+
+
+def check_sleep() -> Check:
+    if sys.platform == "darwin":
+        pmset = _run_text(["pmset", "-g"])
+        if pmset is None:
+            return Check("repouso", WARN, "pmset -g não respondeu", "verifique em Definições > Bateria")
+        return sleep_check_macos(pmset, _run_text(["pmset", "-g", "batt"]))
+    if shutil.which("systemd-inhibit"):
+        works = _run_text(["systemd-inhibit", "--what=sleep:idle", "--who=farense", "--why=doctor", "true"])
+        if works is not None:
+            return Check("repouso", OK, "systemd-inhibit impede a suspensão enquanto um job corre")
+        return Check("repouso", INFO, "systemd-inhibit sem logind aqui: nada impede a suspensão (servidor/contentor?)")
+    return Check("repouso", INFO, "sem caffeinate nem systemd-inhibit: nada impede a suspensão durante um job")
+
+
+def check_memory() -> Check:
+    from farensed.queue.pressure import Action, PressureReader, Thresholds, decide
+
+    reading = PressureReader().read()
+    verdict = decide(reading, Thresholds(), holding=False)
+    text = f"{reading.available_mb / 1024:.1f} GB disponíveis de {reading.total_mb / 1024:.0f} GB; {verdict.detail}"
+    data = {"available_mb": reading.available_mb, "total_mb": reading.total_mb, "signal": verdict.signal}
+    if verdict.action is Action.STOP:
+        return Check("memória", WARN, f"pressão alta agora ({text})", "feche aplicações antes de treinar", data)
+    return Check("memória", OK, text, data=data)
+
+
+def _hf_cache_dir() -> Path:
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except ImportError:
+        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        return Path(os.environ.get("HF_HUB_CACHE", Path(home) / "hub")).expanduser()
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def check_hf_cache() -> Check:
+    cache = _hf_cache_dir()
+    offline = " (HF_HUB_OFFLINE: sem rede)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    if not cache.is_dir():
+        return Check("cache HF", INFO, f"{cache} não existe{offline}: os modelos vêm de pastas locais")
+    repos = sorted(p.name.split("--", 1)[1].replace("--", "/") for p in cache.glob("models--*"))
+    size = _tree_size(cache)
+    text = f"{cache}: {len(repos)} modelos, {gb(size)}{offline}"
+    return Check("cache HF", OK, text, data={"path": str(cache), "models": repos, "bytes": size})
+
+
+def machine_checks(ws: Workspace, probe: dict) -> list[Check]:
+    return [
+        check_python(),
+        check_packages(),
+        check_mlx(probe),
+        check_disk(ws),
+        check_service(ws),
+        check_sleep(),
+        check_memory(),
+        check_hf_cache(),
+    ]

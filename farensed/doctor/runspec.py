@@ -1,0 +1,239 @@
+"""The checks of one spec: the spec, model folder, tokenizer, data files, steps, and estimates from a similar run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from farensed.analysis.metrics import JSON_NAME, read_all
+from farensed.atomic import read_json
+from farensed.datacheck import check_data_file, check_model_dir, file_format
+from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration, gb
+from farensed.errors import SpecError
+from farensed.spec import JobSpec, check_inputs, parse_spec, read_spec_file
+from farensed.workspace import Workspace
+
+STATE_NAME = "training_state.json"
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def weights_bytes(model: Path) -> int:
+    return sum(p.stat().st_size for p in model.glob("*.safetensors"))
+
+
+def describe_model(model: Path) -> tuple[str, dict]:
+    """'mistral, 4 bits, 32 camadas, 3.8 GB de pesos' and the same as data."""
+    config = _json(model / "config.json")
+    quant = config.get("quantization") or config.get("quantization_config") or {}
+    data = {
+        "path": str(model),
+        "model_type": config.get("model_type"),
+        "bits": quant.get("bits"),
+        "layers": config.get("num_hidden_layers"),
+        "weights_bytes": weights_bytes(model),
+    }
+    parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else "sem quantização"]
+    if data["layers"]:
+        parts.append(f"{data['layers']} camadas")
+    parts.append(f"{gb(data['weights_bytes'])} de pesos")
+    return f"{model}: {', '.join(parts)}", data
+
+
+def _has_chat_template(model: Path) -> bool:
+    return bool(_json(model / "tokenizer_config.json").get("chat_template")) or any(
+        (model / name).is_file() for name in CHAT_TEMPLATE_FILES
+    )
+
+
+def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
+    """The model line and the tokenizer line (check_model_dir decides what is missing)."""
+    model = ws.resolve(spec.model)
+    try:
+        check_model_dir(model, "model")
+    except SpecError as exc:
+        if "tokenizer" not in str(exc):
+            fix = f"coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
+            return [Check("modelo", FAIL, str(exc), fix)]
+        text, data = describe_model(model)
+        fix = f"copie tokenizer.json (ou tokenizer.model) do modelo original para {model}"
+        return [Check("modelo", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
+    text, data = describe_model(model)
+    found = next(name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file())
+    chat = _has_chat_template(model)
+    tokenizer = Check(
+        "tokenizer", OK, f"{found}, {'com' if chat else 'sem'} chat_template", data={"chat_template": chat}
+    )
+    if "messages" in formats and not chat:
+        tokenizer.status = WARN
+        tokenizer.detail += ": os exemplos 'messages' precisam de um chat_template"
+        tokenizer.fix = "use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion"
+    return [Check("modelo", OK, text, data=data), tokenizer]
+
+
+def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int], set[str]]:
+    """One line per data file: examples and format; the counts and formats found."""
+    checks, counts, formats = [], {}, set()
+    files = {"train": spec.data.train, "valid": spec.data.valid, "test": spec.data.test}
+    for key, rel in files.items():
+        if rel is None:
+            continue
+        path = ws.resolve(rel)
+        try:
+            counts[key] = check_data_file(path, f"data.{key}")
+            fmt = file_format(path)
+        except SpecError as exc:
+            fix = (
+                f"coloque o ficheiro em {path} ou corrija data.{key} na spec"
+                if not path.is_file()
+                else "corrija a linha indicada (formatos: messages, prompt/completion, text)"
+            )
+            checks.append(Check(f"data.{key}", FAIL, str(exc), fix))
+            continue
+        formats.add(fmt)
+        checks.append(
+            Check(
+                f"data.{key}",
+                OK,
+                f"{path}: {counts[key]} exemplos, formato {fmt}",
+                data={"count": counts[key], "format": fmt},
+            )
+        )
+    return checks, counts, formats
+
+
+def total_steps(spec: JobSpec, n_train: int) -> int:
+    """Steps of the whole run, as the trainer counts them (full batches per epoch × epochs)."""
+    return (n_train // spec.batch_size) * spec.epochs
+
+
+def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
+    per_epoch = counts["train"] // spec.batch_size
+    updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
+    total = total_steps(spec, counts["train"])
+    text = (
+        f"{per_epoch} steps por época × {spec.epochs} épocas = {total} steps "
+        f"({updates} atualizações do otimizador, {total // spec.eval_every} validações)"
+    )
+    return Check("passos", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
+
+
+def check_run_folder(ws: Workspace, spec: JobSpec) -> Check | None:
+    state_path = ws.run_dir(spec.name) / STATE_NAME
+    if not state_path.is_file():
+        return None
+    state = _json(state_path)
+    step, total = state.get("step", "?"), state.get("total_steps", "?")
+    what = "terminou: submit/run acabam logo com os resultados" if state.get("finished") else "submit/run retomam-na"
+    return Check(
+        "run",
+        INFO,
+        f"{ws.run_dir(spec.name)} já existe (step {step}/{total}) e {what}; recusam se a spec ou os dados mudaram",
+        "--fresh recomeça (a pasta antiga é guardada)",
+    )
+
+
+# ---- estimates from a similar run ---------------------------------------------------------------------------------
+def _records(run_dir: Path) -> list[dict]:
+    records = read_all(run_dir)
+    if records:
+        return records
+    data = (run_dir / JSON_NAME).is_file() and orjson.loads((run_dir / JSON_NAME).read_bytes())
+    return data if isinstance(data, list) else []
+
+
+def run_figures(run_dir: Path) -> dict | None:
+    """Peak memory (GB) and seconds per step measured by a run, from its metrics records."""
+    records = [r for r in _records(run_dir) if isinstance(r, dict)]
+    timed = [r for r in records if r.get("elapsed_s") and r.get("step")]
+    peaks = [r["peak_memory_gb"] for r in records if r.get("peak_memory_gb")]
+    if not timed:
+        return None
+    last = timed[-1]
+    return {
+        "run": str(run_dir),
+        "peak_memory_gb": max(peaks) if peaks else None,
+        "step_s": last["elapsed_s"] / last["step"],
+    }
+
+
+def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
+    """Earlier runs with the same model and max_seq_length: same batch_size first, then the newest."""
+    model = ws.resolve(spec.model).resolve()
+    found = []
+    for state_path in (ws.root / "checkpoints_qlora").glob(f"*/{STATE_NAME}"):
+        try:
+            fp = read_json(state_path).get("fingerprint", {})
+        except (OSError, ValueError):
+            continue
+        if fp.get("max_seq_length") != spec.max_seq_length or not fp.get("model"):
+            continue
+        if ws.resolve(fp["model"]).resolve() != model:
+            continue
+        found.append((fp.get("batch_size") != spec.batch_size, -state_path.stat().st_mtime, state_path.parent, fp))
+    return [(run_dir, fp) for *_, run_dir, fp in sorted(found, key=lambda item: item[:2])]
+
+
+def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe: dict) -> list[Check]:
+    """Memory per step and run time, scaled from the most similar earlier run; a note when there is none."""
+    weights = weights_bytes(ws.resolve(spec.model))
+    measured = ((run_dir, fp, run_figures(run_dir)) for run_dir, fp in similar_runs(ws, spec))
+    run_dir, fp, figures = next((m for m in measured if m[2] is not None), (None, {}, None))
+    if figures is None:
+        text = (
+            f"sem run anterior com este modelo e max_seq_length {spec.max_seq_length}: a primeira run mede memória "
+            f"e tempo (os pesos ocupam {gb(weights)})"
+        )
+        return [Check("estimativa", INFO, text)]
+    ratio = spec.batch_size / (fp.get("batch_size") or spec.batch_size)
+    scaled = "" if ratio == 1 else f", batch_size {fp.get('batch_size')} nessa run (escalado ×{ratio:g})"
+    steps = total_steps(spec, counts["train"])
+    seconds = figures["step_s"] * ratio * steps
+    time_check = Check(
+        "tempo",
+        OK,
+        f"≈ {duration(seconds)} ({figures['step_s']:.2f} s/step medidos em {run_dir.name}{scaled} × {steps} steps)",
+        data={"seconds": seconds, **figures},
+    )
+    if figures["peak_memory_gb"] is None:
+        return [time_check]
+    weights_gb = weights / 1e9  # the weights do not grow with batch_size; activations roughly do
+    peak_gb = weights_gb + max(figures["peak_memory_gb"] - weights_gb, 0.0) * ratio
+    text = f"≈ {gb(peak_gb * 1e9)} por step (pico medido em {run_dir.name}{scaled})"
+    memory_check = Check("memória por step", OK, text, data={"peak_memory_gb": peak_gb})
+    limit = probe.get("info", {}).get("max_recommended_working_set_size")
+    if limit and peak_gb * 1e9 > limit:
+        memory_check.status = WARN
+        memory_check.detail += f": mais que os {gb(limit)} recomendados para a GPU"
+        memory_check.fix = "reduza batch_size ou max_seq_length (e aumente grad_accumulation)"
+    return [memory_check, time_check]
+
+
+def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
+    """The spec first; then its model, tokenizer and data; then steps and estimates when everything is there."""
+    label = str(spec_path)
+    try:
+        spec = parse_spec(read_spec_file(spec_path), label)
+    except SpecError as exc:
+        return [Check("spec", FAIL, str(exc), "corrija a spec (farensectl submit valida o mesmo)")]
+    text = f"{spec_path}: '{spec.name}', {spec.epochs} épocas, batch_size {spec.batch_size}, max_seq_length {spec.max_seq_length}"
+    data_lines, counts, formats = check_data(ws, spec)
+    checks = [Check("spec", OK, text), *check_model(ws, spec, formats), *data_lines]
+    if any(c.status == FAIL for c in checks):
+        return checks
+    try:
+        check_inputs(spec, ws, label)  # the cross-checks submit makes (e.g. enough examples for one batch)
+    except SpecError as exc:
+        return [*checks, Check("passos", FAIL, str(exc), "reduza batch_size ou junte exemplos")]
+    checks.append(check_steps(spec, counts))
+    if (run := check_run_folder(ws, spec)) is not None:
+        checks.append(run)
+    return checks + check_estimates(ws, spec, counts, probe)
