@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -16,9 +17,11 @@ from farensed.cli.main import cli
 from farensed.queue.jobs import Queue
 from farensed.workspace import Workspace
 from tests.helpers import (
+    TEST_SPEC,
     assert_same_adapters,
     child_env,
     deterministic_metrics,
+    metric_lines,
     spec_with,
     wait_for,
     write_spec,
@@ -26,13 +29,17 @@ from tests.helpers import (
 
 
 def start_daemon(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    out = open(root / "daemon-test.log", "ab")
-    return subprocess.Popen(
+    """A farensed in the background, returned once it watches the queue (its signal handlers are set)."""
+    log = root / "daemon-test.log"
+    before = log.read_text().count("a vigiar") if log.exists() else 0
+    proc = subprocess.Popen(
         [sys.executable, "-m", "farensed.queue.main", "--home", str(root), "--poll", "0.1", "--rescan", "1", *args],
-        stdout=out,
+        stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         env={**child_env(), **(env or {})},
     )
+    wait_for(lambda: log.read_text().count("a vigiar") > before, timeout=60, proc=proc)
+    return proc
 
 
 def stop_daemon(proc: subprocess.Popen) -> None:
@@ -73,7 +80,6 @@ def clock(when: dt.datetime) -> str:
 def test_window_end_checkpoint_stops_shows_pause_and_resumes_exactly_at_next_window(workspace, reference_run):
     daemon = start_daemon(workspace)
     try:
-        wait_for(lambda: (workspace / "jobs/overnight.json").exists(), timeout=60)
         now = dt.datetime.now().astimezone().replace(microsecond=0)
         closes, reopens = now + dt.timedelta(seconds=5), now + dt.timedelta(seconds=14)
         later = reopens + dt.timedelta(hours=1)
@@ -99,4 +105,64 @@ def test_window_end_checkpoint_stops_shows_pause_and_resumes_exactly_at_next_win
     assert reopens <= restarted <= reopens + dt.timedelta(seconds=2)
     log = (workspace / "jobs" / str(job_id) / "log").read_text()
     assert "janela fechada" in log and re.search(rf"A retomar de checkpoint_epoch\d+_step{state['step']} ", log)
+    assert_equals_reference(workspace, reference_run)
+
+
+def test_queue_pause_survives_a_daemon_restart_resume_continues_exactly_and_drained_queue_reports(
+    workspace, reference_run
+):
+    job_id = submit(workspace, TEST_SPEC)
+    run_dir = workspace / "checkpoints_qlora/t"
+    daemon = start_daemon(workspace)
+    try:
+        wait_for(lambda: metric_lines(run_dir) >= 8, timeout=120)
+        assert "fila em pausa" in farensectl(workspace, "pause")
+        wait_for(lambda: queue(workspace).get(job_id).state == "pending", timeout=60)
+        stop_daemon(daemon)
+        daemon = start_daemon(workspace)  # the pause is a file in jobs/: a new daemon keeps it
+        time.sleep(3)
+        job = queue(workspace).get(job_id)
+        assert (job.state, job.attempts, job.recoveries) == ("pending", 1, 0)
+        assert "em pausa (fila em pausa" in farensectl(workspace, "list")
+        assert "fila retomada" in farensectl(workspace, "resume")
+        wait_for(lambda: queue(workspace).get(job_id).state == "done", timeout=300)
+        wait_for(lambda: list((workspace / "reports").glob("farense-*.html")), timeout=120)
+    finally:
+        stop_daemon(daemon)
+    job = queue(workspace).get(job_id)
+    assert (job.attempts, job.recoveries) == (1, 0)
+    assert "fila em pausa; a parar com checkpoint" in (workspace / "jobs" / str(job_id) / "log").read_text()
+    assert_equals_reference(workspace, reference_run)
+    report = next((workspace / "reports").glob("farense-*.html")).read_text()
+    assert f'data-job="{job_id}"' in report and 'data-figure="curves-1"' in report
+
+
+def test_low_battery_stops_at_a_checkpoint_and_mains_power_resumes_exactly(workspace, reference_run):
+    battery = workspace / "battery.json"
+
+    def reading(percent: int, plugged: bool) -> None:
+        tmp = battery.with_suffix(".tmp")
+        tmp.write_text(orjson.dumps({"percent": percent, "plugged": plugged}).decode())
+        tmp.replace(battery)
+
+    reading(80, False)  # on battery, enough charge: trains
+    job_id = submit(workspace, TEST_SPEC)
+    run_dir = workspace / "checkpoints_qlora/t"
+    daemon = start_daemon(workspace, env={"FARENSE_BATTERY_FILE": str(battery)})
+    try:
+        wait_for(lambda: metric_lines(run_dir) >= 8, timeout=120)
+        reading(25, False)
+        wait_for(lambda: queue(workspace).get(job_id).state == "pending", timeout=60)
+        assert "à espera de corrente" in farensectl(workspace, "status", str(job_id))
+        reading(40, False)  # more charge but still on battery: keeps waiting for mains
+        time.sleep(2)
+        assert queue(workspace).get(job_id).state == "pending"
+        reading(40, True)
+        wait_for(lambda: queue(workspace).get(job_id).state == "done", timeout=300)
+    finally:
+        stop_daemon(daemon)
+    job = queue(workspace).get(job_id)
+    assert (job.attempts, job.recoveries) == (1, 0)
+    log = (workspace / "jobs" / str(job_id) / "log").read_text()
+    assert "em bateria a 25% (mínimo 30%), à espera de corrente; a parar com checkpoint" in log
     assert_equals_reference(workspace, reference_run)
