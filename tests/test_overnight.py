@@ -166,3 +166,26 @@ def test_low_battery_stops_at_a_checkpoint_and_mains_power_resumes_exactly(works
     log = (workspace / "jobs" / str(job_id) / "log").read_text()
     assert "em bateria a 25% (mínimo 30%), à espera de corrente; a parar com checkpoint" in log
     assert_equals_reference(workspace, reference_run)
+
+
+def test_queue_eta_from_measured_step_times_windows_and_unknowns(workspace, reference_run, fresh_copy):
+    from farensed.windows import format_clock
+
+    root = fresh_copy(reference_run, "eta")  # run "t" finished: its metrics give the step time
+    now = dt.datetime.now().astimezone().replace(second=0, microsecond=0)
+    opens = now + dt.timedelta(hours=2)
+    night = f"{opens:%H:%M}-{opens + dt.timedelta(hours=1):%H:%M}"
+    submit(root, spec_with(name="u", window=night))  # never ran: same model and length as "t"
+    other = submit(root, spec_with(name="v", max_seq_length=64))  # no run of this length: unknown
+    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))}
+    assert rows["u"]["pause"] == f"em pausa até {format_clock(opens)}"
+    assert rows["v"]["eta_start"] is not None and rows["v"]["eta_end"] is None  # starts now, runs for '?'
+    assert rows["u"]["eta_start"] is None  # after a job of unknown length
+    assert "fila termina às ?" in farensectl(root, "list")
+    queue(root).cancel(other)
+    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))}
+    start, end = (dt.datetime.fromisoformat(rows["u"][k]) for k in ("eta_start", "eta_end"))
+    per_step = orjson.loads((reference_run / "checkpoints_qlora/t/training_summary.json").read_bytes())["step_s_mean"]
+    assert start == opens and abs((end - start).total_seconds() - 80 * per_step) < 1
+    text = farensectl(root, "list")
+    assert f"fila termina às {end:%H:%M}" in text and f"início previsto {opens:%H:%M}" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -116,18 +117,31 @@ def _windows(spec: dict, default: str | None) -> list[Window] | None:
         return None
 
 
+def measured_step_seconds(runs_root: Path) -> dict[tuple, float]:
+    """(model, max_seq_length) → seconds per step of the latest run of that pair (from its training_state.json)."""
+    found = []
+    for path in runs_root.glob("*/training_state.json"):
+        try:
+            state = orjson.loads(path.read_bytes())
+            fingerprint, elapsed = state["fingerprint"], state["progress"]["elapsed_s"]
+            if state["step"] > 0:
+                found.append(
+                    (
+                        path.stat().st_mtime,
+                        (fingerprint["model"], fingerprint["max_seq_length"]),
+                        elapsed / state["step"],
+                    )
+                )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {key: seconds for _, key, seconds in sorted(found, key=lambda f: f[0])}
+
+
 def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = None, blocked: bool = False) -> dict:
     """{"jobs": {id: {"start", "end"}}, "end": when the queue is done (None: unknown)} for the non-finished jobs."""
     specs = {job.id: _spec(queue, job) for job in jobs}
-    measured = {}  # (model, max_seq_length) -> seconds per step of the latest run that has metrics
-    progress = {}
-    for job in sorted(jobs, key=lambda j: j.id):
-        records = read_last(queue.ws.run_dir(job.name), 3)
-        progress[job.id] = records
-        spec = specs[job.id]
-        key = (spec.get("model"), spec.get("max_seq_length", _default("max_seq_length")))
-        if (seconds := _step_seconds(records)) is not None:
-            measured[key] = seconds
+    measured = measured_step_seconds(queue.ws.root / "checkpoints_qlora")
+    progress = {job.id: read_last(queue.ws.run_dir(job.name), 3) for job in jobs if not job.status.terminal}
     items, running = [], None
     for job in jobs:
         if job.status.terminal:
