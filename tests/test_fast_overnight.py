@@ -152,3 +152,17 @@ def test_eta_unknown_duration_makes_later_times_unknown():
     assert format_eta(at(1, day=11), now) == "11/03 01:00"
     blocked = schedule([Item(1, 60)], now, blocked=True)
     assert blocked[1] == {"start": None, "end": None}
+
+
+def test_report_since_and_success_criteria_read_defensively():
+    from farensed.analysis.morning import parse_since, success_verdicts
+
+    now = at(8)
+    assert parse_since("23:00", now) == at(23, day=9)  # the latest past 23:00
+    assert parse_since("07:30", now) == at(7, 30)
+    assert parse_since(None, now) == at(8, day=9)
+    with pytest.raises(SpecError, match="--since: 'ontem'"):
+        parse_since("ontem", now)
+    assert success_verdicts({}, [], None) is None and success_verdicts({"success": "sim"}, [], None) is None
+    verdicts = success_verdicts({"success": {"gap_max": 0.15}}, [], None)
+    assert [v["criterion"] for v in verdicts] == ["gap_max"] and verdicts[0]["passed"] is not True

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import orjson
@@ -189,3 +192,89 @@ def test_queue_eta_from_measured_step_times_windows_and_unknowns(workspace, refe
     assert start == opens and abs((end - start).total_seconds() - 80 * per_step) < 1
     text = farensectl(root, "list")
     assert f"fila termina às {end:%H:%M}" in text and f"início previsto {opens:%H:%M}" in text
+
+
+class HtmlCheck(HTMLParser):
+    """Parses a document, checks that every element is closed in order, and collects tags and attributes."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.tags, self.errors = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(f"</{tag}> out of place")
+
+
+def test_morning_report_every_job_every_figure_evaluation_comparison_valid_html(workspace, reference_run, fresh_copy):
+    root = fresh_copy(reference_run, "morning")  # run "t" finished: its jobs end at once with its results
+    first, second = submit(root, TEST_SPEC), submit(root, TEST_SPEC)
+    cancelled = submit(root, spec_with(name="w"))
+    queue(root).cancel(cancelled)
+    burst = subprocess.run(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(root), "--burst", "--poll", "0.1"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert burst.returncode == 0 and "fila terminada: a escrever o relatório" in burst.stdout, burst.stdout[-2000:]
+    assert (
+        "F1"
+        in subprocess.run(
+            [sys.executable, "-m", "farensed.cli.main", "--home", str(root), "eval", str(first)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        ).stdout
+    )
+    spec_path = root / "jobs" / str(second) / "spec.json"  # a spec with success criteria (the `success` key)
+    spec_path.write_bytes(orjson.dumps({**orjson.loads(spec_path.read_bytes()), "success": {"gap_max": 0.15}}))
+    path = Path(farensectl(root, "report", "--since", "00:00", "-o", "morning.html").strip())
+    assert path == root / "morning.html"
+    text = path.read_text()
+    check = HtmlCheck()
+    check.feed(text)
+    check.close()
+    assert not check.errors and not check.stack
+    attrs = [a for _, a in check.tags]
+    assert {"name": "viewport", "content": "width=device-width, initial-scale=1"} in attrs
+    assert {a["data-job"] for a in attrs if "data-job" in a} == {str(first), str(second), str(cancelled)}
+    images = [a["src"] for tag, a in check.tags if tag == "img"]
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in images)
+    figures = {a["data-figure"] for a in attrs if "data-figure" in a}
+    assert figures == {f"curves-{first}", f"curves-{second}"}  # the cancelled job never trained
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)  # nothing fetched from the network
+    evaluation = orjson.loads((root / "checkpoints_qlora/t/evaluation_report.json").read_bytes())
+    assert f"{evaluation['adapters']['f1_mean']:.4f}" in text and f"{evaluation['base']['f1_mean']:.4f}" in text
+    assert f'data-success="{second}"' in text and "gap_max" in text
+    assert 'data-compare="models/tiny-mistral-4bit"' in text and "ANÁLISE FINAL DE OVERFITTING" in text
+    assert "cancelado" in text and list((root / "reports").glob("farense-*.html"))  # the daemon's own report
+    if shutil.which("chromium"):
+        shot = root / "morning.png"
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--screenshot={shot}",
+                "--window-size=412,1600",
+                path.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(shot)[..., :3]
+        assert pixels.shape[1] == 412 and (pixels.min(axis=2) < 0.9).mean() > 0.02  # a phone-width page, not blank
