@@ -196,7 +196,9 @@ def _job_html(item: dict, png: bytes | None) -> str:
                 ("modelo", item["model"] or "-"),
                 ("tentativas", item["attempts"]),
                 ("recuperações", item["recoveries"]),
-                ("duração", _duration(item["duration_s"])),
+                ("duração (última tentativa)", _duration(item["duration_s"])),
+                ("tempo de treino", _duration((item["summary"] or {}).get("elapsed_s"))),
+                ("pausas", len(item["pauses"])),
                 ("início", (item["started_at"] or "-")[:19]),
                 ("fim", (item["ended_at"] or "-")[:19]),
             ]
