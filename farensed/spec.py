@@ -85,6 +85,7 @@ class JobSpec:
     after: list = field(default_factory=list)
     max_recoveries: int = 10
     distributed: DistributedConfig | None = None
+    window: str | None = None  # training window, e.g. "23:00-07:00" (farensed.windows)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,6 +216,13 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
             parse_not_before(spec.not_before)
         except ValueError as exc:
             raise SpecError(f"{label}: not_before '{spec.not_before}' não é hora ISO nem HH:MM ({exc})") from None
+    if spec.window is not None:
+        from farensed.windows import parse_windows
+
+        try:
+            parse_windows(spec.window)
+        except ValueError as exc:
+            raise SpecError(f"{label}: window: {exc}") from None
     for i, dep in enumerate(spec.after):
         if isinstance(dep, bool) or not isinstance(dep, int) or dep < 1:
             raise SpecError(f"{label}: after[{i}] deve ser o id (inteiro ≥ 1) de um job")

@@ -102,6 +102,9 @@ def list_jobs(as_json):
 
     q = queue()
     rows = [row(q, job) for job in q.jobs()]
+    from farensed.cli.overnight import annotate
+
+    overnight = annotate(q, rows)  # adds pause and ETA to each row; the lines under the table
     if as_json:
         print_json(rows)
         return
@@ -119,6 +122,8 @@ def list_jobs(as_json):
             f"{_fmt(r['best_val_loss']):>10} {band} {r['recoveries']:>3}  "
             f"{(r['started_at'] or '-')[:19]:<19} {dur:>8}"
         )
+    for line in overnight:
+        click.echo(line)
 
 
 @cli.command()
@@ -135,6 +140,9 @@ def status(job_id, as_json):
 
     q = queue()
     info = full_status(q, q.resolve(job_id))
+    from farensed.cli.overnight import pause_line
+
+    info["pause"] = pause_line(q, q.get(info["id"]))
     if as_json:
         print_json(info)
         return
@@ -155,6 +163,7 @@ def status(job_id, as_json):
         "pid",
         "exit_code",
         "held",
+        "pause",
         "run_dir",
         "log",
     ):

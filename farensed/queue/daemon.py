@@ -25,6 +25,7 @@ from farensed.jsonl import tail_lines
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
+from farensed.queue.overnight import Overnight
 from farensed.queue.pressure import Action, MemoryGuard
 from farensed.queue.procs import create_time, process_alive, signal_group
 from farensed.queue.wake import Waker
@@ -77,6 +78,7 @@ class Daemon:
         memory_guard: MemoryGuard | None = None,
         stop_timeout: float = 300.0,
         log: logging.Logger | None = None,
+        overnight: Overnight | None = None,
     ):
         self.ws, self.queue = ws, Queue(ws)
         self.poll_interval, self.rescan_interval = poll_interval, rescan_interval
@@ -86,6 +88,7 @@ class Daemon:
         self.stopping = False
         self.waker: Waker | None = None
         self.logger = log or logging.getLogger("farensed")
+        self.overnight = overnight or Overnight(ws, log=self.log)  # windows, power, queue pause, morning report
 
     def log(self, msg: str) -> None:
         self.logger.info(msg)
@@ -267,8 +270,10 @@ class Daemon:
                 if self.current is not None:
                     self.poll_current()
                 memory_ok = self.guard_memory()
-                if self.current is None and memory_ok and (job := self.queue.next_runnable()):
+                allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start
+                if self.current is None and memory_ok and allowed and (job := self.queue.next_runnable(allow=allowed)):
                     self.start(job)
+                    self.overnight.started(job)
                 if burst and self.current is None and not self._waiting():
                     break
                 woken = self.waker.wait(self.poll_interval)

@@ -230,13 +230,13 @@ class Queue:
                 raise SpecError(f"{source}: after: job {dep} não existe")
 
     # ---- scheduling ------------------------------------------------------------------------------------
-    def next_runnable(self, now: dt.datetime | None = None) -> Job | None:
-        """Highest priority, then oldest, among pending jobs whose time and dependencies allow it."""
+    def next_runnable(self, now: dt.datetime | None = None, allow=None) -> Job | None:
+        """Highest priority, then oldest, among pending jobs whose time and dependencies (and `allow`) allow it."""
         now = now or dt.datetime.now().astimezone()
         jobs = {j.id: j for j in self.jobs()}
         ready = []
         for job in jobs.values():
-            if job.status is not JobStatus.PENDING or job.held:
+            if job.status is not JobStatus.PENDING or job.held or (allow is not None and not allow(job)):
                 continue
             if job.not_before and dt.datetime.fromisoformat(job.not_before) > now:
                 continue

@@ -66,15 +66,43 @@ def configure_logging() -> None:
 @click.option(
     "--stop-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the child's checkpoint."
 )
+@click.option(
+    "--window",
+    envvar="FARENSE_WINDOW",
+    callback=lambda ctx, param, value: _check_window(value),
+    help="Default training window for jobs without one, e.g. 23:00-07:00 [env FARENSE_WINDOW].",
+)
+@click.option(
+    "--battery-min",
+    type=float,
+    default=30.0,
+    show_default=True,
+    envvar="FARENSE_BATTERY_MIN",
+    help="On battery below this %, checkpoint-stop and wait for mains power; 0 turns it off [env FARENSE_BATTERY_MIN].",
+)
 @click.version_option(package_name="farense")
 def cli(
-    home, burst, poll, rescan, memory_guard, pressure_stop, psi_full_stop, psi_some_stop, min_available_mb, stop_timeout
+    home,
+    burst,
+    poll,
+    rescan,
+    memory_guard,
+    pressure_stop,
+    psi_full_stop,
+    psi_some_stop,
+    min_available_mb,
+    stop_timeout,
+    window,
+    battery_min,
 ):
     """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
     from farensed.queue.daemon import Daemon
+    from farensed.queue.overnight import Overnight
     from farensed.queue.pressure import MemoryGuard, Thresholds
 
     configure_logging()
+    ws = Workspace.at(home)
+    log = logging.getLogger("farensed").info
     guard = MemoryGuard(
         Thresholds(
             enabled=memory_guard,
@@ -84,19 +112,31 @@ def cli(
             min_available_mb=min_available_mb,
         )
     )
-    logging.getLogger("farensed").info(guard.describe())
+    log(guard.describe())
     daemon = Daemon(
-        Workspace.at(home),
+        ws,
         poll_interval=poll,
         rescan_interval=rescan,
         memory_guard=guard,
         stop_timeout=stop_timeout,
+        overnight=Overnight(ws, window=window, battery_min=battery_min, log=log),
     )
     try:
         sys.exit(daemon.work(burst=burst))
     except FarenseError as exc:
         click.echo(f"farensed: {exc}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _check_window(value: str | None) -> str | None:
+    if value:
+        from farensed.windows import parse_windows
+
+        try:
+            parse_windows(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--window") from None
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

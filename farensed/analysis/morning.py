@@ -1,0 +1,310 @@
+"""The morning report: one self-contained HTML file (PNG figures inline as base64, no network), phone-friendly.
+
+For every job of the period: state, attempts and recoveries with their reasons, duration, loss/val_loss/gap curves,
+the gap analysis, evaluation F1/EM vs base, the success criteria's verdicts, and a V1-vs-V2 table per model.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import re
+import tempfile
+from pathlib import Path
+
+from farensed.analysis.gap import analyse, format_analysis
+from farensed.analysis.metrics import read_all
+from farensed.analysis.report import compare, duration_s
+from farensed.atomic import atomic_write_bytes, read_json
+from farensed.queue.jobs import Job, Queue
+
+REPORTS_DIR = "reports"
+EVENT_RE = re.compile(r"^=== farensed: (.*?) ===$")
+
+
+def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
+    """ISO time, `HH:MM` (its latest past occurrence), or None for the last 24 hours; ValueError if malformed."""
+    from farensed.errors import SpecError
+
+    now = now or dt.datetime.now().astimezone()
+    if not text:
+        return now - dt.timedelta(hours=24)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    try:
+        if m:
+            when = now.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
+            return when if when <= now else when - dt.timedelta(days=1)
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SpecError(f"--since: '{text}' não é hora ISO nem HH:MM") from None
+    return when if when.tzinfo else when.astimezone()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def in_period(job: Job, since: dt.datetime) -> bool:
+    """A job belongs to the report if it is unfinished or was submitted, started or ended since `since`."""
+    if not job.status.terminal:
+        return True
+    stamps = [job.submitted_at, job.started_at, job.ended_at]
+    return any(s and dt.datetime.fromisoformat(s) >= since for s in stamps)
+
+
+def job_events(queue: Queue, job: Job) -> list[str]:
+    """What farensed wrote into the job's log: each attempt, each stop and why."""
+    try:
+        text = queue.log_path(job.id).read_text(errors="replace")
+    except OSError:
+        return []
+    return [m.group(1) for line in text.splitlines() if (m := EVENT_RE.match(line.strip()))]
+
+
+def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -> list[dict] | None:
+    """The verdicts of the spec's `success` criteria (farensed.analysis.success), or None without the key."""
+    criteria = spec.get("success")
+    if not isinstance(criteria, dict) or not criteria:
+        return None
+    try:
+        from farensed.analysis.success import verdicts
+    except ImportError:
+        return [{"criterion": k, "passed": None, "text": f"{k}: {v} (sem verificador)"} for k, v in criteria.items()]
+    try:
+        chosen = {k: v for k, v in criteria.items() if v is not None}
+        return [v.to_dict() for v in verdicts(chosen, records, evaluation)]
+    except (TypeError, ValueError, KeyError) as exc:
+        return [{"criterion": "success", "passed": None, "text": f"critérios ilegíveis ({exc})"}]
+
+
+def job_data(queue: Queue, job: Job) -> dict:
+    """Everything the report shows about one job."""
+    run_dir = queue.ws.run_dir(job.name)
+    spec = _read(queue.job_dir(job.id) / "spec.json") or {}
+    records = read_all(run_dir)
+    evaluation = _read(run_dir / "evaluation_report.json")
+    analysis = analyse(records)
+    return {
+        **job.to_dict(),
+        "model": spec.get("model"),
+        "max_seq_length": spec.get("max_seq_length"),
+        "duration_s": duration_s(job),
+        "events": job_events(queue, job),
+        "pauses": (_read(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
+        "analysis": analysis,
+        "summary": _read(run_dir / "training_summary.json"),
+        "evaluation": None
+        if not evaluation
+        else {k: evaluation.get(k) for k in ("adapters", "base", "uplift") if isinstance(evaluation.get(k), dict)},
+        "success": success_verdicts(spec, records, evaluation),
+        "records": len(records),
+    }
+
+
+def collect(queue: Queue, since: dt.datetime) -> dict:
+    """The report's data: every job of the period and one comparison per model shared by several jobs."""
+    jobs = [job for job in queue.jobs() if in_period(job, since)]
+    data = [job_data(queue, job) for job in jobs]
+    by_model: dict[str, list[Job]] = {}
+    for job, item in zip(jobs, data):
+        by_model.setdefault(str(item["model"]), []).append(job)
+    comparisons = [
+        {"model": model, "jobs": [compare(queue, job, job)["jobs"][0] for job in group]}
+        for model, group in by_model.items()
+        if len(group) > 1
+    ]
+    return {
+        "generated_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "since": since.isoformat(timespec="seconds"),
+        "jobs": data,
+        "comparisons": comparisons,
+    }
+
+
+# ---- figures --------------------------------------------------------------------------------------------
+def curves_png(queue: Queue, job: Job) -> bytes | None:
+    """loss, val_loss and gap curves of a job as PNG bytes (None without metrics)."""
+    from farensed.analysis.plots import plot_training
+
+    records = read_all(queue.ws.run_dir(job.name))
+    if not records:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_training(records, Path(tmp) / "curves.png", title=f"job {job.id} — {job.name}")
+        return path.read_bytes()
+
+
+def _img(png: bytes, alt: str, name: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<figure data-figure="{name}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+# ---- HTML -----------------------------------------------------------------------------------------------
+CSS = """
+body{font-family:-apple-system,system-ui,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:980px;padding:12px;
+color:#1d1d1f;background:#fafafa;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+section.job{background:#fff;border:1px solid #e3e3e3;border-radius:10px;padding:12px;margin:14px 0}
+.state{display:inline-block;padding:1px 8px;border-radius:8px;background:#eee;font-weight:600}
+.done{background:#d7f5dd}.failed{background:#fbd5d5}.cancelled{background:#eee}.running,.pending{background:#fff2c6}
+img{max-width:100%;height:auto}figure{margin:8px 0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.92em}td,th{padding:3px 8px;border-bottom:1px solid #eee;
+text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}
+pre{white-space:pre-wrap;word-break:break-word;background:#f4f4f4;padding:8px;border-radius:6px;font-size:.85em}
+pre.analysis{white-space:pre;overflow-x:auto}ul{padding-left:1.2em}.pass{color:#137333}.fail{color:#b3261e}
+@media (max-width:600px){body{padding:6px;font-size:15px}table{font-size:.85em}}
+"""
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "sim" if value else "não"
+    return format(value, spec) if isinstance(value, (int, float)) and spec else str(value)
+
+
+def _table(rows: list[tuple], head: tuple | None = None) -> str:
+    out = ['<div class="scroll"><table>']
+    if head:
+        out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return "".join(out) + "</table></div>"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
+
+
+def _job_html(item: dict, png: bytes | None) -> str:
+    esc = html.escape
+    parts = [
+        f'<section class="job" id="job-{item["id"]}" data-job="{item["id"]}">',
+        f'<h2>#{item["id"]} {esc(item["name"])} <span class="state {esc(item["state"])}">{esc(item["state"])}</span>'
+        "</h2>",
+        _table(
+            [
+                ("modelo", item["model"] or "-"),
+                ("tentativas", item["attempts"]),
+                ("recuperações", item["recoveries"]),
+                ("duração (última tentativa)", _duration(item["duration_s"])),
+                ("tempo de treino", _duration((item["summary"] or {}).get("elapsed_s"))),
+                ("pausas", len(item["pauses"])),
+                ("início", (item["started_at"] or "-")[:19]),
+                ("fim", (item["ended_at"] or "-")[:19]),
+            ]
+        ),
+    ]
+    if item["error"]:
+        parts.append(f"<p><b>motivo:</b></p><pre>{esc(item['error'])}</pre>")
+    reasons = item["events"] + [f"pausa: {p['reason']} ({p['at'][11:19]})" for p in item["pauses"]]
+    if reasons:
+        parts.append("<p><b>tentativas, recuperações e pausas:</b></p><ul>")
+        parts += [f"<li>{esc(r)}</li>" for r in reasons]
+        parts.append("</ul>")
+    if png:
+        parts.append(_img(png, f"curvas do job {item['id']}", f"curves-{item['id']}"))
+    else:
+        parts.append("<p>sem métricas</p>")
+    parts.append(f'<pre class="analysis" data-analysis="{item["id"]}">{esc(format_analysis(item["analysis"]))}</pre>')
+    if item["evaluation"]:
+        ev = item["evaluation"]
+        rows = [
+            (
+                label,
+                _fmt(ev.get("adapters", {}).get(k)),
+                _fmt(ev.get("base", {}).get(k)),
+                _fmt(ev.get("uplift", {}).get(k)),
+            )
+            for label, k in (("F1", "f1_mean"), ("EM", "em_mean"), ("loss", "loss_mean"))
+        ]
+        parts.append(
+            f'<div data-evaluation="{item["id"]}">' + _table(rows, ("", "adapters", "base", "ganho")) + "</div>"
+        )
+    if item["success"]:
+        parts.append(f'<ul data-success="{item["id"]}">')
+        for v in item["success"]:
+            mark, cls = {True: ("✅", "pass"), False: ("❌", "fail")}.get(v.get("passed"), ("?", ""))
+            parts.append(f'<li class="{cls}">{mark} {esc(str(v.get("criterion")))}: {esc(str(v.get("text")))}</li>')
+        parts.append("</ul>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+COMPARE_ROWS = [
+    ("estado", "state", None),
+    ("loss final", "final_loss", ".4f"),
+    ("val_loss final", "final_val_loss", ".4f"),
+    ("melhor val_loss", "best_val_loss", ".4f"),
+    ("status", "status", None),
+    ("gap médio", "gap_mean", ".4f"),
+    ("gap máximo", "gap_max", ".4f"),
+    ("épocas", "epochs_run", None),
+    ("early stopping", "early_stopped", None),
+    ("tempo (s)", "wall_time_s", ".0f"),
+    ("tok/s", "tokens_per_second", ".0f"),
+    ("F1", "f1", ".4f"),
+    ("exact match", "exact_match", ".4f"),
+]
+
+
+def _comparison_html(comparison: dict) -> str:
+    cols = comparison["jobs"]
+    head = ("", *(f"#{c['id']} {c['name']}" for c in cols))
+    rows = [(label, *(_fmt(c.get(key), spec) for c in cols)) for label, key, spec in COMPARE_ROWS]
+    return f'<div data-compare="{html.escape(comparison["model"])}"><h3>{html.escape(comparison["model"])}</h3>' + (
+        _table(rows, head) + "</div>"
+    )
+
+
+def render(data: dict, figures: dict[int, bytes | None]) -> str:
+    """The whole report as one HTML document."""
+    counts: dict[str, int] = {}
+    for item in data["jobs"]:
+        counts[item["state"]] = counts.get(item["state"], 0) + 1
+    overview = _table(
+        [
+            (f"#{i['id']}", i["name"], i["state"], i["attempts"], i["recoveries"], _duration(i["duration_s"]))
+            for i in data["jobs"]
+        ],
+        ("job", "nome", "estado", "tent.", "rec.", "duração"),
+    )
+    body = [
+        "<!DOCTYPE html>",
+        '<html lang="pt"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>farense — relatório {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
+        f"<h1>farense — relatório da manhã</h1><p>{data['generated_at'][:16].replace('T', ' ')} · desde "
+        f"{data['since'][:16].replace('T', ' ')} · {len(data['jobs'])} jobs ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + ")</p>",
+        overview,
+    ]
+    body += [_job_html(item, figures.get(item["id"])) for item in data["jobs"]]
+    if data["comparisons"]:
+        body.append("<h2>Comparação (V1 vs V2) por modelo</h2>")
+        body += [_comparison_html(c) for c in data["comparisons"]]
+    body.append("</body></html>")
+    return "\n".join(body)
+
+
+def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = None) -> Path:
+    """Collect, draw and write the report atomically; return its path (default reports/farense-<time>.html)."""
+    data = collect(queue, since)
+    figures = {item["id"]: curves_png(queue, queue.get(item["id"])) for item in data["jobs"]}
+    if output is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = queue.ws.root / REPORTS_DIR / f"farense-{stamp}.html"
+    path = queue.ws.resolve(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, render(data, figures).encode())
+    return path

@@ -1,0 +1,234 @@
+"""Overnight on a laptop: training windows, power awareness, queue pause, and the report when the queue drains.
+
+The daemon calls `Overnight.tick()` once per loop: it checkpoint-stops the running job (SIGTERM to its group: the
+child finishes the current optimizer update, checkpoints and exits 75) when its window closes, the battery runs low
+or the queue is paused, and says which pending jobs may start. Such a stop is neither a recovery nor an attempt.
+
+jobs/
+  paused.json        the queue is paused (`farensectl pause`); survives daemon restarts
+  overnight.json     the daemon's settings (default window, battery minimum) and whether it waits for mains power
+  <id>/pause.json    the job's overnight stops: the one in progress and the history (for `status` and the report)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+from farensed.atomic import atomic_write_json, read_json
+from farensed.queue import power
+from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
+from farensed.windows import Window, format_clock, is_open, next_open, open_until, parse_windows
+from farensed.workspace import Workspace
+
+PAUSED_FILE, SETTINGS_FILE, JOB_PAUSE_FILE = "paused.json", "overnight.json", "pause.json"
+READY_MARKS = ("A carregar modelo", "mlx.launch")  # the child's stop handler is installed before these lines
+
+
+def _read(path) -> dict | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def local_now() -> dt.datetime:
+    return dt.datetime.now().astimezone()
+
+
+# ---- queue pause ---------------------------------------------------------------------------------------
+def queue_paused(ws: Workspace) -> dict | None:
+    """The pause record when the queue is paused, else None."""
+    return _read(ws.jobs / PAUSED_FILE)
+
+
+def pause_queue(ws: Workspace) -> dict:
+    """Pause the queue: the running job checkpoint-stops, nothing new starts (until `resume_queue`)."""
+    record = queue_paused(ws) or {"paused_at": now_iso()}
+    atomic_write_json(ws.jobs / PAUSED_FILE, record)
+    return record
+
+
+def resume_queue(ws: Workspace) -> bool:
+    """Unpause the queue; False when it was not paused."""
+    path = ws.jobs / PAUSED_FILE
+    if not path.exists():
+        return False
+    path.unlink()  # a flag, not user data
+    return True
+
+
+# ---- what a job's window is ----------------------------------------------------------------------------
+def settings(ws: Workspace) -> dict:
+    """The daemon's overnight settings as it last wrote them ({} before any daemon ran)."""
+    return _read(ws.jobs / SETTINGS_FILE) or {}
+
+
+def job_window_text(queue: Queue, job: Job, default: str | None) -> str | None:
+    """The job's own `window` from its spec.json, else the daemon's default."""
+    spec = _read(queue.job_dir(job.id) / "spec.json") or {}
+    own = spec.get("window")
+    return own if isinstance(own, str) and own.strip() else default
+
+
+def windows_of(text: str | None) -> list[Window] | None:
+    if not text:
+        return None
+    try:
+        return parse_windows(text)
+    except ValueError:
+        return None  # validated at submit; a bad hand edit must not stop the daemon
+
+
+def pause_of(queue: Queue, job: Job, now: dt.datetime | None = None, conf: dict | None = None) -> str | None:
+    """Why a pending job waits overnight, e.g. `em pausa até 23:00`; None when nothing overnight holds it."""
+    if job.status is not JobStatus.PENDING:
+        return None
+    now = now or local_now()
+    conf = settings(queue.ws) if conf is None else conf
+    if queue_paused(queue.ws):
+        return "em pausa (fila em pausa: farensectl resume)"
+    if conf.get("power_wait"):
+        return f"em pausa: {conf['power_wait']}"
+    windows = windows_of(job_window_text(queue, job, conf.get("window")))
+    if windows and not is_open(windows, now):
+        return f"em pausa até {format_clock(next_open(windows, now))}"
+    return None
+
+
+def pause_history(queue: Queue, job_id: int) -> list[dict]:
+    """Every overnight stop of a job: when, why, until when (for the report)."""
+    return (_read(queue.job_dir(job_id) / JOB_PAUSE_FILE) or {}).get("history", [])
+
+
+def child_ready(log_path) -> bool:
+    """True once the current attempt's child has installed its stop handler (a SIGTERM earlier would kill it)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 65536))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return True
+    attempt = text.rsplit("=== farensed: job", 1)[-1]
+    return any(mark in attempt for mark in READY_MARKS)
+
+
+class Overnight:
+    """The daemon's overnight policy: windows, power, queue pause, and the report when the queue drains."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        window: str | None = None,
+        battery_min: float | None = power.DEFAULT_BATTERY_MIN,
+        report: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        if window:
+            parse_windows(window)  # the command line validates first; a library caller gets the ValueError
+        self.ws, self.queue = ws, Queue(ws)
+        self.window, self.battery_min, self.report, self.log = window, battery_min, report, log
+        self.power_wait: str | None = None
+        self.stop_sent: int | None = None  # pid of the child already asked to stop
+        self.busy = False  # some job was not finished at the previous tick
+        self.reporter: subprocess.Popen | None = None
+        self.settings_written = False  # written at the first tick, once this daemon holds the queue
+
+    def _write_settings(self) -> None:
+        self.settings_written = True
+        atomic_write_json(
+            self.ws.jobs / SETTINGS_FILE,
+            {"window": self.window, "battery_min": self.battery_min, "power_wait": self.power_wait},
+        )
+
+    # ---- one tick of the daemon loop -----------------------------------------------------------------
+    def tick(self, daemon) -> Callable[[Job], bool] | None:
+        """Stop the running job if it must pause; return which pending jobs may start (None: none may)."""
+        now = local_now()
+        if not self.settings_written:
+            self._write_settings()
+        self._check_power()
+        paused = queue_paused(self.ws)
+        current = daemon.current
+        if current is not None:
+            job = self.queue.get(current.job_id)
+            reason = self._stop_reason(job, now, paused)
+            if reason and self.stop_sent != current.pid and child_ready(self.queue.log_path(job.id)):
+                self._stop(daemon, job, reason, now)
+        elif self.stop_sent is not None:
+            self.stop_sent = None
+        self._check_drained(current)
+        if paused or self.power_wait:
+            return None
+        default = self.window
+        return lambda job: is_open(windows_of(job_window_text(self.queue, job, default)), now)
+
+    def started(self, job: Job) -> None:
+        """A job just started: resuming after an overnight stop is not a new attempt."""
+        path = self.queue.job_dir(job.id) / JOB_PAUSE_FILE
+        record = _read(path)
+        if not record or not record.get("stopping"):
+            return
+        stopping = record.pop("stopping")
+        job = self.queue.get(job.id)
+        if job.recoveries == stopping.get("recoveries", job.recoveries):  # a lost child is a real recovery
+            self.queue.update(job.id, attempts=max(job.attempts - 1, 1))
+        if record.get("history"):
+            record["history"][-1]["resumed_at"] = now_iso()
+        atomic_write_json(path, record)
+
+    # ---- decisions --------------------------------------------------------------------------------------
+    def _check_power(self) -> None:
+        reading = power.read_battery()
+        waiting = power.must_wait(reading, self.battery_min, self.power_wait is not None)
+        reason = (self.power_wait or power.describe(reading, self.battery_min)) if waiting else None
+        if reason != self.power_wait:
+            self.log(reason or "corrente ligada: a fila continua")
+            self.power_wait = reason
+            self._write_settings()
+
+    def _stop_reason(self, job: Job, now: dt.datetime, paused: dict | None) -> str | None:
+        if job.cancel_requested:
+            return None
+        if paused:
+            return "fila em pausa"
+        if self.power_wait:
+            return self.power_wait
+        windows = windows_of(job_window_text(self.queue, job, self.window))
+        if windows and open_until(windows, now) is None:
+            return f"janela fechada; em pausa até {format_clock(next_open(windows, now))}"
+        return None
+
+    def _stop(self, daemon, job: Job, reason: str, now: dt.datetime) -> None:
+        path = self.queue.job_dir(job.id) / JOB_PAUSE_FILE
+        record = _read(path) or {"history": []}
+        record["stopping"] = {"reason": reason, "at": now_iso(), "recoveries": job.recoveries}
+        record["history"].append({"at": now_iso(), "reason": reason})
+        atomic_write_json(path, record)
+        self.log(f"job {job.id} ({job.name}): {reason}; a parar com checkpoint")
+        with open(self.queue.log_path(job.id), "ab") as fh:
+            fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+        self.stop_sent = daemon.current.pid
+        daemon.signal_child(signal.SIGTERM)
+
+    # ---- the morning report ---------------------------------------------------------------------------
+    def _check_drained(self, current) -> None:
+        if self.reporter is not None and self.reporter.poll() is not None:
+            self.reporter = None
+        jobs = self.queue.jobs()
+        busy = current is not None or any(not j.status.terminal for j in jobs)
+        if self.busy and not busy and jobs and self.report:
+            self.log("fila terminada: a escrever o relatório")
+            self.reporter = subprocess.Popen(
+                [sys.executable, "-m", "farensed.cli.main", "--home", str(self.ws.root), "report", "--notify"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=self.ws.root,
+            )
+        self.busy = busy

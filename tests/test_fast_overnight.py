@@ -1,0 +1,168 @@
+"""Overnight logic without a model: training windows, the power decision, queue pause files, spec key `window`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from farensed.errors import SpecError
+from farensed.queue import power
+from farensed.queue.power import Battery
+from farensed.spec import parse_spec
+from farensed.windows import finish_time, format_clock, is_open, next_open, open_until, parse_windows
+
+TZ = dt.timezone(dt.timedelta(hours=1))
+
+
+def at(hour: int, minute: int = 0, second: int = 0, day: int = 10) -> dt.datetime:
+    return dt.datetime(2026, 3, day, hour, minute, second, tzinfo=TZ)
+
+
+NIGHT = parse_windows("23:00-07:00")
+
+
+@pytest.mark.parametrize(
+    ("now", "open_"),
+    [(at(22, 59, 59), False), (at(23), True), (at(2), True), (at(6, 59, 59), True), (at(7), False), (at(12), False)],
+)
+def test_window_across_midnight_is_open_exactly_inside(now, open_):
+    assert is_open(NIGHT, now) is open_
+
+
+def test_window_across_midnight_closes_and_reopens_at_the_right_instants():
+    assert open_until(NIGHT, at(2)) == at(7)
+    assert open_until(NIGHT, at(23, 30)) == at(7, day=11)
+    assert open_until(NIGHT, at(12)) is None
+    assert next_open(NIGHT, at(12)) == at(23)
+    assert next_open(NIGHT, at(7)) == at(23)
+    assert next_open(NIGHT, at(3)) == at(3)
+    assert format_clock(next_open(NIGHT, at(12))) == "23:00"
+
+
+def test_several_windows_with_seconds_and_merging():
+    windows = parse_windows("12:00:00-12:00:05, 12:00:10-12:01")
+    assert is_open(windows, at(12, 0, 4)) and not is_open(windows, at(12, 0, 5))
+    assert next_open(windows, at(12, 0, 5)) == at(12, 0, 10)
+    assert format_clock(at(12, 0, 10)) == "12:00:10"
+    touching = parse_windows("22:00-23:00,23:00-01:00")
+    assert open_until(touching, at(22, 30)) == at(1, day=11)
+
+
+def test_no_window_means_always_open():
+    assert is_open(None, at(12)) and next_open(None, at(12)) == at(12) and open_until(None, at(12)) is None
+
+
+def test_finish_time_walks_across_closed_hours():
+    # 3 h of work from 06:00 inside 23:00-07:00: 1 h tonight, 2 h from 23:00 → 01:00 next day
+    assert finish_time(NIGHT, at(6), 3 * 3600) == at(1, day=11)
+    assert finish_time(NIGHT, at(12), 1800) == at(23, 30)
+    assert finish_time(None, at(12), 60) == at(12, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("23:00", "não é uma janela"),
+        ("25:00-07:00", "hora inválida"),
+        ("23:00-23:00", "iguais"),
+        ("noite", "não é uma janela"),
+        ("", "vazia"),
+        ("23h-07h", "não é uma hora"),
+    ],
+)
+def test_bad_windows_are_one_clear_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_windows(text)
+
+
+def test_spec_key_window_is_validated():
+    base = {"name": "x", "model": "m", "data": {"train": "a", "valid": "b"}}
+    assert parse_spec({**base, "window": "23:00-07:00"}).window == "23:00-07:00"
+    with pytest.raises(SpecError, match="spec: window: 23:00-24:00: hora inválida '24:00'"):
+        parse_spec({**base, "window": "23:00-24:00"})
+    with pytest.raises(SpecError, match="quis dizer 'window'"):
+        parse_spec({**base, "windw": "23:00-07:00"})
+
+
+@pytest.mark.parametrize(
+    ("reading", "waiting", "expected"),
+    [
+        (None, False, False),  # no battery: nothing changes
+        (None, True, False),
+        (Battery(80, False), False, False),  # on battery, enough charge
+        (Battery(29, False), False, True),  # on battery below 30 %: stop
+        (Battery(29, True), True, False),  # plugged in again: resume
+        (Battery(5, True), False, False),  # plugged in, even if nearly empty
+        (Battery(35, False), True, True),  # once waiting, only mains power ends the wait
+        (Battery(20, None), False, False),  # unknown plug state: nothing changes
+    ],
+)
+def test_power_decision(reading, waiting, expected):
+    assert power.must_wait(reading, 30.0, waiting) is expected
+
+
+def test_power_awareness_off_with_zero_threshold():
+    assert power.must_wait(Battery(1, False), 0, False) is False
+
+
+def test_battery_file_overrides_psutil(tmp_path, monkeypatch):
+    path = tmp_path / "battery.json"
+    monkeypatch.setenv(power.BATTERY_FILE_ENV, str(path))
+    assert power.read_battery() is None  # missing file: no battery
+    path.write_text('{"percent": 25, "plugged": false}')
+    assert power.read_battery() == Battery(25.0, False)
+    path.write_text("not json")
+    assert power.read_battery() is None
+
+
+# ---- queue ETA (pure) -------------------------------------------------------------------------------------
+def test_eta_runs_jobs_one_after_another_by_priority():
+    from farensed.analysis.eta import Item, schedule
+
+    now = at(20)
+    out = schedule([Item(1, 3600), Item(2, 1800, priority=5)], now, running=Item(9, 600))
+    assert out[9] == {"start": None, "end": at(20, 10)}
+    assert out[2] == {"start": at(20, 10), "end": at(20, 40)}  # higher priority first
+    assert out[1] == {"start": at(20, 40), "end": at(21, 40)}
+
+
+def test_eta_respects_windows_not_before_and_dependencies():
+    from farensed.analysis.eta import Item, schedule
+
+    now = at(20)
+    items = [
+        Item(1, 2 * 3600, windows=NIGHT),  # waits for 23:00
+        Item(2, 600, not_before=at(21)),  # may start at 21:00 and does, before job 1
+        Item(3, 600, after=[1]),  # only after job 1
+    ]
+    out = schedule(items, now)
+    assert out[2] == {"start": at(21), "end": at(21, 10)}
+    assert out[1] == {"start": at(23), "end": at(1, day=11)}
+    assert out[3] == {"start": at(1, day=11), "end": at(1, 10, day=11)}
+
+
+def test_eta_unknown_duration_makes_later_times_unknown():
+    from farensed.analysis.eta import Item, format_eta, schedule
+
+    now = at(20)
+    out = schedule([Item(1, None), Item(2, 60)], now)
+    assert out[1] == {"start": now, "end": None} and out[2] == {"start": None, "end": None}
+    assert format_eta(None, now) == "?" and format_eta(at(23), now) == "23:00"
+    assert format_eta(at(1, day=11), now) == "11/03 01:00"
+    blocked = schedule([Item(1, 60)], now, blocked=True)
+    assert blocked[1] == {"start": None, "end": None}
+
+
+def test_report_since_and_success_criteria_read_defensively():
+    from farensed.analysis.morning import parse_since, success_verdicts
+
+    now = at(8)
+    assert parse_since("23:00", now) == at(23, day=9)  # the latest past 23:00
+    assert parse_since("07:30", now) == at(7, 30)
+    assert parse_since(None, now) == at(8, day=9)
+    with pytest.raises(SpecError, match="--since: 'ontem'"):
+        parse_since("ontem", now)
+    assert success_verdicts({}, [], None) is None and success_verdicts({"success": "sim"}, [], None) is None
+    verdicts = success_verdicts({"success": {"gap_max": 0.15}}, [], None)
+    assert [v["criterion"] for v in verdicts] == ["gap_max"] and verdicts[0]["passed"] is not True
