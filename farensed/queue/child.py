@@ -14,13 +14,12 @@ from farensed.exitfile import EXIT_FILE, write_exit_code
 FRESH_DONE = "fresh.done"
 
 
-def start_over(run_dir: Path, job_dir: Path) -> None:
-    """`submit --fresh`: move the old run folder aside once; later attempts of the job resume the new run."""
-    from farensed.atomic import move_aside
+def start_over(ws, name: str, job_dir: Path) -> None:
+    """`submit --fresh`: move the old run (and output) aside once; later attempts of the job resume the new run."""
+    from farensed.queue.fresh import start_over as move_old_run
 
-    if run_dir.exists():
-        print(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}", flush=True)
-    atomic_write_json(job_dir / FRESH_DONE, {"run_dir": str(run_dir)})
+    move_old_run(ws, name, job_id=int(job_dir.name), say=lambda msg: print(msg, flush=True))
+    atomic_write_json(job_dir / FRESH_DONE, {"run_dir": str(ws.run_dir(name))})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         ws = Workspace.at(args.home)
         spec = load_spec(job_dir / "spec.json", ws)
         if args.fresh:
-            start_over(ws.run_dir(spec.name), job_dir)
+            start_over(ws, spec.name, job_dir)
         if spec.distributed:
             # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
             run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / EXIT_FILE)

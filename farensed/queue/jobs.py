@@ -69,6 +69,7 @@ class Job:
     held: str | None = None  # why a pending job is held back (memory guard)
     cancel_requested: bool = False
     fresh: bool = False  # first attempt starts over (old run folder moved aside); recoveries resume
+    run_dir: str | None = None  # its run folder (relative to the workspace); follows it when --fresh moves it aside
 
     @property
     def status(self) -> JobStatus:
@@ -76,6 +77,17 @@ class Job:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def job_run_dir(ws: Workspace, job: Job) -> Path:
+    """The run folder a job trains (recorded in job.json; older jobs: checkpoints_qlora/<name>)."""
+    return ws.resolve(job.run_dir) if job.run_dir else ws.run_dir(job.name)
+
+
+def relative_to_ws(ws: Workspace, path: Path) -> str:
+    """A path as job.json stores it: relative to the workspace root when inside it (a moved workspace still works)."""
+    path = Path(path)
+    return str(path.relative_to(ws.root)) if path.is_relative_to(ws.root) else str(path)
 
 
 class Queue:
@@ -130,6 +142,17 @@ class Queue:
             self.save(job)
             return job
 
+    def repoint_run(self, old: Path, new: Path, keep: int | None = None) -> list[int]:
+        """Jobs whose run folder `old` was moved aside to `new` follow it (all but job `keep`)."""
+        moved = []
+        with self.lock:
+            for job in self.jobs():
+                if job.id != keep and job_run_dir(self.ws, job) == Path(old):
+                    job.run_dir = relative_to_ws(self.ws, new)
+                    self.save(job)
+                    moved.append(job.id)
+        return moved
+
     def _next_id(self) -> int:
         ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
         return max(ids, default=0) + 1
@@ -144,6 +167,7 @@ class Queue:
             max_recoveries=spec.max_recoveries,
             source=source,
             world_size=world_size(spec, self.ws),
+            run_dir=relative_to_ws(self.ws, self.ws.run_dir(spec.name)),
         )
         not_before = overrides.get("not_before") or spec.not_before
         for key, value in overrides.items():

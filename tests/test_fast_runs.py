@@ -1,0 +1,114 @@
+"""Naming runs, seed-era records, success criteria: fast tests (no training)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from farensed.analysis.runref import resolve, seed_records
+from farensed.analysis.success import SEED_CRITERIA, format_verdicts, verdicts
+from farensed.cli.main import cli
+from farensed.errors import QueueError
+from farensed.queue.jobs import Queue
+from farensed.workspace import Workspace
+from tests.helpers import spec_with, write_spec
+
+# The seed's records: step, epoch, loss; validations add val_loss (no gap, no band).
+SEED = [
+    {"epoch": 0, "step": 10, "loss": 5.0},
+    {"epoch": 0, "step": 20, "loss": 3.0, "val_loss": 3.5},
+    {"epoch": 0, "step": 30, "loss": 2.0},
+    {"epoch": 1, "step": 40, "loss": 1.6, "val_loss": 1.9},
+    {"epoch": 1, "step": 50, "loss": 1.4, "val_loss": 2.0},
+]
+
+
+def write_seed_folder(path, records=SEED):
+    path.mkdir(parents=True)
+    (path / "training_metrics.json").write_bytes(orjson.dumps(records))
+    return path
+
+
+def test_seed_records_get_farense_gap_and_band():
+    recs = seed_records(SEED)
+    vals = [r for r in recs if r.get("val_loss") is not None]
+    assert [round(v["train_loss"], 6) for v in vals] == [4.0, 1.8, 1.4]  # mean loss since the previous validation
+    assert [round(v["gap"], 6) for v in vals] == [-0.5, 0.1, 0.6]
+    assert [v["band"] for v in vals] == ["EXCELENTE", "BOM", "CRÍTICO"]
+
+
+def test_verdicts_measure_each_seed_criterion():
+    items = {v.criterion: v for v in verdicts(SEED_CRITERIA, seed_records(SEED), {"adapters": {"f1_mean": 0.95}})}
+    assert list(items) == ["loss_drop", "val_improves", "gap_max", "f1_min"]
+    assert items["loss_drop"].value == pytest.approx(1 - 1.4 / 5.0) and items["loss_drop"].passed
+    assert items["val_improves"].value == pytest.approx(3.5 - 1.9) and items["val_improves"].passed
+    assert items["gap_max"].value == pytest.approx(0.1) and items["gap_max"].passed  # gap at the best validation
+    assert items["f1_min"].passed
+    strict = verdicts({"gap_max": 0.05, "f1_min": 0.93}, seed_records(SEED), None)
+    assert [v.passed for v in strict] == [False, False]
+    text = format_verdicts(strict)
+    assert text.splitlines() == [
+        "❌ gap_max: gap no melhor modelo 0.1000 (< 0.05)",
+        "❌ f1_min: F1: sem avaliação (farensectl eval)",
+    ]
+
+
+def test_check_command_on_a_seed_era_folder(isolated_home, tmp_path):
+    folder = write_seed_folder(tmp_path / "checkpoints_qlora_v1_backup")
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["check", str(folder), "--success", '{"gap_max": 0.15, "loss_drop": 0.6}'])
+    assert ok.exit_code == 0, ok.output
+    assert "✅ loss_drop: loss de treino caiu 72%" in ok.output and "✅ gap_max" in ok.output
+    bad = runner.invoke(cli, ["check", str(folder), "--success", '{"gap_max": 0.05}', "--json"])
+    doc = orjson.loads(bad.stdout)
+    assert bad.exit_code == 1 and doc["passed"] is False and doc["verdicts"][0]["value"] == pytest.approx(0.1)
+    seed = runner.invoke(cli, ["check", str(folder)])  # no spec: the seed's criteria, said so; F1 missing fails
+    assert seed.exit_code == 1 and "critérios do seed" in seed.output and "❌ f1_min" in seed.output
+    typo = runner.invoke(cli, ["check", str(folder), "--success", '{"gap_mx": 0.1}'])
+    assert typo.exit_code == 2 and "gap_max" in typo.output
+
+
+def test_readers_take_a_seed_folder_read_only(isolated_home, tmp_path):
+    folder = write_seed_folder(tmp_path / "old" / "checkpoints_qlora_v1_backup")
+    before = sorted(p.name for p in folder.iterdir())
+    runner = CliRunner()
+    gap = orjson.loads(runner.invoke(cli, ["gap", str(folder), "--json"]).stdout)
+    assert gap["status"] == "BOM" and gap["gap_max"] == pytest.approx(0.6) and gap["id"] is None
+    out = runner.invoke(cli, ["plot", "old/checkpoints_qlora_v1_backup"])
+    assert out.exit_code == 0 and out.output.strip() == str(
+        tmp_path / "checkpoints_qlora_v1_backup-training_v2_results.png"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written into the seed's folder
+    tail = runner.invoke(cli, ["tail", str(folder), "--no-follow", "-n", "5"])
+    assert tail.exit_code == 0 and "pasta do seed" in tail.output
+    assert [line.rsplit("melhor ", 1)[-1] for line in tail.output.splitlines()[2:]] == [
+        "3.5000",
+        "3.5000",
+        "1.9000",
+        "1.9000",
+    ]
+    ev = runner.invoke(cli, ["eval", str(folder)])
+    assert ev.exit_code == 1 and "só leitura" in ev.output
+    logs = runner.invoke(cli, ["logs", str(folder)])
+    assert logs.exit_code == 4 and "sem log" in logs.output
+
+
+def test_run_references_resolve_one_documented_way(workspace):
+    ws = Workspace(workspace)
+    q = Queue(ws)
+    first = q.submit(write_spec(workspace, spec_with(name="2"), "a.json"))  # a run *named* "2"
+    second = q.submit(write_spec(workspace, spec_with(name="b"), "b.json"))
+    (workspace / "checkpoints_qlora" / "2").mkdir(parents=True)
+    (workspace / "checkpoints_qlora" / "2" / "spec.json").write_bytes(b"{}")
+    assert resolve(ws, "2").job.id == second.id  # digits: always a job id
+    by_folder = resolve(ws, "checkpoints_qlora/2")  # the run named "2": by its folder
+    assert by_folder.job.id == first.id and by_folder.run_dir == workspace / "checkpoints_qlora" / "2"
+    assert resolve(ws, "b").job.id == second.id  # a name with no folder yet: its latest job
+    assert resolve(ws, None).job.id == second.id
+    with pytest.raises(QueueError, match="não é um id de job, um nome de corrida"):
+        resolve(ws, "nope")
+    result = CliRunner().invoke(cli, ["gap", "--help"])
+    assert "An all-digit RUN is always a job id" in result.output and "Example" in result.output
+    job = orjson.loads((workspace / "jobs" / str(first.id) / "job.json").read_bytes())
+    assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved workspace keeps working
