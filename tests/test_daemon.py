@@ -292,5 +292,6 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     job = queue(workspace).get(fresh)
     assert (job.state, job.attempts, job.recoveries) == ("done", 2, 1)
     log = (workspace / "jobs" / str(fresh) / "log").read_text()
-    assert log.count("--fresh: a pasta anterior foi guardada") == 1 and "A retomar de checkpoint_epoch" in log
+    assert log.count("--fresh: a pasta anterior foi guardada em") == 2  # checkpoints_qlora/t and output/t, once
+    assert log.count("checkpoints_qlora/t.old-") == 1 and "A retomar de checkpoint_epoch" in log
     assert len([p for p in (workspace / "checkpoints_qlora").iterdir() if p.name.startswith("t.old-")]) == 1

@@ -23,6 +23,7 @@ from farensed.analysis.metrics import MetricsLog
 from farensed.atomic import atomic_write_json
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
+from farensed.engine.continuation import plan
 from farensed.engine.data import TokenizedSet, collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
@@ -277,10 +278,14 @@ class Trainer:
         console.say(console.banner(spec))
         self._load()
         start = self._start_point()
-        if start.resuming and start.state.get("finished"):
+        cont = plan(spec, self.run_dir, start.state, self.total_steps, bool(getattr(spec, "lr_schedule", None)))
+        for line in cont.lines:
+            console.say(line)
+        if start.resuming and start.state.get("finished") and not cont.reopen:
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"], already=True)
         progress, stopper, metrics = self._restore(start)
+        cont.apply(progress, stopper)
         if self.world.is_main:
             atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
         rank = self.world.rank if self.world.size > 1 else None
