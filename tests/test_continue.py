@@ -56,6 +56,7 @@ def test_more_epochs_continue_a_finished_run_exactly_and_other_changes_are_named
     proc = run_cli(workspace, "run", str(two))
     assert proc.returncode == 0, proc.stdout[-2000:]
     out = proc.stdout
+    assert "Dispositivo: cpu (" in out and "| memória: " in out and "Disco: " in out  # start-up facts
     assert "Alteração aceite ao retomar: epochs 1 → 2" in out and "keep_checkpoints 3 → 2" in out
     assert "A corrida terminada continua: step 40 → 80" in out and "A retomar de checkpoint_epoch0_step40" in out
     assert_same_adapters(

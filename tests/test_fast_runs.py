@@ -112,3 +112,15 @@ def test_run_references_resolve_one_documented_way(workspace):
     assert "An all-digit RUN is always a job id" in result.output and "Example" in result.output
     job = orjson.loads((workspace / "jobs" / str(first.id) / "job.json").read_bytes())
     assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved workspace keeps working
+
+
+def test_disk_check_needs_room_for_keep_checkpoints_plus_margin(tmp_path, monkeypatch):
+    from farensed.engine.startup import check_disk, checkpoint_bytes, disk_needed
+    from farensed.errors import FarenseError
+
+    monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", "0")
+    assert disk_needed(1000, 3) == 4 * checkpoint_bytes(1000) + 2000
+    assert check_disk(tmp_path / "not" / "yet", 1000, 3).startswith("Disco: ")  # the nearest existing folder
+    monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", str(10**12))  # more than any disk here
+    with pytest.raises(FarenseError, match=r"^espaço em disco insuficiente em .*: .* livres, são precisos ~"):
+        check_disk(tmp_path, 1000, 3)

@@ -70,3 +70,36 @@ def test_a_run_made_without_the_queue_by_name_and_by_path(reference_run, fresh_c
     png.unlink()
     assert invoke(ws, "plot", "t").output.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
     assert invoke(ws, "logs", "t").exit_code == 4
+
+
+def test_a_failed_job_shows_its_reason_and_tail_does_not_show_the_previous_run(workspace):
+    first = submit(workspace, spec_with(epochs=1, eval_every=20, save_every=20))
+    assert run_burst(workspace).returncode == 0
+    second = submit(workspace, spec_with(epochs=1, eval_every=20, save_every=20))
+    with open(workspace / "data/demo/train.jsonl", "ab") as fh:  # the data change after submit
+        fh.write(b'{"messages": [{"role": "user", "content": "Ola"}, {"role": "assistant", "content": "Ola!"}]}\n')
+    assert run_burst(workspace).returncode == 0
+    job = queue(workspace).get(second)
+    assert (job.state, job.exit_code) == ("failed", 3)
+    status = invoke(workspace, "status", str(second)).output
+    reason = [line for line in status.splitlines() if line.startswith("erro:")]
+    assert len(reason) == 1 and "data.train:" in reason[0] and "--fresh" in reason[0]
+    assert f"log completo: farensectl logs {second}" in status and "Traceback" not in status
+    assert as_json(workspace, "status", str(second))["reason"] == reason[0].removeprefix("erro:").strip()
+    tail = invoke(workspace, "tail", str(second))
+    assert tail.exit_code == 3 and "Status:" not in tail.output and "step " not in tail.output
+    assert "erro: " in tail.output and f"farensectl logs {second}" in tail.output
+    assert "Status: " in invoke(workspace, "tail", str(first)).output  # the job that trained it still shows it
+
+
+def test_start_up_says_the_device_and_refuses_a_full_disk_before_training(workspace):
+    import subprocess
+
+    from tests.helpers import child_env, cli_cmd, write_spec
+
+    spec = write_spec(workspace, spec_with(epochs=1))
+    env = dict(child_env(), FARENSE_DISK_MARGIN_MB=str(10**12))
+    proc = subprocess.run(cli_cmd(workspace, "run", str(spec)), capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and "Dispositivo: cpu (" in proc.stdout and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "espaço em disco insuficiente" in proc.stderr
+    assert not (workspace / "checkpoints_qlora").exists()  # nothing written

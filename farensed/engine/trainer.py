@@ -21,6 +21,7 @@ from farensed import EXIT_RESUMABLE, console
 from farensed.analysis.gap import band
 from farensed.analysis.metrics import MetricsLog
 from farensed.atomic import atomic_write_json
+from farensed.engine import startup
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from farensed.engine.continuation import plan
@@ -276,7 +277,10 @@ class Trainer:
         spec = self.spec
         self.world = World()
         console.say(console.banner(spec))
+        console.say(startup.device_line())
         self._load()
+        if self.world.is_main:
+            console.say(startup.check_disk(self.run_dir, startup.trainable_bytes(self.model), spec.keep_checkpoints))
         start = self._start_point()
         cont = plan(spec, self.run_dir, start.state, self.total_steps, bool(getattr(spec, "lr_schedule", None)))
         for line in cont.lines:

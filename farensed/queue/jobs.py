@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from farensed.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from farensed.engine.distributed import world_size
+from farensed.engine.resume import check_resumable
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
 from farensed.spec import load_spec, parse_not_before
@@ -231,6 +232,8 @@ class Queue:
         spec_path = Path(spec_path)
         spec = load_spec(spec_path, self.ws)  # every error before anything is written
         self._check_overrides(spec_path, spec, overrides)
+        if not overrides.get("fresh"):
+            check_resumable(spec, self.ws)  # a run it cannot resume: refused now, with the diff and --fresh
         data = spec_path.read_bytes()
         name = f".submit-{os.getpid()}-{spec_path.name}"
         with self.lock:
