@@ -124,3 +124,63 @@ def test_disk_check_needs_room_for_keep_checkpoints_plus_margin(tmp_path, monkey
     monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", str(10**12))  # more than any disk here
     with pytest.raises(FarenseError, match=r"^espaço em disco insuficiente em .*: .* livres, são precisos ~"):
         check_disk(tmp_path, 1000, 3)
+
+
+def test_an_improvement_is_not_followed_by_no_improvement():
+    from farensed.console import validation_block
+    from farensed.engine.stopping import EarlyStopping
+
+    stopper = EarlyStopping(5, 0.001)
+    improved = stopper.update(2.0, 8, 0)
+    text = validation_block(8, 2.0, 0.01, "EXCELENTE", improved, stopper)
+    assert "✅ Melhor Val Loss: 2.0000" in text and "Sem melhoria" not in text
+    improved = stopper.update(2.1, 16, 0)
+    assert "ℹ  Sem melhoria (1/5)" in validation_block(16, 2.1, 0.01, "EXCELENTE", improved, stopper)
+
+
+def test_the_progress_bar_clock_restarts_after_the_compile_step():
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from farensed.console import restart_clock
+
+    bar = tqdm(total=100, file=io.StringIO(), mininterval=0)
+    time.sleep(0.4)  # the first step: JIT compile
+    bar.update(1)
+    restart_clock(bar)
+    for _ in range(3):
+        bar.update(1)
+    info = bar.format_dict
+    assert info["n"] == 4 and info["initial"] == 1 and info["elapsed"] < 0.2  # the compile is not in the rate
+    bar.close()
+
+
+def test_compare_time_over_attempts_and_steady_tokens_per_second():
+    from farensed.analysis.compare import steady_tokens_per_second, training_time_s
+
+    records = [
+        {"step": 2, "loss": 3.0, "tokens_per_second": 10.0, "elapsed_s": 30.0},  # the JIT compile
+        {"step": 4, "loss": 2.5, "tokens_per_second": 1000.0, "elapsed_s": 30.5},
+        {"step": 6, "loss": 2.0, "tokens_per_second": 20.0, "elapsed_s": 40.0},  # a resume's compile
+        {"step": 8, "loss": 1.5, "tokens_per_second": 1100.0, "elapsed_s": 40.4},
+        {"step": 10, "loss": 1.4, "tokens_per_second": 1050.0, "elapsed_s": 40.8},
+    ]
+    assert training_time_s(records) == 40.8  # accumulated over every attempt (restored on resume)
+    assert steady_tokens_per_second(records) == 1025.0
+
+
+def test_the_training_png_marks_where_early_stopping_fired(tmp_path):
+    from matplotlib.image import imread
+
+    from farensed.analysis.plots import plot_training
+
+    recs = seed_records(SEED)
+    plain = imread(plot_training(recs, tmp_path / "plain.png"))
+    marked = imread(plot_training(recs, tmp_path / "marked.png", early_stop_step=50))
+
+    def red(img):
+        return int(((img[..., 0] > 0.9) & (img[..., 1] < 0.15) & (img[..., 2] < 0.15)).sum())
+
+    assert red(plain) == 0 and red(marked) > 100

@@ -103,3 +103,57 @@ def test_start_up_says_the_device_and_refuses_a_full_disk_before_training(worksp
     assert proc.returncode == 1 and "Dispositivo: cpu (" in proc.stdout and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "espaço em disco insuficiente" in proc.stderr
     assert not (workspace / "checkpoints_qlora").exists()  # nothing written
+
+
+def test_eval_json_is_one_document_says_what_it_evaluates_reuses_and_force(reference_run, fresh_copy):
+    import subprocess
+
+    from tests.helpers import child_env, cli_cmd
+
+    ws = fresh_copy(reference_run, "ev")
+    lines = (ws / "data/demo/valid.jsonl").read_bytes().splitlines(keepends=True)[:3]
+    (ws / "small.jsonl").write_bytes(b"".join(lines))
+    spec_file = ws / "checkpoints_qlora/t/spec.json"
+    spec = orjson.loads(spec_file.read_bytes())
+    spec["data"]["valid"] = "small.jsonl"  # a short evaluation; the run folder's spec is what eval reads
+    spec_file.write_bytes(orjson.dumps(spec))
+
+    def ev(*args):
+        cmd = cli_cmd(ws, "eval", "checkpoints_qlora/t", *args)
+        return subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
+
+    proc = ev("--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = orjson.loads(proc.stdout)  # stdout is one JSON document; the banner and progress went to stderr
+    assert doc["config"]["split"] == "valid" and doc["config"]["selection_bias"] is True
+    assert doc["adapters"]["examples"] == 3 and "AVALIAÇÃO" in proc.stderr
+    assert "Sem data.test: avalia-se no conjunto de validação" in proc.stderr and "otimistas" in proc.stderr
+    report = orjson.loads((ws / "checkpoints_qlora/t/evaluation_report.json").read_bytes())
+    assert "também escolheu os adapters" in report["config"]["note"]
+    again = ev()
+    assert again.returncode == 0 and "já foram avaliados com estes dados: resultados reutilizados" in again.stdout
+    spec["data"]["test"] = "small.jsonl"
+    spec_file.write_bytes(orjson.dumps(spec))
+    forced = ev("--force", "--json")
+    assert forced.returncode == 0 and "--force: avaliação anterior guardada" in forced.stderr
+    assert orjson.loads(forced.stdout)["config"]["split"] == "test" and "Avaliação em data.test" in forced.stderr
+    assert "reutilizados" not in forced.stderr
+
+
+def test_a_cancelled_job_log_points_at_retry(workspace):
+    import signal
+
+    from tests.helpers import metric_lines, wait_for
+    from tests.test_daemon import start_daemon
+
+    job_id = submit(workspace, spec_with(epochs=2))
+    daemon = start_daemon(workspace)
+    try:
+        wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 4, timeout=120)
+        queue(workspace).cancel(job_id)
+        wait_for(lambda: queue(workspace).get(job_id).state == "cancelled", timeout=120)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    log = (workspace / "jobs" / str(job_id) / "log").read_text()
+    assert f"farensectl retry {job_id}" in log and "retoma com o mesmo comando" not in log

@@ -298,7 +298,7 @@ class Trainer:
 
         from tqdm import tqdm
 
-        grad, record_tokens, record_time, first = None, 0, 0.0, True
+        grad, record_tokens, record_time, first, compiling = None, 0, 0.0, True, True
         self.model.train()
         while progress.step < self.total_steps and progress.stop_reason is None:
             epoch, start_index = divmod(progress.step, self.steps_per_epoch)
@@ -336,6 +336,9 @@ class Trainer:
                 record_time += dt
                 progress.elapsed_s += dt
                 bar.update(1)
+                if compiling:  # this process's first step built the compiled kernels: not in the ETA
+                    console.restart_clock(bar)
+                    compiling = False
                 validating = progress.step % spec.eval_every == 0 or progress.step == self.total_steps
                 if boundary or validating:
                     record = self._record(progress, epoch, record_tokens, record_time)
@@ -356,7 +359,7 @@ class Trainer:
                     self.checkpoint(progress, stopper, metrics, finished)
                     if stop_now and not finished:
                         bar.close()
-                        console.say(f"\n⏸  Interrompido (sinal {self.stop.signum}); retoma com o mesmo comando.")
+                        console.say(console.interrupted(self.stop.signum))
                         return EXIT_RESUMABLE
                 if progress.stop_reason:
                     break
