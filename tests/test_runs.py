@@ -70,6 +70,39 @@ def test_a_run_made_without_the_queue_by_name_and_by_path(reference_run, fresh_c
     png.unlink()
     assert invoke(ws, "plot", "t").output.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
     assert invoke(ws, "logs", "t").exit_code == 4
+    # One epoch convention: 0-based in files and JSON, 1-based on the console (`Época 2/2`, the gap table).
+    last = gap["validations"][-1]
+    assert last["epoch"] == 1 and (ws / "checkpoints_qlora/t/checkpoint_epoch1_step80").is_dir()
+    table = invoke(ws, "gap", "t").output.splitlines()
+    row = next(line.split() for line in table if line.strip().startswith("80 "))
+    assert row[:2] == ["80", "2"]
+
+
+def test_success_criteria_are_checked_at_the_end_of_a_run(reference_run, fresh_copy):
+    from tests.helpers import run_cli, write_spec
+
+    ws = fresh_copy(reference_run, "ok")
+    spec = write_spec(ws, spec_with(success={"gap_max": 10.0, "loss_drop": 0.99}))
+    proc = run_cli(ws, "run", str(spec))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Alteração aceite ao retomar: success" in proc.stdout and "CRITÉRIOS DE SUCESSO" in proc.stdout
+    assert "✅ gap_max: gap no melhor modelo" in proc.stdout and "❌ loss_drop: loss de treino caiu" in proc.stdout
+    check = invoke(ws, "check", "t")
+    assert check.exit_code == 1 and "✅ gap_max" in check.output and "❌ loss_drop" in check.output
+
+
+def test_tail_follows_a_run_made_without_the_queue(workspace):
+    import subprocess
+
+    from tests.helpers import child_env, cli_cmd, metric_lines, start_cli, wait_for, write_spec
+
+    spec = write_spec(workspace, spec_with(epochs=1))
+    run = start_cli(workspace, "run", str(spec))
+    wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 1, proc=run)
+    cmd = cli_cmd(workspace, "tail", "t", "-n", "0", "--refresh", "0.2")
+    tail = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert run.wait(timeout=300) == 0
+    assert tail.returncode == 0 and "step 40/40 | época 1" in tail.stdout and "ANÁLISE FINAL" in tail.stdout
 
 
 def test_a_failed_job_shows_its_reason_and_tail_does_not_show_the_previous_run(workspace):

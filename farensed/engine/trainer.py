@@ -285,13 +285,13 @@ class Trainer:
         cont = plan(spec, self.run_dir, start.state, self.total_steps, bool(getattr(spec, "lr_schedule", None)))
         for line in cont.lines:
             console.say(line)
+        if self.world.is_main:
+            atomic_write_json(self.run_dir / "spec.json", spec.to_dict())  # the accepted changes, recorded
         if start.resuming and start.state.get("finished") and not cont.reopen:
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"], already=True)
         progress, stopper, metrics = self._restore(start)
         cont.apply(progress, stopper)
-        if self.world.is_main:
-            atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
         rank = self.world.rank if self.world.size > 1 else None
         micro_step = self._compile_step()
         console.say(console.heading(f"INICIANDO TREINO - {spec.name}"))
