@@ -184,3 +184,21 @@ def test_the_training_png_marks_where_early_stopping_fired(tmp_path):
         return int(((img[..., 0] > 0.9) & (img[..., 1] < 0.15) & (img[..., 2] < 0.15)).sum())
 
     assert red(plain) == 0 and red(marked) > 100
+
+
+def test_start_over_repoints_only_the_jobs_that_trained_the_old_run(workspace):
+    from farensed.queue.fresh import start_over
+
+    ws = Workspace(workspace)
+    q = Queue(ws)
+    ran, fresh, waiting = (q.submit(write_spec(workspace, spec_with(), f"{n}.json")).id for n in "abc")
+    q.update(ran, attempts=1, state="done")
+    q.update(fresh, attempts=1, state="running")
+    for folder in (ws.run_dir("t"), ws.output_dir("t")):
+        folder.mkdir(parents=True)
+    said = []
+    moved = start_over(ws, "t", job_id=fresh, say=said.append)
+    assert not ws.run_dir("t").exists() and not ws.output_dir("t").exists() and len(said) == 2
+    assert q.get(ran).run_dir == str(moved["run"].relative_to(workspace))  # job 1 keeps showing its own run
+    assert q.get(fresh).run_dir == q.get(waiting).run_dir == "checkpoints_qlora/t"  # the new run
+    assert moved["output"].name.startswith("t.old-") and moved["output"].is_dir()

@@ -144,11 +144,11 @@ class Queue:
             return job
 
     def repoint_run(self, old: Path, new: Path, keep: int | None = None) -> list[int]:
-        """Jobs whose run folder `old` was moved aside to `new` follow it (all but job `keep`)."""
+        """Jobs that trained the run folder `old`, moved aside to `new`, follow it (not job `keep`, not unstarted jobs)."""
         moved = []
         with self.lock:
             for job in self.jobs():
-                if job.id != keep and job_run_dir(self.ws, job) == Path(old):
+                if job.id != keep and job.attempts and job_run_dir(self.ws, job) == Path(old):
                     job.run_dir = relative_to_ws(self.ws, new)
                     self.save(job)
                     moved.append(job.id)
