@@ -79,8 +79,10 @@ class Run:
     def finished(self) -> bool:
         if self.job:
             return self.job.status.terminal
+        if self.seed_era:
+            return True  # read-only: nothing will write to it
         state = self.read("training_state.json")
-        return bool(state.get("finished")) if state else self.seed_era
+        return bool(state.get("finished")) if isinstance(state, dict) else False
 
 
 def resolve(ws: Workspace, ref: str | None) -> Run:
