@@ -202,3 +202,43 @@ def test_start_over_repoints_only_the_jobs_that_trained_the_old_run(workspace):
     assert q.get(ran).run_dir == str(moved["run"].relative_to(workspace))  # job 1 keeps showing its own run
     assert q.get(fresh).run_dir == q.get(waiting).run_dir == "checkpoints_qlora/t"  # the new run
     assert moved["output"].name.startswith("t.old-") and moved["output"].is_dir()
+
+
+def _state(step=40, total=80, finished=True, reason="completed", wait=0, in_epoch=40):
+    return {
+        "step": step,
+        "total_steps": total,
+        "finished": finished,
+        "step_in_epoch": in_epoch,
+        "steps_per_epoch": 40,
+        "progress": {"stop_reason": reason},
+        "early_stopping": {"wait": wait},
+        "fingerprint": {"grad_accumulation": 2},
+    }
+
+
+def test_continuation_plan_names_accepted_changes_and_refuses_rewriting_the_past(tmp_path):
+    from farensed.engine.continuation import plan
+    from farensed.errors import ResumeError
+    from farensed.spec import parse_spec
+
+    old = parse_spec(spec_with(epochs=1, keep_checkpoints=3))
+    (tmp_path / "spec.json").write_bytes(orjson.dumps(old.to_dict()))
+    new = parse_spec(spec_with(epochs=2, early_stopping={"patience": 8, "min_delta": 0.01}))
+    cont = plan(new, tmp_path, _state(total=40), 80)
+    assert cont.reopen and (cont.patience, cont.min_delta) == (8, 0.01)
+    assert [line.split(":")[1].split()[0] for line in cont.lines[:3]] == [
+        "early_stopping",
+        "epochs",
+        "keep_checkpoints",
+    ]
+    assert cont.lines[-1] == "↻ A corrida terminada continua: step 40 → 80"
+    with pytest.raises(ResumeError, match="lr_schedule depende dele"):
+        plan(new, tmp_path, _state(total=40), 80, uses_schedule=True)
+    with pytest.raises(ResumeError, match="já treinou 40"):
+        plan(new, tmp_path, _state(total=80), 20)
+    stopped = _state(step=25, reason="early_stopping", wait=5, in_epoch=25)  # stopped between two updates
+    with pytest.raises(ResumeError, match="a meio de uma atualização"):
+        plan(new, tmp_path, stopped, 80)
+    still = parse_spec(spec_with(epochs=2, early_stopping={"patience": 5, "min_delta": 0.001}))
+    assert not plan(still, tmp_path, dict(stopped, step=24, step_in_epoch=24), 80).reopen  # patience 5 still stops
