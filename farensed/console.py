@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -54,7 +55,7 @@ def validation_block(step: int, val_loss: float, gap: float, band: str, improved
         lines.append(f"  {icon(band)}  Overfitting moderado (gap={gap:.4f})")
     elif band == "CRÍTICO":
         lines.append(f"  {icon(band)} Overfitting crítico (gap={gap:.4f})")
-    if stopper.patience is not None:
+    if stopper.patience is not None and not improved:  # an improvement is said once, by the line above
         lines.append(f"  ℹ  Sem melhoria ({stopper.wait}/{stopper.patience})")
     return "\n".join(lines)
 
@@ -71,3 +72,18 @@ def early_stop_block(stopper) -> str:
             "Treino terminado por Early Stopping",
         ]
     )
+
+
+def restart_clock(bar) -> None:
+    """Restart a progress bar's clock after this process's first step, which holds the JIT compile (honest ETA)."""
+    done = bar.n
+    bar.reset(total=bar.total)  # zero, clocks and rate averages restarted
+    bar.n = bar.last_print_n = bar.initial = done
+    bar.refresh()
+
+
+def interrupted(signum: int) -> str:
+    """How a signal-stopped run says the way back: the same command, or (from the queue) what the child adds."""
+    if os.environ.get("FARENSE_JOB_ID"):
+        return f"\n⏸  Interrompido (sinal {signum}); checkpoint guardado."
+    return f"\n⏸  Interrompido (sinal {signum}); retoma com o mesmo comando."

@@ -51,6 +51,16 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class SuccessConfig:
+    """The seed's success criteria (farensed.analysis.success): checked at the end of a run and by `check`."""
+
+    loss_drop: float | None = None
+    val_improves: bool | None = None
+    gap_max: float | None = None
+    f1_min: float | None = None
+
+
+@dataclass
 class DistributedConfig:
     """Data-parallel training over several hosts with mlx.launch."""
 
@@ -79,6 +89,7 @@ class JobSpec:
     early_stopping: EarlyStoppingConfig | None = field(default_factory=EarlyStoppingConfig)
     evaluate: bool = True
     val_samples: int | None = None
+    success: SuccessConfig | None = None
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -109,6 +120,7 @@ SECTIONS = {
     "data": DataConfig,
     "early_stopping": EarlyStoppingConfig,
     "distributed": DistributedConfig,
+    "success": SuccessConfig,
 }
 
 # key -> (check, description); every number is range-checked here, in one place
@@ -130,6 +142,9 @@ RANGES = {
     "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
     "val_samples": (lambda v: v >= 1, "≥ 1"),
     "max_recoveries": (lambda v: v >= 0, "≥ 0"),
+    "success.loss_drop": (lambda v: 0 <= v < 1, "0 ≤ loss_drop < 1"),
+    "success.gap_max": (lambda v: v > 0, "> 0"),
+    "success.f1_min": (lambda v: 0 <= v <= 1, "0 ≤ f1_min ≤ 1"),
 }
 
 TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista"}

@@ -33,6 +33,8 @@ COMMANDS = [
     "demo",
     "daemon",
     "completion",
+    "check",
+    "eval",
 ]
 
 

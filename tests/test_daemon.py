@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
+from farensed.errors import ResumeError
 from farensed.queue.jobs import Queue
 from farensed.queue.procs import process_alive
 from farensed.workspace import Workspace
@@ -278,10 +280,9 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     first = submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
     assert run_burst(workspace).returncode == 0 and queue(workspace).get(first).state == "done"
     changed = spec_with(epochs=2, lora=dict(TEST_SPEC["lora"], rank=8))
-    refused = submit(workspace, changed)
-    assert run_burst(workspace).returncode == 0
-    job = queue(workspace).get(refused)
-    assert job.state == "failed" and job.exit_code == 3 and "lora.rank: 4 → 8" in job.error and "--fresh" in job.error
+    with pytest.raises(ResumeError, match="lora.rank: 4 → 8.*--fresh"):  # refused at submit, nothing queued
+        submit(workspace, changed)
+    assert [j.id for j in queue(workspace).jobs()] == [first]
     fresh = submit(workspace, changed, fresh=True)
     daemon = start_daemon(workspace)
     try:
@@ -296,5 +297,6 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     job = queue(workspace).get(fresh)
     assert (job.state, job.attempts, job.recoveries) == ("done", 2, 1)
     log = (workspace / "jobs" / str(fresh) / "log").read_text()
-    assert log.count("--fresh: a pasta anterior foi guardada") == 1 and "A retomar de checkpoint_epoch" in log
+    assert log.count("--fresh: a pasta anterior foi guardada em") == 2  # checkpoints_qlora/t and output/t, once
+    assert log.count("checkpoints_qlora/t.old-") == 1 and "A retomar de checkpoint_epoch" in log
     assert len([p for p in (workspace / "checkpoints_qlora").iterdir() if p.name.startswith("t.old-")]) == 1

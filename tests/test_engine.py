@@ -178,7 +178,7 @@ def test_demo_command_trains_v2_demo_and_prints_the_gap_analysis(workspace):
         "CONFIGURATION - demo",
         "Época 1/3",
         "✅ Val Loss (step 12):",
-        "Sem melhoria (0/5)",
+        "✅ Melhor Val Loss:",
         "ANÁLISE FINAL DE OVERFITTING",
         "Status:",
         "Gap médio:",
@@ -186,6 +186,7 @@ def test_demo_command_trains_v2_demo_and_prints_the_gap_analysis(workspace):
         "Gap mínimo:",
     ):
         assert text in proc.stdout, text
+    assert "Sem melhoria (0/5)" not in proc.stdout  # an improvement is not followed by "no improvement"
     summary = orjson.loads((workspace / "checkpoints_qlora/demo/training_summary.json").read_bytes())
     assert summary["final_val_loss"] <= 0.7 * summary["first_val_loss"]
     assert (workspace / "jobs/examples/demo.json").is_file()

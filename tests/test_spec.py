@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from farensed.analysis.success import SEED_CRITERIA
 from farensed.cli.main import cli
 from farensed.spec import JobSpec, LoraConfig, load_spec, parse_not_before, parse_spec
 from farensed.workspace import Workspace
@@ -41,7 +43,8 @@ def test_examples_v1_v2_show_the_seeds_differences():
     assert (v2.lora.rank, v2.lora.dropout, v2.batch_size, v2.learning_rate) == (6, 0.08, 2, 2e-4)
     assert v2.early_stopping.patience == 5
     default = parse_spec({"name": v2.name, "model": v2.model, "data": orjson.loads(orjson.dumps(v2.data.__dict__))})
-    assert isinstance(default, JobSpec) and default == v2
+    assert isinstance(default, JobSpec) and default == dataclasses.replace(v2, success=None)
+    assert dataclasses.asdict(v2.success) == SEED_CRITERIA  # v2.json carries the seed's success criteria
 
 
 def test_not_before_hh_mm_means_the_next_such_time():

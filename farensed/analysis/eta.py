@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import read_last
+from farensed.queue.jobs import job_run_dir
 from farensed.spec import JobSpec
 from farensed.windows import Window, finish_time, next_open, parse_windows
 
@@ -141,7 +142,7 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
     """{"jobs": {id: {"start", "end"}}, "end": when the queue is done (None: unknown)} for the non-finished jobs."""
     specs = {job.id: _spec(queue, job) for job in jobs}
     measured = measured_step_seconds(queue.ws.root / "checkpoints_qlora")
-    progress = {job.id: read_last(queue.ws.run_dir(job.name), 3) for job in jobs if not job.status.terminal}
+    progress = {job.id: read_last(job_run_dir(queue.ws, job), 3) for job in jobs if not job.status.terminal}
     items, running = [], None
     for job in jobs:
         if job.status.terminal:

@@ -45,6 +45,16 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     return " | ".join(parts)
 
 
+def running_best(records: list[dict]) -> list[float | None]:
+    """The best val_loss as it stood at each record (what a history line shows as `melhor`)."""
+    out, best = [], None
+    for r in records:
+        if r.get("val_loss") is not None and (best is None or r["val_loss"] < best):
+            best = r["val_loss"]
+        out.append(best)
+    return out
+
+
 class MetricsFollower:
     """Yields new records appended to training_metrics.jsonl; starts over if the file is rewritten (resume)."""
 

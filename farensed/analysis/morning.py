@@ -13,11 +13,13 @@ import re
 import tempfile
 from pathlib import Path
 
+from farensed.analysis.compare import column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
-from farensed.analysis.report import compare, duration_s
+from farensed.analysis.report import duration_s
+from farensed.analysis.runref import Run
 from farensed.atomic import atomic_write_bytes, read_json
-from farensed.queue.jobs import Job, Queue
+from farensed.queue.jobs import Job, Queue, job_run_dir
 
 REPORTS_DIR = "reports"
 EVENT_RE = re.compile(r"^=== farensed: (.*?) ===$")
@@ -84,7 +86,7 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
 
 def job_data(queue: Queue, job: Job) -> dict:
     """Everything the report shows about one job."""
-    run_dir = queue.ws.run_dir(job.name)
+    run_dir = job_run_dir(queue.ws, job)
     spec = _read(queue.job_dir(job.id) / "spec.json") or {}
     records = read_all(run_dir)
     evaluation = _read(run_dir / "evaluation_report.json")
@@ -114,7 +116,7 @@ def collect(queue: Queue, since: dt.datetime) -> dict:
     for job, item in zip(jobs, data):
         by_model.setdefault(str(item["model"]), []).append(job)
     comparisons = [
-        {"model": model, "jobs": [compare(queue, job, job)["jobs"][0] for job in group]}
+        {"model": model, "jobs": [column(Run(job_run_dir(queue.ws, job), job.name, job, queue)) for job in group]}
         for model, group in by_model.items()
         if len(group) > 1
     ]
@@ -131,7 +133,7 @@ def curves_png(queue: Queue, job: Job) -> bytes | None:
     """loss, val_loss and gap curves of a job as PNG bytes (None without metrics)."""
     from farensed.analysis.plots import plot_training
 
-    records = read_all(queue.ws.run_dir(job.name))
+    records = read_all(job_run_dir(queue.ws, job))
     if not records:
         return None
     with tempfile.TemporaryDirectory() as tmp:

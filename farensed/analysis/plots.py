@@ -11,8 +11,8 @@ from farensed.atomic import atomic_write_with
 PLOT_NAME = "training_v2_results.png"
 
 
-def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
-    """Draw the training curves of a metrics history to `path` (atomically)."""
+def plot_training(records: list[dict], path: Path, title: str = "", early_stop_step: int | None = None) -> Path:
+    """Draw the training curves of a metrics history to `path` (atomically); mark where early stopping fired."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
@@ -41,6 +41,10 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
             ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
         ax_gap.axvline(best["step"], color="gold", linewidth=1)
         ax_loss.axvline(best["step"], color="gold", linewidth=1)
+    if early_stop_step is not None:
+        for ax in (ax_loss, ax_gap):
+            ax.axvline(early_stop_step, color="red", linestyle=":", linewidth=1.5, label=None)
+        ax_loss.plot([], [], color="red", linestyle=":", label=f"early stopping (step {early_stop_step})")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(title or "Treino")
     ax_loss.legend()

@@ -7,10 +7,10 @@ import datetime as dt
 import orjson
 
 from farensed.analysis.gap import analyse
-from farensed.analysis.metrics import read_all, read_last
+from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
 from farensed.atomic import read_json
-from farensed.queue.jobs import Job, JobStatus, Queue
+from farensed.queue.jobs import Job, JobStatus, Queue, job_run_dir
 
 EXIT_CANCELLED = 130  # `wait`/`tail` exit code of a cancelled job (as for an interrupted command)
 
@@ -39,10 +39,14 @@ def duration_s(job: Job) -> float | None:
 
 
 def progress(queue: Queue, job: Job) -> dict:
-    """Step/total, epoch, best val_loss and latest gap band, read cheaply from the run folder."""
-    run_dir = queue.ws.run_dir(job.name)
-    summary = _read(run_dir / "training_summary.json") if job.status.terminal else None
-    last = read_last(run_dir, 50)
+    """Step/total, epoch, best val_loss and latest gap band, read cheaply from the job's run folder."""
+    return run_progress(job_run_dir(queue.ws, job), job.status.terminal)
+
+
+def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dict:
+    """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records)."""
+    summary = _read(run_dir / "training_summary.json") if finished else None
+    last = read_last(run_dir, 50) if last is None else last
     latest = last[-1] if last else {}
     vals = [r for r in last if r.get("val_loss") is not None]
     state = _read(run_dir / "training_state.json") or {}
@@ -88,7 +92,7 @@ def row(queue: Queue, job: Job) -> dict:
 
 def full_status(queue: Queue, job: Job) -> dict:
     """Everything about one job (`farensectl status`)."""
-    run_dir = queue.ws.run_dir(job.name)
+    run_dir = job_run_dir(queue.ws, job)
     return {
         **job.to_dict(),
         "duration_s": duration_s(job),
@@ -101,40 +105,41 @@ def full_status(queue: Queue, job: Job) -> dict:
     }
 
 
-def gap_report(queue: Queue, job: Job) -> dict:
-    """The final (or, while running, the so-far) overfitting analysis of a job."""
-    analysis = analyse(read_all(queue.ws.run_dir(job.name)))
-    return {"id": job.id, "name": job.name, "state": job.state, **analysis}
+def gap_report(run) -> dict:
+    """The final (or, while running, the so-far) overfitting analysis of a run (a `runref.Run`)."""
+    job = run.job
+    return {
+        "id": job.id if job else None,
+        "name": run.name,
+        "state": job.state if job else None,
+        "run_dir": str(run.run_dir),
+        **analyse(run.records()),
+    }
 
 
-def compare(queue: Queue, a: Job, b: Job) -> dict:
-    """The seed's V1-vs-V2 table, as data."""
-    cols = {}
-    for job in (a, b):
-        run_dir = queue.ws.run_dir(job.name)
-        records = read_all(run_dir)
-        analysis = analyse(records)
-        summary = _read(run_dir / "training_summary.json") or {}
-        evaluation = _read(run_dir / "evaluation_report.json") or {}
-        train = [r for r in records if r.get("loss") is not None]
-        vals = analysis["validations"]
-        cols[str(job.id)] = {
-            "id": job.id,
-            "name": job.name,
-            "state": job.state,
-            "final_loss": train[-1]["loss"] if train else None,
-            "final_val_loss": vals[-1]["val_loss"] if vals else None,
-            "best_val_loss": min((v["val_loss"] for v in vals), default=None),
-            "status": analysis["status"],
-            "gap_mean": analysis["gap_mean"],
-            "gap_max": analysis["gap_max"],
-            "gap_min": analysis["gap_min"],
-            "epochs_run": (train[-1]["epoch"] + 1) if train else None,
-            "steps_run": train[-1]["step"] if train else None,
-            "early_stopped": summary.get("stop_reason") == "early_stopping",
-            "wall_time_s": duration_s(job),
-            "tokens_per_second": summary.get("tokens_per_second"),
-            "f1": (evaluation.get("adapters") or {}).get("f1_mean"),
-            "exact_match": (evaluation.get("adapters") or {}).get("em_mean"),
-        }
-    return {"jobs": [cols[str(a.id)], cols[str(b.id)]]}
+def error_reason(error: str | None) -> str | None:
+    """The one line that says why a job failed (its `Error:` line, else the last line of the log tail)."""
+    if not error:
+        return None
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    return (errors[-1].removeprefix("Error:").strip() if errors else lines[-1]) if lines else None
+
+
+def run_status(run) -> dict:
+    """Everything about one run (`farensectl status RUN`): its job in full, or what its folder says."""
+    if run.job is not None:
+        info = full_status(run.queue, run.job)
+        info["reason"] = error_reason(run.job.error) if run.job.state == JobStatus.FAILED.value else None
+        return info
+    last = run.records()[-50:] if run.seed_era else None
+    return {
+        "id": None,
+        "name": run.name,
+        "state": None,
+        "finished": run.finished,
+        "seed_era": run.seed_era,
+        "run_dir": str(run.run_dir),
+        "progress": run_progress(run.run_dir, run.finished, last=last),
+        "summary": _read(run.run_dir / "training_summary.json"),
+    }

@@ -8,6 +8,7 @@ import time
 import click
 
 from farensed.cli.app import cli, colour_band, print_json, queue
+from farensed.cli.runs import resolve_run, with_run_help
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -15,19 +16,24 @@ def _fmt(value, spec=".4f") -> str:
 
 
 def _final(q, job) -> int:
-    """Print the final analysis of a finished job; return its exit code."""
+    """Print how a job ended (the final analysis, or why it failed); return its exit code."""
     from farensed.analysis.gap import format_analysis
-    from farensed.analysis.report import gap_report, job_exit_code
+    from farensed.analysis.report import error_reason, gap_report, job_exit_code
+    from farensed.analysis.runref import resolve
 
     job = q.get(job.id)
-    click.echo(f"\njob {job.id} ({job.name}): {job.state}" + (f" — {job.error.splitlines()[-1]}" if job.error else ""))
-    click.echo(format_analysis(gap_report(q, job)))
+    click.echo(f"\njob {job.id} ({job.name}): {job.state}")
+    if job.state == "failed":
+        click.echo(f"erro: {error_reason(job.error)}\nlog completo: farensectl logs {job.id}")
+    else:
+        click.echo(format_analysis(gap_report(resolve(q.ws, str(job.id)))))
     return job_exit_code(job)
 
 
-def _follow(q, job, emit) -> int:
+def _follow(q, job, emit, interval: float = 0.5) -> int:
     """Follow a job's metrics until it ends; return its exit code. Ctrl-C detaches (exit 130), job untouched."""
     from farensed.analysis.monitor import follow
+    from farensed.queue.jobs import job_run_dir
 
     announced_wait = False
 
@@ -40,7 +46,7 @@ def _follow(q, job, emit) -> int:
         return current.status.terminal
 
     try:
-        follow(q.ws.run_dir(job.name), is_over, emit)
+        follow(job_run_dir(q.ws, job), is_over, emit, interval=interval)
     except KeyboardInterrupt:
         click.echo("\ndesligado (o job continua)", err=True)
         return 130
@@ -127,22 +133,26 @@ def list_jobs(as_json):
 
 
 @cli.command()
-@click.argument("job_id", type=int, required=False)
+@click.argument("ref", metavar="[RUN]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def status(job_id, as_json):
-    """Everything about one job (default: the running one, else the latest).
+@with_run_help
+def status(ref, as_json):
+    """Everything about one run: its job in full, or what its run folder says.
+
+    A failed job shows the reason in one line and where its full log is.
 
     \b
     Example:
       farensectl status 3 --json | jq .progress
     """
-    from farensed.analysis.report import full_status
+    from farensed.analysis.report import run_status
 
-    q = queue()
-    info = full_status(q, q.resolve(job_id))
-    from farensed.cli.overnight import pause_line
+    info = run_status(resolve_run(ref))
+    if info.get("id") is not None:
+        from farensed.cli.overnight import pause_line
 
-    info["pause"] = pause_line(q, q.get(info["id"]))
+        q = queue()
+        info["pause"] = pause_line(q, q.get(info["id"]))
     if as_json:
         print_json(info)
         return
@@ -151,6 +161,7 @@ def status(job_id, as_json):
         "id",
         "name",
         "state",
+        "finished",
         "priority",
         "attempts",
         "recoveries",
@@ -171,7 +182,7 @@ def status(job_id, as_json):
             click.echo(f"{key + ':':<14}{info[key]}")
     if p["step"] is not None:
         click.echo(
-            f"{'progresso:':<14}step {p['step']}/{p['total_steps']}, época {p['epoch'] + 1}, "
+            f"{'progresso:':<14}step {p['step']}/{p['total_steps'] or '?'}, época {p['epoch'] + 1}, "
             f"loss {_fmt(p['loss'])}, val_loss {_fmt(p['val_loss'])}, melhor {_fmt(p['best_val_loss'])}, "
             f"banda {p['band'] or '-'}"
         )
@@ -180,40 +191,55 @@ def status(job_id, as_json):
             f"{'adapters:':<14}{adapters['tensors']} tensores, {adapters['parameters']:,} parâmetros "
             f"({adapters['path']})"
         )
-    if info.get("error"):
-        click.echo("erro:\n  " + info["error"].replace("\n", "\n  "))
+    if info.get("reason"):
+        click.echo(f"{'erro:':<14}{info['reason']}")
+        click.echo(f"{'':<14}log completo: farensectl logs {info['id']}")
+    elif info.get("error"):
+        click.echo(f"{'nota:':<14}{info['error']}")
 
 
 @cli.command()
-@click.argument("job_id", type=int, required=False)
+@click.argument("ref", metavar="[RUN]", required=False)
 @click.option("-n", "lines", type=int, default=10, show_default=True, help="Records to show first.")
-@click.option("--follow/--no-follow", default=True, help="Keep following until the job ends.")
-def tail(job_id, lines, follow):
+@click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
+@click.option(
+    "--refresh", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls."
+)
+@with_run_help
+def tail(ref, lines, follow, refresh):
     """Live view: step, loss, val_loss, gap+band, tok/s, memory, ETA, best so far.
 
-    When the job ends it prints the final analysis and exits with the job's code.
-    Ctrl-C detaches and never touches the job.
+    Each history line shows the best val_loss at that step. When the job ends it prints the final
+    analysis (or, for a failed job, why it failed) and exits with the job's code. Ctrl-C detaches
+    and never touches the job.
 
     \b
     Example:
-      farensectl tail 3 -n 20
+      farensectl tail 3 -n 20 --refresh 5
     """
-    from farensed.analysis.metrics import read_last
-    from farensed.analysis.report import progress
+    from farensed.analysis.monitor import follow as follow_run
+    from farensed.analysis.monitor import running_best
 
-    q = queue()
-    job = q.resolve(job_id)
-    run_dir = q.ws.run_dir(job.name)
-    window = read_last(run_dir, max(lines, 1000))  # one read: the last N lines, and a base for the ETA
-    recent = window[-lines:] if lines > 0 else []
-    best = progress(q, job)["best_val_loss"]
-    first = window[0] if recent else None
-    click.echo(f"job {job.id} ({job.name}): {job.state}, recuperações {job.recoveries}, hosts {job.world_size}")
-    for record in recent:
+    run = resolve_run(ref)
+    job = run.job
+    foreign = job is not None and job.state == "failed" and job.exit_code in (2, 3)  # refused: not its run
+    records = [] if foreign else run.records()
+    bests = running_best(records)
+    first = records[max(0, len(records) - 1000)] if records else None  # the base of the ETA
+    start = max(0, len(records) - lines) if lines > 0 else len(records)
+    if job is not None:
+        click.echo(f"job {job.id} ({job.name}): {job.state}, recuperações {job.recoveries}, hosts {job.world_size}")
+    else:
+        click.echo(run.heading())
+    for record, best in zip(records[start:], bests[start:]):
         click.echo(_line(record, best, first))
     if not follow:
+        if job is not None and job.state == "failed":
+            from farensed.analysis.report import error_reason
+
+            click.echo(f"erro: {error_reason(job.error)}\nlog completo: farensectl logs {job.id}")
         return
-    state = {"best": best, "first": first}
+    state = {"best": bests[-1] if bests else None, "first": first}
 
     def emit(record):
         if record.get("val_loss") is not None and (state["best"] is None or record["val_loss"] < state["best"]):
@@ -221,7 +247,19 @@ def tail(job_id, lines, follow):
         state["first"] = state["first"] or record
         click.echo(_line(record, state["best"], state["first"]))
 
-    sys.exit(_follow(q, job, emit))
+    if job is not None:
+        sys.exit(_follow(run.queue, job, emit, refresh))
+    if run.seed_era or run.finished:
+        return
+    try:
+        follow_run(run.run_dir, lambda: run.finished, emit, interval=refresh)
+    except KeyboardInterrupt:
+        click.echo("\ndesligado", err=True)
+        sys.exit(130)
+    from farensed.analysis.gap import format_analysis
+    from farensed.analysis.report import gap_report
+
+    click.echo(format_analysis(gap_report(run)))
 
 
 def _line(record, best, first) -> str:
@@ -231,10 +269,14 @@ def _line(record, best, first) -> str:
 
 
 @cli.command()
-@click.argument("job_id", type=int, required=False)
+@click.argument("ref", metavar="[RUN]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def gap(job_id, as_json):
+@with_run_help
+def gap(ref, as_json):
     """The seed's ANÁLISE FINAL DE OVERFITTING, with one line per validation.
+
+    Epochs: 0-based in files and JSON (`epoch`, checkpoint_epoch0_step200), 1-based on the console
+    (`Época 1/3`, the table's `época` column).
 
     \b
     Example:
@@ -243,31 +285,34 @@ def gap(job_id, as_json):
     from farensed.analysis.gap import format_analysis
     from farensed.analysis.report import gap_report
 
-    q = queue()
-    report = gap_report(q, q.resolve(job_id))
+    run = resolve_run(ref)
+    report = gap_report(run)
     if as_json:
         print_json(report)
     else:
-        click.echo(f"job {report['id']} ({report['name']}): {report['state']}")
+        click.echo(run.heading())
         click.echo(format_analysis(report, per_validation=True))
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("ref", metavar="RUN")
 @click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
-def logs(job_id, lines):
-    """Print a job's merged stdout/stderr log.
+@with_run_help
+def logs(ref, lines):
+    """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).
 
     \b
     Example:
       farensectl logs 3 -n 50
     """
-    q = queue()
-    q.get(job_id)
-    path = q.log_path(job_id)
-    if lines:
-        from farensed.jsonl import tail_lines
+    from farensed.errors import QueueError
+    from farensed.jsonl import tail_lines
 
+    run = resolve_run(ref)
+    if run.job is None:
+        raise QueueError(f"{ref}: corrida sem job na fila, sem log (feita com farensectl run?)")
+    path = run.queue.log_path(run.job.id)
+    if lines:
         click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
     else:
         click.echo(path.read_text(errors="replace") if path.exists() else "", nl=False)
@@ -323,26 +368,31 @@ def wait(job_id, timeout):
 
 
 @cli.command()
-@click.argument("first", type=int)
-@click.argument("second", type=int)
+@click.argument("refs", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def compare(first, second, as_json):
-    """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1.
+@with_run_help
+def compare(refs, as_json):
+    """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1, success verdicts.
+
+    Training time is the step time over all attempts; tok/s is the steady-state median (no JIT compile).
+    The verdicts use each run's `success` criteria, else the seed's.
 
     \b
     Example:
-      farensectl compare 1 2
+      farensectl compare checkpoints_qlora_v1_backup 2
     """
-    from farensed.analysis.report import compare as compare_jobs
+    from farensed.analysis.compare import compare as compare_runs
+    from farensed.errors import QueueError
 
-    q = queue()
-    table = compare_jobs(q, q.get(first), q.get(second))
+    if len(refs) < 2:
+        raise QueueError("compare precisa de pelo menos duas corridas")
+    table = compare_runs([resolve_run(ref) for ref in refs])
     if as_json:
         print_json(table)
         return
-    a, b = table["jobs"]
+    cols = table["jobs"]
     rows = [
-        ("job", "name", None),
+        ("corrida", "name", None),
         ("estado", "state", None),
         ("loss final", "final_loss", ".4f"),
         ("val_loss final", "final_val_loss", ".4f"),
@@ -354,14 +404,22 @@ def compare(first, second, as_json):
         ("épocas", "epochs_run", None),
         ("steps", "steps_run", None),
         ("early stopping", "early_stopped", None),
-        ("tempo (s)", "wall_time_s", ".0f"),
-        ("tok/s", "tokens_per_second", ".0f"),
+        ("tempo treino (s)", "wall_time_s", ".0f"),
+        ("tok/s (estável)", "tokens_per_second", ".0f"),
         ("F1", "f1", ".4f"),
         ("exact match", "exact_match", ".4f"),
     ]
-    click.echo(f"{'':<18}{'#' + str(a['id']):>22}{'#' + str(b['id']):>22}")
+    w = max([22] + [len(c["label"]) + 2 for c in cols])
+    click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
     for label, key, spec in rows:
-        va, vb = a[key], b[key]
-        fa = "-" if va is None else (format(va, spec) if spec else str(va))
-        fb = "-" if vb is None else (format(vb, spec) if spec else str(vb))
-        click.echo(f"{label:<18}{fa[:21]:>22}{fb[:21]:>22}")
+        cells = ["-" if c[key] is None else (format(c[key], spec) if spec else str(c[key])) for c in cols]
+        click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
+    criteria = []
+    for c in cols:
+        criteria += [v["criterion"] for v in c["success"] if v["criterion"] not in criteria]
+    for crit in criteria:
+        cells = []
+        for c in cols:
+            v = next((v for v in c["success"] if v["criterion"] == crit), None)
+            cells.append("-" if v is None else f"{'✅' if v['passed'] else '❌'} " + _fmt(v["value"]))
+        click.echo(f"{crit:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from farensed.cli.app import cli, queue, workspace
+from farensed.cli.app import cli, workspace
+from farensed.cli.runs import resolve_run, with_run_help
 
 
 @cli.command()
@@ -24,7 +25,18 @@ def run(spec, fresh):
     """
     from farensed.engine.runner import run_spec
 
-    sys.exit(run_spec(spec, workspace().root, fresh=fresh))
+    ws = workspace()
+    if fresh:
+        _start_over(ws, spec)
+    sys.exit(run_spec(spec, ws.root, fresh=fresh))
+
+
+def _start_over(ws, spec_path) -> None:
+    """--fresh: move the run and output/<name> aside (validating the spec first); old jobs keep their run."""
+    from farensed.queue.fresh import start_over
+    from farensed.spec import load_spec
+
+    start_over(ws, load_spec(spec_path, ws).name, say=click.echo)
 
 
 @cli.command()
@@ -43,56 +55,78 @@ def demo(prepare):
     ws = workspace()
     spec_path = prepare_demo(ws, log=click.echo)
     if not prepare:
+        _start_over(ws, spec_path)
         sys.exit(run_spec(spec_path, ws.root, fresh=True))
 
 
 @cli.command()
-@click.argument("job_id", type=int)
-def plot(job_id):
-    """(Re)draw a job's training_v2_results.png and print its path.
+@click.argument("ref", metavar="[RUN]", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the PNG.")
+@with_run_help
+def plot(ref, output):
+    """(Re)draw a run's training_v2_results.png and print its path; early stopping is marked where it fired.
+
+    The PNG goes into the run folder; for a seed-era folder (read-only) into the current directory as
+    <name>-training_v2_results.png, unless --output says where.
 
     \b
     Example:
       farensectl plot 3
     """
-    from farensed.analysis.metrics import read_all
+    from pathlib import Path
+
     from farensed.analysis.plots import PLOT_NAME, plot_training
     from farensed.errors import QueueError
 
-    q = queue()
-    job = q.get(job_id)
-    run_dir = q.ws.run_dir(job.name)
-    records = read_all(run_dir)
+    run = resolve_run(ref)
+    records = run.records()
     if not records:
-        raise QueueError(f"job {job_id} ainda não tem métricas ({run_dir})")
-    click.echo(plot_training(records, run_dir / PLOT_NAME, title=f"{job.name} — loss, val_loss e gap"))
+        raise QueueError(f"{run.label} ainda não tem métricas ({run.run_dir})")
+    path = (
+        Path(output)
+        if output
+        else (Path.cwd() / f"{run.name}-{PLOT_NAME}" if run.seed_era else run.run_dir / PLOT_NAME)
+    )
+    summary = run.read("training_summary.json") or {}
+    stop = summary.get("steps_run") if summary.get("stop_reason") == "early_stopping" else None
+    click.echo(plot_training(records, path, title=f"{run.name} — loss, val_loss e gap", early_stop_step=stop))
 
 
 @cli.command(name="eval")
-@click.argument("job_id", type=int, required=False)
+@click.argument("ref", metavar="[RUN]", required=False)
 @click.option("--one-by-one", is_flag=True, help="Generate one example at a time instead of batched.")
-@click.option("--json", "as_json", is_flag=True, help="Print the aggregates as JSON.")
-def eval_job(job_id, one_by_one, as_json):
-    """Evaluate a job's best adapters vs the base model: F1, exact match, perplexity.
+@click.option("--force", is_flag=True, help="Evaluate again even if these adapters were already evaluated.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the aggregates as one JSON document.")
+@with_run_help
+def eval_job(ref, one_by_one, force, as_json):
+    """Evaluate a run's best adapters vs the base model: F1, exact match, perplexity.
 
-    Writes evaluation_report.json, evaluation_summary.csv and evaluation_*.png in the
-    job's run folder. A killed evaluation resumes where it stopped.
+    Uses data.test when the spec has it; otherwise the validation set, which also chose the adapters
+    (the report and the console say so). Writes evaluation_report.json, evaluation_summary.csv and
+    evaluation_*.png in the run folder. A killed evaluation resumes where it stopped; a finished one is
+    reused (and said so) unless --force. With --json the progress goes to stderr.
 
     \b
     Example:
-      farensectl eval 3
+      farensectl eval 3 --json | jq .adapters.f1_mean
     """
-    from farensed.engine.runner import evaluate_spec
-    from farensed.spec import load_spec
+    import contextlib
 
-    q = queue()
-    job = q.resolve(job_id)
-    spec = load_spec(q.job_dir(job.id) / "spec.json", q.ws, check_files=False)
-    report = evaluate_spec(spec, q.ws, batched=not one_by_one)
+    from farensed.engine.runner import evaluate_spec
+    from farensed.errors import FarenseError
+    from farensed.spec import parse_spec
+
+    run = resolve_run(ref)
+    raw = run.spec_dict()
+    if run.seed_era or raw is None:
+        raise FarenseError(f"{run.run_dir}: sem spec da corrida (pasta do seed, só leitura): eval não é possível")
+    spec = parse_spec(raw, str(run.run_dir))
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = evaluate_spec(spec, workspace(), batched=not one_by_one, run_dir=run.run_dir, force=force)
     if as_json:
         from farensed.cli.app import print_json
 
-        print_json({k: report[k] for k in ("adapters", "base", "uplift")})
+        print_json({k: report[k] for k in ("adapters", "base", "uplift", "config")})
 
 
 @cli.command()

@@ -53,13 +53,24 @@ def load_examples(path: Path) -> list[Example]:
     return out
 
 
+def honesty_note(split: str, path: Path) -> str:
+    """What the evaluation's numbers mean: held-out test data, or the validation set that chose the adapters."""
+    if split == "test":
+        return f"Avaliação em data.test ({path.name}): exemplos que o treino e a escolha dos adapters não viram."
+    return (
+        f"⚠  Sem data.test: avalia-se no conjunto de validação ({path.name}), que também escolheu os adapters "
+        "(melhor val_loss); os números são otimistas. Junte data.test à spec para uma avaliação honesta."
+    )
+
+
 class Evaluator:
     """Scores base and adapters on the same examples; writes the report, CSV and PNGs into the run folder."""
 
-    def __init__(self, spec, ws, batch_size: int = 8, batched: bool = True, log=print):
+    def __init__(self, spec, ws, batch_size: int = 8, batched: bool = True, log=print, run_dir: Path | None = None):
         self.spec, self.ws, self.log = spec, ws, log
-        self.run_dir = ws.run_dir(spec.name)
+        self.run_dir = Path(run_dir) if run_dir else ws.run_dir(spec.name)
         self.adapters = self.run_dir / "adapters"
+        self.split = "test" if spec.data.test else "valid"  # valid: it also chose the adapters (optimistic)
         self.data_path = ws.resolve(spec.data.test or spec.data.valid)
         self.batch_size, self.batched = batch_size, batched
         if not (self.adapters / "adapters.safetensors").is_file():
@@ -84,10 +95,18 @@ class Evaluator:
         # a killed evaluation may leave a torn last line: parse_lines skips it
         return {(rec["model"], rec["index"]): rec for rec in parse_lines(lines[1:])}
 
-    def run(self) -> dict:
+    def run(self, force: bool = False) -> dict:
         examples = self.examples
         fingerprint = self._fingerprint()
+        if force and (self.run_dir / PROGRESS).exists():
+            self.log(f"--force: avaliação anterior guardada em {move_aside(self.run_dir / PROGRESS).name}")
         done = self._done(fingerprint)
+        self.log(honesty_note(self.split, self.data_path))
+        todo = sum(1 for tag in MODELS for e in examples if (tag, e.index) not in done)
+        if not todo:
+            self.log("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)")
+        elif done:
+            self.log(f"↻ A retomar a avaliação: {len(done)} de {2 * len(examples)} já feitas")
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
@@ -157,6 +176,9 @@ class Evaluator:
                 "adapters": str(self.adapters),
                 "data": str(self.data_path),
                 "examples": len(examples),
+                "split": self.split,
+                "selection_bias": self.split == "valid",
+                "note": honesty_note(self.split, self.data_path),
                 "decoding": "greedy",
                 "normalisation": "lower-case, no accents, no punctuation, no articles (pt, en)",
                 **fingerprint,

@@ -46,10 +46,37 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
     if found is None:
         raise ResumeError(f"{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar")
     ckpt, state = found
-    changed = _differences(state["fingerprint"], fingerprint) + _differences(state["data"], data_digests)
+    refuse_if_changed(run_dir, state, fingerprint, data_digests)
+    return StartPoint(ckpt, state)
+
+
+def refuse_if_changed(run_dir: Path, state: dict, fingerprint: dict, data_digests: dict) -> None:
+    """ResumeError naming every setting or data file that changed since the run's checkpoint, with the --fresh hint."""
+    old_data = state["data"]
+    changed = _differences(state["fingerprint"], fingerprint) + [
+        f"data.{k}: o conteúdo do ficheiro mudou"
+        for k in sorted(set(old_data) | set(data_digests))
+        if old_data.get(k) != data_digests.get(k)
+    ]
     if changed:
         raise ResumeError(
             f"{run_dir}: não é possível retomar, a spec ou os dados mudaram ({'; '.join(changed)}); "
             "use --fresh para recomeçar (a pasta antiga é guardada)"
         )
-    return StartPoint(ckpt, state)
+
+
+def check_resumable(spec, ws) -> None:
+    """At submit: a spec whose run exists but cannot resume with it is refused now, not when it starts (no mlx)."""
+    from farensed.atomic import read_json
+    from farensed.digest import sha256_file
+    from farensed.engine.distributed import world_size
+
+    run_dir = ws.run_dir(spec.name)
+    try:
+        state = read_json(run_dir / STATE_NAME)
+    except (OSError, ValueError):
+        return  # no run yet (or nothing readable: the start decides, with the checkpoints' own states)
+    fingerprint = dict(spec.resume_fingerprint(), world_size=world_size(spec, ws))
+    files = {k: getattr(spec.data, k, None) for k in state.get("data", {})}  # the files the run recorded
+    digests = {k: sha256_file(ws.resolve(path)) for k, path in files.items() if path}
+    refuse_if_changed(run_dir, state, fingerprint, digests)

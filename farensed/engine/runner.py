@@ -33,6 +33,8 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
             evaluate_spec(spec, ws)
         print_final_analysis(ws.run_dir(spec.name))
+        if spec.success is not None:
+            print_success(spec, ws.run_dir(spec.name))
     return code
 
 
@@ -71,12 +73,28 @@ def print_final_analysis(run_dir: Path) -> None:
     console.say(format_analysis(analyse(read_all(run_dir))))
 
 
-def evaluate_spec(spec, ws: Workspace, batched: bool = True) -> dict:
-    """Evaluate a job's best adapters against its base model (resumable)."""
+def print_success(spec, run_dir: Path) -> bool:
+    """The spec's success criteria, one line each (✅/❌ and the measured value); True when all pass."""
+    import dataclasses
+
+    from farensed import console
+    from farensed.analysis.runref import load_records
+    from farensed.analysis.success import format_verdicts, verdicts
+    from farensed.atomic import read_json
+
+    report = run_dir / "evaluation_report.json"
+    criteria = {k: v for k, v in dataclasses.asdict(spec.success).items() if v is not None}
+    items = verdicts(criteria, load_records(run_dir), read_json(report) if report.exists() else None)
+    console.say(console.heading("CRITÉRIOS DE SUCESSO") + "\n" + format_verdicts(items))
+    return all(v.passed for v in items)
+
+
+def evaluate_spec(spec, ws: Workspace, batched: bool = True, run_dir: Path | None = None, force: bool = False) -> dict:
+    """Evaluate a run's best adapters against its base model (resumable; `force` starts it over)."""
     configure_environment()
     from farensed import console
     from farensed.engine.evaluate import Evaluator
 
-    evaluator = Evaluator(spec, ws, batched=batched, log=console.say)
+    evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir)
     console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
-    return evaluator.run()
+    return evaluator.run(force=force)

@@ -62,7 +62,8 @@ def finish_run(
     records = read_json(run_dir / "training_metrics.json")
     summary = build_summary(name, records, stop_reason, total_steps, checkpoint_seconds)
     atomic_write_json(run_dir / SUMMARY_NAME, summary)
-    plot_training(records, run_dir / PLOT_NAME, title=f"{name} — loss, val_loss e gap")
+    stop = summary["steps_run"] if stop_reason == "early_stopping" else None
+    plot_training(records, run_dir / PLOT_NAME, title=f"{name} — loss, val_loss e gap", early_stop_step=stop)
     out = ws.output_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     for fname in ("adapters.safetensors", "adapter_config.json"):

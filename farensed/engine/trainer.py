@@ -22,8 +22,10 @@ from farensed.analysis.gap import band
 from farensed.analysis.metrics import MetricsLog
 from farensed.atomic import atomic_write_json
 from farensed.digest import sha256_file
+from farensed.engine import startup
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
+from farensed.engine.continuation import plan
 from farensed.engine.data import TokenizedSet, collate, epoch_order, length_sorted_batches, tokenize_file
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
@@ -276,21 +278,28 @@ class Trainer:
         spec = self.spec
         self.world = World()
         console.say(console.banner(spec))
+        console.say(startup.device_line())
         self._load()
+        if self.world.is_main:
+            console.say(startup.check_disk(self.run_dir, startup.trainable_bytes(self.model), spec.keep_checkpoints))
         start = self._start_point()
-        if start.resuming and start.state.get("finished"):
+        cont = plan(spec, self.run_dir, start.state, self.total_steps, bool(getattr(spec, "lr_schedule", None)))
+        for line in cont.lines:
+            console.say(line)
+        if self.world.is_main:
+            atomic_write_json(self.run_dir / "spec.json", spec.to_dict())  # the accepted changes, recorded
+        if start.resuming and start.state.get("finished") and not cont.reopen:
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"], already=True)
         progress, stopper, metrics = self._restore(start)
-        if self.world.is_main:
-            atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
+        cont.apply(progress, stopper)
         rank = self.world.rank if self.world.size > 1 else None
         micro_step = self._compile_step()
         console.say(console.heading(f"INICIANDO TREINO - {spec.name}"))
 
         from tqdm import tqdm
 
-        grad, record_tokens, record_time, first = None, 0, 0.0, True
+        grad, record_tokens, record_time, first, compiling = None, 0, 0.0, True, True
         self.model.train()
         while progress.step < self.total_steps and progress.stop_reason is None:
             epoch, start_index = divmod(progress.step, self.steps_per_epoch)
@@ -328,6 +337,9 @@ class Trainer:
                 record_time += dt
                 progress.elapsed_s += dt
                 bar.update(1)
+                if compiling:  # this process's first step built the compiled kernels: not in the ETA
+                    console.restart_clock(bar)
+                    compiling = False
                 validating = progress.step % spec.eval_every == 0 or progress.step == self.total_steps
                 if boundary or validating:
                     record = self._record(progress, epoch, record_tokens, record_time)
@@ -348,7 +360,7 @@ class Trainer:
                     self.checkpoint(progress, stopper, metrics, finished)
                     if stop_now and not finished:
                         bar.close()
-                        console.say(f"\n⏸  Interrompido (sinal {self.stop.signum}); retoma com o mesmo comando.")
+                        console.say(console.interrupted(self.stop.signum))
                         return EXIT_RESUMABLE
                 if progress.stop_reason:
                     break

@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from farensed.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from farensed.engine.distributed import world_size
+from farensed.engine.resume import check_resumable
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
 from farensed.spec import load_spec, parse_not_before
@@ -69,6 +70,7 @@ class Job:
     held: str | None = None  # why a pending job is held back (memory guard)
     cancel_requested: bool = False
     fresh: bool = False  # first attempt starts over (old run folder moved aside); recoveries resume
+    run_dir: str | None = None  # its run folder (relative to the workspace); follows it when --fresh moves it aside
 
     @property
     def status(self) -> JobStatus:
@@ -76,6 +78,17 @@ class Job:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def job_run_dir(ws: Workspace, job: Job) -> Path:
+    """The run folder a job trains (recorded in job.json; older jobs: checkpoints_qlora/<name>)."""
+    return ws.resolve(job.run_dir) if job.run_dir else ws.run_dir(job.name)
+
+
+def relative_to_ws(ws: Workspace, path: Path) -> str:
+    """A path as job.json stores it: relative to the workspace root when inside it (a moved workspace still works)."""
+    path = Path(path)
+    return str(path.relative_to(ws.root)) if path.is_relative_to(ws.root) else str(path)
 
 
 class Queue:
@@ -130,6 +143,17 @@ class Queue:
             self.save(job)
             return job
 
+    def repoint_run(self, old: Path, new: Path, keep: int | None = None) -> list[int]:
+        """Jobs that trained the run folder `old`, moved aside to `new`, follow it (not job `keep`, not unstarted jobs)."""
+        moved = []
+        with self.lock:
+            for job in self.jobs():
+                if job.id != keep and job.attempts and job_run_dir(self.ws, job) == Path(old):
+                    job.run_dir = relative_to_ws(self.ws, new)
+                    self.save(job)
+                    moved.append(job.id)
+        return moved
+
     def _next_id(self) -> int:
         ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
         return max(ids, default=0) + 1
@@ -144,6 +168,7 @@ class Queue:
             max_recoveries=spec.max_recoveries,
             source=source,
             world_size=world_size(spec, self.ws),
+            run_dir=relative_to_ws(self.ws, self.ws.run_dir(spec.name)),
         )
         not_before = overrides.get("not_before") or spec.not_before
         for key, value in overrides.items():
@@ -207,6 +232,8 @@ class Queue:
         spec_path = Path(spec_path)
         spec = load_spec(spec_path, self.ws)  # every error before anything is written
         self._check_overrides(spec_path, spec, overrides)
+        if not overrides.get("fresh"):
+            check_resumable(spec, self.ws)  # a run it cannot resume: refused now, with the diff and --fresh
         data = spec_path.read_bytes()
         name = f".submit-{os.getpid()}-{spec_path.name}"
         with self.lock:

@@ -1,0 +1,61 @@
+"""The seed's V1-vs-V2 table, for any runs: queue jobs, run names, run folders, seed-era folders."""
+
+from __future__ import annotations
+
+import statistics
+
+from farensed.analysis.gap import analyse
+from farensed.analysis.success import run_verdicts
+
+
+def training_time_s(records: list[dict]) -> float | None:
+    """Training time over all attempts: the run's accumulated step time (restored on every resume)."""
+    times = [r["elapsed_s"] for r in records if r.get("elapsed_s") is not None]
+    return times[-1] if times else None
+
+
+def steady_tokens_per_second(records: list[dict]) -> float | None:
+    """Median tok/s of the records after the first: the first holds the JIT compile, the median any resume's."""
+    rates = [r["tokens_per_second"] for r in records[1:] if r.get("tokens_per_second")]
+    return statistics.median(rates) if rates else None
+
+
+def column(run) -> dict:
+    """One column of the comparison."""
+    records = run.records()
+    analysis = analyse(records)
+    summary = run.read("training_summary.json") or {}
+    evaluation = run.read("evaluation_report.json") or {}
+    train = [r for r in records if r.get("loss") is not None]
+    vals = analysis["validations"]
+    verdicts, own = run_verdicts(run)
+    return {
+        "id": run.job.id if run.job else None,
+        "label": run.label,
+        "name": run.name,
+        "run_dir": str(run.run_dir),
+        "state": run.job.state if run.job else ("done" if run.finished else None),
+        "seed_era": run.seed_era,
+        "final_loss": train[-1]["loss"] if train else None,
+        "final_val_loss": vals[-1]["val_loss"] if vals else None,
+        "best_val_loss": min((v["val_loss"] for v in vals), default=None),
+        "status": analysis["status"],
+        "gap_mean": analysis["gap_mean"],
+        "gap_max": analysis["gap_max"],
+        "gap_min": analysis["gap_min"],
+        "epochs_run": (train[-1]["epoch"] + 1) if train else None,
+        "steps_run": train[-1]["step"] if train else None,
+        "early_stopped": summary.get("stop_reason") == "early_stopping" if summary else None,
+        "wall_time_s": training_time_s(records),
+        "tokens_per_second": steady_tokens_per_second(records),
+        "f1": (evaluation.get("adapters") or {}).get("f1_mean"),
+        "exact_match": (evaluation.get("adapters") or {}).get("em_mean"),
+        "success": [v.to_dict() for v in verdicts],
+        "success_from_spec": own,
+        "success_passed": all(v.passed for v in verdicts),
+    }
+
+
+def compare(runs: list) -> dict:
+    """The table as data: one column per run (key `jobs`, as before)."""
+    return {"jobs": [column(run) for run in runs]}

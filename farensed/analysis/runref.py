@@ -1,0 +1,161 @@
+"""One way to name a run everywhere: a job id, a run name, or a path to a run folder (seed-era folders too).
+
+Resolution of a reference REF (the same for every reader, and said in their --help):
+  nothing          the running job, else the latest job
+  all digits       a job id (a run whose name is all digits: give its folder, checkpoints_qlora/<name>)
+  has a '/'        a path to a run folder (or starts with '.' or '~'); relative: from the current directory,
+                   else from the workspace root
+  anything else    a run name: checkpoints_qlora/<REF>; failing that, a folder of that name
+A run found by name or path is tied to the latest job whose run folder it is (that job gives state and log).
+A seed-era folder holding only training_metrics.json (the seed's records) is read-only: gap, plot, compare, check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from farensed.analysis.gap import band
+from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, read_all
+from farensed.atomic import read_json
+from farensed.errors import QueueError
+from farensed.queue.jobs import Job, Queue, job_run_dir
+from farensed.workspace import Workspace
+
+REF_HELP = (
+    "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder "
+    "(anything with a '/'); a seed-era folder with only training_metrics.json works read-only. "
+    "Default: the running job, else the latest."
+)
+RUN_FILES = (JSONL_NAME, JSON_NAME, "training_state.json", "spec.json")
+
+
+@dataclass
+class Run:
+    """A run however it was named: its folder, and the queue job behind it (if any)."""
+
+    run_dir: Path
+    name: str
+    job: Job | None = None
+    queue: Queue | None = None
+
+    @property
+    def seed_era(self) -> bool:
+        """Only the seed's files: metrics as a JSON list, no farense metrics log."""
+        return not (self.run_dir / JSONL_NAME).exists() and (self.run_dir / JSON_NAME).exists()
+
+    @property
+    def label(self) -> str:
+        return f"#{self.job.id}" if self.job else self.name
+
+    def heading(self) -> str:
+        if self.job:
+            return f"job {self.job.id} ({self.job.name}): {self.job.state}"
+        return f"corrida {self.name} ({self.run_dir}){' — pasta do seed, só leitura' if self.seed_era else ''}"
+
+    def records(self) -> list[dict]:
+        """Every metrics record (farense's .jsonl, or the seed's JSON list made comparable)."""
+        return load_records(self.run_dir)
+
+    def read(self, fname: str) -> dict | None:
+        try:
+            return read_json(self.run_dir / fname)
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    def spec_dict(self) -> dict | None:
+        """The spec this run was trained with: its job's spec.json, else the run folder's copy."""
+        if self.job and self.queue:
+            try:
+                return read_json(self.queue.job_dir(self.job.id) / "spec.json")
+            except (OSError, orjson.JSONDecodeError):
+                pass
+        return self.read("spec.json")
+
+    @property
+    def finished(self) -> bool:
+        if self.job:
+            return self.job.status.terminal
+        if self.seed_era:
+            return True  # read-only: nothing will write to it
+        state = self.read("training_state.json")
+        return bool(state.get("finished")) if isinstance(state, dict) else False
+
+
+def resolve(ws: Workspace, ref: str | None) -> Run:
+    """A job id, a run name or a run folder → the Run (QueueError, exit 4, naming REF when nothing matches)."""
+    queue = Queue(ws) if ws.jobs.is_dir() or ref is None or str(ref).isdigit() else None
+    if ref is None:
+        return _of_job(ws, queue, queue.default_job())
+    ref = str(ref)
+    if ref.isdigit():
+        return _of_job(ws, queue, queue.get(int(ref)))
+    looks_like_path = os.sep in ref or "/" in ref or ref.startswith((".", "~"))
+    if not looks_like_path:
+        if ws.run_dir(ref).is_dir():
+            return _of_folder(ws, queue, ws.run_dir(ref), ref)
+        jobs = [j for j in queue.jobs() if j.name == ref] if queue else []
+        if jobs:
+            return _of_job(ws, queue, jobs[-1])
+    path = Path(ref).expanduser()
+    if not path.is_absolute():  # from the current directory, else from the workspace root
+        path = Path.cwd() / path if (Path.cwd() / path).is_dir() else ws.root / path
+    if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
+        return _of_folder(ws, queue, path.resolve(), path.resolve().name)
+    if path.is_dir():
+        raise QueueError(f"{ref}: pasta sem ficheiros de treino ({', '.join(RUN_FILES)})")
+    raise QueueError(f"'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta")
+
+
+def _of_job(ws: Workspace, queue: Queue, job: Job) -> Run:
+    return Run(job_run_dir(ws, job), job.name, job, queue)
+
+
+def _of_folder(ws: Workspace, queue: Queue | None, folder: Path, name: str) -> Run:
+    jobs = [j for j in queue.jobs() if job_run_dir(ws, j).resolve() == folder.resolve()] if queue else []
+    job = jobs[-1] if jobs else None
+    return Run(folder, job.name if job else name, job, queue)
+
+
+def load_records(run_dir: Path) -> list[dict]:
+    """farense's training_metrics.jsonl, else the seed's training_metrics.json normalised (gap, band added)."""
+    run_dir = Path(run_dir)
+    if (run_dir / JSONL_NAME).exists():
+        return read_all(run_dir)
+    try:
+        raw = read_json(run_dir / JSON_NAME)
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    return seed_records(raw if isinstance(raw, list) else [])
+
+
+def seed_records(raw: list[dict]) -> list[dict]:
+    """The seed's records (step, epoch, loss, sometimes val_loss) in farense's shape.
+
+    The gap of a validation is val_loss − the mean train loss since the previous validation (farense's
+    definition), unless the record carries its own `train_loss`/`gap`.
+    """
+    out, window = [], []
+    for i, r in enumerate(x for x in raw if isinstance(x, dict)):
+        rec = dict(r)
+        rec["step"] = r.get("step", r.get("iteration", r.get("iter", i + 1)))
+        rec["epoch"] = r.get("epoch", 0)
+        if rec.get("loss") is None and r.get("train_loss") is not None and r.get("val_loss") is None:
+            rec["loss"] = r["train_loss"]
+        if rec.get("loss") is not None:
+            window.append(rec["loss"])
+        if rec.get("val_loss") is not None:
+            train = r.get("train_loss")
+            if train is None:
+                train = sum(window) / len(window) if window else rec.get("loss")
+            if train is None:
+                continue  # a validation with no train loss before it has no gap
+            rec["train_loss"] = train
+            rec["gap"] = r.get("gap", rec["val_loss"] - train)
+            rec["band"] = band(rec["gap"])
+            window = []
+        out.append(rec)
+    return out

@@ -1,0 +1,83 @@
+"""farensectl check, and what every reader shares: RUN resolved one way (a job id, a run name, a run folder)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from farensed.cli.app import cli, print_json, workspace
+
+RUN_HELP = (
+    "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder (anything with "
+    "a '/'); a seed-era folder with only training_metrics.json is read-only. An all-digit RUN is always a job id: "
+    "name a run called '2' by its folder, checkpoints_qlora/2. Default: the running job, else the latest."
+)
+
+
+def with_run_help(f):
+    """Insert the one rule for naming a run into a reader's --help, before its example."""
+    doc = f.__doc__ or ""
+    head, sep, example = doc.partition("\n    \b\n    Example")
+    f.__doc__ = f"{head.rstrip()}\n\n    {RUN_HELP}\n{sep}{example}" if sep else f"{doc}\n\n    {RUN_HELP}"
+    return f
+
+
+def resolve_run(ref):
+    from farensed.analysis.runref import resolve
+
+    return resolve(workspace(), ref)
+
+
+@cli.command()
+@click.argument("ref", metavar="[RUN]", required=False)
+@click.option("--success", "criteria", help="Criteria as JSON instead of the spec's, e.g. '{\"gap_max\": 0.15}'.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@with_run_help
+def check(ref, criteria, as_json):
+    """Check a run against its success criteria: one line per criterion, exit 0 only if all pass.
+
+    The criteria are the spec's `success` key (loss_drop, val_improves, gap_max, f1_min), else the seed's
+    (loss_drop 0.6, val_improves, gap_max 0.15, f1_min 0.93).
+
+    \b
+    Example:
+      farensectl check 3 && echo "V2 passou"
+    """
+    import orjson
+
+    from farensed.analysis.success import criteria_of, format_verdicts, verdicts
+    from farensed.errors import SpecError
+
+    run = resolve_run(ref)
+    if criteria:
+        try:
+            chosen = orjson.loads(criteria)
+            from farensed.spec import SuccessConfig, _build
+
+            chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
+        except orjson.JSONDecodeError as exc:
+            raise SpecError(f"--success: JSON inválido ({exc})") from None
+        own = True
+    else:
+        chosen, own = criteria_of(run.spec_dict())
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    items = verdicts(chosen, run.records(), run.read("evaluation_report.json"))
+    passed = all(v.passed for v in items)
+    if as_json:
+        print_json(
+            {
+                "run": run.label,
+                "run_dir": str(run.run_dir),
+                "passed": passed,
+                "criteria": chosen,
+                "from_spec": own,
+                "verdicts": [v.to_dict() for v in items],
+            }
+        )
+    else:
+        click.echo(run.heading())
+        if not own:
+            click.echo("(sem 'success' na spec: critérios do seed)")
+        click.echo(format_verdicts(items))
+    sys.exit(0 if passed else 1)

@@ -1,0 +1,64 @@
+"""Start-up facts the seed asks you to check by hand: the device and memory, and free disk for the checkpoints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from farensed.errors import FarenseError
+
+MARGIN_MB = 256  # besides the checkpoints: metrics, summaries, plots, evaluation (override: $FARENSE_DISK_MARGIN_MB)
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def device_line() -> str:
+    """`Dispositivo: gpu (Apple M2 Max, 64.0 GB) | memória: …` or `Dispositivo: cpu (…)`."""
+    import mlx.core as mx
+    import psutil
+
+    kind = "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+    try:
+        info = mx.device_info()
+    except Exception:  # noqa: BLE001 - an older mlx or a back end without it: say what we know
+        info = {}
+    name = info.get("device_name") or info.get("architecture") or "?"
+    gpu_mem = f", {gb(info['memory_size'])}" if kind == "gpu" and info.get("memory_size") else ""
+    vm = psutil.virtual_memory()
+    return f"Dispositivo: {kind} ({name}{gpu_mem}) | memória: {gb(vm.available)} livres de {gb(vm.total)}"
+
+
+def checkpoint_bytes(trainable_bytes: int) -> int:
+    """One checkpoint: the adapters plus Adam's two moments of the same size, plus its JSON files."""
+    return 3 * trainable_bytes + 1_000_000
+
+
+def disk_needed(trainable_bytes: int, keep: int) -> int:
+    """keep_checkpoints checkpoints, one more being written, best adapters and output/, plus the margin."""
+    margin = float(os.environ.get("FARENSE_DISK_MARGIN_MB", MARGIN_MB)) * 1e6
+    return int((keep + 1) * checkpoint_bytes(trainable_bytes) + 2 * trainable_bytes + margin)
+
+
+def check_disk(folder: Path, trainable_bytes: int, keep: int) -> str:
+    """Raise one clear line when the disk holding `folder` lacks room for the run; else describe the room."""
+    where = Path(folder)
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    need = disk_needed(trainable_bytes, keep)
+    if free < need:
+        raise FarenseError(
+            f"espaço em disco insuficiente em {where}: {gb(free)} livres, são precisos ~{gb(need)} "
+            f"({keep} checkpoints de {gb(checkpoint_bytes(trainable_bytes))} + margem); "
+            "liberte espaço ou baixe keep_checkpoints"
+        )
+    return f"Disco: {gb(free)} livres em {where} (precisos ~{gb(need)} para {keep} checkpoints + margem)"
+
+
+def trainable_bytes(model) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
