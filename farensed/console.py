@@ -27,7 +27,9 @@ def banner(spec) -> str:
             f"CONFIGURATION - {spec.name}",
             LINE,
             f"LoRA Rank: {spec.lora.rank}",
-            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})",
+            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})"
+            if spec.lora.alpha is not None
+            else f"LoRA Scale: {spec.lora.scale:g} (camadas: {spec.lora.layers})",
             f"Dropout: {spec.lora.dropout:g}",
             f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
             f"Learning Rate: {spec.learning_rate:g}",

@@ -21,16 +21,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters: rank, alpha (scale = alpha / rank), dropout, number of last layers adapted."""
+    """LoRA adapters: rank, alpha or scale (scale = alpha / rank), dropout, last layers adapted, module keys."""
 
     rank: int = 6
-    alpha: float = 16.0
+    alpha: float | None = 16.0
     dropout: float = 0.08
     layers: int = 16
+    scale: float | None = None  # mlx-lm's name; give exactly one of alpha / scale
+    keys: list | None = None  # mlx-lm's lora_parameters.keys (e.g. ["self_attn.q_proj"]); all linear layers if null
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
+    def __post_init__(self):
+        if self.scale is None and self.alpha is not None:
+            self.scale = self.alpha / self.rank
 
 
 @dataclass
@@ -79,6 +81,19 @@ class JobSpec:
     early_stopping: EarlyStoppingConfig | None = field(default_factory=EarlyStoppingConfig)
     evaluate: bool = True
     val_samples: int | None = None
+    # mlx-lm lora's options (README: "Opções do mlx_lm lora")
+    fine_tune_type: str = "lora"
+    optimizer: str = "adam"
+    optimizer_config: dict | None = None
+    lr_schedule: dict | None = None
+    grad_checkpoint: bool = False
+    mask_prompt: bool = True
+    iters: int | None = None
+    resume_adapter_file: str | None = None
+    val_batches: int | None = None
+    test_batches: int = -1
+    clear_cache_threshold: int = 0
+    fuse: Any = False
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -91,9 +106,13 @@ class JobSpec:
 
     def resume_fingerprint(self) -> dict:
         """The settings that, once changed, make resuming a run meaningless."""
+        lora = {k: v for k, v in dataclasses.asdict(self.lora).items() if v is not None}
+        if self.lora.alpha is not None:
+            lora.pop("scale")  # derived from alpha (and absent from older runs' fingerprints)
         return {
+            **{k: getattr(self, k) for k in FINGERPRINT_OPTIONS if getattr(self, k) != _DEFAULTS[k]},
             "model": self.model,
-            "lora": dataclasses.asdict(self.lora),
+            "lora": lora,
             "batch_size": self.batch_size,
             "grad_accumulation": self.grad_accumulation,
             "learning_rate": self.learning_rate,
@@ -102,6 +121,24 @@ class JobSpec:
             "val_samples": self.val_samples,
         }
 
+
+# the mlx-lm options that change the trained weights; in the fingerprint only when not at their default, so runs
+# started before these keys existed still resume
+FINGERPRINT_OPTIONS = (
+    "fine_tune_type",
+    "optimizer",
+    "optimizer_config",
+    "lr_schedule",
+    "mask_prompt",
+    "resume_adapter_file",
+    "val_batches",
+    "grad_checkpoint",  # recomputing the forward pass draws dropout masks again: not the same numbers
+)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec)}
+
+FINE_TUNE_TYPES = ("lora", "dora", "full")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
+SCHEDULES = ("cosine_decay", "exponential_decay", "linear_schedule", "step_decay")  # mlx.optimizers.schedulers
 
 SECTIONS = {
     "lora": LoraConfig,
@@ -129,13 +166,18 @@ RANGES = {
     "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
     "val_samples": (lambda v: v >= 1, "≥ 1"),
     "max_recoveries": (lambda v: v >= 0, "≥ 0"),
+    "lora.scale": (lambda v: v > 0, "> 0"),
+    "iters": (lambda v: v >= 1, "≥ 1"),
+    "val_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
+    "test_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
+    "clear_cache_threshold": (lambda v: v >= 0, "≥ 0 (bytes)"),
 }
 
-TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista"}
+TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista", dict: "objeto"}
 
 
 def _base_type(annotation: str) -> type:
-    for name, typ in (("int", int), ("float", float), ("str", str), ("bool", bool), ("list", list)):
+    for name, typ in (("int", int), ("float", float), ("str", str), ("bool", bool), ("list", list), ("dict", dict)):
         if annotation.split(" |")[0] == name:
             return typ
     raise AssertionError(annotation)
@@ -175,6 +217,8 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
         value = raw[name]
         if value is None and "None" in str(f.type):
             kwargs[name] = None
+        elif key in CUSTOM:
+            kwargs[name] = CUSTOM[key](value, f"{label}: {key}")
         elif name in SECTIONS and cls is not DataConfig:
             if name == "early_stopping" and value is False:
                 kwargs[name] = None
@@ -186,6 +230,94 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
                 raise SpecError(f"{label}: {key} = {value} fora do intervalo ({RANGES[key][1]})")
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _choice(options: tuple):
+    def check(value: Any, where: str) -> str:
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+            hint = f" (quis dizer '{close[0]}'?)" if close else ""
+            raise SpecError(f"{where}: '{value}' desconhecido{hint}; valores válidos: {', '.join(options)}")
+        return value
+
+    return check
+
+
+def _check_optimizer_config(value: Any, where: str) -> dict:
+    """mlx-lm's form: {optimizer name: {argument: value}}; only the chosen optimizer's entry is used."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: deve ser um objeto {{otimizador: {{argumento: valor}}}}, como no mlx-lm")
+    for name, args in value.items():
+        _choice(OPTIMIZERS)(name, where)
+        if not isinstance(args, dict):
+            raise SpecError(f"{where}.{name}: deve ser um objeto {{argumento: valor}}")
+    return value
+
+
+def _check_schedule(value: Any, where: str) -> dict:
+    """mlx-lm's lr_schedule: name, arguments (passed to the scheduler), warmup, warmup_init."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: deve ser um objeto {{name, arguments, warmup, warmup_init}}")
+    known = ["name", "arguments", "warmup", "warmup_init"]
+    for key in value:
+        if key not in known:
+            raise _unknown_key(key, known, where)
+    if "name" not in value:
+        raise SpecError(f"{where}: falta 'name' ({', '.join(SCHEDULES)})")
+    _choice(SCHEDULES)(value["name"], f"{where}.name")
+    args = value.get("arguments")
+    if not isinstance(args, list) or not args or not all(_is_number(a) for a in args):
+        raise SpecError(f"{where}: 'arguments' deve ser uma lista não vazia de números (ex.: [1e-5, 1000, 1e-7])")
+    warmup = value.get("warmup", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise SpecError(f"{where}.warmup: deve ser inteiro ≥ 0")
+    if not _is_number(value.get("warmup_init", 0.0)):
+        raise SpecError(f"{where}.warmup_init: deve ser número")
+    return value
+
+
+def _check_fuse(value: Any, where: str) -> Any:
+    """false, true, or {"dequantize": bool, "export_gguf": bool}."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise SpecError(f'{where}: deve ser true/false ou {{"dequantize": ..., "export_gguf": ...}}')
+    for key, item in value.items():
+        if key not in ("dequantize", "export_gguf"):
+            raise _unknown_key(key, ["dequantize", "export_gguf"], where)
+        if not isinstance(item, bool):
+            raise SpecError(f"{where}.{key}: deve ser true/false")
+    return value
+
+
+def _check_keys(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) and k for k in value):
+        raise SpecError(f'{where}: deve ser uma lista de nomes de módulos (ex.: ["self_attn.q_proj"])')
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+CUSTOM = {
+    "fine_tune_type": _choice(FINE_TUNE_TYPES),
+    "optimizer": _choice(OPTIMIZERS),
+    "optimizer_config": _check_optimizer_config,
+    "lr_schedule": _check_schedule,
+    "fuse": _check_fuse,
+    "lora.keys": _check_keys,
+}
+
+
+def _exclusive_keys(raw: Any, label: str) -> None:
+    """Pairs of keys of which a spec gives at most one (the same budget or scale said twice)."""
+    if not isinstance(raw, dict):
+        return
+    for section, a, b in (("", "epochs", "iters"), ("lora.", "alpha", "scale")):
+        obj = raw.get(section.rstrip("."), {}) if section else raw
+        if isinstance(obj, dict) and a in obj and b in obj:
+            raise SpecError(f"{label}: dê só uma de '{section}{a}' e '{section}{b}', não as duas")
 
 
 def parse_not_before(value: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -230,7 +362,10 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
 
 def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
     """Build a JobSpec from a decoded JSON object; every problem is one SpecError line."""
+    _exclusive_keys(raw, label)
     spec = _build(JobSpec, raw, "", label)
+    if isinstance(raw.get("lora"), dict) and "scale" in raw["lora"]:
+        spec.lora.alpha = None  # the user chose mlx-lm's scale
     _cross_checks(spec, label)
     return spec
 
@@ -248,9 +383,24 @@ def read_spec_file(path: Path) -> Any:
         raise SpecError(f"{path}: JSON inválido na linha {exc.lineno}, coluna {exc.colno}: {exc.msg}") from None
 
 
+def _quantized(model_dir: Path) -> bool:
+    try:
+        config = orjson.loads((model_dir / "config.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and bool(config.get("quantization") or config.get("quantization_config"))
+
+
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
     check_model_dir(ws.resolve(spec.model), f"{label}: model")
+    if spec.fine_tune_type == "full" and _quantized(ws.resolve(spec.model)):
+        raise SpecError(
+            f"{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({spec.model} é quantizado); "
+            "use lora/dora, ou um modelo em float (mlx_lm convert -d)"
+        )
+    if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
+        raise SpecError(f"{label}: resume_adapter_file não encontrado: {ws.resolve(spec.resume_adapter_file)}")
     counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
     counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
     if spec.data.test:
