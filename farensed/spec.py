@@ -14,6 +14,7 @@ import orjson
 
 from farensed.datacheck import check_data_file, check_model_dir
 from farensed.errors import SpecError
+from farensed.mlxlm_config import is_yaml, read_config
 from farensed.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -371,8 +372,10 @@ def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
 
 
 def read_spec_file(path: Path) -> Any:
-    """Decode a spec file, reporting malformed JSON with its line and column."""
+    """Decode a spec file (or an mlx_lm lora YAML config), reporting malformed JSON with its line and column."""
     path = Path(path)
+    if is_yaml(path):
+        return read_config(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -391,10 +394,20 @@ def _quantized(model_dir: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("quantization") or config.get("quantization_config"))
 
 
+def spec_bytes(path: Path) -> bytes:
+    """What a job stores as spec.json: the file as it is, or the JSON spec equivalent to a YAML config."""
+    if is_yaml(path):
+        return orjson.dumps(read_config(path), option=orjson.OPT_INDENT_2)
+    return Path(path).read_bytes()
+
+
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
-    check_model_dir(ws.resolve(spec.model), f"{label}: model")
-    if spec.fine_tune_type == "full" and _quantized(ws.resolve(spec.model)):
+    from farensed.hub import resolve_model
+
+    model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
+    check_model_dir(model_dir, f"{label}: model")
+    if spec.fine_tune_type == "full" and _quantized(model_dir):
         raise SpecError(
             f"{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({spec.model} é quantizado); "
             "use lora/dora, ou um modelo em float (mlx_lm convert -d)"

@@ -18,6 +18,7 @@ from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, 
 from farensed.engine.checkpoint import sha256
 from farensed.engine.data import file_digest, load_jsonl
 from farensed.errors import FarenseError, SpecError
+from farensed.hub import resolve_model
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
 MODELS = ("base", "adapters")
@@ -95,7 +96,7 @@ class Evaluator:
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
-        model, tokenizer = load(str(self.ws.resolve(self.spec.model)))
+        model, tokenizer = load(str(resolve_model(self.spec.model, self.ws)))
         for tag in MODELS:
             if tag == "adapters":
                 load_adapters(model, str(self.adapters))

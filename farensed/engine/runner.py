@@ -10,9 +10,7 @@ from farensed.workspace import Workspace
 
 
 def configure_environment() -> None:
-    """Nothing may be downloaded at run time; models are local folders."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Quiet tokenizers, headless plots. Offline mode stays the user's choice (HF_HUB_OFFLINE)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -21,6 +19,10 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal."""
     configure_environment()
     ws = Workspace.at(home)
+    from farensed import console
+    from farensed.hub import fetch_spec_model
+
+    fetch_spec_model(Path(spec_path), ws, console.say)  # a Hub model is in the HF cache before the job starts
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
 

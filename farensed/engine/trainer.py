@@ -27,6 +27,7 @@ from farensed.engine.data import TokenizedSet, collate, epoch_order, file_digest
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
+from farensed.hub import resolve_model
 from farensed.spec import JobSpec
 from farensed.workspace import Workspace
 
@@ -69,7 +70,7 @@ class Trainer:
     def __init__(self, spec: JobSpec, ws: Workspace, fresh: bool = False):
         self.spec, self.ws = spec, ws
         self.run_dir = ws.run_dir(spec.name)
-        self.model_path = ws.resolve(spec.model)
+        self.model_path = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
         self.fresh = fresh
         self.stop = StopRequest()
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)

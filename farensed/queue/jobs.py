@@ -22,7 +22,7 @@ from farensed.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, re
 from farensed.engine.distributed import world_size
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
-from farensed.spec import load_spec, parse_not_before
+from farensed.spec import load_spec, parse_not_before, spec_bytes
 from farensed.workspace import Workspace
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
@@ -170,7 +170,7 @@ class Queue:
                 return None  # someone else ingested it first
             try:
                 spec = load_spec(path, self.ws)
-                job = self._create(path.read_bytes(), spec, path.name, overrides or {})
+                job = self._create(spec_bytes(path), spec, path.name, overrides or {})
             except SpecError as exc:
                 self._reject(path, str(exc))
                 if overrides is not None:
@@ -207,8 +207,8 @@ class Queue:
         spec_path = Path(spec_path)
         spec = load_spec(spec_path, self.ws)  # every error before anything is written
         self._check_overrides(spec_path, spec, overrides)
-        data = spec_path.read_bytes()
-        name = f".submit-{os.getpid()}-{spec_path.name}"
+        data = spec_bytes(spec_path)  # a YAML config is queued as its JSON spec
+        name = f".submit-{os.getpid()}-{spec_path.stem}.json"
         with self.lock:
             atomic_write_bytes(self.inbox / name, data)
             job = self.ingest(self.inbox / name, overrides)
