@@ -386,12 +386,17 @@ def read_spec_file(path: Path) -> Any:
         raise SpecError(f"{path}: JSON inválido na linha {exc.lineno}, coluna {exc.colno}: {exc.msg}") from None
 
 
-def _quantized(model_dir: Path) -> bool:
+def _model_config(model_dir: Path) -> dict:
     try:
         config = orjson.loads((model_dir / "config.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        return False
-    return isinstance(config, dict) and bool(config.get("quantization") or config.get("quantization_config"))
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _quantized(model_dir: Path) -> bool:
+    config = _model_config(model_dir)
+    return bool(config.get("quantization") or config.get("quantization_config"))
 
 
 def spec_bytes(path: Path) -> bytes:
@@ -412,6 +417,12 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
             f"{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({spec.model} é quantizado); "
             "use lora/dora, ou um modelo em float (mlx_lm convert -d)"
         )
+    if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
+        model_type = _model_config(model_dir).get("model_type")
+        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
+            raise SpecError(
+                f"{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
+            )
     if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
         raise SpecError(f"{label}: resume_adapter_file não encontrado: {ws.resolve(spec.resume_adapter_file)}")
     counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}

@@ -34,6 +34,11 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
             evaluate_spec(spec, ws)
+        if spec.fuse:
+            from farensed import console
+            from farensed.engine.fuse import fuse_job
+
+            fuse_job(spec, ws, console.say)
         print_final_analysis(ws.run_dir(spec.name))
     return code
 
