@@ -33,7 +33,7 @@ def banner(spec) -> str:
             f"Dropout: {spec.lora.dropout:g}",
             f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
             f"Learning Rate: {spec.learning_rate:g}",
-            f"Épocas: {spec.epochs}",
+            f"Épocas: {spec.epochs}" if not getattr(spec, "iters", None) else f"Iterações: {spec.iters}",
             f"Early Stopping: {stop}",
             LINE,
         ]

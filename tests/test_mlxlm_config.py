@@ -125,3 +125,28 @@ def test_example_config_trains_through_run_and_the_same_job_through_submit(works
     assert job["state"] == "done", job
     log = (workspace / "jobs" / str(job_id) / "log").read_text()
     assert "Treino já terminado" in log  # same name, same fingerprint: the run above is this job's run
+
+
+def test_example_schedule_and_optimizer_config_blocks_uncommented_read_as_mlx_lm_reads_them(tmp_path):
+    text = EXAMPLE.read_text()
+    for line in ("optimizer_config:", "  adamw:", "    betas", "    eps", "    weight_decay", "    bias_correction"):
+        text = text.replace("# " + line, line, 1)
+    for line in ("lr_schedule:", "  name:", "  warmup:", "  warmup_init:", "  arguments:"):
+        text = text.replace("#" + line, line, 1)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    spec = parse_spec(read_config(path))
+    assert spec.lr_schedule == {
+        "name": "cosine_decay",
+        "warmup": 100,
+        "warmup_init": 1e-7,
+        "arguments": [1e-5, 1000, 1e-7],
+    }
+    assert spec.optimizer_config == {
+        "adamw": {"betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.05, "bias_correction": True}
+    }
+    assert spec.resume_fingerprint()["lr_schedule"]["warmup_init"] == 1e-7
+    from farensed.engine.optim import build_optimizer
+
+    optimizer = build_optimizer(spec)  # mlx's AdamW takes every argument of mlx-lm's example
+    assert optimizer.weight_decay == 0.05 and optimizer.learning_rate.item() == pytest.approx(1e-7)
