@@ -69,3 +69,22 @@ def test_scale_replaces_alpha_and_new_keys_enter_the_fingerprint_only_when_set()
     assert (spec.lora.alpha, spec.lora.scale, spec.iters) == (None, 20.0, 30)
     fingerprint = spec.resume_fingerprint()
     assert fingerprint["optimizer"] == "sgd" and fingerprint["lora"]["keys"] == ["self_attn.q_proj"]
+
+
+@pytest.mark.parametrize(
+    "keys,expected",
+    [
+        ({"optimizer": "sgd", "optimizer_config": {"sgd": {"mommentum": 0.9}}}, "optimizer_config.sgd: "),
+        ({"lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 10, 0, 1, 2]}}, "lr_schedule: cosine_decay"),
+    ],
+)
+def test_wrong_optimizer_or_schedule_arguments_are_one_line_before_anything_runs(workspace, keys, expected):
+    path = workspace / "bad.json"
+    path.write_bytes(orjson.dumps(dict(TEST_SPEC, **keys)))
+    before = snapshot(workspace)
+    for command in ("run", "submit"):
+        result = CliRunner().invoke(cli, [command, str(path)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.output
+        assert snapshot(workspace) == before

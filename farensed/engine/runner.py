@@ -20,9 +20,9 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     configure_environment()
     ws = Workspace.at(home)
     from farensed import console
-    from farensed.hub import fetch_spec_model
+    from farensed.presubmit import prepare
 
-    fetch_spec_model(Path(spec_path), ws, console.say)  # a Hub model is in the HF cache before the job starts
+    prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
 
