@@ -106,6 +106,10 @@ def test_example_config_trains_through_run_and_the_same_job_through_submit(works
     assert len(vals) == 5 and vals[-1] < vals[0]
     adapter_config = orjson.loads((workspace / "output/lora_config/adapter_config.json").read_bytes())
     assert adapter_config["lora_parameters"]["keys"] == ["self_attn.q_proj", "self_attn.v_proj"]
+    import mlx.core as mx
+
+    adapters = mx.load(str(workspace / "output/lora_config/adapters.safetensors"))
+    assert adapters and {k.split(".")[-2] for k in adapters} == {"q_proj", "v_proj"}  # lora_parameters.keys only
 
     # submit: the queued spec.json is exactly `spec --from`'s JSON, and the daemon runs it as the same job
     result = CliRunner().invoke(cli, ["submit", str(config)])

@@ -76,3 +76,30 @@ def test_killed_twice_at_random_moments_ends_identical_to_an_uninterrupted_run(t
     assert_same_run(reference, killed)
     states = orjson.loads((killed / RUN / "training_state.json").read_bytes())
     assert states["fingerprint"]["fine_tune_type"] == spec["fine_tune_type"]
+
+
+def test_resume_adapter_file_starts_from_existing_adapters(workspace):
+    first = dict(short_spec(), iters=10, eval_every=10, save_every=10)
+    proc = run_cli(workspace, "run", str(write_spec(workspace, first)))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    then = dict(
+        first, name="t2", iters=2, eval_every=2, save_every=2, resume_adapter_file="output/t/adapters.safetensors"
+    )
+    proc = run_cli(workspace, "run", str(write_spec(workspace, then, "t2.json")))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    a = orjson.loads((workspace / RUN / "training_metrics.json").read_bytes())
+    b = orjson.loads((workspace / "checkpoints_qlora/t2/training_metrics.json").read_bytes())
+    assert b[0]["loss"] < a[0]["loss"] - 0.3  # it continued from the trained adapters, not from fresh ones
+    assert b[-1]["val_loss"] < a[0]["loss"]
+
+
+def test_mask_prompt_false_puts_the_prompt_into_the_loss(workspace):
+    from mlx_lm import load
+
+    from farensed.engine.data import tokenize_file
+
+    _, tokenizer = load(str(workspace / "models/tiny-mistral-4bit"))
+    path = workspace / "data/demo/train.jsonl"
+    masked, whole = tokenize_file(path, tokenizer, 128), tokenize_file(path, tokenizer, 128, mask_prompt=False)
+    assert masked.tokens == whole.tokens
+    assert all(o > 0 for o in masked.offsets) and set(whole.offsets) == {0}
