@@ -96,7 +96,7 @@ def run_farense(root: Path, spec: dict) -> dict:
     return orjson.loads((root / "checkpoints_qlora" / spec["name"] / "training_summary.json").read_bytes())
 
 
-def run_mlx_lm_lora(root: Path, spec: dict, iters: int) -> tuple[float, float]:
+def run_mlx_lm_lora(root: Path, spec: dict, iters: int, extra: tuple = ()) -> tuple[float, float]:
     """mlx-lm's own LoRA trainer (what `mlx_lm lora` runs) on the same model, data, batch, length, steps."""
     lora = spec["lora"]
     proc = subprocess.run(
@@ -105,7 +105,7 @@ def run_mlx_lm_lora(root: Path, spec: dict, iters: int) -> tuple[float, float]:
             "-m",
             "bench.mlx_lm_anchor",
             "--model",
-            str(root / "models/tiny-mistral-4bit"),
+            str(root / spec["model"]),
             "--data",
             str(root / "data/demo"),
             "--batch_size",
@@ -128,6 +128,7 @@ def run_mlx_lm_lora(root: Path, spec: dict, iters: int) -> tuple[float, float]:
             str(spec["grad_accumulation"]),
             "--seed",
             "0",
+            *extra,
         ],
         capture_output=True,
         text=True,

@@ -26,6 +26,11 @@ def main() -> None:
         ("seed", int),
     ):
         p.add_argument(f"--{name}", type=typ, required=True)
+    # the options of issue 12, chosen as mlx_lm/lora.py train_model() chooses them
+    p.add_argument("--fine_tune_type", default="lora", choices=["lora", "dora", "full"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "adafactor", "muon"])
+    p.add_argument("--lr_schedule", default="", help="mlx-lm's lr_schedule as JSON")
+    p.add_argument("--grad_checkpoint", type=int, default=0)
     a = p.parse_args()
     import mlx.core as mx
     import mlx.optimizers as optim
@@ -34,13 +39,18 @@ def main() -> None:
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.datasets import CacheDataset, load_dataset
     from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
     mx.random.seed(a.seed)
     np.random.seed(a.seed)
     model, tokenizer = load(a.model)
     model.freeze()
-    linear_to_lora_layers(model, a.layers, {"rank": a.rank, "scale": a.scale, "dropout": a.dropout})
+    if a.fine_tune_type == "full":
+        for layer in model.layers[-max(a.layers, 0) :]:
+            layer.unfreeze()
+    else:
+        config = {"rank": a.rank, "scale": a.scale, "dropout": a.dropout}
+        linear_to_lora_layers(model, a.layers, config, use_dora=a.fine_tune_type == "dora")
     ns = types.SimpleNamespace(data=a.data, train=True, test=False, mask_prompt=True, hf_dataset=False)
     train_set, valid_set, _ = load_dataset(ns, tokenizer)
 
@@ -60,10 +70,13 @@ def main() -> None:
         max_seq_length=a.max_seq_length,
         adapter_file="anchor_adapters.safetensors",
         grad_accumulation_steps=a.grad_accumulation,
+        grad_checkpoint=bool(a.grad_checkpoint),
     )
+    lr = build_schedule(orjson.loads(a.lr_schedule)) if a.lr_schedule else a.learning_rate
+    names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adafactor": "Adafactor", "muon": "Muon"}
     train(
         model,
-        optim.Adam(learning_rate=a.learning_rate),
+        getattr(optim, names[a.optimizer])(learning_rate=lr),
         CacheDataset(train_set),
         CacheDataset(valid_set),
         args=args,

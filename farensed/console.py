@@ -28,11 +28,13 @@ def banner(spec) -> str:
             f"CONFIGURATION - {spec.name}",
             LINE,
             f"LoRA Rank: {spec.lora.rank}",
-            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})",
+            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})"
+            if spec.lora.alpha is not None
+            else f"LoRA Scale: {spec.lora.scale:g} (camadas: {spec.lora.layers})",
             f"Dropout: {spec.lora.dropout:g}",
             f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
             f"Learning Rate: {spec.learning_rate:g}",
-            f"Épocas: {spec.epochs}",
+            f"Épocas: {spec.epochs}" if not getattr(spec, "iters", None) else f"Iterações: {spec.iters}",
             f"Early Stopping: {stop}",
             LINE,
         ]

@@ -14,6 +14,8 @@ import orjson
 
 from farensed.datacheck import check_data_file, check_model_dir
 from farensed.errors import SpecError
+from farensed.mlxlm_config import is_yaml, read_config
+from farensed.specopts import CUSTOM, exclusive_keys
 from farensed.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -21,16 +23,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters: rank, alpha (scale = alpha / rank), dropout, number of last layers adapted."""
+    """LoRA adapters: rank, alpha or scale (scale = alpha / rank), dropout, last layers adapted, module keys."""
 
     rank: int = 6
-    alpha: float = 16.0
+    alpha: float | None = 16.0
     dropout: float = 0.08
     layers: int = 16
+    scale: float | None = None  # mlx-lm's name; give exactly one of alpha / scale
+    keys: list | None = None  # mlx-lm's lora_parameters.keys (e.g. ["self_attn.q_proj"]); all linear layers if null
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
+    def __post_init__(self):
+        if self.scale is None and self.alpha is not None:
+            self.scale = self.alpha / self.rank
 
 
 @dataclass
@@ -90,6 +94,19 @@ class JobSpec:
     evaluate: bool = True
     val_samples: int | None = None
     success: SuccessConfig | None = None
+    # mlx-lm lora's options (README: "Opções do mlx_lm lora")
+    fine_tune_type: str = "lora"
+    optimizer: str = "adam"
+    optimizer_config: dict | None = None
+    lr_schedule: dict | None = None
+    grad_checkpoint: bool = False
+    mask_prompt: bool = True
+    iters: int | None = None
+    resume_adapter_file: str | None = None
+    val_batches: int | None = None
+    test_batches: int = -1
+    clear_cache_threshold: int = 0
+    fuse: Any = False
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -103,9 +120,13 @@ class JobSpec:
 
     def resume_fingerprint(self) -> dict:
         """The settings that, once changed, make resuming a run meaningless."""
+        lora = {k: v for k, v in dataclasses.asdict(self.lora).items() if v is not None}
+        if self.lora.alpha is not None:
+            lora.pop("scale")  # derived from alpha (and absent from older runs' fingerprints)
         return {
+            **{k: getattr(self, k) for k in FINGERPRINT_OPTIONS if getattr(self, k) != _DEFAULTS[k]},
             "model": self.model,
-            "lora": dataclasses.asdict(self.lora),
+            "lora": lora,
             "batch_size": self.batch_size,
             "grad_accumulation": self.grad_accumulation,
             "learning_rate": self.learning_rate,
@@ -114,6 +135,20 @@ class JobSpec:
             "val_samples": self.val_samples,
         }
 
+
+# the mlx-lm options that change the trained weights; in the fingerprint only when not at their default, so runs
+# started before these keys existed still resume
+FINGERPRINT_OPTIONS = (
+    "fine_tune_type",
+    "optimizer",
+    "optimizer_config",
+    "lr_schedule",
+    "mask_prompt",
+    "resume_adapter_file",
+    "val_batches",
+    "grad_checkpoint",  # recomputing the forward pass draws dropout masks again: not the same numbers
+)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec)}
 
 SECTIONS = {
     "lora": LoraConfig,
@@ -145,13 +180,18 @@ RANGES = {
     "success.loss_drop": (lambda v: 0 <= v < 1, "0 ≤ loss_drop < 1"),
     "success.gap_max": (lambda v: v > 0, "> 0"),
     "success.f1_min": (lambda v: 0 <= v <= 1, "0 ≤ f1_min ≤ 1"),
+    "lora.scale": (lambda v: v > 0, "> 0"),
+    "iters": (lambda v: v >= 1, "≥ 1"),
+    "val_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
+    "test_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
+    "clear_cache_threshold": (lambda v: v >= 0, "≥ 0 (bytes)"),
 }
 
-TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista"}
+TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista", dict: "objeto"}
 
 
 def _base_type(annotation: str) -> type:
-    for name, typ in (("int", int), ("float", float), ("str", str), ("bool", bool), ("list", list)):
+    for name, typ in (("int", int), ("float", float), ("str", str), ("bool", bool), ("list", list), ("dict", dict)):
         if annotation.split(" |")[0] == name:
             return typ
     raise AssertionError(annotation)
@@ -191,6 +231,8 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
         value = raw[name]
         if value is None and "None" in str(f.type):
             kwargs[name] = None
+        elif key in CUSTOM:
+            kwargs[name] = CUSTOM[key](value, f"{label}: {key}")
         elif name in SECTIONS and cls is not DataConfig:
             if name == "early_stopping" and value is False:
                 kwargs[name] = None
@@ -253,14 +295,19 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
 
 def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
     """Build a JobSpec from a decoded JSON object; every problem is one SpecError line."""
+    exclusive_keys(raw, label)
     spec = _build(JobSpec, raw, "", label)
+    if isinstance(raw.get("lora"), dict) and "scale" in raw["lora"]:
+        spec.lora.alpha = None  # the user chose mlx-lm's scale
     _cross_checks(spec, label)
     return spec
 
 
 def read_spec_file(path: Path) -> Any:
-    """Decode a spec file, reporting malformed JSON with its line and column."""
+    """Decode a spec file (or an mlx_lm lora YAML config), reporting malformed JSON with its line and column."""
     path = Path(path)
+    if is_yaml(path):
+        return read_config(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -271,9 +318,45 @@ def read_spec_file(path: Path) -> Any:
         raise SpecError(f"{path}: JSON inválido na linha {exc.lineno}, coluna {exc.colno}: {exc.msg}") from None
 
 
+def _model_config(model_dir: Path) -> dict:
+    try:
+        config = orjson.loads((model_dir / "config.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _quantized(model_dir: Path) -> bool:
+    config = _model_config(model_dir)
+    return bool(config.get("quantization") or config.get("quantization_config"))
+
+
+def spec_bytes(path: Path) -> bytes:
+    """What a job stores as spec.json: the file as it is, or the JSON spec equivalent to a YAML config."""
+    if is_yaml(path):
+        return orjson.dumps(read_config(path), option=orjson.OPT_INDENT_2)
+    return Path(path).read_bytes()
+
+
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
-    check_model_dir(ws.resolve(spec.model), f"{label}: model")
+    from farensed.hub import resolve_model
+
+    model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
+    check_model_dir(model_dir, f"{label}: model")
+    if spec.fine_tune_type == "full" and _quantized(model_dir):
+        raise SpecError(
+            f"{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({spec.model} é quantizado); "
+            "use lora/dora, ou um modelo em float (mlx_lm convert -d)"
+        )
+    if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
+        model_type = _model_config(model_dir).get("model_type")
+        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
+            raise SpecError(
+                f"{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
+            )
+    if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
+        raise SpecError(f"{label}: resume_adapter_file não encontrado: {ws.resolve(spec.resume_adapter_file)}")
     counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
     counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
     if spec.data.test:

@@ -46,6 +46,34 @@ def tiny_model() -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def tiny_fp_model(tiny_model) -> Path:
+    """The tiny model dequantized to float32 with `mlx_lm convert -d` (full fine-tuning needs float weights)."""
+    import subprocess
+
+    from tests.helpers import child_env
+
+    target = CACHE / f"{tiny_model.name}-fp32"
+    with FileLock(str(CACHE / "build.lock")):
+        if not (target / "config.json").is_file():
+            tmp = CACHE / f".{target.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlx_lm",
+                "convert",
+                "--hf-path",
+                str(tiny_model),
+                "--mlx-path",
+                str(tmp),
+                "-d",
+            ]
+            subprocess.run(cmd, check=True, env=child_env(), capture_output=True)
+            os.replace(tmp, target)
+    return target
+
+
 def make_workspace(root: Path, model: Path) -> Path:
     """A workspace with the tiny model (linked, read-only use) and the demo data."""
     from farensed.demo.data import write_demo_data

@@ -68,9 +68,11 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     Example:
       farensectl submit jobs/examples/v2.json --not-before 23:00
     """
+    from farensed.presubmit import prepare
     from farensed.queue.daemon import daemon_pid
 
     q = queue()
+    prepare(spec, q.ws, lambda msg: click.echo(msg, err=True))  # Hub model into the HF cache; optimizer tried
     job = q.submit(spec, priority=priority, not_before=not_before, after=list(after) or None, fresh=fresh or None)
     if as_json:
         print_json(

@@ -10,11 +10,14 @@ from farensed.atomic import atomic_write_json, atomic_write_with
 
 def adapter_config(spec, model_path: Path) -> dict:
     """mlx-lm's adapter_config.json, so `mlx_lm generate --adapter-path` loads the adapters."""
+    lora_parameters = {"rank": spec.lora.rank, "scale": spec.lora.scale, "dropout": spec.lora.dropout}
+    if spec.lora.keys:
+        lora_parameters["keys"] = spec.lora.keys
     return {
-        "fine_tune_type": "lora",
+        "fine_tune_type": spec.fine_tune_type,
         "model": str(model_path),
         "num_layers": spec.lora.layers,
-        "lora_parameters": {"rank": spec.lora.rank, "scale": spec.lora.scale, "dropout": spec.lora.dropout},
+        "lora_parameters": lora_parameters,
         "farense": {"name": spec.name, "alpha": spec.lora.alpha},
     }
 

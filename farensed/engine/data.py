@@ -25,12 +25,12 @@ class TokenizedSet:
         return len(self.tokens)
 
 
-def tokenize_file(path: Path, tokenizer, max_seq_length: int) -> TokenizedSet:
-    """Tokenize with mlx-lm's own dataset classes (chat, completions, text), prompt masked."""
+def tokenize_file(path: Path, tokenizer, max_seq_length: int, mask_prompt: bool = True) -> TokenizedSet:
+    """Tokenize with mlx-lm's own dataset classes (chat, completions, text), prompt masked unless told not to."""
     from mlx_lm.tuner.datasets import create_dataset
 
     records = read_jsonl(path)
-    dataset = create_dataset(records, tokenizer, types.SimpleNamespace(mask_prompt=True))
+    dataset = create_dataset(records, tokenizer, types.SimpleNamespace(mask_prompt=mask_prompt))
     tokens, offsets = [], []
     for i in range(len(dataset)):
         toks, offset = dataset.process(dataset[i])

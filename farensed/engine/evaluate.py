@@ -19,6 +19,7 @@ from farensed.analysis.textmetrics import aggregate, exact_match, token_f1
 from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
 from farensed.digest import sha256_file
 from farensed.errors import FarenseError, SpecError
+from farensed.hub import resolve_model
 from farensed.jsonl import parse_lines, read_jsonl
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
@@ -110,7 +111,7 @@ class Evaluator:
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
-        model, tokenizer = load(str(self.ws.resolve(self.spec.model)))
+        model, tokenizer = load(str(resolve_model(self.spec.model, self.ws)))
         for tag in MODELS:
             if tag == "adapters":
                 load_adapters(model, str(self.adapters))

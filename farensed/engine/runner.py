@@ -10,9 +10,7 @@ from farensed.workspace import Workspace
 
 
 def configure_environment() -> None:
-    """Nothing may be downloaded at run time; models are local folders."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Quiet tokenizers, headless plots. Offline mode stays the user's choice (HF_HUB_OFFLINE)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -21,6 +19,10 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal."""
     configure_environment()
     ws = Workspace.at(home)
+    from farensed import console
+    from farensed.presubmit import prepare
+
+    prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
 
@@ -32,6 +34,11 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
             evaluate_spec(spec, ws)
+        if spec.fuse:
+            from farensed import console
+            from farensed.engine.fuse import fuse_job
+
+            fuse_job(spec, ws, console.say)
         print_final_analysis(ws.run_dir(spec.name))
         if spec.success is not None:
             print_success(spec, ws.run_dir(spec.name))

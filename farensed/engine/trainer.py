@@ -30,6 +30,7 @@ from farensed.engine.data import TokenizedSet, collate, epoch_order, length_sort
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
+from farensed.hub import resolve_model
 from farensed.spec import JobSpec
 from farensed.workspace import Workspace
 
@@ -72,7 +73,7 @@ class Trainer:
     def __init__(self, spec: JobSpec, ws: Workspace, fresh: bool = False):
         self.spec, self.ws = spec, ws
         self.run_dir = ws.run_dir(spec.name)
-        self.model_path = ws.resolve(spec.model)
+        self.model_path = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
         self.fresh = fresh
         self.stop = StopRequest()
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
@@ -80,10 +81,9 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        import mlx.core as mx
-        import mlx.optimizers as optim
         from mlx_lm import load
-        from mlx_lm.tuner.utils import linear_to_lora_layers
+
+        from farensed.engine.optim import apply_fine_tune_type, build_optimizer
 
         spec = self.spec
         console.say("\nA carregar modelo e dados...")
@@ -93,8 +93,8 @@ class Trainer:
         train_path, valid_path = self.ws.resolve(spec.data.train), self.ws.resolve(spec.data.valid)
         self.data_digests = {"train": sha256_file(train_path), "valid": sha256_file(valid_path)}
         console.say("\nA tokenizar...")
-        self.train_set = tokenize_file(train_path, self.tokenizer, spec.max_seq_length)
-        self.valid_set = tokenize_file(valid_path, self.tokenizer, spec.max_seq_length)
+        self.train_set = tokenize_file(train_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt)
+        self.valid_set = tokenize_file(valid_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt)
         console.say(f"Amostras de treino: {len(self.train_set)}")
         console.say(f"Amostras de validação: {len(self.valid_set)}")
         console.say(f"✅ Tokens de treino: {sum(map(len, self.train_set.tokens))}")
@@ -103,19 +103,8 @@ class Trainer:
         if truncated:
             console.say(f"⚠  {truncated} exemplos mais longos que max_seq_length={spec.max_seq_length} foram truncados")
         self._make_batches()
-
-        if spec.lora.layers > len(self.model.layers):
-            console.say(
-                f"ℹ  lora.layers = {spec.lora.layers} > {len(self.model.layers)} camadas do modelo: todas são adaptadas"
-            )
-        mx.random.seed(spec.seed)  # LoRA's initial weights
-        self.model.freeze()
-        linear_to_lora_layers(
-            self.model,
-            spec.lora.layers,
-            {"rank": spec.lora.rank, "scale": spec.lora.scale, "dropout": spec.lora.dropout},
-        )
-        self.optimizer = optim.Adam(learning_rate=spec.learning_rate)
+        apply_fine_tune_type(self.model, spec, self.ws, console.say)  # lora | dora | full (+ resume_adapter_file)
+        self.optimizer = build_optimizer(spec)
 
     def _make_batches(self) -> None:
         """Batches are fixed (only their order changes per epoch): pad and convert each once.
@@ -130,8 +119,11 @@ class Trainer:
             spec.batch_size,
             drop_last=False,
         )
+        if spec.val_batches and spec.val_batches > 0:
+            valid_batches = valid_batches[: spec.val_batches]
         self.steps_per_epoch = len(train_batches)
-        self.total_steps = self.steps_per_epoch * spec.epochs
+        self.total_steps = spec.iters or self.steps_per_epoch * spec.epochs
+        self.epochs_total = -(-self.total_steps // self.steps_per_epoch)
         self.train_arrays = [collate(self.train_set, b[rank::size], spec.max_seq_length) for b in train_batches]
         self.valid_arrays = [
             collate(self.valid_set, b, spec.max_seq_length) for i, b in enumerate(valid_batches) if i % size == rank
@@ -165,15 +157,16 @@ class Trainer:
     def _checkpoint_tensors(self, path: Path) -> tuple[dict, dict]:
         """Adapters and optimizer state of a checkpoint; rank 0 reads them and broadcasts them."""
         import mlx.core as mx
-        import mlx.optimizers as optim
         from mlx.utils import tree_flatten
+
+        from farensed.engine.optim import build_optimizer
 
         if self.world.is_main:
             adapters = mx.load(str(path / "adapters.safetensors"))
             optimizer_state = mx.load(str(path / "optimizer.safetensors"))
         else:  # tensors of the right shapes, to receive rank 0's (other hosts have no checkpoint files)
             adapters = self._adapter_weights()
-            scratch = optim.Adam(learning_rate=self.spec.learning_rate)
+            scratch = build_optimizer(self.spec)
             scratch.init(self.model.trainable_parameters())
             optimizer_state = dict(tree_flatten(scratch.state))
         return self.world.broadcast_arrays(adapters), self.world.broadcast_arrays(optimizer_state)
@@ -187,6 +180,10 @@ class Trainer:
         from mlx_lm.tuner.trainer import default_loss
 
         model, optimizer = self.model, self.optimizer
+        if self.spec.grad_checkpoint:
+            from farensed.engine.optim import enable_grad_checkpoint
+
+            enable_grad_checkpoint(model)
         loss_and_grad = nn.value_and_grad(model, default_loss)
         self.state = [model.state, optimizer.state, mx.random.state]
 
@@ -274,9 +271,11 @@ class Trainer:
         import mlx.core as mx
 
         from farensed.engine.distributed import World
+        from farensed.engine.optim import clear_cache, set_wired_limit
 
         spec = self.spec
         self.world = World()
+        set_wired_limit()
         console.say(console.banner(spec))
         console.say(startup.device_line())
         self._load()
@@ -304,7 +303,7 @@ class Trainer:
         while progress.step < self.total_steps and progress.stop_reason is None:
             epoch, start_index = divmod(progress.step, self.steps_per_epoch)
             if start_index == 0 or first:
-                console.say(console.epoch_header(epoch, spec.epochs))
+                console.say(console.epoch_header(epoch, self.epochs_total))
             first = False
             order = epoch_order(self.steps_per_epoch, spec.seed, epoch)
             bar = tqdm(
@@ -319,13 +318,15 @@ class Trainer:
                 tic = time.perf_counter()
                 mx.random.seed(step_seed(spec.seed, progress.step, rank))
                 in_group = index % spec.grad_accumulation + 1
-                boundary = in_group == spec.grad_accumulation or index + 1 == self.steps_per_epoch
+                last = progress.step + 1 == self.total_steps  # an `iters` budget may end mid-epoch
+                boundary = in_group == spec.grad_accumulation or index + 1 == self.steps_per_epoch or last
                 batch, lengths = self.train_arrays[order[index]]
                 loss, toks, grad = micro_step(batch, lengths, grad, boundary, in_group)
                 if self.world.size > 1:  # the global batch's loss, token-weighted over ranks
                     loss_sum, toks = self.world.all_sum(mx.stack([loss * toks, toks.astype(mx.float32)]))
                     loss = loss_sum / toks
                 mx.eval(self.state, loss, toks, grad)
+                clear_cache(spec.clear_cache_threshold)
                 progress.step += 1
                 loss, toks = loss.item(), int(toks.item())
                 for attr in ("window", "group"):
@@ -354,7 +355,7 @@ class Trainer:
                 if (
                     progress.stop_reason
                     or boundary
-                    and (progress.step % spec.save_every == 0 or index + 1 == self.steps_per_epoch or stop_now)
+                    and (progress.step % spec.save_every == 0 or index + 1 == self.steps_per_epoch or stop_now or last)
                 ):
                     finished = progress.stop_reason is not None or progress.step == self.total_steps
                     self.checkpoint(progress, stopper, metrics, finished)
@@ -362,7 +363,7 @@ class Trainer:
                         bar.close()
                         console.say(console.interrupted(self.stop.signum))
                         return EXIT_RESUMABLE
-                if progress.stop_reason:
+                if progress.stop_reason or last:
                     break
             bar.close()
         if progress.stop_reason == "early_stopping":
@@ -430,6 +431,10 @@ class Trainer:
     # ---- the end ----------------------------------------------------------------------------------------
     def finish(self, stop_reason: str, already: bool = False) -> int:
         """Summary, plot and output/<name>/ (rank 0); the runner prints the final analysis."""
+        if self.world.is_main and self.spec.data.test:
+            from farensed.engine.testset import evaluate_test_set
+
+            evaluate_test_set(self)
         if self.world.is_main:
             finish_run(
                 self.ws,

@@ -140,7 +140,7 @@ class Daemon:
         log = open(self.queue.log_path(job.id), "ab")
         log.write(f"\n=== farensed: job {job.id}, tentativa {job.attempts}, {now_iso()} ===\n".encode())
         log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         popen = subprocess.Popen(
             [sys.executable, "-m", "farensed.queue.child", "--home", str(self.ws.root), "--job-dir", str(job_dir)]
             + (["--fresh"] if fresh else []),

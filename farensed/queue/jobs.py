@@ -23,7 +23,7 @@ from farensed.engine.distributed import world_size
 from farensed.engine.resume import check_resumable
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
-from farensed.spec import load_spec, parse_not_before
+from farensed.spec import load_spec, parse_not_before, spec_bytes
 from farensed.workspace import Workspace
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
@@ -195,7 +195,7 @@ class Queue:
                 return None  # someone else ingested it first
             try:
                 spec = load_spec(path, self.ws)
-                job = self._create(path.read_bytes(), spec, path.name, overrides or {})
+                job = self._create(spec_bytes(path), spec, path.name, overrides or {})
             except SpecError as exc:
                 self._reject(path, str(exc))
                 if overrides is not None:
@@ -234,8 +234,8 @@ class Queue:
         self._check_overrides(spec_path, spec, overrides)
         if not overrides.get("fresh"):
             check_resumable(spec, self.ws)  # a run it cannot resume: refused now, with the diff and --fresh
-        data = spec_path.read_bytes()
-        name = f".submit-{os.getpid()}-{spec_path.name}"
+        data = spec_bytes(spec_path)  # a YAML config is queued as its JSON spec
+        name = f".submit-{os.getpid()}-{spec_path.stem}.json"
         with self.lock:
             atomic_write_bytes(self.inbox / name, data)
             job = self.ingest(self.inbox / name, overrides)

@@ -105,7 +105,7 @@ def start_background(ws: Workspace, timeout: float = 10.0) -> int:
         return pid
     ws.jobs.mkdir(parents=True, exist_ok=True)
     log = open(ws.jobs / "farensed.log", "ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "farensed.queue.main", "--home", str(ws.root)],
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,180 @@
+"""`mlx_lm lora -c config.yaml` files read as farense job specs (no mlx import: the daemon and CLI use this).
+
+A key missing from the YAML means what it means to `mlx_lm lora`: its default (mlx_lm/lora.py CONFIG_DEFAULTS),
+not farense's V2 default. Keys farense also knows (name, epochs, early_stopping, ...) may be added to the YAML.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from farensed.errors import SpecError
+
+# mlx_lm/lora.py CONFIG_DEFAULTS (mlx-lm 0.32) for the keys farense maps; tests check them against mlx-lm's own
+MLX_DEFAULTS = {
+    "fine_tune_type": "lora",
+    "optimizer": "adam",
+    "seed": 0,
+    "num_layers": 16,
+    "batch_size": 4,
+    "iters": 1000,
+    "val_batches": 25,
+    "learning_rate": 1e-5,
+    "steps_per_eval": 200,
+    "save_every": 100,
+    "test_batches": 500,
+    "max_seq_length": 2048,
+    "grad_checkpoint": False,
+    "grad_accumulation_steps": 1,
+    "clear_cache_threshold": 0,
+    "lora_parameters": {"rank": 8, "dropout": 0.0, "scale": 20.0},
+    "mask_prompt": False,
+}
+
+RENAMED = {"steps_per_eval": "eval_every", "grad_accumulation_steps": "grad_accumulation"}
+SAME = (
+    "model fine_tune_type optimizer optimizer_config seed batch_size iters val_batches learning_rate save_every "
+    "test_batches max_seq_length grad_checkpoint clear_cache_threshold lr_schedule mask_prompt resume_adapter_file"
+).split()
+# keys whose mlx-lm meaning farense already covers, or that only shape mlx-lm's own console/launch
+ACCEPTED = ("train", "test", "data", "num_layers", "lora_parameters", "adapter_path", "steps_per_report", "config")
+# key -> the only values farense can honour (mlx-lm's defaults), and why
+ONLY = {
+    "report_to": ((None, ""), "as métricas ficam em training_metrics.jsonl; wandb/swanlab não são suportados"),
+    "project_name": ((None, ""), "só serve a report_to"),
+    "trust_remote_code": ((False,), "o farense não executa código do repositório do modelo"),
+    "training_mode": (("normal",), "só o treino supervisionado normal (não DPO/ORPO)"),
+}
+LORA_KEYS = ("rank", "scale", "alpha", "dropout", "keys")
+
+
+def _yaml_loader():
+    """A SafeLoader that reads 1e-5 as a float, as mlx_lm/lora.py's loader does (plain YAML reads a string)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def is_yaml(path: Path) -> bool:
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def read_yaml(path: Path) -> Any:
+    """Decode a YAML file; a syntax error is one line with its line and column."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: não foi possível ler ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.load(text, _yaml_loader())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" na linha {mark.line + 1}, coluna {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}: YAML inválido{where}: {problem}") from None
+
+
+def _lora(config: dict, label: str) -> dict:
+    params = config.get("lora_parameters", MLX_DEFAULTS["lora_parameters"])
+    if not isinstance(params, dict):
+        raise SpecError(f"{label}: lora_parameters deve ser um objeto {{rank, scale, dropout, keys}}")
+    for key in params:
+        if key not in LORA_KEYS:
+            raise _unknown(key, list(LORA_KEYS), f"{label}: lora_parameters")
+    lora = {k: v for k, v in MLX_DEFAULTS["lora_parameters"].items() if k != "scale" or "alpha" not in params}
+    lora.update({k: v for k, v in params.items() if v is not None})
+    lora["layers"] = config.get("num_layers", MLX_DEFAULTS["num_layers"])
+    return lora
+
+
+def _data(config: dict, label: str) -> dict:
+    folder = config.get("data")
+    if not isinstance(folder, str) or not folder:
+        raise SpecError(f"{label}: data deve ser a pasta com train.jsonl, valid.jsonl e test.jsonl")
+    if "hf_dataset" in config:
+        raise SpecError(f"{label}: hf_dataset não é suportado; use uma pasta local em 'data'")
+    data = {"train": f"{folder.rstrip('/')}/train.jsonl", "valid": f"{folder.rstrip('/')}/valid.jsonl"}
+    if config.get("test"):
+        data["test"] = f"{folder.rstrip('/')}/test.jsonl"
+    return data
+
+
+def _unknown(key: str, known: list[str], where: str) -> SpecError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (quis dizer '{close[0]}'?)" if close else ""
+    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+
+
+def to_spec(config: Any, label: str, default_name: str) -> dict:
+    """Map an mlx-lm config onto an equivalent farense spec (a plain dict, before parse_spec checks it)."""
+    from farensed.spec import JobSpec
+
+    if not isinstance(config, dict):
+        raise SpecError(f"{label}: deve ser um mapa YAML de opções do mlx_lm lora")
+    farense_keys = [f for f in JobSpec.__dataclass_fields__ if f not in ("lora", "data")]
+    known = sorted(set(SAME) | set(RENAMED) | set(ACCEPTED) | set(ONLY) | set(farense_keys) | {"hf_dataset"})
+    for key, value in config.items():
+        if key not in known:
+            raise _unknown(key, known, label)
+        if key in ONLY and value not in ONLY[key][0]:
+            raise SpecError(f"{label}: {key}: {value!r} não é suportado ({ONLY[key][1]})")
+    if config.get("train") is False:
+        raise SpecError(f"{label}: train: false (só teste) não é suportado; um job do farense treina")
+    spec: dict[str, Any] = {"name": config.get("name") or _name(config, default_name)}
+    for key in SAME:
+        value = config.get(key, MLX_DEFAULTS.get(key))
+        if value is not None:
+            spec[key] = value
+    for src, dst in RENAMED.items():
+        spec[dst] = config.get(src, MLX_DEFAULTS[src])
+    if "epochs" in config:
+        spec.pop("iters")  # a farense key added to the YAML replaces mlx-lm's default budget
+    if isinstance(spec.get("optimizer_config"), dict):  # mlx-lm lists every optimizer, mostly empty
+        spec["optimizer_config"] = {k: v for k, v in spec["optimizer_config"].items() if v} or None
+        if spec["optimizer_config"] is None:
+            del spec["optimizer_config"]
+    spec["lora"] = _lora(config, label)
+    spec["data"] = _data(config, label)
+    # mlx_lm lora neither stops early nor runs a generation evaluation: the equivalent job does not either
+    spec["early_stopping"] = False
+    spec["evaluate"] = False
+    for key in farense_keys:
+        if key in config and key not in SAME:
+            spec[key] = config[key]
+    return spec
+
+
+def _name(config: dict, default_name: str) -> str:
+    """The job name: the YAML's `name`, else adapter_path's last folder, else the file's stem."""
+    adapter_path = config.get("adapter_path")
+    if isinstance(adapter_path, str) and adapter_path.strip("/") and adapter_path.strip("/") != "adapters":
+        return Path(adapter_path.strip("/")).name
+    return default_name
+
+
+def read_config(path: Path) -> dict:
+    """A YAML config file as the equivalent farense spec dict."""
+    path = Path(path)
+    return to_spec(read_yaml(path), str(path), re.sub(r"[^A-Za-z0-9._-]", "-", path.stem) or "job")

@@ -1,0 +1,31 @@
+"""What `submit` and `run` do with a spec before it is queued or trained, in the user's own process.
+
+A Hub model is brought into the HF cache (with a progress bar), and an `optimizer_config` or `lr_schedule` is built
+once with mlx-lm's own code, so that a wrong argument is one line now rather than a failed job later (mlx is imported
+only for such specs; the daemon never calls this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from farensed.errors import SpecError
+
+
+def prepare(spec_path: Path, ws, say) -> None:
+    """Fetch the spec's Hub model; try its optimizer and schedule. Other problems are load_spec's to report."""
+    from farensed.hub import fetch_spec_model
+    from farensed.spec import parse_spec, read_spec_file
+
+    fetch_spec_model(Path(spec_path), ws, say)
+    try:
+        spec = parse_spec(read_spec_file(Path(spec_path)), str(spec_path))
+    except SpecError:
+        return  # reported, with the same words, by the full validation that follows
+    if spec.optimizer_config or spec.lr_schedule:
+        from farensed.engine.optim import build_optimizer
+
+        try:
+            build_optimizer(spec)
+        except SpecError as exc:
+            raise SpecError(f"{spec_path}: {exc}") from None

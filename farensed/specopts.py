@@ -1,0 +1,107 @@
+"""Validation of the spec keys of mlx_lm lora's options (value sets, mlx-lm's schedule and optimizer forms)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from farensed.errors import SpecError
+
+FINE_TUNE_TYPES = ("lora", "dora", "full")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
+SCHEDULES = ("cosine_decay", "exponential_decay", "linear_schedule", "step_decay")  # mlx.optimizers.schedulers
+
+
+def unknown_key(key: str, known: list[str], where: str) -> SpecError:
+    """One line naming an unknown key and the nearest valid one."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f" (quis dizer '{close[0]}'?)" if close else f" (chaves válidas: {', '.join(known)})"
+    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+
+
+def _choice(options: tuple):
+    def check(value: Any, where: str) -> str:
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+            hint = f" (quis dizer '{close[0]}'?)" if close else ""
+            raise SpecError(f"{where}: '{value}' desconhecido{hint}; valores válidos: {', '.join(options)}")
+        return value
+
+    return check
+
+
+def _check_optimizer_config(value: Any, where: str) -> dict:
+    """mlx-lm's form: {optimizer name: {argument: value}}; only the chosen optimizer's entry is used."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: deve ser um objeto {{otimizador: {{argumento: valor}}}}, como no mlx-lm")
+    for name, args in value.items():
+        _choice(OPTIMIZERS)(name, where)
+        if not isinstance(args, dict):
+            raise SpecError(f"{where}.{name}: deve ser um objeto {{argumento: valor}}")
+    return value
+
+
+def _check_schedule(value: Any, where: str) -> dict:
+    """mlx-lm's lr_schedule: name, arguments (passed to the scheduler), warmup, warmup_init."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: deve ser um objeto {{name, arguments, warmup, warmup_init}}")
+    known = ["name", "arguments", "warmup", "warmup_init"]
+    for key in value:
+        if key not in known:
+            raise unknown_key(key, known, where)
+    if "name" not in value:
+        raise SpecError(f"{where}: falta 'name' ({', '.join(SCHEDULES)})")
+    _choice(SCHEDULES)(value["name"], f"{where}.name")
+    args = value.get("arguments")
+    if not isinstance(args, list) or not args or not all(_is_number(a) for a in args):
+        raise SpecError(f"{where}: 'arguments' deve ser uma lista não vazia de números (ex.: [1e-5, 1000, 1e-7])")
+    warmup = value.get("warmup", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise SpecError(f"{where}.warmup: deve ser inteiro ≥ 0")
+    if not _is_number(value.get("warmup_init", 0.0)):
+        raise SpecError(f"{where}.warmup_init: deve ser número")
+    return value
+
+
+def _check_fuse(value: Any, where: str) -> Any:
+    """false, true, or {"dequantize": bool, "export_gguf": bool}."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise SpecError(f'{where}: deve ser true/false ou {{"dequantize": ..., "export_gguf": ...}}')
+    for key, item in value.items():
+        if key not in ("dequantize", "export_gguf"):
+            raise unknown_key(key, ["dequantize", "export_gguf"], where)
+        if not isinstance(item, bool):
+            raise SpecError(f"{where}.{key}: deve ser true/false")
+    return value
+
+
+def _check_keys(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) and k for k in value):
+        raise SpecError(f'{where}: deve ser uma lista de nomes de módulos (ex.: ["self_attn.q_proj"])')
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+CUSTOM = {
+    "fine_tune_type": _choice(FINE_TUNE_TYPES),
+    "optimizer": _choice(OPTIMIZERS),
+    "optimizer_config": _check_optimizer_config,
+    "lr_schedule": _check_schedule,
+    "fuse": _check_fuse,
+    "lora.keys": _check_keys,
+}
+
+
+def exclusive_keys(raw: Any, label: str) -> None:
+    """Pairs of keys of which a spec gives at most one (the same budget or scale said twice)."""
+    if not isinstance(raw, dict):
+        return
+    for section, a, b in (("", "epochs", "iters"), ("lora.", "alpha", "scale")):
+        obj = raw.get(section.rstrip("."), {}) if section else raw
+        if isinstance(obj, dict) and a in obj and b in obj:
+            raise SpecError(f"{label}: dê só uma de '{section}{a}' e '{section}{b}', não as duas")
