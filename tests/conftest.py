@@ -18,7 +18,8 @@ CACHE = Path(os.environ.get("FARENSE_TEST_CACHE", Path(__file__).parent / ".cach
 def pytest_collection_modifyitems(items):
     """Two layers: a test that uses the tiny model (directly or through a fixture) is `e2e`, any other `fast`."""
     for item in items:
-        uses_model = "tiny_model" in getattr(item, "fixturenames", ())
+        # a test that picks its model at run time (request.getfixturevalue) says so with an explicit e2e mark
+        uses_model = item.get_closest_marker("e2e") or "tiny_model" in getattr(item, "fixturenames", ())
         item.add_marker(pytest.mark.e2e if uses_model else pytest.mark.fast)
 
 

@@ -53,6 +53,7 @@ def assert_same_run(a, b):
     assert deterministic_summary(a / RUN) == deterministic_summary(b / RUN)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_killed_twice_at_random_moments_ends_identical_to_an_uninterrupted_run(tmp_path, request, kind):
     spec = SPECS[kind]

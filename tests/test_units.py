@@ -56,9 +56,9 @@ def test_early_stopping_counts_patience_and_keeps_the_best():
 
 
 def test_metrics_files_agree_and_read_last_reads_from_the_end(tmp_path):
-    log = MetricsLog(tmp_path, flush_every_s=0)
+    log = MetricsLog(tmp_path, flush_every_s=3600)
     for step in range(1, 2001):
-        log.append({"step": step, "epoch": 0, "loss": 1.0 / step})
+        log.append({"step": step, "epoch": 0, "loss": 1.0 / step}, force_flush=step % 500 == 0)
     assert read_json(tmp_path / "training_metrics.json")[-1]["step"] == 2000
     assert [r["step"] for r in read_last(tmp_path, 3)] == [1998, 1999, 2000]
     assert len(read_all(tmp_path)) == 2000
