@@ -34,11 +34,24 @@ def configure_logging() -> None:
 @click.option(
     "--stop-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the child's checkpoint."
 )
+@click.option(
+    "--recovery-backoff",
+    envvar="FARENSE_RECOVERY_BACKOFF",
+    default="10,30,120,300,600",
+    show_default=True,
+    help="Seconds to wait before restarting a lost child, per recovery; the last is the cap "
+    "[env FARENSE_RECOVERY_BACKOFF].",
+)
 @click.version_option(package_name="farense")
-def cli(home, burst, poll, rescan, min_available_mb, stop_timeout):
+def cli(home, burst, poll, rescan, min_available_mb, stop_timeout, recovery_backoff):
     """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
+    from farensed.queue.backoff import parse_schedule
     from farensed.queue.daemon import Daemon
 
+    try:
+        schedule = parse_schedule(recovery_backoff)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--recovery-backoff") from None
     configure_logging()
     daemon = Daemon(
         Workspace.at(home),
@@ -46,6 +59,7 @@ def cli(home, burst, poll, rescan, min_available_mb, stop_timeout):
         rescan_interval=rescan,
         min_available_mb=min_available_mb,
         stop_timeout=stop_timeout,
+        recovery_backoff=schedule,
     )
     try:
         sys.exit(daemon.work(burst=burst))
