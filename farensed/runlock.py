@@ -67,13 +67,13 @@ def busy_message(run_dir: Path, info: dict | None) -> str:
 
 
 def sweep_temps(folder: Path) -> list[Path]:
-    """Remove temp files/folders left in `folder` by a dead writer (only safe while holding its run's lock)."""
+    """Remove temp files/folders left in `folder` by writers that are dead (a temp is never user data)."""
     removed = []
     if not Path(folder).is_dir():
         return removed
     for entry in Path(folder).iterdir():
         m = TEMP_RE.match(entry.name)
-        if not m or int(m.group(1)) == os.getpid():
+        if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

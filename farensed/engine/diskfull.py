@@ -7,6 +7,7 @@ one stays the newest valid; resuming after space is freed continues from it exac
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 from farensed.engine.checkpoint import newest_valid
@@ -28,9 +29,18 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "Unable to write" in str(exc)
 
 
+def _real_name(path: Path) -> str:
+    """`.x.tmp-PID` → x; a file inside a checkpoint's temp folder keeps the checkpoint's name."""
+    parts = []
+    for part in (Path(path).parent.name, Path(path).name):
+        m = re.match(r"^\.(.+)\.tmp-\d+$", part)
+        parts.append(m.group(1) if m else part)
+    return "/".join(parts) if parts[0].startswith("checkpoint_") else parts[1]
+
+
 def disk_full_error(exc: BaseException, run_dir: Path) -> DiskFullError:
     """The one line a user sees: what failed, which checkpoint the next run resumes from."""
-    what = f" ao gravar {Path(exc.filename).name}" if isinstance(exc, OSError) and exc.filename else ""
+    what = f" ao gravar {_real_name(exc.filename)}" if isinstance(exc, OSError) and exc.filename else ""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     found = newest_valid(Path(run_dir), lambda _msg: None)
     where = (

@@ -28,7 +28,7 @@ from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
 from farensed.queue.wake import Waker
-from farensed.runlock import holder
+from farensed.runlock import holder, sweep_temps
 from farensed.workspace import Workspace
 
 PID_FILE = "daemon.pid"
@@ -125,6 +125,9 @@ class Daemon:
         The pid in job.json, the child's own record (child.json) and the run lock's holder are all asked before a
         job is called lost, so a daemon that died while starting a child never leads to a second trainer.
         """
+        with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept
+            for folder in [self.ws.jobs, *(self.queue.job_dir(i) for i in self.queue.ids())]:
+                sweep_temps(folder)
         for job in self.queue.jobs():
             if job.status is not JobStatus.RUNNING:
                 continue
