@@ -19,13 +19,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import psutil
+
+from bench.chaos_watch import Watcher
 
 REPO = Path(__file__).resolve().parents[1]
 # Two configurations (the name does not enter the computation: jobs of one config end with the same tensors).
@@ -86,54 +87,6 @@ def references(root: Path, model: Path) -> dict[str, Path]:
             raise RuntimeError(f"reference run {config} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         out[config] = root / "output" / f"ref-{config}" / "adapters.safetensors"
     return out
-
-
-class Watcher(threading.Thread):
-    """Samples the workspace's processes: how many trainers (children past their start-up) live at once."""
-
-    def __init__(self, root: Path, interval: float = 0.05):
-        super().__init__(daemon=True)
-        self.root, self.interval = str(root), interval
-        self.max_trainers, self.samples, self.violations = 0, 0, []
-        self.started: set[tuple[int, float]] = set()
-        self.stop_event = threading.Event()
-
-    def _children(self) -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            cmd = proc.info["cmdline"] or []
-            if "farensed.queue.child" in cmd and self.root in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        return found
-
-    def _is_trainer(self, proc: psutil.Process, cmd: list[str]) -> bool:
-        """Past the start-up handshake: it recorded itself in child.json or holds a run lock."""
-        key = (proc.pid, proc.create_time())
-        if key in self.started:
-            return True
-        job_dir = Path(cmd[cmd.index("--job-dir") + 1])
-        try:
-            if orjson.loads((job_dir / "child.json").read_bytes()).get("pid") == proc.pid:
-                self.started.add(key)
-                return True
-            if any(f.path.endswith(".lock") and "checkpoints_qlora" in f.path for f in proc.open_files()):
-                self.started.add(key)
-                return True
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return False
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                trainers = [p.pid for p in self._children() if self._is_trainer(p, p.info["cmdline"])]
-            except psutil.Error:
-                trainers = []
-            self.samples += 1
-            self.max_trainers = max(self.max_trainers, len(trainers))
-            if len(trainers) > 1:
-                self.violations.append((time.time(), trainers))
-            self.stop_event.wait(self.interval)
 
 
 @dataclass

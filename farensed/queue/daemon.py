@@ -23,7 +23,8 @@ from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
 from farensed.exitfile import EXIT_FILE
 from farensed.queue import backoff
-from farensed.queue.child import CHILD_FILE, FRESH_DONE
+from farensed.queue.adopt import find_child
+from farensed.queue.child import FRESH_DONE
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
@@ -131,7 +132,7 @@ class Daemon:
         for job in self.queue.jobs():
             if job.status is not JobStatus.RUNNING:
                 continue
-            found = self._find_child(job)
+            found = find_child(self.queue, job)
             if found:
                 pid, started = found
                 if pid != job.pid:
@@ -145,22 +146,6 @@ class Daemon:
             if code is None:
                 kill_orphans(job.pid)  # ranks of a launcher that died with the daemon must not train on
             self.settle(job.id, code, reason=None if code is not None else "perdido enquanto o farensed não corria")
-
-    def _find_child(self, job: Job) -> tuple[int, float | None] | None:
-        """The live process training this job: its recorded pid, its own child.json, or the run lock's holder."""
-        candidates = [(job.pid, job.pid_create_time)]
-        try:
-            record = read_json(self.queue.job_dir(job.id) / CHILD_FILE)
-            candidates.append((record.get("pid"), record.get("create_time")))
-        except (OSError, ValueError, AttributeError):
-            pass
-        info = holder(self.ws.run_dir(job.name))
-        if info and info.get("job_id") == job.id:
-            candidates.append((info.get("pid"), info.get("create_time")))
-        for pid, started in candidates:
-            if pid and started is not None and process_alive(pid, started):
-                return pid, started
-        return None
 
     # ---- one job ---------------------------------------------------------------------------------------
     def start(self, job: Job) -> None:
