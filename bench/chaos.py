@@ -318,6 +318,13 @@ def soak(
 RESULTS_START, RESULTS_END = "<!-- chaos -->", "<!-- /chaos -->"
 
 
+def machine() -> str:
+    import platform
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return f"{platform.system()} {platform.machine()}, {psutil.cpu_count()} cores (load {load:.1f} at the end)"
+
+
 def write_results(figures: dict) -> None:
     """Replace the chaos section of bench/RESULTS.md (kept above the table the full bench rewrites)."""
     import datetime as dt
@@ -330,7 +337,10 @@ def write_results(figures: dict) -> None:
         f"Date: {dt.date.today()}, seed {figures.get('seed', 0)}. {figures['kills_total']} kills survived "
         f"(kill -9 daemon {k['kill9-daemon']}, kill -9 child {k['kill9-child']}, SIGTERM daemon "
         f"{k['sigterm-daemon']}, two SIGTERMs to the daemon {k['double-sigterm-daemon']}, SIGTERM child "
-        f"{k['sigterm-child']}); {figures['daemons_started']} daemons started.\n\n"
+        f"{k['sigterm-child']}); {figures['daemons_started']} daemons started. Machine: {machine()}.\n"
+        f"Problems found: {len(figures['problems'])} (each job ended exactly once in the daemon logs, in its expected "
+        "state, attempt log increasing; done jobs' adapters equal, tensor for tensor, to an uninterrupted run of "
+        "the same configuration; a watcher sampled the workspace's processes all along).\n\n"
         "| jobs | done | cancelled | attempts | recoveries | adapters compared | divergences | "
         "max trainers at once | orphans | temp files |\n|---|---|---|---|---|---|---|---|---|---|\n"
         f"| {figures['jobs']} | {figures['done']} | {figures['cancelled']} | {figures['attempts']} | "
