@@ -311,11 +311,14 @@ def test_daemon_starts_a_child_that_records_itself_and_settles_it(q, daemon):
     assert final.state == "failed" and final.exit_code == 2 and "model" in final.error
 
 
-def test_kill_orphans_spares_processes_that_are_not_ours(procs):
-    other = sleeper("sleep", "60")  # its own group, not farensed's
-    procs.append(other)
-    assert kill_orphans(other.pid) == 1
-    time.sleep(0.2)
+def test_kill_orphans_kills_only_this_workspaces_processes(procs, tmp_path):
+    other = sleeper("sleep", "60")  # its own group, not this workspace's
+    ours = sleeper(sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path / "ws"))
+    procs += [other, ours]
+    assert kill_orphans(other.pid, str(tmp_path / "ws")) == 0
+    assert kill_orphans(ours.pid, str(tmp_path / "ws")) == 1
+    assert ours.wait(timeout=10) == -signal.SIGKILL
+    time.sleep(0.1)
     assert process_alive(other.pid, None)
 
 

@@ -144,7 +144,9 @@ class Daemon:
                 continue
             code = self.queue.read_exit(job.id)
             if code is None:
-                kill_orphans(job.pid)  # ranks of a launcher that died with the daemon must not train on
+                kill_orphans(
+                    job.pid, str(self.ws.root)
+                )  # ranks of a launcher that died with the daemon must not train on
             self.settle(job.id, code, reason=None if code is not None else "perdido enquanto o farensed não corria")
 
     # ---- one job ---------------------------------------------------------------------------------------
@@ -181,7 +183,10 @@ class Daemon:
             start_new_session=True,  # own process group: survives the daemon, gets signals only from us
         )
         log.close()
-        started = create_time(popen.pid)
+        try:
+            started = create_time(popen.pid)
+        except psutil.Error:
+            started = None  # it could not even start Python; poll_current settles it
         self.queue.update(job.id, pid=popen.pid, pid_create_time=started)
         self._go(popen)  # only now may the child touch the run: its pid is on disk
         self.current = Running(

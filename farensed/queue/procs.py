@@ -76,17 +76,21 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return out
 
 
-def kill_orphans(pgid: int | None) -> int:
-    """SIGKILL what is left of a lost child's own process group (it ran in its own session); count killed."""
+def kill_orphans(pgid: int | None, home: str) -> int:
+    """SIGKILL what is left of a lost child's own process group (it ran in its own session); count killed.
+
+    Only processes whose command line names this workspace (`home`): a recycled pid's group is never ours to kill.
+    """
     if not pgid:
         return 0
-    victims = [p for p in group_members(pgid) if p.pid != os.getpid()]
-    for proc in victims:
+    killed = 0
+    for proc in group_members(pgid):
         try:
-            cmd = " ".join(proc.cmdline())
+            ours = proc.pid != os.getpid() and home in " ".join(proc.cmdline())
         except psutil.Error:
             continue
-        if "farensed" in cmd or "mlx" in cmd:  # a recycled pid's group is never ours to kill
+        if ours:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-    return len(victims)
+                killed += 1
+    return killed
