@@ -48,7 +48,11 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
-                trainers = [p.pid for p in self._children() if self._is_trainer(p, p.info["cmdline"])]
+                children = self._children()
+                pids = {p.pid for p in children}
+                # A child's own fork (e.g. subprocess between fork and exec) shares its command line and open
+                # files for a moment: it is the same trainer, not a second one.
+                trainers = [p.pid for p in children if p.ppid() not in pids and self._is_trainer(p, p.info["cmdline"])]
             except psutil.Error:
                 trainers = []
             self.samples += 1
