@@ -185,3 +185,23 @@ def test_a_torn_file_leads_to_a_consistent_recovery_that_says_what_it_did(
     assert_same_adapters(reference_run / "output/t/adapters.safetensors", root / "output/t/adapters.safetensors")
     assert deterministic_metrics(reference_run / "checkpoints_qlora/t") == deterministic_metrics(run_dir)
     assert orjson.loads((run_dir / "training_state.json").read_bytes())["finished"] is True
+
+
+def test_disk_full_under_the_daemon_fails_the_job_with_one_line_and_retry_resumes(workspace):
+    job_id = submit(workspace, spec_with(epochs=1))
+    run_dir = workspace / "checkpoints_qlora/t"
+    daemon = start_daemon(workspace)
+    try:
+        wait_for(lambda: (run_dir / "checkpoint_epoch0_step8").is_dir(), timeout=120)
+        psutil.Process(queue(workspace).get(job_id).pid).rlimit(psutil.RLIMIT_FSIZE, (1024, 1024))
+        wait_for(lambda: queue(workspace).get(job_id).status.terminal, timeout=120)
+        job = queue(workspace).get(job_id)
+        assert (job.state, job.exit_code, job.recoveries) == ("failed", 1, 0)
+        assert job.error.startswith("sem espaço em disco") and "\n" not in job.error, job.error
+        assert newest_valid(run_dir, print)[0].path.name in job.error and not temp_files(run_dir)
+        queue(workspace).retry(job_id)  # space is back (a new child has no limit)
+        wait_for(lambda: queue(workspace).get(job_id).status.terminal, timeout=300)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert queue(workspace).get(job_id).state == "done"

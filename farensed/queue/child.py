@@ -9,6 +9,7 @@ writes the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wait_go and not wait_for_go():
         return 0  # the daemon died before it recorded us: the next one starts the job, we touch nothing
     record_self(job_dir, args.attempt)
-    code = 1
+    code, error = 1, None
     try:
         from farensed.runlock import RunLockedError, hold_run
         from farensed.spec import load_spec
@@ -85,14 +86,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"⚠  {exc}; o job volta à fila", flush=True)
             code = EXIT_RESUMABLE  # the daemon waits until the run is free
     except FarenseError as exc:
-        print(f"Error: {exc}", flush=True)
-        code = exc.exit_code
+        code, error = exc.exit_code, str(exc)
+        with contextlib.suppress(OSError):  # the log itself may be on the full disk
+            print(f"Error: {exc}", flush=True)
     except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
         traceback.print_exc()
         sys.stdout.flush()
         code = 1
     # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
-    write_exit_code(job_dir / EXIT_FILE, code)
+    write_exit_code(job_dir / EXIT_FILE, code, error)
     return code
 
 

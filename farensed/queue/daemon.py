@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from filelock import FileLock, Timeout
 from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
-from farensed.exitfile import EXIT_FILE
+from farensed.exitfile import EXIT_FILE, read_exit_error
 from farensed.queue import backoff
 from farensed.queue.adopt import find_child
 from farensed.queue.child import FRESH_DONE
@@ -33,6 +34,7 @@ from farensed.runlock import holder, sweep_temps
 from farensed.workspace import Workspace
 
 PID_FILE = "daemon.pid"
+FAILURE_RE = re.compile(r"(?:^|\])Error: (.+)$")  # what the child prints for a FarenseError
 
 
 def daemon_pid(ws: Workspace) -> int | None:
@@ -53,6 +55,15 @@ def last_lines(path: Path, n: int = 10) -> str:
         return ""
     lines = [line.split("\r")[-1] for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-n:])
+
+
+def failure_line(text: str) -> str:
+    """The child's one-line error (`Error: …`, e.g. `sem espaço em disco …`) when it printed one — possibly right
+    after an unfinished progress bar — else the log's last lines (a traceback)."""
+    for line in reversed(text.splitlines()):
+        if m := FAILURE_RE.search(line):
+            return m.group(1)
+    return "\n".join(text.splitlines()[-10:])
 
 
 @dataclass
@@ -242,7 +253,9 @@ class Daemon:
             changes.update(
                 state=JobStatus.FAILED.value,
                 ended_at=now_iso(),
-                error=last_lines(self.queue.log_path(job_id)) or f"código de saída {code}",
+                error=read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE)
+                or failure_line(last_lines(self.queue.log_path(job_id), 40))
+                or f"código de saída {code}",
             )
         job = self.queue.update(job_id, **changes)
         why = f", {changes['loss_reason']}" if code is None else ""
