@@ -339,7 +339,11 @@ def test_job_json_keeps_unknown_keys_defaults_missing_ones_and_is_versioned(q):
     assert again["schema_version"] == SCHEMA_VERSION + 1  # never downgraded
 
 
-@pytest.mark.parametrize("damage", [b"", b'{"id": 1, "name": "x", "sta', b"[]", b'{"id": 1, "state": "weird"}'])
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b'{"id": 1, "name": "x", "sta', b"[]", b'{"id": 1, "state": "weird"}', b'{"id": 1, "priority": "high"}']
+    + [b'{"id": 1, "retry_at": "soon"}'],
+)
 def test_unreadable_job_json_fails_that_job_only_and_list_carries_on(q, ws, damage):
     from farensed.cli.main import cli
 

@@ -100,6 +100,12 @@ class Job:
         job = cls(**values, extra={k: v for k, v in data.items() if k not in known and k != "extra"})
         if not isinstance(job.after, list):
             raise ValueError("'after' não é uma lista")
+        for key in ("priority", "max_recoveries", "world_size", "attempts", "recoveries"):
+            if type(getattr(job, key)) is not int:
+                raise ValueError(f"'{key}' não é um inteiro")
+        for key in ("not_before", "retry_at", "started_at"):
+            if getattr(job, key) is not None:
+                dt.datetime.fromisoformat(getattr(job, key))  # ValueError / TypeError name the bad value
         return job
 
 
