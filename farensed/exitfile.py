@@ -15,9 +15,12 @@ from farensed.atomic import atomic_write_json
 EXIT_FILE = "exit.json"
 
 
-def write_exit_code(path: Path, code: int) -> None:
-    """Record how a training process ended (written last: a killed process leaves none)."""
-    atomic_write_json(path, {"code": code})
+def write_exit_code(path: Path, code: int, error: str | None = None) -> None:
+    """Record how a training process ended (written last: a killed process leaves none), with its one-line error.
+
+    The error travels here too because the log may be unwritable when it matters most (a full disk).
+    """
+    atomic_write_json(path, {"code": code, **({"error": error} if error else {})})
 
 
 def read_exit_code(path: Path) -> int | None:
@@ -26,3 +29,12 @@ def read_exit_code(path: Path) -> int | None:
         return int(orjson.loads(Path(path).read_bytes())["code"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def read_exit_error(path: Path) -> str | None:
+    """The one-line error a failed training process recorded, if any."""
+    try:
+        error = orjson.loads(Path(path).read_bytes()).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return error if isinstance(error, str) else None

@@ -132,3 +132,27 @@ def test_daemon_runs_the_launcher_like_any_child_and_recovers_when_it_is_killed(
         ).stdout
     )
     assert status["world_size"] == 2
+
+
+def test_sigterm_through_the_daemon_stops_every_rank_at_one_checkpoint_and_resumes_exactly(workspace, two_rank_run):
+    q = Queue(Workspace(workspace))
+    job = q.submit(write_spec(workspace, DIST_SPEC))
+    run_dir = workspace / "checkpoints_qlora/t"
+    cmd = [sys.executable, "-m", "farensed.queue.main", "--home", str(workspace), "--poll", "0.1"]
+    daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=child_env())
+    wait_for(lambda: metric_lines(run_dir) >= 5, timeout=120)
+    before = {p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint_")}
+    daemon.send_signal(signal.SIGTERM)  # forwarded to the child's process group: launcher (ignores it) and ranks
+    assert daemon.wait(timeout=120) == 0
+    stopped = q.get(job.id)
+    assert (stopped.state, stopped.exit_code, stopped.recoveries) == ("pending", EXIT_RESUMABLE, 0)
+    assert not rank_pids("0") and not rank_pids("1")
+    state = orjson.loads((run_dir / "training_state.json").read_bytes())
+    assert not state["finished"] and state["step"] % DIST_SPEC["grad_accumulation"] == 0  # an update boundary
+    new = {p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint_")} - before
+    assert new == {state["checkpoint"]}  # exactly one checkpoint, written by rank 0 at the stop
+    proc = subprocess.run(cmd + ["--burst"], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    final = q.get(job.id)
+    assert (final.state, final.attempts, final.recoveries) == ("done", 2, 0)
+    assert_same_adapters(two_rank_run / "output/t/adapters.safetensors", workspace / "output/t/adapters.safetensors")

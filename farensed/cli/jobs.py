@@ -177,11 +177,17 @@ def status(ref, as_json):
         "exit_code",
         "held",
         "pause",
+        "loss_reason",
         "run_dir",
         "log",
     ):
         if info.get(key) not in (None, [], ""):
             click.echo(f"{key + ':':<14}{info[key]}")
+    if info["state"] == "pending" and info.get("retry_at"):
+        from farensed.queue.backoff import seconds_left
+
+        if left := seconds_left(info["retry_at"]):
+            click.echo(f"{'retoma às:':<14}{info['retry_at'][11:19]} (daqui a {left:.0f} s)")
     if p["step"] is not None:
         click.echo(
             f"{'progresso:':<14}step {p['step']}/{p['total_steps'] or '?'}, época {p['epoch'] + 1}, "

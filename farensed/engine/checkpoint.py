@@ -49,17 +49,21 @@ def write_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an earlier attempt in this process
     tmp.mkdir(parents=True)
-    files = {}
-    for fname, arrays in tensors.items():
-        save_safetensors(tmp / fname, arrays)
-        files[fname] = sha256_file(tmp / fname)
-    for fname, obj in json_files.items():
-        (tmp / fname).write_bytes(dumps(obj))
-        fsync_file(tmp / fname)
-        files[fname] = sha256_file(tmp / fname)
-    (tmp / STATE_NAME).write_bytes(dumps(dict(state, format=FORMAT, files=files)))
-    fsync_file(tmp / STATE_NAME)
-    fsync_dir(tmp)
+    try:
+        files = {}
+        for fname, arrays in tensors.items():
+            save_safetensors(tmp / fname, arrays)
+            files[fname] = sha256_file(tmp / fname)
+        for fname, obj in json_files.items():
+            (tmp / fname).write_bytes(dumps(obj))
+            fsync_file(tmp / fname)
+            files[fname] = sha256_file(tmp / fname)
+        (tmp / STATE_NAME).write_bytes(dumps(dict(state, format=FORMAT, files=files)))
+        fsync_file(tmp / STATE_NAME)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is never left to be taken for one
+        raise
     if final.exists():
         # The same step written again (a run resumed from an older checkpoint after this one was found
         # damaged): keep the old folder aside rather than delete it.

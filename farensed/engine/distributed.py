@@ -8,6 +8,7 @@ SIGTERM/SIGINT so that a stop reaches the ranks, which agree on it and checkpoin
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -43,6 +44,12 @@ def world_size(spec, ws) -> int:
     return len(hosts_of(spec, ws)) if spec.distributed else 1
 
 
+def check_batch_size(spec, size: int, label) -> None:
+    """Every rank takes batch_size / world_size rows of each global batch (hosts or hostfile alike)."""
+    if spec.distributed and size and spec.batch_size % size:
+        raise SpecError(f"{label}: batch_size ({spec.batch_size}) deve ser múltiplo do número de hosts ({size})")
+
+
 def _ip(host: str) -> str:
     try:
         return socket.gethostbyname(host)
@@ -56,7 +63,7 @@ def check_hosts(spec, ws, paths: list[Path]) -> None:
         if host in LOCAL_HOSTS:
             continue
         _ip(host)
-        checks = " && ".join(f"test -e {subprocess.list2cmdline([str(p)])}" for p in paths)
+        checks = " && ".join(f"test -e {shlex.quote(str(p))}" for p in paths)  # the remote shell is POSIX sh
         try:
             proc = subprocess.run(
                 ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, checks],

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from farensed.atomic import move_aside
-from farensed.engine.checkpoint import STATE_NAME, Checkpoint, newest_valid
+import orjson
+
+from farensed.atomic import move_aside, read_json
+from farensed.engine.checkpoint import STATE_NAME, Checkpoint, list_checkpoints, newest_valid
 from farensed.errors import ResumeError
 
 
@@ -40,13 +42,14 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
             moved = move_aside(run_dir)
             warn(f"--fresh: a pasta anterior foi guardada em {moved}")
         return StartPoint()
-    if not (run_dir / STATE_NAME).exists():
+    if not (run_dir / STATE_NAME).exists() and not list_checkpoints(run_dir):
         return StartPoint()
     found = newest_valid(run_dir, warn)
     if found is None:
         raise ResumeError(f"{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar")
     ckpt, state = found
     refuse_if_changed(run_dir, state, fingerprint, data_digests)
+    _repair_run_files(run_dir, ckpt, state, warn)
     return StartPoint(ckpt, state)
 
 
@@ -80,3 +83,20 @@ def check_resumable(spec, ws) -> None:
     files = {k: getattr(spec.data, k, None) for k in state.get("data", {})}  # the files the run recorded
     digests = {k: sha256_file(ws.resolve(path)) for k, path in files.items() if path}
     refuse_if_changed(run_dir, state, fingerprint, digests)
+
+
+def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> None:
+    """Say which run-level files were torn; the state is rewritten now, the metrics when training restores them."""
+    from farensed.engine.checkpoint import write_run_state
+
+    for name in (STATE_NAME, "training_metrics.json"):
+        try:
+            read_json(run_dir / name)
+            continue
+        except FileNotFoundError:
+            problem = "em falta"
+        except (OSError, orjson.JSONDecodeError) as exc:
+            problem = f"ilegível ({exc})"
+        warn(f"⚠  {name} da pasta do treino {problem}; reconstruído a partir de {ckpt.path.name}")
+        if name == STATE_NAME:
+            write_run_state(run_dir, dict(state, checkpoint=ckpt.path.name))

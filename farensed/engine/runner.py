@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,8 +16,11 @@ def configure_environment() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
-    """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal."""
+def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None = None) -> int:
+    """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal.
+
+    The run folder's lock is held throughout (by the process that started mlx.launch for a distributed job).
+    """
     configure_environment()
     ws = Workspace.at(home)
     from farensed import console
@@ -25,12 +29,27 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False) -> int:
     prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
+    from farensed.runlock import hold_run
 
-    if spec.distributed and not in_rank():
-        return run_distributed(spec, ws, Path(spec_path), fresh)
+    if in_rank():
+        return _train(spec, ws, fresh)
+    with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),)):
+        if spec.distributed:
+            return run_distributed(spec, ws, Path(spec_path), fresh)
+        return _train(spec, ws, fresh)
+
+
+def _train(spec, ws: Workspace, fresh: bool) -> int:
+    """Train (and evaluate when the spec asks) in this process; a full disk is one line, not a traceback."""
+    from farensed.engine.diskfull import disk_full_error, is_disk_full
     from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
 
-    code = Trainer(spec, ws, fresh=fresh).run()
+    try:
+        code = Trainer(spec, ws, fresh=fresh).run()
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full_error(exc, ws.run_dir(spec.name)) from None
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
             evaluate_spec(spec, ws)
@@ -49,9 +68,10 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     """Run every rank through mlx.launch; the result is rank 0's exit code (75 when a peer was lost)."""
     from farensed import EXIT_RESUMABLE, console
     from farensed.atomic import move_aside
-    from farensed.engine.distributed import check_hosts, hosts_of, launch_command, run_launcher
+    from farensed.engine.distributed import check_batch_size, check_hosts, hosts_of, launch_command, run_launcher
     from farensed.exitfile import read_exit_code
 
+    check_batch_size(spec, len(hosts_of(spec, ws)), spec_path)
     check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
     run_dir = ws.run_dir(spec.name)
     if fresh and run_dir.exists():
@@ -100,8 +120,13 @@ def evaluate_spec(spec, ws: Workspace, batched: bool = True, run_dir: Path | Non
     """Evaluate a run's best adapters against its base model (resumable; `force` starts it over)."""
     configure_environment()
     from farensed import console
+    from farensed.engine.distributed import in_rank
     from farensed.engine.evaluate import Evaluator
+    from farensed.runlock import hold_run
 
-    evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir)
-    console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
-    return evaluator.run(force=force)
+    # A rank's evaluation runs under the lock of the process that started mlx.launch.
+    lock = contextlib.nullcontext() if in_rank() else hold_run(run_dir or ws.run_dir(spec.name), what="avaliação")
+    with lock:
+        evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir)
+        console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
+        return evaluator.run(force=force)

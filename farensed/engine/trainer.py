@@ -42,14 +42,24 @@ def step_seed(seed: int, step: int, rank: int | None = None) -> int:
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes the current optimizer update and checkpoints."""
+    """SIGTERM/SIGINT set a flag; the loop finishes the current optimizer update and checkpoints.
 
-    def __init__(self):
+    A second SIGINT (Ctrl-C) in a single-process run stops at once (farensed.engine.interrupt).
+    """
+
+    def __init__(self, run_dir: Path | None = None):
         self.signum = None
+        self.run_dir = run_dir
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        from farensed.engine import interrupt
+
+        if signum == signal.SIGINT and self.run_dir is not None:
+            if self.signum is not None:
+                interrupt.stop_now(self.run_dir)
+            print(interrupt.first_interrupt_line(), file=sys.stderr, flush=True)
         self.signum = signum
 
 
@@ -75,7 +85,7 @@ class Trainer:
         self.run_dir = ws.run_dir(spec.name)
         self.model_path = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
         self.fresh = fresh
-        self.stop = StopRequest()
+        self.stop = StopRequest(None if "MLX_RANK" in os.environ else self.run_dir)
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
         self.world = None  # set in run(): this rank's place in a distributed job (size 1 otherwise)
 

@@ -1,8 +1,16 @@
-"""The training child the daemon starts: runs one job's spec and records its exit code in exit.json."""
+"""The training child the daemon starts: runs one job's spec and records its exit code in exit.json.
+
+Start-up handshake (no window for a second trainer): the daemon records the child's pid in job.json, then writes
+one byte on its stdin. A child whose stdin ends first (the daemon died before recording it) exits touching
+nothing. Then the child records itself in jobs/<id>/child.json and takes the run folder's lock before it reads or
+writes the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import os
 import sys
 import traceback
@@ -14,6 +22,30 @@ from farensed.errors import FarenseError
 from farensed.exitfile import EXIT_FILE, write_exit_code
 
 FRESH_DONE = "fresh.done"
+CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
+
+
+def wait_for_go() -> bool:
+    """True once the daemon has recorded our pid (it sends one byte); False if it died first (EOF)."""
+    try:
+        return sys.stdin.buffer.read(1) == b"g"
+    except OSError:
+        return False
+
+
+def record_self(job_dir: Path, attempt: int) -> None:
+    import psutil
+
+    pid = os.getpid()
+    atomic_write_json(
+        job_dir / CHILD_FILE,
+        {
+            "pid": pid,
+            "create_time": psutil.Process(pid).create_time(),
+            "attempt": attempt,
+            "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        },
+    )
 
 
 def start_over(ws, name: str, job_dir: Path) -> None:
@@ -43,35 +75,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True)
     parser.add_argument("--job-dir", required=True)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--attempt", type=int, default=0)
+    parser.add_argument("--wait-go", action="store_true", help="wait for the daemon's byte on stdin first")
     args = parser.parse_args(argv)
     job_dir = Path(args.job_dir)
-    code = 1
+    if args.wait_go and not wait_for_go():
+        return 0  # the daemon died before it recorded us: the next one starts the job, we touch nothing
+    record_self(job_dir, args.attempt)
+    code, error = 1, None
     try:
-        from farensed.engine.runner import run_distributed, run_spec
+        from farensed.runlock import RunLockedError, hold_run
         from farensed.spec import load_spec
         from farensed.workspace import Workspace
 
         ws = Workspace.at(args.home)
         spec = load_spec(job_dir / "spec.json", ws)
-        if args.fresh:
-            start_over(ws, spec.name, job_dir)
-        if spec.distributed:
-            # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
-            run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / EXIT_FILE)
-            return 0
-        os.environ["FARENSE_JOB_ID"] = job_dir.name
-        code = run_spec(job_dir / "spec.json", args.home)
-        if code == EXIT_RESUMABLE:
-            print(way_back(job_dir), flush=True)
+        try:
+            with hold_run(ws.run_dir(spec.name), job_id=int(job_dir.name), sweep=(ws.output_dir(spec.name),)):
+                code = train(spec, ws, job_dir, args)
+                if code is None:
+                    return 0
+        except RunLockedError as exc:
+            print(f"⚠  {exc}; o job volta à fila", flush=True)
+            code = EXIT_RESUMABLE  # the daemon waits until the run is free
     except FarenseError as exc:
-        print(f"Error: {exc}", flush=True)
-        code = exc.exit_code
+        code, error = exc.exit_code, str(exc)
+        with contextlib.suppress(OSError):  # the log itself may be on the full disk
+            print(f"Error: {exc}", flush=True)
     except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
         traceback.print_exc()
         sys.stdout.flush()
         code = 1
     # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
-    write_exit_code(job_dir / EXIT_FILE, code)
+    write_exit_code(job_dir / EXIT_FILE, code, error)
+    return code
+
+
+def train(spec, ws, job_dir: Path, args) -> int | None:
+    """Run the job under the run's lock; None when rank 0 has written exit.json itself (distributed)."""
+    from farensed.engine.runner import run_distributed, run_spec
+
+    if args.fresh:
+        start_over(ws, spec.name, job_dir)
+    if spec.distributed:
+        # Rank 0 writes exit.json itself; none means a rank or the launcher was lost: resume.
+        run_distributed(spec, ws, job_dir / "spec.json", fresh=False, exit_file=job_dir / EXIT_FILE)
+        return None
+    os.environ["FARENSE_JOB_ID"] = job_dir.name
+    code = run_spec(job_dir / "spec.json", args.home, job_id=int(job_dir.name))
+    if code == EXIT_RESUMABLE:
+        print(way_back(job_dir), flush=True)
     return code
 
 

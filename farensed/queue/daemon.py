@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,24 +16,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
-from farensed.exitfile import EXIT_FILE
+from farensed.exitfile import EXIT_FILE, read_exit_error
 from farensed.jsonl import tail_lines
+from farensed.queue import backoff
+from farensed.queue.adopt import find_child
 from farensed.queue.child import FRESH_DONE
-from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
+from farensed.queue.jobs import Job, JobStatus, Queue, job_run_dir, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.overnight import Overnight
 from farensed.queue.pressure import Action, MemoryGuard
-from farensed.queue.procs import create_time, process_alive, signal_group
+from farensed.queue.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
 from farensed.queue.wake import Waker
+from farensed.runlock import holder, sweep_temps
 from farensed.workspace import Workspace
 
 PID_FILE = "daemon.pid"
 MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
+FAILURE_RE = re.compile(r"(?:^|\])Error: (.+)$")  # what the child prints for a FarenseError
 
 
 def daemon_pid(ws: Workspace) -> int | None:
@@ -50,6 +56,15 @@ def last_lines(path: Path, n: int = 10) -> str:
     return "\n".join([line for line in lines if line.strip()][-n:])
 
 
+def failure_line(text: str) -> str:
+    """The child's one-line error (`Error: …`, e.g. `sem espaço em disco …`) when it printed one — possibly right
+    after an unfinished progress bar — else the log's last lines (a traceback)."""
+    for line in reversed(text.splitlines()):
+        if m := FAILURE_RE.search(line):
+            return m.group(1)
+    return "\n".join(text.splitlines()[-10:])
+
+
 @dataclass
 class Running:
     """The child being watched: our own Popen, or a process adopted from an earlier daemon."""
@@ -58,13 +73,16 @@ class Running:
     pid: int
     popen: subprocess.Popen | None = None
     awake: subprocess.Popen | None = None
+    create_time: float | None = None
+    oom_before: int | None = None  # the kernel's OOM-kill count when we started watching
+    cancel_sent: bool = False
 
     def exit_status(self) -> tuple[bool, int | None]:
         """(finished, return code if known)."""
         if self.popen is not None:
             rc = self.popen.poll()
             return rc is not None, rc
-        return not process_alive(self.pid, None), None
+        return not process_alive(self.pid, self.create_time), None
 
 
 class Daemon:
@@ -79,8 +97,12 @@ class Daemon:
         stop_timeout: float = 300.0,
         log: logging.Logger | None = None,
         overnight: Overnight | None = None,
+        recovery_backoff: tuple[float, ...] = backoff.DEFAULT_SCHEDULE,
     ):
         self.ws, self.queue = ws, Queue(ws)
+        self.recovery_backoff = recovery_backoff
+        self.abandon = False  # a second SIGTERM/SIGINT: exit now, leave the child for the next daemon
+        self._busy_logged: set[int] = set()
         self.poll_interval, self.rescan_interval = poll_interval, rescan_interval
         self.memory_guard, self.stop_timeout = memory_guard or MemoryGuard(), stop_timeout
         self.singleton = FileLock(str(ws.jobs / ".daemon.lock"))
@@ -111,40 +133,62 @@ class Daemon:
         )
 
     def recover(self) -> None:
-        """Adopt a running job whose exact process is alive; settle one whose process is gone."""
+        """Adopt a running job whose exact process is alive; settle one whose process is gone.
+
+        The pid in job.json, the child's own record (child.json) and the run lock's holder are all asked before a
+        job is called lost, so a daemon that died while starting a child never leads to a second trainer.
+        """
+        with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept
+            for folder in [self.ws.jobs, *(self.queue.job_dir(i) for i in self.queue.ids())]:
+                sweep_temps(folder)
         for job in self.queue.jobs():
             if job.status is not JobStatus.RUNNING:
                 continue
-            if process_alive(job.pid, job.pid_create_time):
-                self.log(f"job {job.id} ({job.name}): processo {job.pid} vivo, adotado")
-                self.current = Running(job.id, job.pid, awake=keep_awake(job.pid, self.log))
-            else:
-                self.settle(job.id, self.queue.read_exit(job.id))
+            found = find_child(self.queue, job)
+            if found:
+                pid, started = found
+                if pid != job.pid:
+                    self.queue.update(job.id, pid=pid, pid_create_time=started)
+                self.log(f"job {job.id} ({job.name}): processo {pid} vivo, adotado")
+                self.current = Running(
+                    job.id, pid, awake=keep_awake(pid, self.log), create_time=started, oom_before=oom_kills()
+                )
+                continue
+            code = self.queue.read_exit(job.id)
+            if code is None:
+                kill_orphans(
+                    job.pid, str(self.ws.root)
+                )  # ranks of a launcher that died with the daemon must not train on
+            self.settle(job.id, code, reason=None if code is not None else "perdido enquanto o farensed não corria")
 
     # ---- one job ---------------------------------------------------------------------------------------
-    def start(self, job: Job) -> None:
+    def start(self, job: Job) -> bool:
+        """Claim a pending job and start its child; False when a cancel (or hold) won the race."""
         job_dir = self.queue.job_dir(job.id)
         exit_file = job_dir / EXIT_FILE
         if exit_file.exists():
             os.replace(exit_file, job_dir / "exit.prev.json")
         fresh = job.fresh and not (job_dir / FRESH_DONE).exists()  # until the child has started over
-        job = self.queue.update(
+        job = self.queue.claim(
             job.id,
-            state=JobStatus.RUNNING.value,
             attempts=job.attempts + 1,
             started_at=now_iso(),
             ended_at=None,
             exit_code=None,
             error=None,
+            retry_at=None,
         )
+        if job is None:
+            return False  # cancelled (or held) between the choice and now: the user's decision wins
         log = open(self.queue.log_path(job.id), "ab")
         log.write(f"\n=== farensed: job {job.id}, tentativa {job.attempts}, {now_iso()} ===\n".encode())
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         popen = subprocess.Popen(
             [sys.executable, "-m", "farensed.queue.child", "--home", str(self.ws.root), "--job-dir", str(job_dir)]
+            + ["--attempt", str(job.attempts), "--wait-go"]
             + (["--fresh"] if fresh else []),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.ws.root,
@@ -152,15 +196,39 @@ class Daemon:
             start_new_session=True,  # own process group: survives the daemon, gets signals only from us
         )
         log.close()
-        self.queue.update(job.id, pid=popen.pid, pid_create_time=create_time(popen.pid))
-        self.current = Running(job.id, popen.pid, popen, keep_awake(popen.pid, self.log))
+        try:
+            started = create_time(popen.pid)
+        except psutil.Error:
+            started = None  # it could not even start Python; poll_current settles it
+        self.queue.update(job.id, pid=popen.pid, pid_create_time=started)
+        self._go(popen)  # only now may the child touch the run: its pid is on disk
+        self.current = Running(
+            job.id, popen.pid, popen, keep_awake(popen.pid, self.log), create_time=started, oom_before=oom_kills()
+        )
         self.log(f"job {job.id} ({job.name}) iniciado, pid {popen.pid}")
+        return True
 
-    def settle(self, job_id: int, code: int | None) -> Job:
+    @staticmethod
+    def _go(popen: subprocess.Popen) -> None:
+        try:
+            popen.stdin.write(b"g")
+            popen.stdin.close()
+        except OSError:
+            pass  # it died already; poll_current settles it
+
+    def settle(self, job_id: int, code: int | None, reason: str | None = None) -> Job:
         """Record how a child ended: done, back to pending (resumable or lost), failed or cancelled."""
         job = self.queue.get(job_id)
-        changes = {"pid": None, "pid_create_time": None, "exit_code": code}
+        changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
+        if job.held and code == EXIT_RESUMABLE:
+            changes["loss_reason"] = f"parado pela guarda de memória: {job.held}"
         if code is None:
+            changes["loss_reason"] = reason or "processo de treino perdido"
+        if code is None and job.cancel_requested:
+            changes.update(
+                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado (o processo perdeu-se)"
+            )
+        elif code is None:
             recoveries = job.recoveries + 1
             if recoveries > job.max_recoveries:
                 changes.update(
@@ -170,10 +238,13 @@ class Daemon:
                     error=f"processo perdido {recoveries} vezes (max_recoveries={job.max_recoveries})",
                 )
             else:
+                wait = backoff.delay(recoveries, self.recovery_backoff)
                 changes.update(
                     state=JobStatus.PENDING.value,
                     recoveries=recoveries,
-                    error="processo de treino perdido; retoma do último checkpoint",
+                    retry_at=backoff.retry_time(recoveries, self.recovery_backoff),
+                    error=f"processo de treino perdido ({changes['loss_reason']}); "
+                    f"retoma do último checkpoint daqui a {wait:g} s",
                 )
         elif code == 0:
             changes.update(state=JobStatus.DONE.value, ended_at=now_iso(), error=None)
@@ -185,10 +256,13 @@ class Daemon:
             changes.update(
                 state=JobStatus.FAILED.value,
                 ended_at=now_iso(),
-                error=last_lines(self.queue.log_path(job_id)) or f"código de saída {code}",
+                error=read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE)
+                or failure_line(last_lines(self.queue.log_path(job_id), 40))
+                or f"código de saída {code}",
             )
         job = self.queue.update(job_id, **changes)
-        self.log(f"job {job_id} ({job.name}): {job.state} (código {code}, recuperações {job.recoveries})")
+        why = f", {changes['loss_reason']}" if code is None else ""
+        self.log(f"job {job_id} ({job.name}): {job.state} (código {code}, recuperações {job.recoveries}{why})")
         if job.status.terminal:
             notify("farense", f"job {job_id} ({job.name}): {job.state}")
         return job
@@ -205,7 +279,17 @@ class Daemon:
         if code is None:
             signal_group(run.pid, signal.SIGKILL)  # ranks orphaned by a killed launcher must not train on
         self.current = None
-        self.settle(run.job_id, code)
+        self.settle(run.job_id, code, reason=describe_loss(rc, run.oom_before) if code is None else None)
+
+    def forward_cancel(self) -> None:
+        """A cancel written while the child was starting (or by hand in job.json) still reaches the child."""
+        run = self.current
+        if run is None or run.cancel_sent:
+            return
+        if self.queue.get(run.job_id).cancel_requested:
+            run.cancel_sent = True
+            self.log(f"job {run.job_id}: cancelamento pedido; a parar com checkpoint")
+            self.signal_child(signal.SIGTERM)
 
     def signal_child(self, sig: int) -> None:
         signal_group(self.current.pid, sig)
@@ -231,6 +315,8 @@ class Daemon:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
+        if self.stopping:
+            self.abandon = True  # a second SIGTERM/SIGINT: exit now (rq's "cold shutdown")
         self.stopping = True
         if self.waker is not None:
             self.waker.set()
@@ -269,11 +355,18 @@ class Daemon:
                         self.log(f"job {job.id} ({job.name}) recebido de jobs/pending/{job.source}")
                 if self.current is not None:
                     self.poll_current()
+                    self.forward_cancel()
                 memory_ok = self.guard_memory()
                 allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start
-                if self.current is None and memory_ok and allowed and (job := self.queue.next_runnable(allow=allowed)):
-                    self.start(job)
-                    self.overnight.started(job)
+                if (
+                    self.current is None
+                    and memory_ok
+                    and allowed
+                    and not self.stopping
+                    and (job := self._pick(allowed))
+                ):
+                    if self.start(job):
+                        self.overnight.started(job)
                 if burst and self.current is None and not self._waiting():
                     break
                 woken = self.waker.wait(self.poll_interval)
@@ -285,8 +378,28 @@ class Daemon:
             self.singleton.release()
         return 0
 
+    def _pick(self, allow=None) -> Job | None:
+        """The next runnable job (that `allow` lets start) whose run folder nobody else trains or evaluates now."""
+        busy: set[int] = set()
+        while job := self.queue.next_runnable(allow=allow, exclude=busy):
+            info = holder(job_run_dir(self.ws, job))
+            if info is None:
+                self._busy_logged.discard(job.id)
+                return job
+            busy.add(job.id)
+            if job.id not in self._busy_logged:
+                self._busy_logged.add(job.id)
+                self.log(f"job {job.id} ({job.name}) à espera: pasta em uso pelo pid {info.get('pid')}")
+        return None
+
     def _waiting(self) -> bool:
-        return self.queue.next_runnable() is not None
+        """Something will be runnable without outside help: a runnable job, or one waiting for its back-off."""
+        if self.queue.next_runnable() is not None:
+            return True
+        return any(
+            j.status is JobStatus.PENDING and not j.held and backoff.seconds_left(j.retry_at) > 0
+            for j in self.queue.jobs()
+        )
 
     def shutdown(self) -> None:
         """Forward the stop to the child, wait for its checkpoint, leave the job pending."""
@@ -296,10 +409,15 @@ class Daemon:
         self.log(f"a parar: SIGTERM ao job {self.current.job_id} (pid {self.current.pid}), à espera do checkpoint")
         self.signal_child(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and not self.current.exit_status()[0]:
+        while time.monotonic() < deadline and not self.current.exit_status()[0] and not self.abandon:
             time.sleep(0.1)
         if self.current.exit_status()[0]:
             self.poll_current()
+        elif self.abandon:
+            self.log(
+                f"segundo sinal: farensed sai já; o job {self.current.job_id} (pid {self.current.pid}) continua "
+                "e o próximo farensed adota-o"
+            )
         else:
             self.log(f"job {self.current.job_id} não parou a tempo; o próximo farensed adota-o")
         self.log("farensed parado")

@@ -13,13 +13,13 @@ import datetime as dt
 import enum
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from filelock import FileLock
 
 from farensed.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
-from farensed.engine.distributed import world_size
+from farensed.engine.distributed import check_batch_size, world_size
 from farensed.engine.resume import check_resumable
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
@@ -27,6 +27,7 @@ from farensed.spec import load_spec, parse_not_before, spec_bytes
 from farensed.workspace import Workspace
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
+SCHEMA_VERSION = 1  # job.json's layout; readers keep unknown keys and default missing ones
 
 
 class JobStatus(str, enum.Enum):
@@ -71,13 +72,43 @@ class Job:
     cancel_requested: bool = False
     fresh: bool = False  # first attempt starts over (old run folder moved aside); recoveries resume
     run_dir: str | None = None  # its run folder (relative to the workspace); follows it when --fresh moves it aside
+    retry_at: str | None = None  # a lost child's job waits until then (recovery back-off)
+    loss_reason: str | None = None  # why the last attempt was lost or stopped (signal, OOM, memory guard)
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict, repr=False)  # keys written by a newer farense, kept as they are
 
     @property
     def status(self) -> JobStatus:
         return JobStatus(self.state)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        extra = data.pop("extra")
+        return {**extra, **data, "schema_version": max(self.schema_version, SCHEMA_VERSION)}
+
+    @classmethod
+    def from_dict(cls, data: dict, job_id: int | None = None) -> Job:
+        """Tolerant read: unknown keys kept in `extra`, missing ones defaulted; ValueError if it is not a job."""
+        if not isinstance(data, dict):
+            raise ValueError("não é um objeto JSON")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("id", job_id)
+        values.setdefault("name", "?")
+        if not isinstance(values["id"], int) or (job_id is not None and values["id"] != job_id):
+            raise ValueError(f"id {values['id']!r} não corresponde à pasta {job_id}")
+        if values.get("state", JobStatus.PENDING.value) not in {s.value for s in JobStatus}:
+            raise ValueError(f"estado desconhecido {values['state']!r}")
+        job = cls(**values, extra={k: v for k, v in data.items() if k not in known and k != "extra"})
+        if not isinstance(job.after, list):
+            raise ValueError("'after' não é uma lista")
+        for key in ("priority", "max_recoveries", "world_size", "attempts", "recoveries"):
+            if type(getattr(job, key)) is not int:
+                raise ValueError(f"'{key}' não é um inteiro")
+        for key in ("not_before", "retry_at", "started_at"):
+            if getattr(job, key) is not None:
+                dt.datetime.fromisoformat(getattr(job, key))  # ValueError / TypeError name the bad value
+        return job
 
 
 def job_run_dir(ws: Workspace, job: Job) -> Path:
@@ -112,10 +143,21 @@ class Queue:
         return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and (p / JOB_FILE).is_file())
 
     def get(self, job_id: int) -> Job:
+        """A job's state; an unreadable job.json turns that one job into `failed` (the bad file kept beside)."""
+        path = self.job_dir(job_id) / JOB_FILE
         try:
-            return Job(**read_json(self.job_dir(job_id) / JOB_FILE))
+            return Job.from_dict(read_json(path), job_id)
         except FileNotFoundError:
             raise QueueError(f"job {job_id} não existe") from None
+        except (OSError, ValueError, TypeError) as exc:
+            return self._unreadable(job_id, exc)
+
+    def _unreadable(self, job_id: int, exc: Exception) -> Job:
+        """Keep the damaged job.json beside a new one that says the job failed and why."""
+        from farensed.queue.jobfile import salvage
+
+        with self.lock:
+            return salvage(self, job_id, exc)
 
     def jobs(self) -> list[Job]:
         return [self.get(i) for i in self.ids()]
@@ -170,6 +212,7 @@ class Queue:
             world_size=world_size(spec, self.ws),
             run_dir=relative_to_ws(self.ws, self.ws.run_dir(spec.name)),
         )
+        check_batch_size(spec, job.world_size, source)
         not_before = overrides.get("not_before") or spec.not_before
         for key, value in overrides.items():
             if value is not None and key != "not_before":
@@ -257,15 +300,21 @@ class Queue:
                 raise SpecError(f"{source}: after: job {dep} não existe")
 
     # ---- scheduling ------------------------------------------------------------------------------------
-    def next_runnable(self, now: dt.datetime | None = None, allow=None) -> Job | None:
-        """Highest priority, then oldest, among pending jobs whose time and dependencies (and `allow`) allow it."""
+    def next_runnable(
+        self, now: dt.datetime | None = None, allow=None, exclude: set | frozenset = frozenset()
+    ) -> Job | None:
+        """Highest priority, then oldest, among pending jobs whose time, back-off, dependencies (and `allow`) allow it."""
         now = now or dt.datetime.now().astimezone()
         jobs = {j.id: j for j in self.jobs()}
         ready = []
         for job in jobs.values():
-            if job.status is not JobStatus.PENDING or job.held or (allow is not None and not allow(job)):
+            if job.status is not JobStatus.PENDING or job.held or job.id in exclude:
+                continue
+            if allow is not None and not allow(job):
                 continue
             if job.not_before and dt.datetime.fromisoformat(job.not_before) > now:
+                continue
+            if job.retry_at and dt.datetime.fromisoformat(job.retry_at) > now:
                 continue
             deps = [jobs.get(d) for d in job.after]
             broken = [
@@ -282,6 +331,14 @@ class Queue:
             if all(j.status is JobStatus.DONE for j in deps):
                 ready.append(job)
         return min(ready, key=lambda j: (-j.priority, j.id)) if ready else None
+
+    def claim(self, job_id: int, **changes) -> Job | None:
+        """Pending → running under the lock, only if it is still pending and free (a cancel may have just won)."""
+        with self.lock:
+            job = self.get(job_id)
+            if job.status is not JobStatus.PENDING or job.held or job.cancel_requested:
+                return None
+            return self.update(job_id, state=JobStatus.RUNNING.value, **changes)
 
     def cancel(self, job_id: int) -> Job:
         """Pending: never runs. Running: checkpoint-stop, then cancelled (files kept)."""
@@ -312,6 +369,8 @@ class Queue:
                 ended_at=None,
                 cancel_requested=False,
                 held=None,
+                retry_at=None,
+                recoveries=0,
             )
         from farensed.queue.wake import nudge
 

@@ -80,6 +80,14 @@ def configure_logging() -> None:
     envvar="FARENSE_BATTERY_MIN",
     help="On battery below this %, checkpoint-stop and wait for mains power; 0 turns it off [env FARENSE_BATTERY_MIN].",
 )
+@click.option(
+    "--recovery-backoff",
+    envvar="FARENSE_RECOVERY_BACKOFF",
+    default="10,30,120,300,600",
+    show_default=True,
+    help="Seconds to wait before restarting a lost child, per recovery; the last is the cap "
+    "[env FARENSE_RECOVERY_BACKOFF].",
+)
 @click.version_option(package_name="farense")
 def cli(
     home,
@@ -94,12 +102,18 @@ def cli(
     stop_timeout,
     window,
     battery_min,
+    recovery_backoff,
 ):
     """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
+    from farensed.queue.backoff import parse_schedule
     from farensed.queue.daemon import Daemon
     from farensed.queue.overnight import Overnight
     from farensed.queue.pressure import MemoryGuard, Thresholds
 
+    try:
+        schedule = parse_schedule(recovery_backoff)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--recovery-backoff") from None
     configure_logging()
     ws = Workspace.at(home)
     log = logging.getLogger("farensed").info
@@ -120,6 +134,7 @@ def cli(
         memory_guard=guard,
         stop_timeout=stop_timeout,
         overnight=Overnight(ws, window=window, battery_min=battery_min, log=log),
+        recovery_backoff=schedule,
     )
     try:
         sys.exit(daemon.work(burst=burst))

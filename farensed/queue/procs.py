@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -30,3 +31,66 @@ def signal_group(pid: int, sig: int = signal.SIGTERM) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def oom_kills() -> int | None:
+    """The kernel's count of OOM kills so far (Linux /proc/vmstat), None where it is not available."""
+    try:
+        with open("/proc/vmstat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def describe_loss(returncode: int | None, oom_before: int | None) -> str:
+    """Why a child ended without exit.json, as far as it can be known (signal, OOM killer, unknown)."""
+    after = oom_kills()
+    oom = oom_before is not None and after is not None and after > oom_before
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        if oom and -returncode == signal.SIGKILL:
+            return f"morto pelo kernel por falta de memória (OOM, {name})"
+        return f"morto pelo sinal {name}"
+    if oom:
+        return "desapareceu; o kernel matou processos por falta de memória (OOM) entretanto"
+    if returncode is not None:
+        return f"terminou com código {returncode} sem exit.json"
+    return "desapareceu (código de saída desconhecido: processo adotado)"
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of a child's process group (ranks or a launcher orphaned by a dead child)."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+def kill_orphans(pgid: int | None, home: str) -> int:
+    """SIGKILL what is left of a lost child's own process group (it ran in its own session); count killed.
+
+    Only processes whose command line names this workspace (`home`): a recycled pid's group is never ours to kill.
+    """
+    if not pgid:
+        return 0
+    killed = 0
+    for proc in group_members(pgid):
+        try:
+            ours = proc.pid != os.getpid() and home in " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if ours:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    return killed

@@ -1,0 +1,37 @@
+"""A second Ctrl-C in `farensectl run`: stop at once, saying which checkpoint the next run resumes from (like rq)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import orjson
+
+from farensed import EXIT_RESUMABLE
+from farensed.engine.checkpoint import STATE_NAME, list_checkpoints
+
+
+def resume_point(run_dir: Path) -> str | None:
+    """The checkpoint a resume would start from (the run state's, else the newest folder), without hashing."""
+    try:
+        name = orjson.loads((Path(run_dir) / STATE_NAME).read_bytes()).get("checkpoint")
+        if name and (Path(run_dir) / name).is_dir():
+            return name
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        pass
+    found = list_checkpoints(Path(run_dir))
+    return found[-1].path.name if found else None
+
+
+def first_interrupt_line() -> str:
+    return "\n⏸  Ctrl-C: a parar no fim desta atualização, com checkpoint (outro Ctrl-C para parar já)"
+
+
+def stop_now(run_dir: Path) -> None:
+    """Exit immediately (75): what the checkpoint being written holds is lost, the previous one is intact."""
+    point = resume_point(run_dir)
+    where = f"retoma de {point}" if point else "começa do início (ainda não há checkpoint)"
+    sys.stdout.write(f"\n⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.\n")
+    sys.stdout.flush()
+    os._exit(EXIT_RESUMABLE)

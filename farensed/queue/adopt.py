@@ -1,0 +1,26 @@
+"""Which live process is training a `running` job: asked before a job is ever called lost (never a second trainer)."""
+
+from __future__ import annotations
+
+from farensed.atomic import read_json
+from farensed.queue.child import CHILD_FILE
+from farensed.queue.procs import process_alive
+from farensed.runlock import holder
+
+
+def find_child(queue, job) -> tuple[int, float] | None:
+    """(pid, start time) of the job's live child: the pid in job.json, the child's own child.json, or the run lock's
+    holder when it names this job; None when none of them is alive."""
+    candidates = [(job.pid, job.pid_create_time)]
+    try:
+        record = read_json(queue.job_dir(job.id) / CHILD_FILE)
+        candidates.append((record.get("pid"), record.get("create_time")))
+    except (OSError, ValueError, AttributeError):
+        pass
+    info = holder(queue.ws.run_dir(job.name))
+    if info and info.get("job_id") == job.id:
+        candidates.append((info.get("pid"), info.get("create_time")))
+    for pid, started in candidates:
+        if pid and started is not None and process_alive(pid, started):
+            return pid, started
+    return None

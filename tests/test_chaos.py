@@ -1,0 +1,14 @@
+"""The chaos soak, short (~2 minutes): random kill -9 / SIGTERM of daemon and child while 6 jobs run."""
+
+from __future__ import annotations
+
+
+def test_short_chaos_soak_every_job_once_tensor_identical_never_two_trainers(tiny_model, tmp_path):
+    from bench.chaos import soak
+
+    figures = soak(0.5, model=tiny_model, seed=1, workdir=tmp_path, interval=(2.0, 5.0), drain_timeout=300)
+    assert figures["problems"] == [], figures
+    assert figures["kills_total"] >= 5 and figures["daemons_started"] >= 2
+    assert figures["done"] >= 5 and figures["adapters_compared"] == figures["done"] and figures["divergences"] == 0
+    assert figures["max_trainers_at_once"] == 1 and figures["watcher_samples"] > 100
+    assert figures["orphans"] == 0 and figures["temp_files"] == 0
