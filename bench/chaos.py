@@ -246,9 +246,10 @@ class Soak:
         problems += divergences
         leftovers = [p for p in self.root.rglob("*") if ".tmp-" in p.name]
         problems += [f"temp file left: {p.relative_to(self.root)}" for p in leftovers]
-        orphans = [
-            p.pid for p in psutil.process_iter(["cmdline"]) if str(self.root) in " ".join(p.info["cmdline"] or [])
-        ]
+        # Processes naming this workspace may still be finishing (the morning report the daemon starts when the
+        # queue drains); an orphan is one that is still there after a grace period.
+        named = [p for p in psutil.process_iter(["cmdline"]) if str(self.root) in " ".join(p.info["cmdline"] or [])]
+        orphans = [p.pid for p in psutil.wait_procs(named, timeout=20)[1]]
         problems += [f"orphan process {pid}" for pid in orphans]
         if watcher.violations:
             problems.append(f"two trainers at once: {watcher.violations[:3]}")

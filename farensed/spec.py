@@ -116,7 +116,13 @@ class JobSpec:
     window: str | None = None  # training window, e.g. "23:00-07:00" (farensed.windows)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The spec as a JSON object that parses back to the same spec (values derived from others left out)."""
+        out = dataclasses.asdict(self)
+        if self.lora.alpha is not None:
+            out["lora"].pop("scale")  # alpha / rank
+        if self.iters is not None:
+            out.pop("epochs")  # the budget is iters; epochs keeps its default
+        return out
 
     def resume_fingerprint(self) -> dict:
         """The settings that, once changed, make resuming a run meaningless."""

@@ -103,5 +103,5 @@ def exclusive_keys(raw: Any, label: str) -> None:
         return
     for section, a, b in (("", "epochs", "iters"), ("lora.", "alpha", "scale")):
         obj = raw.get(section.rstrip("."), {}) if section else raw
-        if isinstance(obj, dict) and a in obj and b in obj:
+        if isinstance(obj, dict) and obj.get(a) is not None and obj.get(b) is not None:
             raise SpecError(f"{label}: dê só uma de '{section}{a}' e '{section}{b}', não as duas")

@@ -135,7 +135,8 @@ def test_start_up_says_the_device_and_refuses_a_full_disk_before_training(worksp
     proc = subprocess.run(cli_cmd(workspace, "run", str(spec)), capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and "Dispositivo: cpu (" in proc.stdout and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "espaço em disco insuficiente" in proc.stderr
-    assert not (workspace / "checkpoints_qlora").exists()  # nothing written
+    # nothing of the run written (the run lock beside it is runtime state, dropped with its holder)
+    assert not (workspace / "checkpoints_qlora/t").exists() and not (workspace / "output").exists()
 
 
 def test_eval_json_is_one_document_says_what_it_evaluates_reuses_and_force(reference_run, fresh_copy):

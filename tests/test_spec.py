@@ -187,3 +187,11 @@ def test_relative_paths_resolve_against_the_workspace_root(workspace, tmp_path, 
     path.write_bytes(orjson.dumps(TEST_SPEC))
     spec = load_spec(path, Workspace.at(str(workspace)))
     assert spec.model == "models/tiny-mistral-4bit"
+
+
+def test_to_dict_parses_back_to_the_same_spec():
+    """The run folder's spec.json (what `eval RUN` and continuation read) round-trips, iters and scale included."""
+    base = {"name": "x", "model": "m", "data": {"train": "a", "valid": "b"}}
+    for extra in ({}, {"iters": 50}, {"lora": {"scale": 4.0}}, {"epochs": 2, "lora": {"alpha": 8}}):
+        spec = parse_spec({**base, **extra})
+        assert parse_spec(spec.to_dict()) == spec, extra

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from farensed.atomic import dumps, fsync_dir, fsync_file, move_aside, read_json
-from farensed.engine.checkpoint import sha256
+from farensed.digest import sha256_file
 from farensed.hub import resolve_model
 
 FUSED_DIR = "fused"
@@ -34,7 +34,7 @@ def fuse_job(spec, ws, say) -> Path | None:
         return None
     out = ws.output_dir(spec.name)
     target = out / FUSED_DIR
-    made_from = {"adapters_sha256": sha256(out / "adapters.safetensors"), "options": fuse_options(spec)}
+    made_from = {"adapters_sha256": sha256_file(out / "adapters.safetensors"), "options": fuse_options(spec)}
     if target.is_dir():
         try:
             if read_json(target / MARKER) == made_from:
