@@ -69,7 +69,9 @@ class Trainer:
     def __init__(self, spec: JobSpec, ws: Workspace, fresh: bool = False):
         self.spec, self.ws = spec, ws
         self.run_dir = ws.run_dir(spec.name)
-        self.model_path = ws.resolve(spec.model)
+        from farensed.engine.gguf import model_path  # a .gguf is imported once into <file>.mlx/
+
+        self.model_path = model_path(ws.resolve(spec.model), log=console.say)
         self.fresh = fresh
         self.stop = StopRequest()
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
