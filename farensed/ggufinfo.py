@@ -40,6 +40,7 @@ BLOCK_TENSORS = {
     "ffn_norm": "post_attention_layernorm",
 }
 TOP_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency divisors for Llama 3.1+ rope scaling
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _TOP_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
 
@@ -186,10 +187,10 @@ def check_supported(info: GgufInfo) -> None:
     if scaling not in (None, "none", "linear"):
         raise SpecError(f"{path}: {arch}.rope.scaling.type '{scaling}' não suportado (suportados: none, linear)")
     for t in info.tensors.values():
+        if t.name == ROPE_FREQS and t.ggml_type == 0:
+            continue  # Llama 3.1+ rope scaling: read back into config.json's rope_scaling at import
         if mlx_name(t.name) is None:
-            raise SpecError(
-                f"{path}: tensor '{t.name}' fora da arquitetura Llama suportada (ex.: rope_freqs do Llama 3.1)"
-            )
+            raise SpecError(f"{path}: tensor '{t.name}' fora da arquitetura Llama suportada")
         if t.ggml_type not in SUPPORTED_TYPES:
             names = ", ".join(SUPPORTED_TYPES.values())
             raise SpecError(

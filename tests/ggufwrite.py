@@ -150,7 +150,7 @@ def _tokenizer_metadata(model_dir: Path) -> dict:
     }
 
 
-def tiny_gguf(model_dir: Path, path: Path, types: dict | None = None) -> tuple[Path, dict]:
+def tiny_gguf(model_dir: Path, path: Path, types: dict | None = None, extra: tuple = ()) -> tuple[Path, dict]:
     """Write the tiny model as a llama.cpp GGUF; return it and the float weights (HF layout) the file holds."""
     import orjson
     from mlx.utils import tree_flatten
@@ -188,4 +188,4 @@ def tiny_gguf(model_dir: Path, path: Path, types: dict | None = None) -> tuple[P
         "llama.vocab_size": config["vocab_size"],
         **_tokenizer_metadata(model_dir),
     }
-    return write_gguf(path, metadata, tensors), reference
+    return write_gguf(path, metadata, tensors + list(extra)), reference

@@ -131,3 +131,14 @@ def test_model_info_and_spec_checks_do_not_import_mlx(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MLX []" in proc.stdout
+
+
+def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path):
+    from farensed.engine.gguf import llama3_rope_freqs, rope_scaling_from_freqs
+
+    info = read_header(write_gguf(tmp_path / "m.gguf", metadata(), tensors()))
+    good = llama3_rope_freqs(500000.0, 64, 8.0, 1.0, 4.0, 8192)
+    assert rope_scaling_from_freqs(info, good, 500000.0, 64)["factor"] == 8.0
+    assert rope_scaling_from_freqs(info, [1.0] * 32, 500000.0, 64) is None
+    with pytest.raises(SpecError, match="não corresponde ao rope 'llama3'"):
+        rope_scaling_from_freqs(info, [1.0] * 16 + [3.0] * 16, 500000.0, 64)

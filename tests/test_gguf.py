@@ -108,3 +108,50 @@ def test_import_refuses_an_existing_destination_and_keeps_a_same_import(tiny_fil
     refused = runner.invoke(cli, ["model", "import-gguf", str(gguf), str(other)])
     assert refused.exit_code == 2 and "já existe" in refused.output
     assert list(other.iterdir()) == []
+
+
+def llama_cpp_rope_freqs(base, dim, factor=8.0, low=1.0, high=4.0, context=8192):
+    """What llama.cpp's convert_hf_to_gguf.py writes as rope_freqs for a Llama 3.1+ model."""
+    import math
+
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi / (1.0 / base ** (i / dim))
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
+
+
+def test_rope_freqs_become_mlx_lm_llama3_rope_scaling(tiny_model, tmp_path):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.models.rope_utils import Llama3RoPE
+
+    from farensed.engine.gguf import import_gguf
+    from tests.ggufwrite import F32
+
+    config = orjson.loads((tiny_model / "config.json").read_bytes())
+    dim, base = config["hidden_size"] // config["num_attention_heads"], config["rope_theta"]
+    freqs = np.array(llama_cpp_rope_freqs(base, dim, factor=32.0), dtype="<f4")
+    assert len(set(freqs.tolist())) > 2  # unscaled, smoothed and fully scaled frequencies all occur
+    extra = (("rope_freqs.weight", freqs.shape, F32, freqs.tobytes()),)
+    gguf, weights = tiny_gguf(tiny_model, tmp_path / "llama31.gguf", extra=extra)
+    import_gguf(gguf, tmp_path / "out", log=lambda _m: None)
+    scaling = orjson.loads((tmp_path / "out" / "config.json").read_bytes())["rope_scaling"]
+    assert scaling["rope_type"] == "llama3" and scaling["factor"] == 32.0
+    rope = Llama3RoPE(dim, base=base, scaling_config=scaling)  # mlx-lm divides each frequency like llama.cpp
+    assert np.allclose(np.array(rope._freqs), base ** (np.arange(0, dim, 2) / dim) * freqs, rtol=1e-5)
+    model, tok = load(str(tmp_path / "out"))
+    config.update(rope_scaling=scaling)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "config.json").write_bytes(orjson.dumps(config))
+    reference = reference_model(tmp_path / "ref", weights)
+    ids = mx.array([tok.encode(TEXTS[1])])
+    want = reference(ids)
+    assert mx.abs(model(ids).astype(mx.float32) - want).max().item() < 2e-3 * mx.abs(want).max().item()

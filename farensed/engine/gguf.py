@@ -9,6 +9,7 @@ writes config.json (with per-module quantization bits), the tokenizer and chat t
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from collections import Counter
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from farensed.atomic import atomic_write_json, fsync_dir, move_aside, read_json
 from farensed.errors import SpecError
-from farensed.ggufinfo import QUANT_TYPES, GgufInfo, check_supported, mlx_name, read_header
+from farensed.ggufinfo import QUANT_TYPES, ROPE_FREQS, GgufInfo, check_supported, mlx_name, read_header
 
 MARKER = "farense_gguf.json"
 GROUP_SIZE = 32  # every GGUF block type MLX keeps quantized packs 32 weights per scale
@@ -43,15 +44,51 @@ def _unpermute(w, n_head: int):
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def convert_weights(info: GgufInfo) -> tuple[dict, dict]:
-    """mx.load the GGUF and return (mlx-lm weights, {quantized module: bits})."""
+# Llama 3.1+'s rope scaling other than the factor (llama.cpp bakes it into rope_freqs; every release uses these)
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_rope_freqs(base: float, dim: int, factor: float, low: float, high: float, context: int) -> list[float]:
+    """llama.cpp's rope_freqs for Llama 3 rope scaling (the divisor of each rotary frequency)."""
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * base ** (i / dim)
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
+
+
+def rope_scaling_from_freqs(info: GgufInfo, freqs: list[float], base: float, dim: int) -> dict | None:
+    """mlx-lm's `llama3` rope_scaling that reproduces a GGUF's rope_freqs (refused if none does)."""
+    factor = max(freqs)
+    if factor == 1.0:
+        return None
+    p = LLAMA3_ROPE
+    expected = llama3_rope_freqs(
+        base, dim, factor, p["low_freq_factor"], p["high_freq_factor"], p["original_max_position_embeddings"]
+    )
+    if len(freqs) != len(expected) or not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(freqs, expected)):
+        raise SpecError(f"{info.path}: {ROPE_FREQS} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)")
+    return {"rope_type": "llama3", "factor": factor, **p}
+
+
+def convert_weights(info: GgufInfo) -> tuple[dict, dict, list | None]:
+    """mx.load the GGUF: (mlx-lm weights, {quantized module: bits}, rope_freqs or None)."""
     import mlx.core as mx
 
     tensors = mx.load(str(info.path))
     heads = int(info.arch_key("attention.head_count"))
     kv_heads = int(info.arch_key("attention.head_count_kv", heads))
     weights, bits = {}, {}
+    rope_freqs = tensors[ROPE_FREQS].tolist() if ROPE_FREQS in tensors else None
     for gname, t in info.tensors.items():
+        if gname == ROPE_FREQS:
+            continue
         name = mlx_name(gname)
         module, suffix = name.rsplit(".", 1)
         if t.ggml_type in QUANT_TYPES:
@@ -64,10 +101,10 @@ def convert_weights(info: GgufInfo) -> tuple[dict, dict]:
         for s, value in parts.items():
             weights[f"{module}.{s}"] = _unpermute(value, n_head) if n_head else value
     mx.eval(weights)
-    return weights, bits
+    return weights, bits, rope_freqs
 
 
-def build_config(info: GgufInfo, bits: dict) -> dict:
+def build_config(info: GgufInfo, bits: dict, rope_freqs: list | None = None) -> dict:
     """mlx-lm's Llama config from the GGUF metadata (per-module bits where they differ from the common width)."""
     md, arch = info.metadata, info.arch_key
     heads = int(arch("attention.head_count"))
@@ -93,6 +130,8 @@ def build_config(info: GgufInfo, bits: dict) -> dict:
     }
     if arch("rope.scaling.type") == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": float(arch("rope.scaling.factor", 1.0))}
+    elif rope_freqs and (scaling := rope_scaling_from_freqs(info, rope_freqs, config["rope_theta"], head_dim)):
+        config["rope_scaling"] = scaling
     for key in ("bos_token_id", "eos_token_id"):
         if f"tokenizer.ggml.{key}" in md:
             config[key] = int(md[f"tokenizer.ggml.{key}"])
@@ -177,8 +216,8 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
         shutil.rmtree(tmp)  # our own leftover from an interrupted import by this pid
     tmp.mkdir()
     try:
-        weights, bits = convert_weights(info)
-        config = build_config(info, bits)
+        weights, bits, rope_freqs = convert_weights(info)
+        config = build_config(info, bits, rope_freqs)
         _save_weights(tmp, weights)
         del weights
         atomic_write_json(tmp / "config.json", config)
