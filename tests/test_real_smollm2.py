@@ -83,3 +83,24 @@ def test_two_qlora_steps_from_a_spec_naming_the_gguf(workspace):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 2 and losses[1] < losses[0]  # the same example, one update later
     assert (workspace / "models" / "smollm2.gguf.mlx" / "farense_gguf.json").is_file()
+
+
+def test_tokenizer_agrees_with_transformers_own_gguf_converter():
+    mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    from farensed.engine.gguf_tokenizer import build_tokenizer
+    from farensed.ggufinfo import read_header
+
+    md = read_header(GGUF).metadata
+    renames = mapping.GGUF_TOKENIZER_MAPPING["tokenizer"]
+    theirs, _ = mapping.convert_gguf_tokenizer(
+        "llama", {n: md[f"tokenizer.{k}"] for k, n in renames.items() if f"tokenizer.{k}" in md}
+    )
+    ours = build_tokenizer(md)
+    texts = [
+        "Olá! Quando abre o Museu Municipal de Faro? Às 10h, 2024-11-27 às 18:30.",
+        "def f(x):\n    return x**2  # 12345",
+        "<|im_start|>user\nWhat is 3+4?<|im_end|>\n",
+        "  leading spaces\t\ttabs\n\n\nnewlines, émojis 🎉, ÇÃÕ ñ ß 中文",
+    ]
+    for text in texts:
+        assert ours.encode(text, add_special_tokens=False) == theirs.encode(text, add_special_tokens=False).ids, text

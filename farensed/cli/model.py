@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from farensed.cli.app import cli, print_json, workspace
+from farensed.cli.app import cli, print_json
 
 
 @cli.group()
@@ -52,8 +52,7 @@ def import_gguf(file, dest, as_json):
     from farensed.engine.runner import configure_environment
 
     configure_environment()
-    ws = workspace()
-    summary = do_import(ws.resolve(file), ws.resolve(dest), log=(lambda _msg: None) if as_json else click.echo)
+    summary = do_import(Path(file), Path(dest), log=(lambda _msg: None) if as_json else click.echo)
     if as_json:
         print_json(summary)
     else:
@@ -74,7 +73,7 @@ def info(file, as_json):
     """
     from farensed.ggufinfo import check_supported, read_header
 
-    gguf = read_header(workspace().resolve(file))
+    gguf = read_header(Path(file))
     doc = {
         "file": str(Path(gguf.path)),
         "version": gguf.version,
