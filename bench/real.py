@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,8 @@ def section(import_s: float, jobs: dict, steps: int, full: bool, machine: str) -
         BEGIN,
         "## Real weights: the seed's V1 and V2 on SmolLM2-135M-Instruct (GGUF, Q4_1)",
         "",
-        f"`python -m bench.real{' --full' if full else ''}` — {mode}. Machine: {machine}. Date: {dt.date.today()}.",
+        f"`python -m bench.real{' --full' if full else ''}` — {mode}. Machine: {machine}. Date: {dt.date.today()}. "
+        f"The CPU was shared: 15-minute load average {os.getloadavg()[2]:.1f} when this section was written.",
         f"Import of `{GGUF_NAME}` (93 MB; Q4_1 blocks → MLX 4-bit, its Q8_0 embedding → 8-bit; "
         f"tokenizer and chat template from the metadata): {import_s:.1f} s, once; both jobs name the `.gguf` and reuse it.",
         "",
