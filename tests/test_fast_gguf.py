@@ -142,3 +142,13 @@ def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path):
     assert rope_scaling_from_freqs(info, [1.0] * 32, 500000.0, 64) is None
     with pytest.raises(SpecError, match="não corresponde ao rope 'llama3'"):
         rope_scaling_from_freqs(info, [1.0] * 16 + [3.0] * 16, 500000.0, 64)
+
+
+def test_a_gguf_whose_folder_cannot_take_the_import_is_one_line(tmp_path):
+    from farensed.engine.gguf import model_path
+
+    path = write_gguf(tmp_path / "m.gguf", metadata(), tensors())
+    (tmp_path / ".m.gguf.lock").mkdir()  # the lock file cannot be created (as a read-only folder, even for root)
+    with pytest.raises(SpecError, match="não foi possível importar para m.gguf.mlx ao lado do GGUF"):
+        model_path(path)
+    assert not (tmp_path / "m.gguf.mlx").exists()

@@ -255,10 +255,16 @@ def model_path(path: Path, log=print) -> Path:
     from filelock import FileLock
 
     cache = path.with_name(path.name + CACHE_SUFFIX)
-    with FileLock(str(path.with_name(f".{path.name}.lock"))):
-        if _cache_is_current(cache, path):
-            return cache
-        if cache.exists():
-            log(f"O GGUF mudou: a importação anterior foi guardada em {move_aside(cache)}")
-        import_gguf(path, cache, log=log)
+    try:
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            if _cache_is_current(cache, path):
+                return cache
+            if cache.exists():
+                log(f"O GGUF mudou: a importação anterior foi guardada em {move_aside(cache)}")
+            import_gguf(path, cache, log=log)
+    except OSError as exc:  # a read-only folder, a full disk, …
+        raise SpecError(
+            f"{path}: não foi possível importar para {cache.name} ao lado do GGUF ({exc.strerror or exc}); "
+            "use farensectl model import-gguf FILE DEST e ponha DEST no model do spec"
+        ) from None
     return cache
