@@ -281,7 +281,7 @@ class Trainer:
         start = self._start_point()
         if start.resuming and start.state.get("finished"):
             console.say("\nTreino já terminado; nada a fazer.")
-            return self.finish(start.state["progress"]["stop_reason"], already=True)
+            return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
         progress, stopper, metrics = self._restore(start)
         if self.world.is_main:
             atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
