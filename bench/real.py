@@ -127,6 +127,9 @@ def section(import_times: tuple, jobs: dict, steps: int, full: bool, machine: st
     if not full:
         lines += [
             "",
+            "Time per step is wall time on a CPU shared with other processes: it moves with their load, so it is "
+            "no V1-vs-V2 speed comparison.",
+            "",
             "What was shortened so it fits a shared 2-core CPU (reference BLAS; a real step costs tens of seconds):",
             f"batch 2 × grad_accumulation 1 (seed V1: 4 × 4, V2: 2 × 4), {steps} training examples × 2 epochs "
             "(seed: all 160 × 3), LoRA on the last 4 layers (seed: 16), max_seq_length 128 (every demo example fits "
