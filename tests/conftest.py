@@ -19,6 +19,8 @@ def pytest_collection_modifyitems(items):
     """Two layers: a test that uses the tiny model (directly or through a fixture) is `e2e`, any other `fast`."""
     for item in items:
         # a test that picks its model at run time (request.getfixturevalue) says so with an explicit e2e mark
+        if item.get_closest_marker("real"):
+            continue  # real weights: their own layer (`pytest -m real`)
         uses_model = item.get_closest_marker("e2e") or "tiny_model" in getattr(item, "fixturenames", ())
         item.add_marker(pytest.mark.e2e if uses_model else pytest.mark.fast)
 

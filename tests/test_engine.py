@@ -115,10 +115,13 @@ def test_changed_spec_is_refused_and_fresh_moves_the_old_run_aside(workspace):
 def test_finished_run_is_not_trained_again(fresh_copy, reference_run):
     ws = fresh_copy(reference_run, "again")
     before = (ws / RUN / "training_state.json").read_bytes()
+    summary = orjson.loads((ws / RUN / "training_summary.json").read_bytes())
     proc = run_cli(ws, "run", str(ws / "job.json"))
     assert proc.returncode == 0
     assert "Treino já terminado" in proc.stdout and "ANÁLISE FINAL DE OVERFITTING" in proc.stdout
     assert (ws / RUN / "training_state.json").read_bytes() == before
+    again = orjson.loads((ws / RUN / "training_summary.json").read_bytes())
+    assert again["stop_reason"] == summary["stop_reason"] in ("completed", "early_stopping")
 
 
 def test_overfitting_config_triggers_early_stopping_with_best_before_the_stop(workspace):

@@ -111,7 +111,9 @@ class Evaluator:
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
-        model, tokenizer = load(str(resolve_model(self.spec.model, self.ws)))
+        from farensed.engine.gguf import model_path  # a .gguf: its import <file>.mlx/
+
+        model, tokenizer = load(str(model_path(resolve_model(self.spec.model, self.ws), log=self.log)))
         for tag in MODELS:
             if tag == "adapters":
                 load_adapters(model, str(self.adapters))

@@ -83,7 +83,10 @@ class Trainer:
     def __init__(self, spec: JobSpec, ws: Workspace, fresh: bool = False):
         self.spec, self.ws = spec, ws
         self.run_dir = ws.run_dir(spec.name)
-        self.model_path = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
+        from farensed.engine.gguf import model_path  # a .gguf is imported once into <file>.mlx/
+
+        # a folder, a Hub id's snapshot in the HF cache, or a .gguf file's import
+        self.model_path = model_path(resolve_model(spec.model, ws), log=console.say)
         self.fresh = fresh
         self.stop = StopRequest(None if "MLX_RANK" in os.environ else self.run_dir)
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
@@ -299,7 +302,7 @@ class Trainer:
             atomic_write_json(self.run_dir / "spec.json", spec.to_dict())  # the accepted changes, recorded
         if start.resuming and start.state.get("finished") and not cont.reopen:
             console.say("\nTreino já terminado; nada a fazer.")
-            return self.finish(start.state["progress"]["stop_reason"], already=True)
+            return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
         progress, stopper, metrics = self._restore(start)
         cont.apply(progress, stopper)
         rank = self.world.rank if self.world.size > 1 else None
