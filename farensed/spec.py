@@ -79,6 +79,7 @@ class JobSpec:
     early_stopping: EarlyStoppingConfig | None = field(default_factory=EarlyStoppingConfig)
     evaluate: bool = True
     val_samples: int | None = None
+    val_batch_size: int | None = None  # None: automatic (engine/data.py: validation_batches)
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -128,6 +129,7 @@ RANGES = {
     "early_stopping.patience": (lambda v: v >= 1, "≥ 1"),
     "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
     "val_samples": (lambda v: v >= 1, "≥ 1"),
+    "val_batch_size": (lambda v: v >= 1, "≥ 1"),
     "max_recoveries": (lambda v: v >= 0, "≥ 0"),
 }
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,23 @@ from farensed.analysis.metrics import MetricsLog
 from farensed.atomic import atomic_write_json
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
-from farensed.engine.data import TokenizedSet, collate, epoch_order, file_digest, length_sorted_batches, tokenize_file
+from farensed.engine.data import (
+    VAL_TOKEN_FACTOR,
+    TokenizedSet,
+    collate,
+    epoch_order,
+    file_digest,
+    length_sorted_batches,
+    padded_width,
+    tokenize_file,
+    validation_batches,
+)
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
+from farensed.engine.timing import RunClock
+from farensed.engine.tokcache import CACHE_DIR, TokenCache
+from farensed.engine.valloss import ValidationLoss
 from farensed.spec import JobSpec
 from farensed.workspace import Workspace
 
@@ -74,24 +87,36 @@ class Trainer:
         self.stop = StopRequest()
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
         self.world = None  # set in run(): this rank's place in a distributed job (size 1 otherwise)
+        self.clock = RunClock()  # start-up, validation and checkpoint seconds of this process (timings.json)
+        self.clock.mark("engine_ready")
+        self._val_loss = None  # the compiled forward-only loss (engine/valloss.py), built at the first validation
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _load(self) -> None:
         import mlx.core as mx
         import mlx.optimizers as optim
-        from mlx_lm import load
         from mlx_lm.tuner.utils import linear_to_lora_layers
+        from mlx_lm.utils import load_model
 
         spec = self.spec
         console.say("\nA carregar modelo e dados...")
         console.say(f"A carregar modelo: {spec.model}")
-        self.model, self.tokenizer = load(str(self.model_path))
+        self.model, self.model_config = load_model(Path(self.model_path))  # the tokenizer only if tokens are needed
+        self.clock.mark("model_loaded")
         console.say("\nA carregar datasets...")
         train_path, valid_path = self.ws.resolve(spec.data.train), self.ws.resolve(spec.data.valid)
         self.data_digests = {"train": file_digest(train_path), "valid": file_digest(valid_path)}
         console.say("\nA tokenizar...")
-        self.train_set = tokenize_file(train_path, self.tokenizer, spec.max_seq_length)
-        self.valid_set = tokenize_file(valid_path, self.tokenizer, spec.max_seq_length)
+        cache = TokenCache(self.ws.root / "checkpoints_qlora" / CACHE_DIR, self.model_path, self._token_settings())
+        self.train_set, hit_train = cache.get(
+            self.data_digests["train"], lambda: tokenize_file(train_path, self.tokenizer, spec.max_seq_length)
+        )
+        self.valid_set, hit_valid = cache.get(
+            self.data_digests["valid"], lambda: tokenize_file(valid_path, self.tokenizer, spec.max_seq_length)
+        )
+        self.clock.mark("tokens_ready", tokens_cached=hit_train and hit_valid)
+        if hit_train and hit_valid:
+            console.say("Tokens em cache (checkpoints_qlora/.tokens): tokenização saltada")
         console.say(f"Amostras de treino: {len(self.train_set)}")
         console.say(f"Amostras de validação: {len(self.valid_set)}")
         console.say(f"✅ Tokens de treino: {sum(map(len, self.train_set.tokens))}")
@@ -114,18 +139,35 @@ class Trainer:
         )
         self.optimizer = optim.Adam(learning_rate=spec.learning_rate)
 
+    @cached_property
+    def tokenizer(self):
+        """mlx-lm's tokenizer, loaded on first use: a start-up with every token cached never needs it."""
+        from mlx_lm.utils import load_tokenizer
+
+        return load_tokenizer(Path(self.model_path), eos_token_ids=self.model_config.get("eos_token_id"))
+
+    def _token_settings(self) -> dict:
+        """The spec's settings that change the tokens (part of the token cache's key)."""
+        return {"max_seq_length": self.spec.max_seq_length, "mask_prompt": getattr(self.spec, "mask_prompt", True)}
+
     def _make_batches(self) -> None:
         """Batches are fixed (only their order changes per epoch): pad and convert each once.
 
-        Distributed: each rank takes its rows of every global batch and its share of the validation batches.
+        Validation batches are forward-only and larger (engine/data.py: validation_batches), over the same fixed
+        subset. Distributed: each rank takes its rows of every global batch and its share of the validation batches.
         """
         spec, rank, size = self.spec, self.world.rank, self.world.size
         train_batches = length_sorted_batches(self.train_set, spec.batch_size, drop_last=True)
         n_valid = len(self.valid_set) if spec.val_samples is None else min(spec.val_samples, len(self.valid_set))
-        valid_batches = length_sorted_batches(
+        checkpointed = getattr(spec, "grad_checkpoint", False)  # saves less in training: no more tokens than it
+        longest = max(
+            padded_width(max(len(self.train_set.tokens[i]) for i in b), spec.max_seq_length) for b in train_batches
+        )
+        valid_batches = validation_batches(
             TokenizedSet(self.valid_set.tokens[:n_valid], self.valid_set.offsets[:n_valid], 0),
-            spec.batch_size,
-            drop_last=False,
+            spec.max_seq_length,
+            spec.val_batch_size,
+            token_budget=len(train_batches[0][rank::size]) * longest * (1 if checkpointed else VAL_TOKEN_FACTOR),
         )
         self.steps_per_epoch = len(train_batches)
         self.total_steps = self.steps_per_epoch * spec.epochs
@@ -206,17 +248,21 @@ class Trainer:
     def validate(self) -> float:
         """Token-weighted mean loss over the (fixed) validation batches; no randomness involved."""
         import mlx.core as mx
-        from mlx_lm.tuner.trainer import default_loss
 
+        tic = time.perf_counter()
         self.model.eval()
+        if self._val_loss is None:
+            self._val_loss = ValidationLoss(self.model, self.valid_arrays)
         total, ntoks = mx.array(0.0), mx.array(0.0)
-        for batch in self.valid_arrays:
-            loss, toks = default_loss(self.model, *batch)
-            total, ntoks = total + loss * toks, ntoks + toks
+        for i, batch in enumerate(self.valid_arrays):
+            loss_sum, toks = self._val_loss(i, *batch)
+            total, ntoks = total + loss_sum, ntoks + toks
             mx.eval(total, ntoks)
         self.model.train()
         total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))  # averaged over ranks, token-weighted
-        return (total / ntoks).item()
+        val_loss = (total / ntoks).item()
+        self.clock.add("validation", time.perf_counter() - tic)
+        return val_loss
 
     def _adapter_weights(self) -> dict:
         from mlx.utils import tree_flatten
@@ -281,6 +327,7 @@ class Trainer:
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"], already=True)
         progress, stopper, metrics = self._restore(start)
+        self.clock.mark("restored")
         if self.world.is_main:
             atomic_write_json(self.run_dir / "spec.json", spec.to_dict())
         rank = self.world.rank if self.world.size > 1 else None
@@ -316,6 +363,7 @@ class Trainer:
                     loss_sum, toks = self.world.all_sum(mx.stack([loss * toks, toks.astype(mx.float32)]))
                     loss = loss_sum / toks
                 mx.eval(self.state, loss, toks, grad)
+                self._first_step_done(progress.step)
                 progress.step += 1
                 loss, toks = loss.item(), int(toks.item())
                 for attr in ("window", "group"):
@@ -347,6 +395,7 @@ class Trainer:
                     self.checkpoint(progress, stopper, metrics, finished)
                     if stop_now and not finished:
                         bar.close()
+                        self._write_timings()
                         console.say(f"\n⏸  Interrompido (sinal {self.stop.signum}); retoma com o mesmo comando.")
                         return EXIT_RESUMABLE
                 if progress.stop_reason:
@@ -355,6 +404,21 @@ class Trainer:
         if progress.stop_reason == "early_stopping":
             console.say(console.early_stop_block(stopper))
         return self.finish(progress.stop_reason or "completed")
+
+    def _first_step_done(self, step: int) -> None:
+        """Start-up ends when this process's first micro-step is done: record it (once)."""
+        if "first_step" not in self.clock.marks:
+            self.clock.mark("first_step", resumed=step > 0, from_step=step)
+            if self.world.is_main:
+                self.clock.write(self.run_dir)
+
+    def _write_timings(self) -> None:
+        """This process's time per activity, at its end (nothing when it trained no step)."""
+        if "first_step" in self.clock.marks and self.world.is_main:
+            self.clock.mark("loop_end")
+            self.clock.seconds["checkpoint"] = sum(self.checkpoint_seconds)
+            self.clock.counts["checkpoint"] = len(self.checkpoint_seconds)
+            self.clock.write(self.run_dir)
 
     def _fingerprint(self) -> dict:
         """What must not change for a resume to mean anything (the world size included)."""
@@ -417,6 +481,7 @@ class Trainer:
     # ---- the end ----------------------------------------------------------------------------------------
     def finish(self, stop_reason: str, already: bool = False) -> int:
         """Summary, plot and output/<name>/ (rank 0); the runner prints the final analysis."""
+        self._write_timings()
         if self.world.is_main:
             finish_run(
                 self.ws,
