@@ -12,23 +12,23 @@ import sys
 import time
 
 import orjson
-import psutil
 
-START = psutil.Process().create_time()
-TIMES = {"validation_s": 0.0, "validations": 0, "checkpoint_s": 0.0, "checkpoints": 0}
+from farensed.engine.timing import since_process_start
+
+TIMES = {"validation_s": 0.0, "validation_cpu_s": 0.0, "validations": 0, "checkpoint_s": 0.0, "checkpoints": 0}
 
 
-def since_start() -> float:
-    return time.time() - START
+since_start = since_process_start()
 
 
 def timed(fn, key: str):
     def wrapper(*args, **kwargs):
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             TIMES[f"{key}_s"] += time.perf_counter() - tic
+            TIMES[f"{key}_cpu_s"] = TIMES.get(f"{key}_cpu_s", 0.0) + time.process_time() - cpu
             TIMES[f"{key}s"] += 1
 
     return wrapper
@@ -46,7 +46,9 @@ def main() -> None:
     def first_advance(self):
         if "first_step" not in TIMES:  # start-up ends with the first training step (step 1's validation excluded)
             TIMES["first_step"] = since_start()
+            TIMES["first_step_cpu"] = time.process_time()
             TIMES["validation_before_first_step"] = TIMES["validation_s"]
+            TIMES["validation_cpu_before_first_step"] = TIMES["validation_cpu_s"]
         return advance(self)
 
     trainer.TrainUI.advance = first_advance
@@ -57,6 +59,7 @@ def main() -> None:
             return train(*args, **kwargs)
         finally:
             TIMES["loop_end"] = since_start()
+            TIMES["loop_end_cpu"] = time.process_time()
 
     lora.train = timed_train
     atexit.register(lambda: open(os.environ["BENCH_TIMES"], "wb").write(orjson.dumps(TIMES)))

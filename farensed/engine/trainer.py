@@ -249,7 +249,7 @@ class Trainer:
         """Token-weighted mean loss over the (fixed) validation batches; no randomness involved."""
         import mlx.core as mx
 
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         self.model.eval()
         if self._val_loss is None:
             self._val_loss = ValidationLoss(self.model, self.valid_arrays)
@@ -261,7 +261,7 @@ class Trainer:
         self.model.train()
         total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))  # averaged over ranks, token-weighted
         val_loss = (total / ntoks).item()
-        self.clock.add("validation", time.perf_counter() - tic)
+        self.clock.add("validation", time.perf_counter() - tic, time.process_time() - cpu)
         return val_loss
 
     def _adapter_weights(self) -> dict:
