@@ -18,6 +18,7 @@ import psutil
 
 from bench.figures import REPO, Figure, checkpoint_share, resume_startup, training_throughput, workspace
 from bench.figures_queue import cli_figures, daemon_figures, eval_figures, tail_figures
+from bench.figures_wholerun import resume_startup_cached, whole_run
 
 
 def build_figure(tmp: Path) -> tuple[Figure, Path]:
@@ -55,7 +56,12 @@ def table(figures: list[Figure]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller inputs, print only")
+    parser.add_argument(
+        "--wholerun", action="store_true", help="only the whole-run figures; rewrites their section of RESULTS.md"
+    )
     args = parser.parse_args()
+    if args.wholerun:
+        return main_wholerun(quick=args.quick)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quick = args.quick
     repeats = 1 if quick else 3
@@ -79,6 +85,8 @@ def main() -> None:
             lambda: cli_figures(root, repeats=3 if quick else 7),
             lambda: tail_figures(root, repeats=3 if quick else 7, big=100_000 if quick else 1_000_000),
             lambda: eval_figures(root),
+            lambda: whole_run(root, repeats=1 if quick else 2),
+            lambda: resume_startup_cached(root, repeats),
         ]
         for step in steps:
             for fig in step():
@@ -101,6 +109,29 @@ def main() -> None:
             f"{head}<!-- table -->\nMachine: {machine()}. Date: {dt.date.today()}. "
             f"Median (min–max) of repeated runs; comparisons interleaved in one run.\n\n{text}\n"
         )
+
+
+def main_wholerun(quick: bool) -> None:
+    """The whole-run figures alone (~3 minutes here), written between the wholerun markers of RESULTS.md."""
+    from farensed.demo.tinymodel import build_tiny_model, recipe_hash
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    figures: list[Figure] = []
+    cache = Path(os.environ.get("FARENSE_TEST_CACHE", REPO / "tests/.cache"))  # the tests' tiny model, if built
+    model = build_tiny_model(cache / f"tiny-mistral-4bit-{recipe_hash()}", log=lambda *_: None)
+    with tempfile.TemporaryDirectory(prefix="farense-bench-") as tmp:
+        root = workspace(Path(tmp) / "ws", model)
+        figures += whole_run(root, repeats=1 if quick else 2)
+        figures += resume_startup_cached(root, repeats=1 if quick else 3)
+    text = table(figures)
+    print(text)
+    if not quick:
+        results = REPO / "bench/RESULTS.md"
+        start, end = "<!-- wholerun -->", "<!-- /wholerun -->"
+        before, rest = results.read_text().split(start)
+        after = rest.split(end)[1]
+        section = f"Machine: {machine()}. Date: {dt.date.today()}. Median (min–max).\n\n{text}\n"
+        results.write_text(f"{before}{start}\n{section}{end}{after}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ class JobSpec:
     test_batches: int = -1
     clear_cache_threshold: int = 0
     fuse: Any = False
+    val_batch_size: int | None = None  # None: automatic (engine/data.py: validation_batches)
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -182,6 +183,7 @@ RANGES = {
     "early_stopping.patience": (lambda v: v >= 1, "≥ 1"),
     "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
     "val_samples": (lambda v: v >= 1, "≥ 1"),
+    "val_batch_size": (lambda v: v >= 1, "≥ 1"),
     "max_recoveries": (lambda v: v >= 0, "≥ 0"),
     "success.loss_drop": (lambda v: 0 <= v < 1, "0 ≤ loss_drop < 1"),
     "success.gap_max": (lambda v: v > 0, "> 0"),

@@ -80,6 +80,16 @@ def test_sigterm_checkpoints_exits_75_then_resumes_exactly(workspace, reference_
     proc = run_cli(workspace, "run", str(spec))
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert_same_run(reference_run, workspace)
+    assert "Tokens em cache" in proc.stdout  # the resume skipped tokenization
+    first, second = orjson.loads((workspace / RUN / "timings.json").read_bytes())
+    assert (first["resumed"], first["tokens_cached"], second["resumed"], second["tokens_cached"]) == (
+        False,
+        False,
+        True,
+        True,
+    )
+    assert second["from_step"] == state["step"] and 0 < second["startup_s"] < second["marks_s"]["loop_end"]
+    assert first["validations"] + second["validations"] == 10  # every 8 of 80 steps
 
 
 def test_damaged_newest_checkpoint_falls_back_and_says_so(workspace, reference_run):

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,22 @@ from farensed.engine import startup
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from farensed.engine.continuation import plan
-from farensed.engine.data import TokenizedSet, collate, epoch_order, length_sorted_batches, tokenize_file
+from farensed.engine.data import (
+    VAL_TOKEN_FACTOR,
+    TokenizedSet,
+    collate,
+    epoch_order,
+    length_sorted_batches,
+    padded_width,
+    tokenize_file,
+    validation_batches,
+)
 from farensed.engine.resume import find_start
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
+from farensed.engine.timing import RunClock
+from farensed.engine.tokcache import CACHE_DIR, TokenCache
+from farensed.engine.valloss import ValidationLoss
 from farensed.hub import resolve_model
 from farensed.spec import JobSpec
 from farensed.workspace import Workspace
@@ -91,23 +103,37 @@ class Trainer:
         self.stop = StopRequest(None if "MLX_RANK" in os.environ else self.run_dir)
         self.checkpoint_seconds: list[float] = []  # this process's checkpoint writes (for bench/)
         self.world = None  # set in run(): this rank's place in a distributed job (size 1 otherwise)
+        self.clock = RunClock()  # start-up, validation and checkpoint seconds of this process (timings.json)
+        self.clock.mark("engine_ready")
+        self._val_loss = None  # the compiled forward-only loss (engine/valloss.py), built at the first validation
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _load(self) -> None:
-        from mlx_lm import load
+        from mlx_lm.utils import load_model
 
         from farensed.engine.optim import apply_fine_tune_type, build_optimizer
 
         spec = self.spec
         console.say("\nA carregar modelo e dados...")
         console.say(f"A carregar modelo: {spec.model}")
-        self.model, self.tokenizer = load(str(self.model_path))
+        self.model, self.model_config = load_model(Path(self.model_path))  # the tokenizer only if tokens are needed
+        self.clock.mark("model_loaded")
         console.say("\nA carregar datasets...")
         train_path, valid_path = self.ws.resolve(spec.data.train), self.ws.resolve(spec.data.valid)
         self.data_digests = {"train": sha256_file(train_path), "valid": sha256_file(valid_path)}
         console.say("\nA tokenizar...")
-        self.train_set = tokenize_file(train_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt)
-        self.valid_set = tokenize_file(valid_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt)
+        cache = TokenCache(self.ws.root / "checkpoints_qlora" / CACHE_DIR, self.model_path, self._token_settings())
+        self.train_set, hit_train = cache.get(
+            self.data_digests["train"],
+            lambda: tokenize_file(train_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt),
+        )
+        self.valid_set, hit_valid = cache.get(
+            self.data_digests["valid"],
+            lambda: tokenize_file(valid_path, self.tokenizer, spec.max_seq_length, spec.mask_prompt),
+        )
+        self.clock.mark("tokens_ready", tokens_cached=hit_train and hit_valid)
+        if hit_train and hit_valid:
+            console.say("Tokens em cache (checkpoints_qlora/.tokens): tokenização saltada")
         console.say(f"Amostras de treino: {len(self.train_set)}")
         console.say(f"Amostras de validação: {len(self.valid_set)}")
         console.say(f"✅ Tokens de treino: {sum(map(len, self.train_set.tokens))}")
@@ -119,27 +145,52 @@ class Trainer:
         apply_fine_tune_type(self.model, spec, self.ws, console.say)  # lora | dora | full (+ resume_adapter_file)
         self.optimizer = build_optimizer(spec)
 
+    @cached_property
+    def tokenizer(self):
+        """mlx-lm's tokenizer, loaded on first use: a start-up with every token cached never needs it."""
+        from mlx_lm.utils import load_tokenizer
+
+        return load_tokenizer(Path(self.model_path), eos_token_ids=self.model_config.get("eos_token_id"))
+
+    def _token_settings(self) -> dict:
+        """The spec's settings that change the tokens (part of the token cache's key)."""
+        return {"max_seq_length": self.spec.max_seq_length, "mask_prompt": getattr(self.spec, "mask_prompt", True)}
+
     def _make_batches(self) -> None:
         """Batches are fixed (only their order changes per epoch): pad and convert each once.
 
-        Distributed: each rank takes its rows of every global batch and its share of the validation batches.
+        Validation batches are forward-only and larger (engine/data.py: validation_batches), over the same fixed
+        subset. Distributed: each rank takes its rows of every global batch and its share of the validation batches.
         """
         spec, rank, size = self.spec, self.world.rank, self.world.size
         train_batches = length_sorted_batches(self.train_set, spec.batch_size, drop_last=True)
         n_valid = len(self.valid_set) if spec.val_samples is None else min(spec.val_samples, len(self.valid_set))
-        valid_batches = length_sorted_batches(
-            TokenizedSet(self.valid_set.tokens[:n_valid], self.valid_set.offsets[:n_valid], 0),
-            spec.batch_size,
-            drop_last=False,
-        )
+        chosen = list(range(n_valid))
         if spec.val_batches and spec.val_batches > 0:
-            valid_batches = valid_batches[: spec.val_batches]
+            # mlx-lm's `val_batches` N: its first N length-sorted batches of batch_size, the shortest N x batch_size
+            chosen = sorted(chosen, key=lambda i: (len(self.valid_set.tokens[i]), i))[
+                : spec.val_batches * spec.batch_size
+            ]
+            chosen.sort()
+        checkpointed = getattr(spec, "grad_checkpoint", False)  # saves less in training: no more tokens than it
+        longest = max(
+            padded_width(max(len(self.train_set.tokens[i]) for i in b), spec.max_seq_length) for b in train_batches
+        )
+        valid_subset = TokenizedSet(
+            [self.valid_set.tokens[i] for i in chosen], [self.valid_set.offsets[i] for i in chosen], 0
+        )
+        valid_batches = validation_batches(
+            valid_subset,
+            spec.max_seq_length,
+            spec.val_batch_size,
+            token_budget=len(train_batches[0][rank::size]) * longest * (1 if checkpointed else VAL_TOKEN_FACTOR),
+        )
         self.steps_per_epoch = len(train_batches)
         self.total_steps = spec.iters or self.steps_per_epoch * spec.epochs
         self.epochs_total = -(-self.total_steps // self.steps_per_epoch)
         self.train_arrays = [collate(self.train_set, b[rank::size], spec.max_seq_length) for b in train_batches]
         self.valid_arrays = [
-            collate(self.valid_set, b, spec.max_seq_length) for i, b in enumerate(valid_batches) if i % size == rank
+            collate(valid_subset, b, spec.max_seq_length) for i, b in enumerate(valid_batches) if i % size == rank
         ]
 
     def _restore(self, start) -> tuple[Progress, EarlyStopping, MetricsLog]:
@@ -219,17 +270,21 @@ class Trainer:
     def validate(self) -> float:
         """Token-weighted mean loss over the (fixed) validation batches; no randomness involved."""
         import mlx.core as mx
-        from mlx_lm.tuner.trainer import default_loss
 
+        tic, cpu = time.perf_counter(), time.process_time()
         self.model.eval()
+        if self._val_loss is None:
+            self._val_loss = ValidationLoss(self.model, self.valid_arrays)
         total, ntoks = mx.array(0.0), mx.array(0.0)
-        for batch in self.valid_arrays:
-            loss, toks = default_loss(self.model, *batch)
-            total, ntoks = total + loss * toks, ntoks + toks
+        for i, batch in enumerate(self.valid_arrays):
+            loss_sum, toks = self._val_loss(i, *batch)
+            total, ntoks = total + loss_sum, ntoks + toks
             mx.eval(total, ntoks)
         self.model.train()
         total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))  # averaged over ranks, token-weighted
-        return (total / ntoks).item()
+        val_loss = (total / ntoks).item()
+        self.clock.add("validation", time.perf_counter() - tic, time.process_time() - cpu)
+        return val_loss
 
     def _adapter_weights(self) -> dict:
         from mlx.utils import tree_flatten
@@ -304,6 +359,7 @@ class Trainer:
             console.say("\nTreino já terminado; nada a fazer.")
             return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
         progress, stopper, metrics = self._restore(start)
+        self.clock.mark("restored")
         cont.apply(progress, stopper)
         rank = self.world.rank if self.world.size > 1 else None
         micro_step = self._compile_step()
@@ -340,6 +396,7 @@ class Trainer:
                     loss = loss_sum / toks
                 mx.eval(self.state, loss, toks, grad)
                 clear_cache(spec.clear_cache_threshold)
+                self._first_step_done(progress.step)
                 progress.step += 1
                 loss, toks = loss.item(), int(toks.item())
                 for attr in ("window", "group"):
@@ -374,6 +431,7 @@ class Trainer:
                     self.checkpoint(progress, stopper, metrics, finished)
                     if stop_now and not finished:
                         bar.close()
+                        self._write_timings()
                         console.say(console.interrupted(self.stop.signum))
                         return EXIT_RESUMABLE
                 if progress.stop_reason or last:
@@ -382,6 +440,21 @@ class Trainer:
         if progress.stop_reason == "early_stopping":
             console.say(console.early_stop_block(stopper))
         return self.finish(progress.stop_reason or "completed")
+
+    def _first_step_done(self, step: int) -> None:
+        """Start-up ends when this process's first micro-step is done: record it (once)."""
+        if "first_step" not in self.clock.marks:
+            self.clock.mark("first_step", resumed=step > 0, from_step=step)
+            if self.world.is_main:
+                self.clock.write(self.run_dir)
+
+    def _write_timings(self) -> None:
+        """This process's time per activity, at its end (nothing when it trained no step)."""
+        if "first_step" in self.clock.marks and self.world.is_main:
+            self.clock.mark("loop_end")
+            self.clock.seconds["checkpoint"] = sum(self.checkpoint_seconds)
+            self.clock.counts["checkpoint"] = len(self.checkpoint_seconds)
+            self.clock.write(self.run_dir)
 
     def _fingerprint(self) -> dict:
         """What must not change for a resume to mean anything (the world size included)."""
@@ -444,6 +517,7 @@ class Trainer:
     # ---- the end ----------------------------------------------------------------------------------------
     def finish(self, stop_reason: str, already: bool = False) -> int:
         """Summary, plot and output/<name>/ (rank 0); the runner prints the final analysis."""
+        self._write_timings()
         if self.world.is_main and self.spec.data.test:
             from farensed.engine.testset import evaluate_test_set
 

@@ -1,0 +1,97 @@
+"""Validation at full speed gives the same val_loss as before; the token cache gives the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from farensed.spec import load_spec
+from farensed.workspace import Workspace
+from tests.helpers import TEST_SPEC, spec_with, write_spec
+
+
+def loaded_trainer(root, **changes):
+    """A Trainer with model, tokens, batches and LoRA layers set up, its LoRA B made non-zero (a trained look)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from farensed.engine.distributed import World
+    from farensed.engine.trainer import Trainer
+
+    ws = Workspace(root)
+    trainer = Trainer(load_spec(write_spec(root, spec_with(**changes)), ws), ws)
+    trainer.world = World()
+    trainer._load()
+    mx.random.seed(7)
+    params = tree_flatten(trainer.model.trainable_parameters())
+    trainer.model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in params], strict=False)
+    return trainer
+
+
+def mlx_lm_val_loss(trainer) -> float:
+    """mlx-lm's own evaluate (what `mlx_lm lora --val-batches -1` runs) over the same validation examples."""
+    from mlx_lm.tuner.trainer import evaluate
+
+    n = trainer.spec.val_samples
+    dataset = list(zip(trainer.valid_set.tokens[:n], trainer.valid_set.offsets[:n]))
+    loss = evaluate(trainer.model, dataset, trainer.spec.batch_size, -1, trainer.spec.max_seq_length)
+    trainer.model.train()
+    return loss
+
+
+def test_validation_batches_are_larger_and_equal_mlx_lm_evaluate(workspace):
+    from farensed.engine.data import VAL_TOKEN_FACTOR, padded_width
+
+    trainer = loaded_trainer(workspace)
+    spec = trainer.spec
+    rows = [batch.shape[0] for batch, _ in trainer.valid_arrays]
+    assert sum(rows) == TEST_SPEC["val_samples"]  # the same fixed subset, each example once
+    assert max(rows) > spec.batch_size and len(rows) < TEST_SPEC["val_samples"] // spec.batch_size
+    widest = max(padded_width(int(batch.shape[1]), spec.max_seq_length) for batch, _ in trainer.train_arrays)
+    budget = VAL_TOKEN_FACTOR * spec.batch_size * widest  # the automatic rule: bounded by the training batch
+    assert all(b.shape[0] * b.shape[1] <= budget for b, _ in trainer.valid_arrays)
+    reference = mlx_lm_val_loss(trainer)
+    first, second = trainer.validate(), trainer.validate()  # the second runs the cached compiled graph
+    assert trainer._val_loss.counted is not None  # the tiny Mistral has a plain head: only counted positions
+    assert first == second
+    assert first == pytest.approx(reference, rel=1e-5)
+    assert trainer.model.training  # back in training mode (dropout on)
+    trainer._val_loss.counted = None  # the full forward (models with a special head) gives the same number
+    assert trainer.validate() == pytest.approx(reference, rel=1e-5)
+
+
+def test_explicit_val_batch_size_gives_the_same_loss(workspace):
+    trainer = loaded_trainer(workspace, val_batch_size=7)
+    assert [b.shape[0] for b, _ in trainer.valid_arrays] == [7, 7, 7, 3]
+    assert trainer.validate() == pytest.approx(mlx_lm_val_loss(trainer), rel=1e-5)
+
+
+def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspace, tiny_model):
+    from mlx_lm.utils import load_tokenizer
+
+    from farensed.engine.data import file_digest, tokenize_file
+    from farensed.engine.tokcache import TokenCache
+
+    tokenizer = load_tokenizer(tiny_model)
+    data = workspace / TEST_SPEC["data"]["train"]
+    calls = []
+
+    def tokenize():
+        calls.append(1)
+        return tokenize_file(data, tokenizer, 128)
+
+    folder = workspace / "cache"
+    cache = TokenCache(folder, tiny_model, {"max_seq_length": 128, "mask_prompt": True})
+    first, hit = cache.get(file_digest(data), tokenize)
+    assert not hit and len(calls) == 1 and len(list(folder.glob("*.safetensors"))) == 1
+    second, hit = cache.get(file_digest(data), tokenize)
+    assert hit and len(calls) == 1
+    assert second.tokens == first.tokens and second.offsets == first.offsets and second.truncated == first.truncated
+    other = TokenCache(folder, tiny_model, {"max_seq_length": 128, "mask_prompt": False})
+    assert other.get(file_digest(data), tokenize)[1] is False and len(calls) == 2  # another key
+    stored = sorted(folder.glob("*.safetensors"))
+    assert len(stored) == 2
+    for path in stored:
+        path.write_bytes(path.read_bytes()[:100])  # torn
+    again, hit = cache.get(file_digest(data), tokenize)
+    assert not hit and again.tokens == first.tokens and len(calls) == 3
+    assert cache.get(file_digest(data), tokenize)[1]  # rewritten whole
