@@ -68,7 +68,8 @@ def test_explicit_val_batch_size_gives_the_same_loss(workspace):
 def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspace, tiny_model):
     from mlx_lm.utils import load_tokenizer
 
-    from farensed.engine.data import file_digest, tokenize_file
+    from farensed.digest import sha256_file as file_digest
+    from farensed.engine.data import tokenize_file
     from farensed.engine.tokcache import TokenCache
 
     tokenizer = load_tokenizer(tiny_model)

@@ -78,6 +78,10 @@ class ValidationLoss:
 
     def __call__(self, i: int, batch, lengths):
         """The loss sum and token count of validation batch `i` (the model in eval mode)."""
+        import mlx.core as mx
+
+        if self.index[i].size == 0:  # every example truncated inside its prompt: nothing to count (not NaN)
+            return mx.array(0.0), mx.array(0.0)
         if self.counted is not None and not self.checked:
             self._check(i, batch, lengths)
         if self.counted is None:
