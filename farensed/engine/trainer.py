@@ -447,6 +447,9 @@ class Trainer:
             self.clock.mark("first_step", resumed=step > 0, from_step=step)
             if self.world.is_main:
                 self.clock.write(self.run_dir)
+                from farensed.analysis.plots import prefetch
+
+                prefetch()  # the plot at the end of the run then starts at once
 
     def _write_timings(self) -> None:
         """This process's time per activity, at its end (nothing when it trained no step)."""
