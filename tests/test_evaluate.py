@@ -95,6 +95,25 @@ def test_killed_evaluation_resumes_where_it_stopped(evaluated, fresh_copy, refer
     assert report["examples"] == expected["examples"]
 
 
+def test_sigterm_during_evaluation_stops_resumably_and_the_next_run_finishes_it(evaluated, fresh_copy, reference_run):
+    """A stop (cancel, memory guard, window end) after training is honoured: exit 75, evaluation resumed later."""
+    expected = orjson.loads((evaluated / "checkpoints_qlora/t/evaluation_report.json").read_bytes())
+    ws = fresh_copy(reference_run, "ev3")
+    write_spec(ws, dict(TEST_SPEC, evaluate=True))
+    progress = ws / "checkpoints_qlora/t/evaluation_progress.jsonl"
+    proc = start_cli(ws, "run", str(ws / "job.json"))
+    wait_for(lambda: progress.exists() and progress.read_bytes().count(b"\n") >= 10, proc=proc, interval=0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75
+    assert not (ws / "checkpoints_qlora/t/evaluation_report.json").exists()
+    kept = progress.read_bytes().count(b"\n") - 1
+    assert 0 < kept < 104
+    assert run_cli(ws, "run", str(ws / "job.json")).returncode == 0
+    assert progress.read_bytes().count(b"\n") - 1 == 104  # nothing evaluated twice
+    report = orjson.loads((ws / "checkpoints_qlora/t/evaluation_report.json").read_bytes())
+    assert report["examples"] == expected["examples"]
+
+
 def test_eval_bad_input_is_one_line(workspace):
     from farensed.queue.jobs import Queue
     from farensed.workspace import Workspace

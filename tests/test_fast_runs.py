@@ -240,5 +240,8 @@ def test_continuation_plan_names_accepted_changes_and_refuses_rewriting_the_past
     stopped = _state(step=25, reason="early_stopping", wait=5, in_epoch=25)  # stopped between two updates
     with pytest.raises(ResumeError, match="a meio de uma atualização"):
         plan(new, tmp_path, stopped, 80)
+    ended_mid_update = _state(step=25, total=25, in_epoch=25)  # an `iters` budget of 25 with grad_accumulation 2
+    with pytest.raises(ResumeError, match="a meio de uma atualização"):
+        plan(new, tmp_path, ended_mid_update, 80)
     still = parse_spec(spec_with(epochs=2, early_stopping={"patience": 5, "min_delta": 0.001}))
     assert not plan(still, tmp_path, dict(stopped, step=24, step_in_epoch=24), 80).reopen  # patience 5 still stops

@@ -86,6 +86,10 @@ def test_spec_naming_a_gguf_imports_once_and_trains(workspace, tiny_file):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0]
 
+    doctor = CliRunner().invoke(cli, ["--home", str(workspace), "doctor", str(spec), "--json"])
+    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "modelo")
+    assert check["status"] == "ok" and "GGUF llama" in check["detail"] and "tiny.gguf.mlx" in check["detail"]
+
     from farensed.engine.gguf import model_path
 
     stamp = (cache / "farense_gguf.json").stat().st_mtime_ns

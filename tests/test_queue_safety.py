@@ -205,3 +205,21 @@ def test_disk_full_under_the_daemon_fails_the_job_with_one_line_and_retry_resume
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
     assert queue(workspace).get(job_id).state == "done"
+
+
+def test_sigterm_while_the_child_is_still_starting_is_a_clean_resumable_stop(workspace):
+    """A cancel, memory-guard or window stop that lands before the trainer's handler: exit 75, not a lost child."""
+    import sys
+
+    job_id = submit(workspace, spec_with(epochs=1))
+    job_dir = workspace / "jobs" / str(job_id)
+    cmd = [sys.executable, "-m", "farensed.queue.child", "--home", str(workspace), "--job-dir", str(job_dir)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    wait_for(lambda: (job_dir / "child.json").exists(), timeout=60, interval=0.002, proc=child)
+    time.sleep(0.05)  # the handler is installed right after child.json is written; mlx takes far longer to load
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == EXIT_RESUMABLE, out[-2000:]
+    assert orjson.loads((job_dir / "exit.json").read_bytes())["code"] == EXIT_RESUMABLE
+    assert "Parado antes de começar a treinar" in out and "Traceback" not in out
+    assert not list_checkpoints(workspace / "checkpoints_qlora/t")  # nothing of the run touched

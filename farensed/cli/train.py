@@ -25,18 +25,7 @@ def run(spec, fresh):
     """
     from farensed.engine.runner import run_spec
 
-    ws = workspace()
-    if fresh:
-        _start_over(ws, spec)
-    sys.exit(run_spec(spec, ws.root, fresh=fresh))
-
-
-def _start_over(ws, spec_path) -> None:
-    """--fresh: move the run and output/<name> aside (validating the spec first); old jobs keep their run."""
-    from farensed.queue.fresh import start_over
-    from farensed.spec import load_spec
-
-    start_over(ws, load_spec(spec_path, ws).name, say=click.echo)
+    sys.exit(run_spec(spec, workspace().root, fresh=fresh))
 
 
 @cli.command()
@@ -55,7 +44,6 @@ def demo(prepare):
     ws = workspace()
     spec_path = prepare_demo(ws, log=click.echo)
     if not prepare:
-        _start_over(ws, spec_path)
         sys.exit(run_spec(spec_path, ws.root, fresh=True))
 
 

@@ -54,9 +54,32 @@ def _has_chat_template(model: Path) -> bool:
     )
 
 
+def _check_gguf(path: Path) -> Check:
+    """A .gguf model: what its header says, and whether its import (<file>.gguf.mlx/) already exists."""
+    from farensed.ggufinfo import check_gguf_file
+
+    try:
+        info = check_gguf_file(path, "model")
+    except SpecError as exc:
+        return Check("modelo", FAIL, str(exc), "use um GGUF llama/mistral em Q4_0, Q4_1, Q8_0 ou float")
+    imported = path.with_name(path.name + ".mlx")
+    when = (
+        f"importado em {imported.name}" if imported.is_dir() else f"importado na primeira execução para {imported.name}"
+    )
+    return Check("modelo", OK, f"GGUF {info.architecture} ({path.name}); {when}", data={"gguf": str(path)})
+
+
 def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
     """The model line and the tokenizer line (check_model_dir decides what is missing)."""
-    model = ws.resolve(spec.model)
+    from farensed.hub import hub_id, resolve_model
+
+    try:
+        model = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
+    except SpecError as exc:
+        fix = f"farensectl submit/run descarrega-o para a cache do Hugging Face ({hub_id(spec.model, ws)})"
+        return [Check("modelo", WARN, str(exc), fix)]
+    if model.suffix.lower() == ".gguf":
+        return [_check_gguf(model)]
     try:
         check_model_dir(model, "model")
     except SpecError as exc:
@@ -67,7 +90,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         fix = f"copie tokenizer.json (ou tokenizer.model) do modelo original para {model}"
         return [Check("modelo", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
     text, data = describe_model(model)
-    found = next(name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file())
+    found = next((name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file()), "tokenizer")
     chat = _has_chat_template(model)
     tokenizer = Check(
         "tokenizer", OK, f"{found}, {'com' if chat else 'sem'} chat_template", data={"chat_template": chat}

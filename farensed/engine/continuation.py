@@ -88,17 +88,19 @@ def _reopens(state: dict, cont: Continuation, total_steps: int, run_dir: Path) -
         wait = state["early_stopping"]["wait"]
         if cont.patience is not None and wait >= cont.patience:
             return False
-        in_epoch, per_epoch, accumulation = (
-            state["step_in_epoch"],
-            state["steps_per_epoch"],
-            state["fingerprint"].get("grad_accumulation"),
+    in_epoch, per_epoch, accumulation = (
+        state["step_in_epoch"],
+        state["steps_per_epoch"],
+        state["fingerprint"].get("grad_accumulation"),
+    )
+    if accumulation and in_epoch % accumulation and in_epoch != per_epoch:
+        # the last update took fewer micro-steps than grad_accumulation (an early stop, or an `iters` budget that
+        # ended mid-accumulation): a longer run would have accumulated on, so continuing cannot be exact
+        raise ResumeError(
+            f"{run_dir}: o treino parou a meio de uma atualização (step {state['step']}, grad_accumulation "
+            f"{accumulation}); não é possível continuar exatamente; use --fresh"
         )
-        if accumulation and in_epoch % accumulation and in_epoch != per_epoch:
-            raise ResumeError(
-                f"{run_dir}: o early stopping parou a meio de uma atualização (step {state['step']}); "
-                "não é possível continuar exatamente; use --fresh"
-            )
-    for name in ("evaluation_report.json",):
+    for name in ("evaluation_report.json", "test_results.json"):
         if (run_dir / name).exists():
             move_aside(run_dir / name)  # those numbers were for the adapters of the shorter run
     cont.lines.append(f"↻ A corrida terminada continua: step {state['step']} → {total_steps}")

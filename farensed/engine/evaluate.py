@@ -64,16 +64,30 @@ def honesty_note(split: str, path: Path) -> str:
     )
 
 
+class EvaluationInterrupted(Exception):
+    """A stop was requested during evaluation; its progress file lets the next run resume it."""
+
+
 class Evaluator:
     """Scores base and adapters on the same examples; writes the report, CSV and PNGs into the run folder."""
 
-    def __init__(self, spec, ws, batch_size: int = 8, batched: bool = True, log=print, run_dir: Path | None = None):
+    def __init__(
+        self,
+        spec,
+        ws,
+        batch_size: int = 8,
+        batched: bool = True,
+        log=print,
+        run_dir: Path | None = None,
+        should_stop=None,
+    ):
         self.spec, self.ws, self.log = spec, ws, log
         self.run_dir = Path(run_dir) if run_dir else ws.run_dir(spec.name)
         self.adapters = self.run_dir / "adapters"
         self.split = "test" if spec.data.test else "valid"  # valid: it also chose the adapters (optimistic)
         self.data_path = ws.resolve(spec.data.test or spec.data.valid)
         self.batch_size, self.batched = batch_size, batched
+        self.should_stop = should_stop  # a training process's stop request (SIGTERM): checked between chunks
         if not (self.adapters / "adapters.safetensors").is_file():
             raise FarenseError(f"{self.run_dir}: job sem adapters para avaliar (treine-o primeiro)")
         self.examples = load_examples(self.data_path)  # bad input fails here, before any output
@@ -129,6 +143,9 @@ class Evaluator:
         bar = tqdm(total=len(todo), desc=f"Avaliação ({tag})", unit="ex", mininterval=0.5 if os.isatty(1) else 10)
         step = self.batch_size if self.batched else 1
         for start in range(0, len(todo), step):
+            if self.should_stop is not None and self.should_stop():
+                bar.close()
+                raise EvaluationInterrupted  # what is done is in evaluation_progress.jsonl: the next run goes on
             chunk = todo[start : start + step]
             predictions = self._generate(model, tokenizer, chunk)
             for example, prediction in zip(chunk, predictions):

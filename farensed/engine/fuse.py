@@ -47,7 +47,9 @@ def fuse_job(spec, ws, say) -> Path | None:
     tmp = out / f".{FUSED_DIR}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
     say(f"\nA fundir os adapters no modelo base (mlx-lm fuse) → {target.relative_to(ws.root)}")
-    _fuse_into(tmp, resolve_model(spec.model, ws), out, fuse_options(spec))
+    from farensed.engine.gguf import model_path  # a .gguf: its import <file>.mlx/
+
+    _fuse_into(tmp, model_path(resolve_model(spec.model, ws), log=say), out, fuse_options(spec))
     (tmp / MARKER).write_bytes(dumps(made_from))
     for path in tmp.rglob("*"):
         if path.is_file():

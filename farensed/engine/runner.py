@@ -26,7 +26,8 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
     from farensed import console
     from farensed.presubmit import prepare
 
-    prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
+    if job_id is None:  # a queued job did this at submit; its child only reads the HF cache (never the network)
+        prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
     from farensed.runlock import hold_run
@@ -34,6 +35,10 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
     if in_rank():
         return _train(spec, ws, fresh)
     with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),)):
+        if fresh:  # only under the lock: a run someone else trains is never moved from under them
+            from farensed.queue.fresh import start_over
+
+            start_over(ws, spec.name, job_id=job_id, say=console.say)
         if spec.distributed:
             return run_distributed(spec, ws, Path(spec_path), fresh)
         return _train(spec, ws, fresh)
@@ -45,23 +50,41 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
     from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
 
     try:
-        code = Trainer(spec, ws, fresh=fresh).run()
+        trainer = Trainer(spec, ws, fresh=fresh)
+        code = trainer.run()
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
             raise
         raise disk_full_error(exc, ws.run_dir(spec.name)) from None
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
+        if not _post_steps(spec, ws, should_stop=lambda: trainer.stop.signum is not None):
+            from farensed import EXIT_RESUMABLE, console
+
+            console.say(console.interrupted(trainer.stop.signum))
+            return EXIT_RESUMABLE  # a cancel, a memory-guard or window stop is honoured after training too
+        print_final_analysis(ws.run_dir(spec.name))
+        if spec.success is not None:
+            print_success(spec, ws.run_dir(spec.name))
+    return code
+
+
+def _post_steps(spec, ws: Workspace, should_stop) -> bool:
+    """Evaluation and fuse after training, each resumable; False when a stop was requested before they ended."""
+    from farensed.engine.evaluate import EvaluationInterrupted
+
+    try:
         if spec.evaluate and not (ws.run_dir(spec.name) / "evaluation_report.json").exists():
-            evaluate_spec(spec, ws)
+            evaluate_spec(spec, ws, should_stop=should_stop)
+        if should_stop():
+            return False
         if spec.fuse:
             from farensed import console
             from farensed.engine.fuse import fuse_job
 
             fuse_job(spec, ws, console.say)
-        print_final_analysis(ws.run_dir(spec.name))
-        if spec.success is not None:
-            print_success(spec, ws.run_dir(spec.name))
-    return code
+    except EvaluationInterrupted:
+        return False
+    return True
 
 
 def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file: Path | None = None) -> int:
@@ -116,7 +139,9 @@ def print_success(spec, run_dir: Path) -> bool:
     return all(v.passed for v in items)
 
 
-def evaluate_spec(spec, ws: Workspace, batched: bool = True, run_dir: Path | None = None, force: bool = False) -> dict:
+def evaluate_spec(
+    spec, ws: Workspace, batched: bool = True, run_dir: Path | None = None, force: bool = False, should_stop=None
+) -> dict:
     """Evaluate a run's best adapters against its base model (resumable; `force` starts it over)."""
     configure_environment()
     from farensed import console
@@ -127,6 +152,6 @@ def evaluate_spec(spec, ws: Workspace, batched: bool = True, run_dir: Path | Non
     # A rank's evaluation runs under the lock of the process that started mlx.launch.
     lock = contextlib.nullcontext() if in_rank() else hold_run(run_dir or ws.run_dir(spec.name), what="avaliação")
     with lock:
-        evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir)
+        evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir, should_stop=should_stop)
         console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
         return evaluator.run(force=force)

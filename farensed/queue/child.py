@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +24,14 @@ from farensed.exitfile import EXIT_FILE, write_exit_code
 
 FRESH_DONE = "fresh.done"
 CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
+
+
+class StoppedBeforeTraining(Exception):
+    """SIGTERM arrived before the trainer took over its handling (loading, a GGUF import, a lock wait)."""
+
+
+def _stop_before_training(signum, frame):
+    raise StoppedBeforeTraining(signum)
 
 
 def wait_for_go() -> bool:
@@ -82,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.wait_go and not wait_for_go():
         return 0  # the daemon died before it recorded us: the next one starts the job, we touch nothing
     record_self(job_dir, args.attempt)
+    # Until the trainer installs its own handler (checkpoint at the next update boundary), a stop request (cancel,
+    # memory guard, window end, daemon shutdown) ends the child cleanly with 75 instead of killing it: a killed child
+    # would read as "lost" and cost a recovery.
+    signal.signal(signal.SIGTERM, _stop_before_training)
     code, error = 1, None
     try:
         from farensed.runlock import RunLockedError, hold_run
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ws = Workspace.at(args.home)
         spec = load_spec(job_dir / "spec.json", ws)
+        check_own_run(ws, spec, job_dir, args.fresh)
         try:
             with hold_run(ws.run_dir(spec.name), job_id=int(job_dir.name), sweep=(ws.output_dir(spec.name),)):
                 code = train(spec, ws, job_dir, args)
@@ -98,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         except RunLockedError as exc:
             print(f"⚠  {exc}; o job volta à fila", flush=True)
             code = EXIT_RESUMABLE  # the daemon waits until the run is free
+    except StoppedBeforeTraining as exc:
+        print(f"⏸  Parado antes de começar a treinar (sinal {exc.args[0]}); nada mudou na corrida", flush=True)
+        code = EXIT_RESUMABLE
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)
         with contextlib.suppress(OSError):  # the log itself may be on the full disk
@@ -109,6 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     # Written last: a child killed before this point has no exit.json, which the daemon reads as "lost".
     write_exit_code(job_dir / EXIT_FILE, code, error)
     return code
+
+
+def check_own_run(ws, spec, job_dir: Path, fresh: bool) -> None:
+    """The engine trains checkpoints_qlora/<name>: refuse when this job's run was moved aside by another job's
+    --fresh (that folder is now the other job's run; training it would resume someone else's checkpoints)."""
+    from farensed.errors import QueueError
+    from farensed.queue.jobs import Queue, job_run_dir
+
+    job = Queue(ws).get(int(job_dir.name))
+    own, current = job_run_dir(ws, job), ws.run_dir(spec.name)
+    if not fresh and own.resolve() != current.resolve():
+        raise QueueError(
+            f"job {job.id}: a sua corrida foi guardada em {own} pelo --fresh de outro job, e {current} é agora "
+            f"outra corrida; para treinar este job de novo: farensectl submit --fresh"
+        )
 
 
 def train(spec, ws, job_dir: Path, args) -> int | None:

@@ -27,7 +27,7 @@ from farensed.jsonl import tail_lines
 from farensed.queue import backoff
 from farensed.queue.adopt import find_child
 from farensed.queue.child import FRESH_DONE
-from farensed.queue.jobs import Job, JobStatus, Queue, job_run_dir, now_iso
+from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.overnight import Overnight
 from farensed.queue.pressure import Action, MemoryGuard
@@ -382,7 +382,7 @@ class Daemon:
         """The next runnable job (that `allow` lets start) whose run folder nobody else trains or evaluates now."""
         busy: set[int] = set()
         while job := self.queue.next_runnable(allow=allow, exclude=busy):
-            info = holder(job_run_dir(self.ws, job))
+            info = holder(self.ws.run_dir(job.name))  # the folder its child will lock and train
             if info is None:
                 self._busy_logged.discard(job.id)
                 return job
