@@ -27,12 +27,13 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """Every test gets its own workspace root (as $FARENSE_HOME) and runs offline."""
+    """Every test gets its own workspace root (as $FARENSE_HOME), runs offline and in Portuguese (FARENSE_LANG=pt)."""
     home = tmp_path / "ws"
     home.mkdir()
     monkeypatch.setenv("FARENSE_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("FARENSE_LANG", "pt")  # tests pin the language they assert (Portuguese: the seed's wording)
     monkeypatch.chdir(tmp_path)
     return home
 
