@@ -61,12 +61,22 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations().ngettext(singular, plural, n)
 
 
+def N_(message: str) -> str:
+    """Mark a message for the catalog where it is defined (a table); translate it with _() where it is shown."""
+    return message
+
+
 def msgids(package: Path = Path(__file__).parent) -> dict[str, str]:
-    """Every literal `_("...")` msgid in the package's code, with where it first appears."""
+    """Every literal `_("...")` and `N_("...")` msgid in the package's code, with where it first appears."""
     found: dict[str, str] = {}
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_" and node.args:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("_", "N_")
+                and node.args
+            ):
                 arg = node.args[0]
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                     found.setdefault(arg.value, f"{path.relative_to(package.parent)}:{node.lineno}")

@@ -9,6 +9,7 @@ import pytest
 
 from farensed import console, i18n
 from farensed.analysis.gap import analyse, format_analysis
+from farensed.errors import SpecError
 from farensed.spec import parse_spec
 from tests.helpers import TEST_SPEC
 
@@ -125,3 +126,28 @@ def test_console_in_portuguese_as_the_seed(monkeypatch):
         "Gap médio: 0.1500",
     ]:
         assert line in text.splitlines(), line
+
+
+@pytest.mark.parametrize(
+    ("lang", "unknown", "wrong_type"),
+    [
+        (
+            "en",
+            "spec: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
+            'spec: batch_size: must be an integer, not "4"',
+        ),
+        (
+            "pt",
+            "spec: chave desconhecida 'lerning_rate' (quis dizer 'learning_rate'?)",
+            'spec: batch_size: deve ser inteiro, não "4"',
+        ),
+    ],
+)
+def test_spec_errors_in_the_chosen_language(monkeypatch, lang, unknown, wrong_type):
+    monkeypatch.setenv("FARENSE_LANG", lang)
+    with pytest.raises(SpecError) as err:
+        parse_spec({**TEST_SPEC, "lerning_rate": 1e-3})
+    assert str(err.value) == unknown
+    with pytest.raises(SpecError) as err:
+        parse_spec({**TEST_SPEC, "batch_size": "4"})
+    assert str(err.value) == wrong_type

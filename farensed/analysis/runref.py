@@ -22,6 +22,7 @@ from farensed.analysis.gap import band
 from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, read_all
 from farensed.atomic import read_json
 from farensed.errors import QueueError
+from farensed.i18n import _
 from farensed.queue.jobs import Job, Queue, job_run_dir
 from farensed.workspace import Workspace
 
@@ -106,8 +107,10 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
     if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
         return _of_folder(ws, queue, path.resolve(), path.resolve().name)
     if path.is_dir():
-        raise QueueError(f"{ref}: pasta sem ficheiros de treino ({', '.join(RUN_FILES)})")
-    raise QueueError(f"'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta")
+        raise QueueError(_("{ref}: pasta sem ficheiros de treino ({join})").format(ref=ref, join=", ".join(RUN_FILES)))
+    raise QueueError(
+        _("'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta").format(ref=ref)
+    )
 
 
 def _of_job(ws: Workspace, queue: Queue, job: Job) -> Run:

@@ -9,6 +9,7 @@ import click
 
 from farensed.cli.app import cli, colour_band, print_json, queue
 from farensed.cli.runs import resolve_run, with_run_help
+from farensed.i18n import _
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -318,7 +319,7 @@ def logs(ref, lines):
 
     run = resolve_run(ref)
     if run.job is None:
-        raise QueueError(f"{ref}: corrida sem job na fila, sem log (feita com farensectl run?)")
+        raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
     path = run.queue.log_path(run.job.id)
     if lines:
         click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
@@ -393,7 +394,7 @@ def compare(refs, as_json):
     from farensed.errors import QueueError
 
     if len(refs) < 2:
-        raise QueueError("compare precisa de pelo menos duas corridas")
+        raise QueueError(_("compare precisa de pelo menos duas corridas"))
     table = compare_runs([resolve_run(ref) for ref in refs])
     if as_json:
         print_json(table)

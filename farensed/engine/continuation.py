@@ -15,14 +15,15 @@ import orjson
 
 from farensed.atomic import move_aside, read_json
 from farensed.errors import ResumeError
+from farensed.i18n import N_, _
 
 WHY = {
-    "early_stopping": "aplica-se a partir de agora; o histórico do early stopping mantém-se",
-    "epochs": "continua do último checkpoint como um treino mais longo",
-    "iters": "continua do último checkpoint como um treino mais longo",
-    "keep_checkpoints": "aplica-se aos próximos checkpoints",
-    "evaluate": "aplica-se no fim do treino",
-    "success": "verificados no fim do treino",
+    "early_stopping": N_("aplica-se a partir de agora; o histórico do early stopping mantém-se"),
+    "epochs": N_("continua do último checkpoint como um treino mais longo"),
+    "iters": N_("continua do último checkpoint como um treino mais longo"),
+    "keep_checkpoints": N_("aplica-se aos próximos checkpoints"),
+    "evaluate": N_("aplica-se no fim do treino"),
+    "success": N_("verificados no fim do treino"),
 }
 
 
@@ -61,19 +62,23 @@ def plan(spec, run_dir: Path, state: dict | None, total_steps: int, uses_schedul
     for key, why in WHY.items():
         if key in old and old.get(key) != new.get(key):
             cont.lines.append(
-                f"ℹ  Alteração aceite ao retomar: {key} {_show(old.get(key))} → {_show(new.get(key))} ({why})"
+                _("ℹ  Alteração aceite ao retomar: {key} {old} → {new} ({why})").format(
+                    key=key, old=_show(old.get(key)), new=_show(new.get(key)), why=_(why)
+                )
             )
     done, old_total = state["step"], state["total_steps"]
     if total_steps != old_total:
         if uses_schedule:
             raise ResumeError(
-                f"{run_dir}: não é possível retomar: o total de steps muda ({old_total} → {total_steps}) e o "
-                "lr_schedule depende dele; use --fresh para recomeçar (a pasta antiga é guardada)"
+                _(
+                    "{run_dir}: não é possível retomar: o total de steps muda ({old_total} → {total_steps}) e o lr_schedule depende dele; use --fresh para recomeçar (a pasta antiga é guardada)"
+                ).format(run_dir=run_dir, old_total=old_total, total_steps=total_steps)
             )
         if total_steps < done:
             raise ResumeError(
-                f"{run_dir}: não é possível retomar com {total_steps} steps: a corrida já treinou {done}; "
-                "use --fresh para recomeçar (a pasta antiga é guardada)"
+                _(
+                    "{run_dir}: não é possível retomar com {total_steps} steps: a corrida já treinou {done}; use --fresh para recomeçar (a pasta antiga é guardada)"
+                ).format(run_dir=run_dir, total_steps=total_steps, done=done)
             )
     if state.get("finished"):
         cont.reopen = _reopens(state, cont, total_steps, run_dir)
@@ -95,8 +100,9 @@ def _reopens(state: dict, cont: Continuation, total_steps: int, run_dir: Path) -
         )
         if accumulation and in_epoch % accumulation and in_epoch != per_epoch:
             raise ResumeError(
-                f"{run_dir}: o early stopping parou a meio de uma atualização (step {state['step']}); "
-                "não é possível continuar exatamente; use --fresh"
+                _(
+                    "{run_dir}: o early stopping parou a meio de uma atualização (step {step}); não é possível continuar exatamente; use --fresh"
+                ).format(run_dir=run_dir, step=state["step"])
             )
     for name in ("evaluation_report.json",):
         if (run_dir / name).exists():

@@ -20,6 +20,7 @@ from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, 
 from farensed.digest import sha256_file
 from farensed.errors import FarenseError, SpecError
 from farensed.hub import resolve_model
+from farensed.i18n import _
 from farensed.jsonl import parse_lines, read_jsonl
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
@@ -41,16 +42,20 @@ def load_examples(path: Path) -> list[Example]:
         if "messages" in record:
             msgs = record["messages"]
             if msgs[-1].get("role") != "assistant":
-                raise SpecError(f"{where}: sem referência (a última mensagem não é do 'assistant')")
+                raise SpecError(
+                    _("{where}: sem referência (a última mensagem não é do 'assistant')").format(where=where)
+                )
             out.append(Example(i, msgs[:-1], msgs[-1]["content"]))
         elif "prompt" in record and "completion" in record:
             out.append(Example(i, [{"role": "user", "content": record["prompt"]}], record["completion"]))
         else:
             raise SpecError(
-                f"{where}: formato 'text' não tem referências para avaliar; use 'messages' ou prompt/completion"
+                _(
+                    "{where}: formato 'text' não tem referências para avaliar; use 'messages' ou prompt/completion"
+                ).format(where=where)
             )
     if not out:
-        raise SpecError(f"{path}: ficheiro de avaliação vazio")
+        raise SpecError(_("{path}: ficheiro de avaliação vazio").format(path=path))
     return out
 
 
@@ -75,7 +80,9 @@ class Evaluator:
         self.data_path = ws.resolve(spec.data.test or spec.data.valid)
         self.batch_size, self.batched = batch_size, batched
         if not (self.adapters / "adapters.safetensors").is_file():
-            raise FarenseError(f"{self.run_dir}: job sem adapters para avaliar (treine-o primeiro)")
+            raise FarenseError(
+                _("{run_dir}: job sem adapters para avaliar (treine-o primeiro)").format(run_dir=self.run_dir)
+            )
         self.examples = load_examples(self.data_path)  # bad input fails here, before any output
 
     def _fingerprint(self) -> dict:

@@ -10,6 +10,7 @@ import orjson
 from farensed.atomic import move_aside, read_json
 from farensed.engine.checkpoint import STATE_NAME, Checkpoint, list_checkpoints, newest_valid
 from farensed.errors import ResumeError
+from farensed.i18n import _
 
 
 @dataclass
@@ -46,7 +47,11 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
         return StartPoint()
     found = newest_valid(run_dir, warn)
     if found is None:
-        raise ResumeError(f"{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar")
+        raise ResumeError(
+            _("{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar").format(
+                run_dir=run_dir, STATE_NAME=STATE_NAME
+            )
+        )
     ckpt, state = found
     refuse_if_changed(run_dir, state, fingerprint, data_digests)
     _repair_run_files(run_dir, ckpt, state, warn)
@@ -57,14 +62,15 @@ def refuse_if_changed(run_dir: Path, state: dict, fingerprint: dict, data_digest
     """ResumeError naming every setting or data file that changed since the run's checkpoint, with the --fresh hint."""
     old_data = state["data"]
     changed = _differences(state["fingerprint"], fingerprint) + [
-        f"data.{k}: o conteúdo do ficheiro mudou"
+        _("data.{key}: o conteúdo do ficheiro mudou").format(key=k)
         for k in sorted(set(old_data) | set(data_digests))
         if old_data.get(k) != data_digests.get(k)
     ]
     if changed:
         raise ResumeError(
-            f"{run_dir}: não é possível retomar, a spec ou os dados mudaram ({'; '.join(changed)}); "
-            "use --fresh para recomeçar (a pasta antiga é guardada)"
+            _(
+                "{run_dir}: não é possível retomar, a spec ou os dados mudaram ({changes}); use --fresh para recomeçar (a pasta antiga é guardada)"
+            ).format(run_dir=run_dir, changes="; ".join(changed))
         )
 
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from farensed.errors import FarenseError
+from farensed.i18n import _
 
 MARGIN_MB = 256  # besides the checkpoints: metrics, summaries, plots, evaluation (override: $FARENSE_DISK_MARGIN_MB)
 
@@ -51,9 +52,9 @@ def check_disk(folder: Path, trainable_bytes: int, keep: int) -> str:
     need = disk_needed(trainable_bytes, keep)
     if free < need:
         raise FarenseError(
-            f"espaço em disco insuficiente em {where}: {gb(free)} livres, são precisos ~{gb(need)} "
-            f"({keep} checkpoints de {gb(checkpoint_bytes(trainable_bytes))} + margem); "
-            "liberte espaço ou baixe keep_checkpoints"
+            _(
+                "espaço em disco insuficiente em {where}: {gb} livres, são precisos ~{gb2} ({keep} checkpoints de {gb3} + margem); liberte espaço ou baixe keep_checkpoints"
+            ).format(where=where, gb=gb(free), gb2=gb(need), keep=keep, gb3=gb(checkpoint_bytes(trainable_bytes)))
         )
     return f"Disco: {gb(free)} livres em {where} (precisos ~{gb(need)} para {keep} checkpoints + margem)"
 

@@ -23,6 +23,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
 from farensed.exitfile import EXIT_FILE, read_exit_error
+from farensed.i18n import _
 from farensed.jsonl import tail_lines
 from farensed.queue import backoff
 from farensed.queue.adopt import find_child
@@ -121,7 +122,9 @@ class Daemon:
         try:
             self.singleton.acquire(timeout=0)
         except Timeout:
-            raise QueueError(f"farensed já está a correr nesta fila (pid {daemon_pid(self.ws) or '?'})") from None
+            raise QueueError(
+                _("farensed já está a correr nesta fila (pid {value})").format(value=daemon_pid(self.ws) or "?")
+            ) from None
         atomic_write_json(
             self.ws.jobs / PID_FILE,
             {

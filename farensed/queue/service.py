@@ -13,6 +13,7 @@ from pathlib import Path
 
 from farensed.atomic import atomic_write_bytes
 from farensed.errors import QueueError
+from farensed.i18n import _
 from farensed.queue.daemon import daemon_pid
 from farensed.workspace import Workspace
 
@@ -33,7 +34,9 @@ def template(name: str) -> str:
     path = TEMPLATES / name
     if not path.is_file():
         raise QueueError(
-            f"modelo de serviço em falta: {path} (instale farense a partir do repositório: pip install -e .)"
+            _("modelo de serviço em falta: {path} (instale farense a partir do repositório: pip install -e .)").format(
+                path=path
+            )
         )
     return path.read_text()
 
@@ -64,7 +67,11 @@ def manager() -> Manager:
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise QueueError(f"{' '.join(cmd)} falhou: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        raise QueueError(
+            _("{join} falhou: {value}").format(
+                join=" ".join(cmd), value=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            )
+        )
 
 
 def install(ws: Workspace) -> str:
@@ -122,10 +129,16 @@ def start_background(ws: Workspace, timeout: float = 10.0) -> int:
             return proc.pid
         if proc.poll() is not None:
             raise QueueError(
-                f"farensed terminou ao arrancar (código {proc.returncode}); ver {ws.jobs / 'farensed.log'}"
+                _("farensed terminou ao arrancar (código {returncode}); ver {value}").format(
+                    returncode=proc.returncode, value=ws.jobs / "farensed.log"
+                )
             )
         time.sleep(0.05)
-    raise QueueError(f"farensed não arrancou em {timeout:.0f} s; ver {ws.jobs / 'farensed.log'}")
+    raise QueueError(
+        _("farensed não arrancou em {timeout:.0f} s; ver {value}").format(
+            timeout=timeout, value=ws.jobs / "farensed.log"
+        )
+    )
 
 
 def start(ws: Workspace) -> str:
@@ -157,7 +170,7 @@ def stop(ws: Workspace, timeout: float = 330.0) -> str:
     while time.monotonic() < deadline and daemon_pid(ws) == pid:
         time.sleep(0.1)
     if daemon_pid(ws) == pid:
-        raise QueueError(f"farensed (pid {pid}) não parou em {timeout:.0f} s")
+        raise QueueError(_("farensed (pid {pid}) não parou em {timeout:.0f} s").format(pid=pid, timeout=timeout))
     return f"farensed parado (pid {pid})"
 
 
