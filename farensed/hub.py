@@ -65,7 +65,11 @@ def fetch_model(model: str, ws, label: str, say) -> Path:
         return resolve_model(model, ws, label)
     from huggingface_hub import snapshot_download
 
-    say(f"A obter o modelo {repo} do Hugging Face Hub (cache: {_cache_dir()})...")
+    say(
+        _("A obter o modelo {repo} do Hugging Face Hub (cache: {cache_dir})...").format(
+            repo=repo, cache_dir=_cache_dir()
+        )
+    )
     try:
         return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS))
     except Exception as exc:  # not found, gated, no network: one line, naming the model

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from farensed.analysis.metrics import JSONL_NAME
+from farensed.i18n import _
 from farensed.jsonl import parse_lines
 
 
@@ -28,7 +29,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     total = record.get("total_steps")
     parts = [
         f"step {record['step']}" + (f"/{total}" if total else ""),
-        f"época {record['epoch'] + 1}",
+        _("época {epoch}").format(epoch=record["epoch"] + 1),
         f"loss {record['loss']:.4f}",
     ]
     if record.get("val_loss") is not None:

@@ -55,7 +55,8 @@ class Run:
     def heading(self) -> str:
         if self.job:
             return f"job {self.job.id} ({self.job.name}): {self.job.state}"
-        return f"corrida {self.name} ({self.run_dir}){' — pasta do seed, só leitura' if self.seed_era else ''}"
+        seed = _(" — pasta do seed, só leitura") if self.seed_era else ""
+        return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
 
     def records(self) -> list[dict]:
         """Every metrics record (farense's .jsonl, or the seed's JSON list made comparable)."""

@@ -79,6 +79,6 @@ def check(ref, criteria, as_json):
     else:
         click.echo(run.heading())
         if not own:
-            click.echo("(sem 'success' na spec: critérios do seed)")
+            click.echo(_("(sem 'success' na spec: critérios do seed)"))
         click.echo(format_verdicts(items))
     sys.exit(0 if passed else 1)

@@ -115,7 +115,7 @@ def newest_valid(run_dir: Path, warn) -> tuple[Checkpoint, dict] | None:
         try:
             return ckpt, verify(ckpt)
         except ValueError as exc:
-            warn(f"⚠  Checkpoint {ckpt.path.name} danificado: {exc}; a usar o anterior")
+            warn(_("⚠  Checkpoint {name} danificado: {exc}; a usar o anterior").format(name=ckpt.path.name, exc=exc))
     return None
 
 

@@ -62,11 +62,12 @@ def load_examples(path: Path) -> list[Example]:
 def honesty_note(split: str, path: Path) -> str:
     """What the evaluation's numbers mean: held-out test data, or the validation set that chose the adapters."""
     if split == "test":
-        return f"Avaliação em data.test ({path.name}): exemplos que o treino e a escolha dos adapters não viram."
-    return (
-        f"⚠  Sem data.test: avalia-se no conjunto de validação ({path.name}), que também escolheu os adapters "
-        "(melhor val_loss); os números são otimistas. Junte data.test à spec para uma avaliação honesta."
-    )
+        return _("Avaliação em data.test ({name}): exemplos que o treino e a escolha dos adapters não viram.").format(
+            name=path.name
+        )
+    return _(
+        "⚠  Sem data.test: avalia-se no conjunto de validação ({name}), que também escolheu os adapters (melhor val_loss); os números são otimistas. Junte data.test à spec para uma avaliação honesta."
+    ).format(name=path.name)
 
 
 class Evaluator:
@@ -107,14 +108,22 @@ class Evaluator:
         examples = self.examples
         fingerprint = self._fingerprint()
         if force and (self.run_dir / PROGRESS).exists():
-            self.log(f"--force: avaliação anterior guardada em {move_aside(self.run_dir / PROGRESS).name}")
+            self.log(
+                _("--force: avaliação anterior guardada em {name}").format(
+                    name=move_aside(self.run_dir / PROGRESS).name
+                )
+            )
         done = self._done(fingerprint)
         self.log(honesty_note(self.split, self.data_path))
         todo = sum(1 for tag in MODELS for e in examples if (tag, e.index) not in done)
         if not todo:
-            self.log("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)")
+            self.log(_("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)"))
         elif done:
-            self.log(f"↻ A retomar a avaliação: {len(done)} de {2 * len(examples)} já feitas")
+            self.log(
+                _("↻ A retomar a avaliação: {n_done} de {value} já feitas").format(
+                    n_done=len(done), value=2 * len(examples)
+                )
+            )
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
@@ -133,7 +142,12 @@ class Evaluator:
     def _score(self, tag, model, tokenizer, todo: list[Example], done: dict) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"Avaliação ({tag})", unit="ex", mininterval=0.5 if os.isatty(1) else 10)
+        bar = tqdm(
+            total=len(todo),
+            desc=_("Avaliação ({tag})").format(tag=tag),
+            unit="ex",
+            mininterval=0.5 if os.isatty(1) else 10,
+        )
         step = self.batch_size if self.batched else 1
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
@@ -233,8 +247,16 @@ class Evaluator:
         plot_evaluation(report, self.run_dir)
         a, b = report["adapters"], report["base"]
         self.log(
-            f"\nAvaliação ({report['config']['examples']} exemplos): F1 {a['f1_mean']:.4f} (base {b['f1_mean']:.4f}),"
-            f" EM {a['em_mean']:.4f} (base {b['em_mean']:.4f}), perplexidade {a['perplexity']:.2f}"
-            f" (base {b['perplexity']:.2f})"
+            _(
+                "\nAvaliação ({examples} exemplos): F1 {f1_mean:.4f} (base {f1_mean2:.4f}), EM {em_mean:.4f} (base {em_mean2:.4f}), perplexidade {perplexity:.2f} (base {perplexity2:.2f})"
+            ).format(
+                examples=report["config"]["examples"],
+                f1_mean=a["f1_mean"],
+                f1_mean2=b["f1_mean"],
+                em_mean=a["em_mean"],
+                em_mean2=b["em_mean"],
+                perplexity=a["perplexity"],
+                perplexity2=b["perplexity"],
+            )
         )
-        self.log(f"✓ Relatório: {(self.run_dir / REPORT).relative_to(self.ws.root)}")
+        self.log(_("✓ Relatório: {relative_to}").format(relative_to=(self.run_dir / REPORT).relative_to(self.ws.root)))

@@ -209,12 +209,18 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
     digest = digest or sha256_of(src)
     if dest.exists():
         if imported_digest(dest) == digest:
-            log(f"✅ {dest} já contém este GGUF importado (sha256 {digest[:12]})")
+            log(_("✅ {dest} já contém este GGUF importado (sha256 {value})").format(dest=dest, value=digest[:12]))
             return dict(read_json(dest / MARKER)["summary"], already=True)
         raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
     from farensed.engine.gguf_tokenizer import build_tokenizer
 
-    log(f"A importar {src.name} ({info.architecture}, {', '.join(f'{k}×{v}' for k, v in info.type_counts().items())})")
+    log(
+        _("A importar {name} ({architecture}, {join})").format(
+            name=src.name,
+            architecture=info.architecture,
+            join=", ".join(f"{k}×{v}" for k, v in info.type_counts().items()),
+        )
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -237,7 +243,7 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)  # only the half-written temp folder
         raise
     fsync_dir(dest.parent)
-    log(f"✅ Modelo importado: {dest}")
+    log(_("✅ Modelo importado: {dest}").format(dest=dest))
     return summary
 
 
@@ -265,7 +271,11 @@ def model_path(path: Path, log=print) -> Path:
             if _cache_is_current(cache, path):
                 return cache
             if cache.exists():
-                log(f"O GGUF mudou: a importação anterior foi guardada em {move_aside(cache)}")
+                log(
+                    _("O GGUF mudou: a importação anterior foi guardada em {move_aside}").format(
+                        move_aside=move_aside(cache)
+                    )
+                )
             import_gguf(path, cache, log=log)
     except OSError as exc:  # a read-only folder, a full disk, …
         raise SpecError(

@@ -41,7 +41,7 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
     if fresh:
         if run_dir.exists():
             moved = move_aside(run_dir)
-            warn(f"--fresh: a pasta anterior foi guardada em {moved}")
+            warn(_("--fresh: a pasta anterior foi guardada em {moved}").format(moved=moved))
         return StartPoint()
     if not (run_dir / STATE_NAME).exists() and not list_checkpoints(run_dir):
         return StartPoint()
@@ -100,9 +100,13 @@ def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> Non
             read_json(run_dir / name)
             continue
         except FileNotFoundError:
-            problem = "em falta"
+            problem = _("em falta")
         except (OSError, orjson.JSONDecodeError) as exc:
-            problem = f"ilegível ({exc})"
-        warn(f"⚠  {name} da pasta do treino {problem}; reconstruído a partir de {ckpt.path.name}")
+            problem = _("ilegível ({exc})").format(exc=exc)
+        warn(
+            _("⚠  {name} da pasta do treino {problem}; reconstruído a partir de {name2}").format(
+                name=name, problem=problem, name2=ckpt.path.name
+            )
+        )
         if name == STATE_NAME:
             write_run_state(run_dir, dict(state, checkpoint=ckpt.path.name))

@@ -20,6 +20,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json
 from farensed.errors import FarenseError
 from farensed.exitfile import EXIT_FILE, write_exit_code
+from farensed.i18n import _
 
 FRESH_DONE = "fresh.done"
 CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
@@ -66,8 +67,12 @@ def way_back(job_dir: Path) -> str:
     except (OSError, ValueError):
         cancelled = False
     if cancelled:
-        return f"⏹  Job {job_id} cancelado; para o retomar do último checkpoint: farensectl retry {job_id}"
-    return f"↻ O farensed retoma o job {job_id} do último checkpoint (farensectl status {job_id})"
+        return _("⏹  Job {job_id} cancelado; para o retomar do último checkpoint: farensectl retry {job_id}").format(
+            job_id=job_id
+        )
+    return _("↻ O farensed retoma o job {job_id} do último checkpoint (farensectl status {job_id})").format(
+        job_id=job_id
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 if code is None:
                     return 0
         except RunLockedError as exc:
-            print(f"⚠  {exc}; o job volta à fila", flush=True)
+            print(_("⚠  {exc}; o job volta à fila").format(exc=exc), flush=True)
             code = EXIT_RESUMABLE  # the daemon waits until the run is free
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)

@@ -328,7 +328,7 @@ class Queue:
                     job.id,
                     state=JobStatus.FAILED.value,
                     ended_at=now_iso(),
-                    error=f"dependência {broken[0]} falhou ou foi cancelada",
+                    error=_("dependência {dep} falhou ou foi cancelada").format(dep=broken[0]),
                 )
                 continue
             if all(j.status is JobStatus.DONE for j in deps):
@@ -352,7 +352,7 @@ class Queue:
             if job.status.terminal:
                 raise QueueError(_("job {job_id} já terminou ({state})").format(job_id=job_id, state=job.state))
             if job.status is JobStatus.PENDING:
-                return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado")
+                return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
             job = self.update(job_id, cancel_requested=True)
         if process_alive(job.pid, job.pid_create_time):
             signal_group(job.pid)

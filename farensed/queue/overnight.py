@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 
 from farensed.atomic import atomic_write_json, read_json
+from farensed.i18n import _
 from farensed.queue import power
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.windows import Window, format_clock, is_open, next_open, open_until, parse_windows
@@ -91,12 +92,12 @@ def pause_of(queue: Queue, job: Job, now: dt.datetime | None = None, conf: dict 
     now = now or local_now()
     conf = settings(queue.ws) if conf is None else conf
     if queue_paused(queue.ws):
-        return "em pausa (fila em pausa: farensectl resume)"
+        return _("em pausa (fila em pausa: farensectl resume)")
     if conf.get("power_wait"):
-        return f"em pausa: {conf['power_wait']}"
+        return _("em pausa: {power_wait}").format(power_wait=conf["power_wait"])
     windows = windows_of(job_window_text(queue, job, conf.get("window")))
     if windows and not is_open(windows, now):
-        return f"em pausa até {format_clock(next_open(windows, now))}"
+        return _("em pausa até {format_clock}").format(format_clock=format_clock(next_open(windows, now)))
     return None
 
 
@@ -196,12 +197,14 @@ class Overnight:
         if job.cancel_requested:
             return None
         if paused:
-            return "fila em pausa"
+            return _("fila em pausa")
         if self.power_wait:
             return self.power_wait
         windows = windows_of(job_window_text(self.queue, job, self.window))
         if windows and open_until(windows, now) is None:
-            return f"janela fechada; em pausa até {format_clock(next_open(windows, now))}"
+            return _("janela fechada; em pausa até {format_clock}").format(
+                format_clock=format_clock(next_open(windows, now))
+            )
         return None
 
     def _stop(self, daemon, job: Job, reason: str, now: dt.datetime) -> None:
@@ -210,7 +213,9 @@ class Overnight:
         record["stopping"] = {"reason": reason, "at": now_iso(), "recoveries": job.recoveries}
         record["history"].append({"at": now_iso(), "reason": reason})
         atomic_write_json(path, record)
-        self.log(f"job {job.id} ({job.name}): {reason}; a parar com checkpoint")
+        self.log(
+            _("job {id} ({name}): {reason}; a parar com checkpoint").format(id=job.id, name=job.name, reason=reason)
+        )
         with open(self.queue.log_path(job.id), "ab") as fh:
             fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
         self.stop_sent = daemon.current.pid
@@ -223,7 +228,7 @@ class Overnight:
         jobs = self.queue.jobs()
         busy = current is not None or any(not j.status.terminal for j in jobs)
         if self.busy and not busy and jobs and self.report:
-            self.log("fila terminada: a escrever o relatório")
+            self.log(_("fila terminada: a escrever o relatório"))
             self.reporter = subprocess.Popen(
                 [sys.executable, "-m", "farensed.cli.main", "--home", str(self.ws.root), "report", "--notify"],
                 stdin=subprocess.DEVNULL,

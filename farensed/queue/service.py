@@ -81,14 +81,14 @@ def install(ws: Workspace) -> str:
         atomic_write_bytes(m.unit_path, render("farensed.plist", ws).encode())
         subprocess.run(["launchctl", "bootout", f"gui/{os.getuid()}", str(m.unit_path)], capture_output=True)
         _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(m.unit_path)])
-        return f"LaunchAgent instalado: {m.unit_path}"
+        return _("LaunchAgent instalado: {unit_path}").format(unit_path=m.unit_path)
     if m.kind == "systemd":
         atomic_write_bytes(m.unit_path, render("farensed.service", ws).encode())
         _run(["systemctl", "--user", "daemon-reload"])
         _run(["systemctl", "--user", "enable", "--now", UNIT])
-        return f"unidade systemd instalada: {m.unit_path}"
+        return _("unidade systemd instalada: {unit_path}").format(unit_path=m.unit_path)
     pid = start_background(ws)
-    return f"sem launchd/systemd utilizável aqui: farensed a correr em segundo plano (pid {pid})"
+    return _("sem launchd/systemd utilizável aqui: farensed a correr em segundo plano (pid {pid})").format(pid=pid)
 
 
 def uninstall(ws: Workspace) -> str:
@@ -96,14 +96,14 @@ def uninstall(ws: Workspace) -> str:
     if m.kind == "launchd" and m.unit_path.exists():
         subprocess.run(["launchctl", "bootout", f"gui/{os.getuid()}", str(m.unit_path)], capture_output=True)
         m.unit_path.unlink()
-        return f"LaunchAgent removido: {m.unit_path}"
+        return _("LaunchAgent removido: {unit_path}").format(unit_path=m.unit_path)
     if m.kind == "systemd" and m.unit_path.exists():
         subprocess.run(["systemctl", "--user", "disable", "--now", UNIT], capture_output=True)
         m.unit_path.unlink()
         _run(["systemctl", "--user", "daemon-reload"])
-        return f"unidade systemd removida: {m.unit_path}"
+        return _("unidade systemd removida: {unit_path}").format(unit_path=m.unit_path)
     stop(ws)
-    return "nenhum serviço instalado; farensed parado"
+    return _("nenhum serviço instalado; farensed parado")
 
 
 def start_background(ws: Workspace, timeout: float = 10.0) -> int:
@@ -145,11 +145,11 @@ def start(ws: Workspace) -> str:
     m = manager()
     if m.kind == "launchd" and m.unit_path.exists():
         _run(["launchctl", "kickstart", f"gui/{os.getuid()}/{LABEL}"])
-        return "farensed iniciado (launchd)"
+        return _("farensed iniciado (launchd)")
     if m.kind == "systemd" and m.unit_path.exists():
         _run(["systemctl", "--user", "start", UNIT])
-        return "farensed iniciado (systemd)"
-    return f"farensed a correr (pid {start_background(ws)})"
+        return _("farensed iniciado (systemd)")
+    return _("farensed a correr (pid {start_background})").format(start_background=start_background(ws))
 
 
 def stop(ws: Workspace, timeout: float = 330.0) -> str:
@@ -164,14 +164,14 @@ def stop(ws: Workspace, timeout: float = 330.0) -> str:
         subprocess.run(cmd, capture_output=True)
     pid = daemon_pid(ws)
     if pid is None:
-        return "farensed não está a correr"
+        return _("farensed não está a correr")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and daemon_pid(ws) == pid:
         time.sleep(0.1)
     if daemon_pid(ws) == pid:
         raise QueueError(_("farensed (pid {pid}) não parou em {timeout:.0f} s").format(pid=pid, timeout=timeout))
-    return f"farensed parado (pid {pid})"
+    return _("farensed parado (pid {pid})").format(pid=pid)
 
 
 def status(ws: Workspace) -> dict:
