@@ -184,8 +184,8 @@ def check_supported(info: GgufInfo) -> None:
     if arch not in ARCHITECTURES:
         raise SpecError(
             _(
-                "{path}: arquitetura '{arch}' não suportada; suportadas: {join} (família Llama; qwen2, qwen3, phi3, gemma, falcon, gpt2, mamba e as restantes são recusadas)"
-            ).format(path=path, arch=arch, join=", ".join(ARCHITECTURES))
+                "{path}: arquitetura '{arch}' não suportada; suportadas: {items} (família Llama; qwen2, qwen3, phi3, gemma, falcon, gpt2, mamba e as restantes são recusadas)"
+            ).format(path=path, arch=arch, items=", ".join(ARCHITECTURES))
         )
     if (info.arch_key("expert_count") or 0) > 0:
         raise SpecError(

@@ -409,8 +409,8 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
             )
     if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
         raise SpecError(
-            _("{label}: resume_adapter_file não encontrado: {resolve}").format(
-                label=label, resolve=ws.resolve(spec.resume_adapter_file)
+            _("{label}: resume_adapter_file não encontrado: {path}").format(
+                label=label, path=ws.resolve(spec.resume_adapter_file)
             )
         )
     counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}

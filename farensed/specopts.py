@@ -30,8 +30,8 @@ def _choice(options: tuple):
             close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
             hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
             raise SpecError(
-                _("{where}: '{value}' desconhecido{hint}; valores válidos: {join}").format(
-                    where=where, value=value, hint=hint, join=", ".join(options)
+                _("{where}: '{value}' desconhecido{hint}; valores válidos: {items}").format(
+                    where=where, value=value, hint=hint, items=", ".join(options)
                 )
             )
         return value
@@ -61,7 +61,7 @@ def _check_schedule(value: Any, where: str) -> dict:
         if key not in known:
             raise unknown_key(key, known, where)
     if "name" not in value:
-        raise SpecError(_("{where}: falta 'name' ({join})").format(where=where, join=", ".join(SCHEDULES)))
+        raise SpecError(_("{where}: falta 'name' ({items})").format(where=where, items=", ".join(SCHEDULES)))
     _choice(SCHEDULES)(value["name"], f"{where}.name")
     args = value.get("arguments")
     if not isinstance(args, list) or not args or not all(_is_number(a) for a in args):

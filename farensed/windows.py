@@ -27,10 +27,10 @@ class Window:
 def _parse_time(text: str, where: str) -> dt.time:
     m = TIME_RE.fullmatch(text.strip())
     if not m:
-        raise ValueError(_("{where}: '{strip}' não é uma hora HH:MM").format(where=where, strip=text.strip()))
+        raise ValueError(_("{where}: '{text}' não é uma hora HH:MM").format(where=where, text=text.strip()))
     hour, minute, second = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(_("{where}: hora inválida '{strip}'").format(where=where, strip=text.strip()))
+        raise ValueError(_("{where}: hora inválida '{text}'").format(where=where, text=text.strip()))
     return dt.time(hour, minute, second)
 
 
@@ -43,10 +43,10 @@ def parse_windows(text: str) -> list[Window]:
     for part in parts:
         pieces = part.split("-")
         if len(pieces) != 2:
-            raise ValueError(_("'{strip}' não é uma janela HH:MM-HH:MM").format(strip=part.strip()))
+            raise ValueError(_("'{text}' não é uma janela HH:MM-HH:MM").format(text=part.strip()))
         start, end = (_parse_time(p, part.strip()) for p in pieces)
         if start == end:
-            raise ValueError(_("'{strip}': início e fim iguais").format(strip=part.strip()))
+            raise ValueError(_("'{text}': início e fim iguais").format(text=part.strip()))
         windows.append(Window(start, end))
     return windows
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import string
+import subprocess
+import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +14,9 @@ from farensed import console, i18n
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.errors import SpecError
 from farensed.spec import parse_spec
-from tests.helpers import TEST_SPEC
+from tests.helpers import TEST_SPEC, child_env, cli_cmd
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fields(text: str) -> set[str]:
@@ -151,3 +156,17 @@ def test_spec_errors_in_the_chosen_language(monkeypatch, lang, unknown, wrong_ty
     with pytest.raises(SpecError) as err:
         parse_spec({**TEST_SPEC, "batch_size": "4"})
     assert str(err.value) == wrong_type
+
+
+def test_catalog_ships_in_the_wheel():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "locale/*/LC_MESSAGES/*" in config["farensed"]
+    assert i18n.MO_FILE.is_file() and i18n.PO_FILE.is_file()
+
+
+@pytest.mark.parametrize(("lang", "line"), [("en", "Error: job 7 does not exist"), ("pt", "Error: job 7 não existe")])
+def test_cli_process_speaks_the_chosen_language(isolated_home, lang, line):
+    env = child_env()
+    env["FARENSE_LANG"] = lang
+    proc = subprocess.run(cli_cmd(isolated_home, "status", "7"), capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 4 and proc.stderr.strip() == line

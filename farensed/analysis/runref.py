@@ -108,7 +108,9 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
     if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
         return _of_folder(ws, queue, path.resolve(), path.resolve().name)
     if path.is_dir():
-        raise QueueError(_("{ref}: pasta sem ficheiros de treino ({join})").format(ref=ref, join=", ".join(RUN_FILES)))
+        raise QueueError(
+            _("{ref}: pasta sem ficheiros de treino ({items})").format(ref=ref, items=", ".join(RUN_FILES))
+        )
     raise QueueError(
         _("'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta").format(ref=ref)
     )

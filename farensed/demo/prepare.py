@@ -40,8 +40,8 @@ def prepare(ws: Workspace, log=print) -> Path:
     build_tiny_model(ws.resolve(MODEL_DIR), log=log)
     paths = write_demo_data(ws.resolve(DATA_DIR))
     log(
-        _("✅ Dados de demonstração: {relative_to}, {relative_to2}").format(
-            relative_to=paths["train"].relative_to(ws.root), relative_to2=paths["valid"].relative_to(ws.root)
+        _("✅ Dados de demonstração: {path}, {path2}").format(
+            path=paths["train"].relative_to(ws.root), path2=paths["valid"].relative_to(ws.root)
         )
     )
     spec_path = ws.resolve(SPEC_PATH)
@@ -51,5 +51,5 @@ def prepare(ws: Workspace, log=print) -> Path:
         current = None
     if current != DEMO_SPEC:
         atomic_write_json(spec_path, DEMO_SPEC)
-    log(_("✅ Spec de demonstração: {SPEC_PATH}").format(SPEC_PATH=SPEC_PATH))
+    log(_("✅ Spec de demonstração: {path}").format(path=SPEC_PATH))
     return spec_path

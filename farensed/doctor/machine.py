@@ -51,7 +51,7 @@ def check_packages() -> Check:
         return Check(
             "pacotes",
             FAIL,
-            _("em falta: {join} ({text})").format(join=", ".join(missing), text=text),
+            _("em falta: {items} ({text})").format(items=", ".join(missing), text=text),
             "pip install -e .",
             versions,
         )

@@ -97,9 +97,9 @@ def verify(ckpt: Checkpoint) -> dict:
     try:
         state = read_json(ckpt.path / STATE_NAME)
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise ValueError(_("{STATE_NAME} ilegível ({exc})").format(STATE_NAME=STATE_NAME, exc=exc)) from None
+        raise ValueError(_("{file} ilegível ({exc})").format(file=STATE_NAME, exc=exc)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "files" not in state:
-        raise ValueError(_("{STATE_NAME} incompleto").format(STATE_NAME=STATE_NAME))
+        raise ValueError(_("{file} incompleto").format(file=STATE_NAME))
     for fname, digest in state["files"].items():
         path = ckpt.path / fname
         if not path.is_file():

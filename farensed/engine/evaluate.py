@@ -259,4 +259,4 @@ class Evaluator:
                 perplexity2=b["perplexity"],
             )
         )
-        self.log(_("✓ Relatório: {relative_to}").format(relative_to=(self.run_dir / REPORT).relative_to(self.ws.root)))
+        self.log(_("✓ Relatório: {path}").format(path=(self.run_dir / REPORT).relative_to(self.ws.root)))

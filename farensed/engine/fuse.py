@@ -42,20 +42,12 @@ def fuse_job(spec, ws, say) -> Path | None:
                 return target  # already fused from these very adapters
         except (OSError, ValueError):
             pass
-        say(
-            _("Modelo fundido antigo (de outros adapters) guardado em {move_aside}").format(
-                move_aside=move_aside(target)
-            )
-        )
+        say(_("Modelo fundido antigo (de outros adapters) guardado em {path}").format(path=move_aside(target)))
     for stale in out.glob(f".{FUSED_DIR}.tmp-*"):  # an earlier fuse that was killed: incomplete, ours
         shutil.rmtree(stale)
     tmp = out / f".{FUSED_DIR}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
-    say(
-        _("\nA fundir os adapters no modelo base (mlx-lm fuse) → {relative_to}").format(
-            relative_to=target.relative_to(ws.root)
-        )
-    )
+    say(_("\nA fundir os adapters no modelo base (mlx-lm fuse) → {path}").format(path=target.relative_to(ws.root)))
     _fuse_into(tmp, resolve_model(spec.model, ws), out, fuse_options(spec))
     (tmp / MARKER).write_bytes(dumps(made_from))
     for path in tmp.rglob("*"):
@@ -64,7 +56,7 @@ def fuse_job(spec, ws, say) -> Path | None:
     fsync_dir(tmp)
     os.replace(tmp, target)
     fsync_dir(out)
-    say(_("✓ Modelo fundido: {relative_to}").format(relative_to=target.relative_to(ws.root)))
+    say(_("✓ Modelo fundido: {path}").format(path=target.relative_to(ws.root)))
     return target
 
 

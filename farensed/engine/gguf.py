@@ -75,8 +75,8 @@ def rope_scaling_from_freqs(info: GgufInfo, freqs: list[float], base: float, dim
     )
     if len(freqs) != len(expected) or not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(freqs, expected)):
         raise SpecError(
-            _("{path}: {ROPE_FREQS} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)").format(
-                path=info.path, ROPE_FREQS=ROPE_FREQS, factor=factor
+            _("{path}: {tensor} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)").format(
+                path=info.path, tensor=ROPE_FREQS, factor=factor
             )
         )
     return {"rope_type": "llama3", "factor": factor, **p}
@@ -215,10 +215,10 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
     from farensed.engine.gguf_tokenizer import build_tokenizer
 
     log(
-        _("A importar {name} ({architecture}, {join})").format(
+        _("A importar {name} ({architecture}, {items})").format(
             name=src.name,
             architecture=info.architecture,
-            join=", ".join(f"{k}×{v}" for k, v in info.type_counts().items()),
+            items=", ".join(f"{k}×{v}" for k, v in info.type_counts().items()),
         )
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -271,11 +271,7 @@ def model_path(path: Path, log=print) -> Path:
             if _cache_is_current(cache, path):
                 return cache
             if cache.exists():
-                log(
-                    _("O GGUF mudou: a importação anterior foi guardada em {move_aside}").format(
-                        move_aside=move_aside(cache)
-                    )
-                )
+                log(_("O GGUF mudou: a importação anterior foi guardada em {path}").format(path=move_aside(cache)))
             import_gguf(path, cache, log=log)
     except OSError as exc:  # a read-only folder, a full disk, …
         raise SpecError(

@@ -48,8 +48,8 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
     found = newest_valid(run_dir, warn)
     if found is None:
         raise ResumeError(
-            _("{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar").format(
-                run_dir=run_dir, STATE_NAME=STATE_NAME
+            _("{run_dir}: {file} existe mas nenhum checkpoint é válido; use --fresh para recomeçar").format(
+                run_dir=run_dir, file=STATE_NAME
             )
         )
     ckpt, state = found

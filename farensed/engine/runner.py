@@ -76,7 +76,7 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
     run_dir = ws.run_dir(spec.name)
     if fresh and run_dir.exists():
-        console.say(_("--fresh: a pasta anterior foi guardada em {move_aside}").format(move_aside=move_aside(run_dir)))
+        console.say(_("--fresh: a pasta anterior foi guardada em {path}").format(path=move_aside(run_dir)))
     own = exit_file is None
     exit_file = exit_file or ws.root / "checkpoints_qlora" / f".{spec.name}.exit-{os.getpid()}.json"
     exit_file.parent.mkdir(parents=True, exist_ok=True)

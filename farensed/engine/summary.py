@@ -76,5 +76,5 @@ def finish_run(
                 value=summary["best_epoch"] + 1, best_step=summary["best_step"], best_val_loss=summary["best_val_loss"]
             )
         )
-    console.say(_("Adapters finais: {relative_to}").format(relative_to=out.relative_to(ws.root)))
+    console.say(_("Adapters finais: {path}").format(path=out.relative_to(ws.root)))
     return summary

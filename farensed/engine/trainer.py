@@ -135,10 +135,10 @@ class Trainer:
         self.clock.mark("tokens_ready", tokens_cached=hit_train and hit_valid)
         if hit_train and hit_valid:
             console.say(_("Tokens em cache (checkpoints_qlora/.tokens): tokenização saltada"))
-        console.say(_("Amostras de treino: {n_train_set}").format(n_train_set=len(self.train_set)))
-        console.say(_("Amostras de validação: {n_valid_set}").format(n_valid_set=len(self.valid_set)))
-        console.say(_("✅ Tokens de treino: {sum}").format(sum=sum(map(len, self.train_set.tokens))))
-        console.say(_("✅ Tokens de validação: {sum}").format(sum=sum(map(len, self.valid_set.tokens))))
+        console.say(_("Amostras de treino: {count}").format(count=len(self.train_set)))
+        console.say(_("Amostras de validação: {count}").format(count=len(self.valid_set)))
+        console.say(_("✅ Tokens de treino: {count}").format(count=sum(map(len, self.train_set.tokens))))
+        console.say(_("✅ Tokens de validação: {count}").format(count=sum(map(len, self.valid_set.tokens))))
         truncated = self.train_set.truncated + self.valid_set.truncated
         if truncated:
             console.say(
@@ -341,7 +341,7 @@ class Trainer:
         write_run_state(self.run_dir, dict(state, checkpoint=path.name))
         prune(self.run_dir, self.spec.keep_checkpoints)
         self.checkpoint_seconds.append(time.perf_counter() - tic)
-        console.say(_("\n✓ Checkpoint guardado em: {relative_to}").format(relative_to=path.relative_to(self.ws.root)))
+        console.say(_("\n✓ Checkpoint guardado em: {path}").format(path=path.relative_to(self.ws.root)))
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> int:

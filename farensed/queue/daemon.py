@@ -355,7 +355,7 @@ class Daemon:
         self.waker = Waker(self.ws.jobs)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.log(_("farensed a vigiar {inbox} (pid {getpid})").format(inbox=self.queue.inbox, getpid=os.getpid()))
+        self.log(_("farensed a vigiar {inbox} (pid {pid})").format(inbox=self.queue.inbox, pid=os.getpid()))
         observer = self._watch()
         try:
             self.recover()

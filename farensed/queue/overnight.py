@@ -97,7 +97,7 @@ def pause_of(queue: Queue, job: Job, now: dt.datetime | None = None, conf: dict 
         return _("em pausa: {power_wait}").format(power_wait=conf["power_wait"])
     windows = windows_of(job_window_text(queue, job, conf.get("window")))
     if windows and not is_open(windows, now):
-        return _("em pausa até {format_clock}").format(format_clock=format_clock(next_open(windows, now)))
+        return _("em pausa até {time}").format(time=format_clock(next_open(windows, now)))
     return None
 
 
@@ -202,9 +202,7 @@ class Overnight:
             return self.power_wait
         windows = windows_of(job_window_text(self.queue, job, self.window))
         if windows and open_until(windows, now) is None:
-            return _("janela fechada; em pausa até {format_clock}").format(
-                format_clock=format_clock(next_open(windows, now))
-            )
+            return _("janela fechada; em pausa até {time}").format(time=format_clock(next_open(windows, now)))
         return None
 
     def _stop(self, daemon, job: Job, reason: str, now: dt.datetime) -> None:

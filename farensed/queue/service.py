@@ -68,8 +68,8 @@ def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise QueueError(
-            _("{join} falhou: {value}").format(
-                join=" ".join(cmd), value=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            _("{items} falhou: {value}").format(
+                items=" ".join(cmd), value=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
             )
         )
 
@@ -149,7 +149,7 @@ def start(ws: Workspace) -> str:
     if m.kind == "systemd" and m.unit_path.exists():
         _run(["systemctl", "--user", "start", UNIT])
         return _("farensed iniciado (systemd)")
-    return _("farensed a correr (pid {start_background})").format(start_background=start_background(ws))
+    return _("farensed a correr (pid {pid})").format(pid=start_background(ws))
 
 
 def stop(ws: Workspace, timeout: float = 330.0) -> str:
