@@ -8,10 +8,11 @@ import sys
 from tqdm import tqdm
 
 from farensed.analysis.gap import icon
-from farensed.i18n import _
+from farensed.i18n import N_, _
 
 LINE = "=" * 80
 THIN = "─" * 76
+LOADING_MODEL = N_("A carregar modelo: {model}")  # the queue's overnight pause looks for it in a job's log
 
 
 def say(msg: str = "") -> None:

@@ -171,7 +171,7 @@ RANGES = {
     "lora.rank": (lambda v: v >= 1, "≥ 1"),
     "lora.alpha": (lambda v: v > 0, "> 0"),
     "lora.dropout": (lambda v: 0 <= v < 1, "0 ≤ dropout < 1"),
-    "lora.layers": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todas)"),
+    "lora.layers": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todas)")),
     "batch_size": (lambda v: v >= 1, "≥ 1"),
     "grad_accumulation": (lambda v: v >= 1, "≥ 1"),
     "learning_rate": (lambda v: 0 < v < 1, "0 < lr < 1"),
@@ -191,9 +191,9 @@ RANGES = {
     "success.f1_min": (lambda v: 0 <= v <= 1, "0 ≤ f1_min ≤ 1"),
     "lora.scale": (lambda v: v > 0, "> 0"),
     "iters": (lambda v: v >= 1, "≥ 1"),
-    "val_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
-    "test_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
-    "clear_cache_threshold": (lambda v: v >= 0, "≥ 0 (bytes)"),
+    "val_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
+    "test_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
+    "clear_cache_threshold": (lambda v: v >= 0, N_("≥ 0 (bytes)")),
 }
 
 TYPE_NAMES = {
@@ -267,7 +267,7 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
             if key in RANGES and not RANGES[key][0](value):
                 raise SpecError(
                     _("{label}: {key} = {value} fora do intervalo ({value2})").format(
-                        label=label, key=key, value=value, value2=RANGES[key][1]
+                        label=label, key=key, value=value, value2=_(RANGES[key][1])
                     )
                 )
             kwargs[name] = value

@@ -42,7 +42,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     if (eta := _eta(record, first)) is not None:
         parts.append(f"ETA {eta}")
     if best is not None:
-        parts.append(f"melhor {best:.4f}")
+        parts.append(_("melhor {best:.4f}").format(best=best))
     return " | ".join(parts)
 
 

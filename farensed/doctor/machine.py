@@ -65,7 +65,7 @@ def probe_mlx(timeout: float = 120.0) -> dict:
             [sys.executable, "-c", MLX_PROBE], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"mlx não respondeu em {timeout:.0f} s"}
+        return {"error": _("mlx não respondeu em {timeout:.0f} s").format(timeout=timeout)}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or [f"código {proc.returncode}"])[-1]
@@ -88,9 +88,9 @@ def check_mlx(probe: dict) -> Check:
         working = info.get("max_recommended_working_set_size")
         text = f"{'Metal GPU' if probe.get('metal') else 'GPU'} {name} (mlx {probe['mlx']})"
         if memory:
-            text += f", {gb(memory)} de memória unificada"
+            text += _(", {memory} de memória unificada").format(memory=gb(memory))
         if working:
-            text += f", {gb(working)} recomendados para a GPU"
+            text += _(", {memory} recomendados para a GPU").format(memory=gb(working))
         return Check("mlx", OK, text, data=probe)
     fix = None
     if sys.platform == "darwin":
@@ -134,7 +134,7 @@ def check_service(ws: Workspace) -> Check:
     where = f"{info['manager']}, " + (_("instalado") if info["installed"] else _("não instalado"))
     if info["installed"] and m.kind == "launchd":
         info["process_type"] = _process_type(m.unit_path)
-        where += f", ProcessType {info['process_type'] or 'em falta'}"
+        where += f", ProcessType {info['process_type'] or _('em falta')}"
         if info["process_type"] != "Interactive":
             return Check(
                 "serviço",
@@ -215,7 +215,9 @@ def sleep_check_macos(pmset: str, batt: str | None) -> Check:
         if sleep == "0"
         else _("repouso após {sleep} min sem uso").format(sleep=sleep)
     )
-    text += "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
+    text += _(
+        "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
+    )
     return Check("repouso", OK, text, data=data)
 
 

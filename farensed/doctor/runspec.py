@@ -45,7 +45,7 @@ def describe_model(model: Path) -> tuple[str, dict]:
     parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else _("sem quantização")]
     if data["layers"]:
         parts.append(f"{data['layers']} camadas")
-    parts.append(f"{gb(data['weights_bytes'])} de pesos")
+    parts.append(_("{size} de pesos").format(size=gb(data["weights_bytes"])))
     return f"{model}: {', '.join(parts)}", data
 
 
@@ -80,8 +80,8 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
     )
     if "messages" in formats and not chat:
         tokenizer.status = WARN
-        tokenizer.detail += ": os exemplos 'messages' precisam de um chat_template"
-        tokenizer.fix = "use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion"
+        tokenizer.detail += _(": os exemplos 'messages' precisam de um chat_template")
+        tokenizer.fix = _("use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion")
     return [Check("modelo", OK, text, data=data), tokenizer]
 
 
@@ -224,7 +224,7 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
     limit = probe.get("info", {}).get("max_recommended_working_set_size")
     if limit and peak_gb * 1e9 > limit:
         memory_check.status = WARN
-        memory_check.detail += f": mais que os {gb(limit)} recomendados para a GPU"
+        memory_check.detail += _(": mais que os {memory} recomendados para a GPU").format(memory=gb(limit))
         memory_check.fix = "reduza batch_size ou max_seq_length (e aumente grad_accumulation)"
     return [memory_check, time_check]
 

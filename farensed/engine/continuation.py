@@ -107,5 +107,9 @@ def _reopens(state: dict, cont: Continuation, total_steps: int, run_dir: Path) -
     for name in ("evaluation_report.json",):
         if (run_dir / name).exists():
             move_aside(run_dir / name)  # those numbers were for the adapters of the shorter run
-    cont.lines.append(f"↻ A corrida terminada continua: step {state['step']} → {total_steps}")
+    cont.lines.append(
+        _("↻ A corrida terminada continua: step {step} → {total_steps}").format(
+            step=state["step"], total_steps=total_steps
+        )
+    )
     return True

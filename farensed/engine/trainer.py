@@ -116,7 +116,7 @@ class Trainer:
 
         spec = self.spec
         console.say(_("\nA carregar modelo e dados..."))
-        console.say(_("A carregar modelo: {model}").format(model=spec.model))
+        console.say(_(console.LOADING_MODEL).format(model=spec.model))
         self.model, self.model_config = load_model(Path(self.model_path))  # the tokenizer only if tokens are needed
         self.clock.mark("model_loaded")
         console.say(_("\nA carregar datasets..."))

@@ -226,10 +226,10 @@ class Daemon:
         if job.held and code == EXIT_RESUMABLE:
             changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)
         if code is None:
-            changes["loss_reason"] = reason or "processo de treino perdido"
+            changes["loss_reason"] = reason or _("processo de treino perdido")
         if code is None and job.cancel_requested:
             changes.update(
-                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado (o processo perdeu-se)"
+                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado (o processo perdeu-se)")
             )
         elif code is None:
             recoveries = job.recoveries + 1

@@ -19,14 +19,16 @@ import sys
 from collections.abc import Callable
 
 from farensed.atomic import atomic_write_json, read_json
-from farensed.i18n import _
+from farensed.console import LOADING_MODEL
+from farensed.i18n import LANGUAGES, _, translations
 from farensed.queue import power
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.windows import Window, format_clock, is_open, next_open, open_until, parse_windows
 from farensed.workspace import Workspace
 
 PAUSED_FILE, SETTINGS_FILE, JOB_PAUSE_FILE = "paused.json", "overnight.json", "pause.json"
-READY_MARKS = ("A carregar modelo", "mlx.launch")  # the child's stop handler is installed before these lines
+# the child's stop handler is installed before these lines (the trainer's LOADING_MODEL, in every language)
+READY_MARKS = ("mlx.launch",)
 
 
 def _read(path) -> dict | None:
@@ -116,7 +118,8 @@ def child_ready(log_path) -> bool:
     except OSError:
         return True
     attempt = text.rsplit("=== farensed: job", 1)[-1]
-    return any(mark in attempt for mark in READY_MARKS)
+    marks = [translations(lang).gettext(LOADING_MODEL).split("{")[0] for lang in LANGUAGES]
+    return any(mark in attempt for mark in (*marks, *READY_MARKS))
 
 
 class Overnight:
@@ -189,7 +192,7 @@ class Overnight:
         waiting = power.must_wait(reading, self.battery_min, self.power_wait is not None)
         reason = (self.power_wait or power.describe(reading, self.battery_min)) if waiting else None
         if reason != self.power_wait:
-            self.log(reason or "corrente ligada: a fila continua")
+            self.log(reason or _("corrente ligada: a fila continua"))
             self.power_wait = reason
             self._write_settings()
 
