@@ -321,7 +321,9 @@ class Daemon:
                     )
                 )
                 with open(self.queue.log_path(self.current.job_id), "ab") as fh:
-                    fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+                    fh.write(
+                        f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode()
+                    )
                 self.signal_child(signal.SIGTERM)
         return verdict.may_start
 

@@ -218,7 +218,7 @@ class Overnight:
             _("job {id} ({name}): {reason}; a parar com checkpoint").format(id=job.id, name=job.name, reason=reason)
         )
         with open(self.queue.log_path(job.id), "ab") as fh:
-            fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+            fh.write(f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode())
         self.stop_sent = daemon.current.pid
         daemon.signal_child(signal.SIGTERM)
 
