@@ -1,4 +1,4 @@
-"""The seed's console messages (Portuguese, same wording), in one place."""
+"""The seed's console messages (Portuguese, same wording; English via farensed.i18n), in one place."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 from tqdm import tqdm
 
 from farensed.analysis.gap import icon
+from farensed.i18n import N_, _
 
 LINE = "=" * 80
 THIN = "─" * 76
+LOADING_MODEL = N_("A carregar modelo: {model}")  # the queue's overnight pause looks for it in a job's log
 
 
 def say(msg: str = "") -> None:
@@ -21,20 +23,28 @@ def say(msg: str = "") -> None:
 
 def banner(spec) -> str:
     es = spec.early_stopping
-    stop = f"Patience={es.patience}, Min Delta={es.min_delta:g}" if es else "desativado"
+    stop = (
+        _("Patience={patience}, Min Delta={min_delta:g}").format(patience=es.patience, min_delta=es.min_delta)
+        if es
+        else _("desativado")
+    )
     return "\n".join(
         [
             LINE,
             f"CONFIGURATION - {spec.name}",
             LINE,
             f"LoRA Rank: {spec.lora.rank}",
-            f"LoRA Alpha: {spec.lora.alpha:g} (camadas: {spec.lora.layers})"
+            _("LoRA Alpha: {alpha:g} (camadas: {layers})").format(alpha=spec.lora.alpha, layers=spec.lora.layers)
             if spec.lora.alpha is not None
-            else f"LoRA Scale: {spec.lora.scale:g} (camadas: {spec.lora.layers})",
+            else _("LoRA Scale: {scale:g} (camadas: {layers})").format(scale=spec.lora.scale, layers=spec.lora.layers),
             f"Dropout: {spec.lora.dropout:g}",
-            f"Batch Size: {spec.batch_size} (acumulação de gradientes: {spec.grad_accumulation})",
+            _("Batch Size: {batch_size} (acumulação de gradientes: {grad_accumulation})").format(
+                batch_size=spec.batch_size, grad_accumulation=spec.grad_accumulation
+            ),
             f"Learning Rate: {spec.learning_rate:g}",
-            f"Épocas: {spec.epochs}" if not getattr(spec, "iters", None) else f"Iterações: {spec.iters}",
+            _("Épocas: {epochs}").format(epochs=spec.epochs)
+            if not getattr(spec, "iters", None)
+            else _("Iterações: {iters}").format(iters=spec.iters),
             f"Early Stopping: {stop}",
             LINE,
         ]
@@ -46,19 +56,19 @@ def heading(title: str) -> str:
 
 
 def epoch_header(epoch: int, epochs: int) -> str:
-    return f"\nÉpoca {epoch + 1}/{epochs}\n{THIN}"
+    return "\n" + _("Época {epoch}/{epochs}").format(epoch=epoch + 1, epochs=epochs) + f"\n{THIN}"
 
 
 def validation_block(step: int, val_loss: float, gap: float, band: str, improved: bool, stopper) -> str:
-    lines = [f"\n✅ Val Loss (step {step}): {val_loss:.4f}", "", "Análise de Validação:"]
+    lines = [f"\n✅ Val Loss (step {step}): {val_loss:.4f}", "", _("Análise de Validação:")]
     if improved:
-        lines.append(f"  ✅ Melhor Val Loss: {val_loss:.4f}")
+        lines.append(_("  ✅ Melhor Val Loss: {val_loss:.4f}").format(val_loss=val_loss))
     if band == "MODERADO":
-        lines.append(f"  {icon(band)}  Overfitting moderado (gap={gap:.4f})")
+        lines.append(_("  {icon}  Overfitting moderado (gap={gap:.4f})").format(icon=icon(band), gap=gap))
     elif band == "CRÍTICO":
-        lines.append(f"  {icon(band)} Overfitting crítico (gap={gap:.4f})")
+        lines.append(_("  {icon} Overfitting crítico (gap={gap:.4f})").format(icon=icon(band), gap=gap))
     if stopper.patience is not None and not improved:  # an improvement is said once, by the line above
-        lines.append(f"  ℹ  Sem melhoria ({stopper.wait}/{stopper.patience})")
+        lines.append(_("  ℹ  Sem melhoria ({wait}/{patience})").format(wait=stopper.wait, patience=stopper.patience))
     return "\n".join(lines)
 
 
@@ -66,12 +76,14 @@ def early_stop_block(stopper) -> str:
     return "\n".join(
         [
             "",
-            "  EARLY STOPPING ATIVADO!",
-            f"   Sem melhoria por {stopper.patience} validações consecutivas",
-            f"   Melhor modelo: Época {stopper.best_epoch + 1}, Step {stopper.best_step}",
-            f"   Melhor Val Loss: {stopper.best_val_loss:.4f}",
+            _("  EARLY STOPPING ATIVADO!"),
+            _("   Sem melhoria por {patience} validações consecutivas").format(patience=stopper.patience),
+            _("   Melhor modelo: Época {epoch}, Step {step}").format(
+                epoch=stopper.best_epoch + 1, step=stopper.best_step
+            ),
+            _("   Melhor Val Loss: {best_val_loss:.4f}").format(best_val_loss=stopper.best_val_loss),
             "",
-            "Treino terminado por Early Stopping",
+            _("Treino terminado por Early Stopping"),
         ]
     )
 
@@ -87,5 +99,5 @@ def restart_clock(bar) -> None:
 def interrupted(signum: int) -> str:
     """How a signal-stopped run says the way back: the same command, or (from the queue) what the child adds."""
     if os.environ.get("FARENSE_JOB_ID"):
-        return f"\n⏸  Interrompido (sinal {signum}); checkpoint guardado."
-    return f"\n⏸  Interrompido (sinal {signum}); retoma com o mesmo comando."
+        return _("\n⏸  Interrompido (sinal {signum}); checkpoint guardado.").format(signum=signum)
+    return _("\n⏸  Interrompido (sinal {signum}); retoma com o mesmo comando.").format(signum=signum)

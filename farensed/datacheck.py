@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 FORMATS = ("messages", "prompt/completion", "text")
 
@@ -15,28 +16,40 @@ def _format_of(record: dict, where: str) -> str:
     if "messages" in record:
         msgs = record["messages"]
         if not isinstance(msgs, list) or not msgs:
-            raise SpecError(f"{where}: 'messages' deve ser uma lista não vazia de {{role, content}}")
+            raise SpecError(
+                _("{where}: 'messages' deve ser uma lista não vazia de {{role, content}}").format(where=where)
+            )
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise SpecError(f"{where}: messages[{i}] deve ser um objeto com 'role' e 'content' de texto")
+                raise SpecError(
+                    _("{where}: messages[{i}] deve ser um objeto com 'role' e 'content' de texto").format(
+                        where=where, i=i
+                    )
+                )
         return "messages"
     if "prompt" in record or "completion" in record:
         for key in ("prompt", "completion"):
             if not isinstance(record.get(key), str):
-                raise SpecError(f"{where}: '{key}' deve ser texto (formato prompt/completion)")
+                raise SpecError(
+                    _("{where}: '{key}' deve ser texto (formato prompt/completion)").format(where=where, key=key)
+                )
         return "prompt/completion"
     if "text" in record:
         if not isinstance(record["text"], str) or not record["text"]:
-            raise SpecError(f"{where}: 'text' deve ser texto não vazio")
+            raise SpecError(_("{where}: 'text' deve ser texto não vazio").format(where=where))
         return "text"
     keys = ", ".join(sorted(record)) or "nenhuma"
-    raise SpecError(f"{where}: formato desconhecido (chaves: {keys}); use 'messages', 'prompt'/'completion' ou 'text'")
+    raise SpecError(
+        _("{where}: formato desconhecido (chaves: {keys}); use 'messages', 'prompt'/'completion' ou 'text'").format(
+            where=where, keys=keys
+        )
+    )
 
 
 def check_data_file(path: Path, label: str) -> int:
     """Check one JSONL file line by line; return its number of examples."""
     if not path.is_file():
-        raise SpecError(f"{label}: ficheiro de dados não encontrado: {path}")
+        raise SpecError(_("{label}: ficheiro de dados não encontrado: {path}").format(label=label, path=path))
     fmt = None
     count = 0
     with open(path, "rb") as fh:
@@ -47,17 +60,21 @@ def check_data_file(path: Path, label: str) -> int:
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise SpecError(f"{where}: linha não é JSON válido ({exc})") from None
+                raise SpecError(_("{where}: linha não é JSON válido ({exc})").format(where=where, exc=exc)) from None
             if not isinstance(record, dict):
-                raise SpecError(f"{where}: cada linha deve ser um objeto JSON")
+                raise SpecError(_("{where}: cada linha deve ser um objeto JSON").format(where=where))
             this = _format_of(record, where)
             if fmt is None:
                 fmt = this
             elif this != fmt:
-                raise SpecError(f"{where}: formato '{this}' diferente do resto do ficheiro ('{fmt}')")
+                raise SpecError(
+                    _("{where}: formato '{this}' diferente do resto do ficheiro ('{fmt}')").format(
+                        where=where, this=this, fmt=fmt
+                    )
+                )
             count += 1
     if count == 0:
-        raise SpecError(f"{label}: ficheiro de dados vazio: {path}")
+        raise SpecError(_("{label}: ficheiro de dados vazio: {path}").format(label=label, path=path))
     return count
 
 
@@ -68,17 +85,21 @@ def check_model_dir(path: Path, label: str) -> None:
 
         return check_gguf_file(path, label)
     if not path.is_dir():
-        raise SpecError(f"{label}: pasta do modelo não encontrada: {path}")
+        raise SpecError(_("{label}: pasta do modelo não encontrada: {path}").format(label=label, path=path))
     if not (path / "config.json").is_file():
-        raise SpecError(f"{label}: {path} não tem config.json")
+        raise SpecError(_("{label}: {path} não tem config.json").format(label=label, path=path))
     try:
         orjson.loads((path / "config.json").read_bytes())
     except orjson.JSONDecodeError as exc:
-        raise SpecError(f"{label}: {path / 'config.json'} não é JSON válido ({exc})") from None
+        raise SpecError(
+            _("{label}: {value} não é JSON válido ({exc})").format(label=label, value=path / "config.json", exc=exc)
+        ) from None
     if not any(path.glob("*.safetensors")):
-        raise SpecError(f"{label}: {path} não tem pesos (*.safetensors)")
+        raise SpecError(_("{label}: {path} não tem pesos (*.safetensors)").format(label=label, path=path))
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        raise SpecError(f"{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)")
+        raise SpecError(
+            _("{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)").format(label=label, path=path)
+        )
 
 
 def file_format(path: Path) -> str:
@@ -87,4 +108,4 @@ def file_format(path: Path) -> str:
         for lineno, raw in enumerate(fh, start=1):
             if raw.strip():
                 return _format_of(orjson.loads(raw), f"{path}:{lineno}")
-    raise SpecError(f"{path}: ficheiro de dados vazio")
+    raise SpecError(_("{path}: ficheiro de dados vazio").format(path=path))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 MAGIC = b"GGUF"
 # ggml tensor types by id (llama.cpp's ggml.h), for messages
@@ -92,7 +93,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         data = self.fh.read(n)
         if len(data) != n:
-            raise SpecError(f"{self.path}: ficheiro GGUF truncado (cabeçalho incompleto)")
+            raise SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
         return data
 
     def scalar(self, kind: int):
@@ -113,7 +114,9 @@ class _Reader:
                 return list(struct.unpack(f"<{count}{fmt[1]}", self.take(count * struct.calcsize(fmt))))
             return [self.value(inner) for _ in range(count)]
         if kind not in _SCALARS:
-            raise SpecError(f"{self.path}: cabeçalho GGUF com tipo de valor desconhecido ({kind})")
+            raise SpecError(
+                _("{path}: cabeçalho GGUF com tipo de valor desconhecido ({kind})").format(path=self.path, kind=kind)
+            )
         return self.scalar(kind)
 
 
@@ -139,20 +142,22 @@ def read_header(path: Path) -> GgufInfo:
     """Parse a GGUF header (v2/v3): metadata and tensor infos, no tensor data."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: ficheiro GGUF não encontrado")
+        raise SpecError(_("{path}: ficheiro GGUF não encontrado").format(path=path))
     with open(path, "rb") as fh:
         r = _Reader(fh, path)
         if r.take(4) != MAGIC:
-            raise SpecError(f"{path}: não é um ficheiro GGUF (falta a assinatura 'GGUF')")
+            raise SpecError(_("{path}: não é um ficheiro GGUF (falta a assinatura 'GGUF')").format(path=path))
         version = r.scalar(4)
         if version not in (2, 3):
-            raise SpecError(f"{path}: versão GGUF {version} não suportada (suportadas: 2, 3)")
+            raise SpecError(
+                _("{path}: versão GGUF {version} não suportada (suportadas: 2, 3)").format(path=path, version=version)
+            )
         n_tensors, n_kv = r.scalar(10), r.scalar(10)
         info = GgufInfo(path=path, version=version)
-        for _ in range(n_kv):
+        for _kv in range(n_kv):
             key = r.string()
             info.metadata[key] = r.value(r.scalar(4))
-        for _ in range(n_tensors):
+        for _tensor in range(n_tensors):
             name = r.string()
             dims = [r.scalar(10) for _ in range(r.scalar(4))]
             ggml_type = r.scalar(4)
@@ -178,47 +183,64 @@ def check_supported(info: GgufInfo) -> None:
     arch = info.architecture
     if arch not in ARCHITECTURES:
         raise SpecError(
-            f"{path}: arquitetura '{arch}' não suportada; suportadas: {', '.join(ARCHITECTURES)} "
-            "(família Llama; qwen2, qwen3, phi3, gemma, falcon, gpt2, mamba e as restantes são recusadas)"
+            _(
+                "{path}: arquitetura '{arch}' não suportada; suportadas: {items} (família Llama; qwen2, qwen3, phi3, gemma, falcon, gpt2, mamba e as restantes são recusadas)"
+            ).format(path=path, arch=arch, items=", ".join(ARCHITECTURES))
         )
     if (info.arch_key("expert_count") or 0) > 0:
-        raise SpecError(f"{path}: modelo de mistura de especialistas (MoE, {arch}.expert_count) não suportado")
+        raise SpecError(
+            _("{path}: modelo de mistura de especialistas (MoE, {arch}.expert_count) não suportado").format(
+                path=path, arch=arch
+            )
+        )
     scaling = info.arch_key("rope.scaling.type")
     if scaling not in (None, "none", "linear"):
-        raise SpecError(f"{path}: {arch}.rope.scaling.type '{scaling}' não suportado (suportados: none, linear)")
+        raise SpecError(
+            _("{path}: {arch}.rope.scaling.type '{scaling}' não suportado (suportados: none, linear)").format(
+                path=path, arch=arch, scaling=scaling
+            )
+        )
     for t in info.tensors.values():
         if t.name == ROPE_FREQS and t.ggml_type == 0:
             continue  # Llama 3.1+ rope scaling: read back into config.json's rope_scaling at import
         if mlx_name(t.name) is None:
-            raise SpecError(f"{path}: tensor '{t.name}' fora da arquitetura Llama suportada")
+            raise SpecError(
+                _("{path}: tensor '{name}' fora da arquitetura Llama suportada").format(path=path, name=t.name)
+            )
         if t.ggml_type not in SUPPORTED_TYPES:
             names = ", ".join(SUPPORTED_TYPES.values())
             raise SpecError(
-                f"{path}: quantização {t.type_name} (tensor {t.name}) não suportada; suportadas: {names}"
-                " (converta com llama-quantize para Q8_0/Q4_0 ou use pesos F16)"
+                _(
+                    "{path}: quantização {type_name} (tensor {name}) não suportada; suportadas: {names} (converta com llama-quantize para Q8_0/Q4_0 ou use pesos F16)"
+                ).format(path=path, type_name=t.type_name, name=t.name, names=names)
             )
     layers = info.arch_key("block_count")
     missing = [f"blk.{i}.{n}.weight" for i in range(layers or 0) for n in BLOCK_TENSORS]
     missing = [n for n in missing + ["token_embd.weight", "output_norm.weight"] if n not in info.tensors]
     if layers is None or missing:
         what = f"{arch}.block_count" if layers is None else f"tensor {missing[0]}"
-        raise SpecError(f"{path}: ficheiro GGUF incompleto: falta {what}")
+        raise SpecError(_("{path}: ficheiro GGUF incompleto: falta {what}").format(path=path, what=what))
     tok = info.metadata.get("tokenizer.ggml.model")
     if tok not in TOKENIZERS or "tokenizer.ggml.merges" not in info.metadata:
         raise SpecError(
-            f"{path}: tokenizer.ggml.model '{tok}' não suportado; suportado: BPE byte-level com merges ('gpt2'); "
-            "um tokenizer SentencePiece ('llama') não é reconstruído"
+            _(
+                "{path}: tokenizer.ggml.model '{tok}' não suportado; suportado: BPE byte-level com merges ('gpt2'); um tokenizer SentencePiece ('llama') não é reconstruído"
+            ).format(path=path, tok=tok)
         )
     pre = info.metadata.get("tokenizer.ggml.pre", "default")
     if pre not in GPT2_PRE + DIGITS_PRE + LLAMA3_PRE:
         names = ", ".join(GPT2_PRE + DIGITS_PRE + LLAMA3_PRE)
-        raise SpecError(f"{path}: tokenizer.ggml.pre '{pre}' não suportado; suportados: {names}")
+        raise SpecError(
+            _("{path}: tokenizer.ggml.pre '{pre}' não suportado; suportados: {names}").format(
+                path=path, pre=pre, names=names
+            )
+        )
 
 
 def check_gguf_file(path: Path, label: str) -> GgufInfo:
     """Spec validation of a `model` that names a .gguf file: it exists and farense can import it."""
     if not Path(path).is_file():
-        raise SpecError(f"{label}: ficheiro GGUF não encontrado: {path}")
+        raise SpecError(_("{label}: ficheiro GGUF não encontrado: {path}").format(label=label, path=path))
     try:
         info = read_header(path)
         check_supported(info)

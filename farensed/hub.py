@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # what mlx_lm.load downloads (mlx_lm/utils.py DEFAULT_ALLOW_PATTERNS; importing it would load mlx)
@@ -47,9 +48,11 @@ def resolve_model(model: str, ws, label: str = "model") -> Path:
     try:
         return Path(snapshot_download(repo, local_files_only=True, allow_patterns=ALLOW_PATTERNS))
     except Exception:  # huggingface_hub's LocalEntryNotFoundError and kin: the snapshot is not in the cache
-        hint = "HF_HUB_OFFLINE=1 está definido" if _offline() else "farensectl submit/run descarrega-o"
+        hint = _("HF_HUB_OFFLINE=1 está definido") if _offline() else _("farensectl submit/run descarrega-o")
         raise SpecError(
-            f"{label}: o modelo '{repo}' não está na cache do Hugging Face ({_cache_dir()}); {hint}"
+            _("{label}: o modelo '{repo}' não está na cache do Hugging Face ({cache_dir}); {hint}").format(
+                label=label, repo=repo, cache_dir=_cache_dir(), hint=hint
+            )
         ) from None
 
 
@@ -62,12 +65,20 @@ def fetch_model(model: str, ws, label: str, say) -> Path:
         return resolve_model(model, ws, label)
     from huggingface_hub import snapshot_download
 
-    say(f"A obter o modelo {repo} do Hugging Face Hub (cache: {_cache_dir()})...")
+    say(
+        _("A obter o modelo {repo} do Hugging Face Hub (cache: {cache_dir})...").format(
+            repo=repo, cache_dir=_cache_dir()
+        )
+    )
     try:
         return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS))
     except Exception as exc:  # not found, gated, no network: one line, naming the model
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SpecError(f"{label}: não foi possível obter o modelo '{repo}' do Hugging Face Hub ({first})") from None
+        raise SpecError(
+            _("{label}: não foi possível obter o modelo '{repo}' do Hugging Face Hub ({first})").format(
+                label=label, repo=repo, first=first
+            )
+        ) from None
 
 
 def fetch_spec_model(spec_path: Path, ws, say) -> None:

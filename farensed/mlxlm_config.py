@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from farensed.errors import SpecError
+from farensed.i18n import N_, _
 
 # mlx_lm/lora.py CONFIG_DEFAULTS (mlx-lm 0.32) for the keys farense maps; tests check them against mlx-lm's own
 MLX_DEFAULTS = {
@@ -43,10 +44,10 @@ SAME = (
 ACCEPTED = ("train", "test", "data", "num_layers", "lora_parameters", "adapter_path", "steps_per_report", "config")
 # key -> the only values farense can honour (mlx-lm's defaults), and why
 ONLY = {
-    "report_to": ((None, ""), "as métricas ficam em training_metrics.jsonl; wandb/swanlab não são suportados"),
-    "project_name": ((None, ""), "só serve a report_to"),
-    "trust_remote_code": ((False,), "o farense não executa código do repositório do modelo"),
-    "training_mode": (("normal",), "só o treino supervisionado normal (não DPO/ORPO)"),
+    "report_to": ((None, ""), N_("as métricas ficam em training_metrics.jsonl; wandb/swanlab não são suportados")),
+    "project_name": ((None, ""), N_("só serve a report_to")),
+    "trust_remote_code": ((False,), N_("o farense não executa código do repositório do modelo")),
+    "training_mode": (("normal",), N_("só o treino supervisionado normal (não DPO/ORPO)")),
 }
 LORA_KEYS = ("rank", "scale", "alpha", "dropout", "keys")
 
@@ -86,20 +87,26 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: não foi possível ler ({getattr(exc, 'strerror', None) or exc})") from None
+        raise SpecError(
+            _("{path}: não foi possível ler ({value})").format(path=path, value=getattr(exc, "strerror", None) or exc)
+        ) from None
     try:
         return yaml.load(text, _yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" na linha {mark.line + 1}, coluna {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}: YAML inválido{where}: {problem}") from None
+        raise SpecError(
+            _("{path}: YAML inválido{where}: {problem}").format(path=path, where=where, problem=problem)
+        ) from None
 
 
 def _lora(config: dict, label: str) -> dict:
     params = config.get("lora_parameters", MLX_DEFAULTS["lora_parameters"])
     if not isinstance(params, dict):
-        raise SpecError(f"{label}: lora_parameters deve ser um objeto {{rank, scale, dropout, keys}}")
+        raise SpecError(
+            _("{label}: lora_parameters deve ser um objeto {{rank, scale, dropout, keys}}").format(label=label)
+        )
     for key in params:
         if key not in LORA_KEYS:
             raise _unknown(key, list(LORA_KEYS), f"{label}: lora_parameters")
@@ -112,9 +119,11 @@ def _lora(config: dict, label: str) -> dict:
 def _data(config: dict, label: str) -> dict:
     folder = config.get("data")
     if not isinstance(folder, str) or not folder:
-        raise SpecError(f"{label}: data deve ser a pasta com train.jsonl, valid.jsonl e test.jsonl")
+        raise SpecError(
+            _("{label}: data deve ser a pasta com train.jsonl, valid.jsonl e test.jsonl").format(label=label)
+        )
     if "hf_dataset" in config:
-        raise SpecError(f"{label}: hf_dataset não é suportado; use uma pasta local em 'data'")
+        raise SpecError(_("{label}: hf_dataset não é suportado; use uma pasta local em 'data'").format(label=label))
     data = {"train": f"{folder.rstrip('/')}/train.jsonl", "valid": f"{folder.rstrip('/')}/valid.jsonl"}
     if config.get("test"):
         data["test"] = f"{folder.rstrip('/')}/test.jsonl"
@@ -123,8 +132,8 @@ def _data(config: dict, label: str) -> dict:
 
 def _unknown(key: str, known: list[str], where: str) -> SpecError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (quis dizer '{close[0]}'?)" if close else ""
-    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+    hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
 
 
 def to_spec(config: Any, label: str, default_name: str) -> dict:
@@ -132,16 +141,22 @@ def to_spec(config: Any, label: str, default_name: str) -> dict:
     from farensed.spec import JobSpec
 
     if not isinstance(config, dict):
-        raise SpecError(f"{label}: deve ser um mapa YAML de opções do mlx_lm lora")
+        raise SpecError(_("{label}: deve ser um mapa YAML de opções do mlx_lm lora").format(label=label))
     farense_keys = [f for f in JobSpec.__dataclass_fields__ if f not in ("lora", "data")]
     known = sorted(set(SAME) | set(RENAMED) | set(ACCEPTED) | set(ONLY) | set(farense_keys) | {"hf_dataset"})
     for key, value in config.items():
         if key not in known:
             raise _unknown(key, known, label)
         if key in ONLY and value not in ONLY[key][0]:
-            raise SpecError(f"{label}: {key}: {value!r} não é suportado ({ONLY[key][1]})")
+            raise SpecError(
+                _("{label}: {key}: {value!r} não é suportado ({value2})").format(
+                    label=label, key=key, value=value, value2=_(ONLY[key][1])
+                )
+            )
     if config.get("train") is False:
-        raise SpecError(f"{label}: train: false (só teste) não é suportado; um job do farense treina")
+        raise SpecError(
+            _("{label}: train: false (só teste) não é suportado; um job do farense treina").format(label=label)
+        )
     spec: dict[str, Any] = {"name": config.get("name") or _name(config, default_name)}
     for key in SAME:
         value = config.get(key, MLX_DEFAULTS.get(key))

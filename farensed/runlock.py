@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from farensed.atomic import atomic_write_json
 from farensed.errors import QueueError
+from farensed.i18n import _
 
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
 _held: dict[str, list] = {}  # lock path → [FileLock, depth] for the locks this process holds
@@ -62,8 +63,10 @@ def holder(run_dir: Path) -> dict | None:
 def busy_message(run_dir: Path, info: dict | None) -> str:
     pid = (info or {}).get("pid", "?")
     job = (info or {}).get("job_id")
-    who = f"pelo pid {pid}" + (f" (job {job})" if job is not None else "")
-    return f"{run_dir}: a pasta do treino está em uso {who}; espere que termine ou cancele-o"
+    who = _("pelo pid {pid}").format(pid=pid) + (f" (job {job})" if job is not None else "")
+    return _("{run_dir}: a pasta do treino está em uso {who}; espere que termine ou cancele-o").format(
+        run_dir=run_dir, who=who
+    )
 
 
 def sweep_temps(folder: Path) -> list[Path]:

@@ -14,6 +14,7 @@ import orjson
 
 from farensed.datacheck import check_data_file, check_model_dir
 from farensed.errors import SpecError
+from farensed.i18n import N_, _
 from farensed.mlxlm_config import is_yaml, read_config
 from farensed.specopts import CUSTOM, exclusive_keys
 from farensed.workspace import Workspace
@@ -170,7 +171,7 @@ RANGES = {
     "lora.rank": (lambda v: v >= 1, "≥ 1"),
     "lora.alpha": (lambda v: v > 0, "> 0"),
     "lora.dropout": (lambda v: 0 <= v < 1, "0 ≤ dropout < 1"),
-    "lora.layers": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todas)"),
+    "lora.layers": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todas)")),
     "batch_size": (lambda v: v >= 1, "≥ 1"),
     "grad_accumulation": (lambda v: v >= 1, "≥ 1"),
     "learning_rate": (lambda v: 0 < v < 1, "0 < lr < 1"),
@@ -190,12 +191,19 @@ RANGES = {
     "success.f1_min": (lambda v: 0 <= v <= 1, "0 ≤ f1_min ≤ 1"),
     "lora.scale": (lambda v: v > 0, "> 0"),
     "iters": (lambda v: v >= 1, "≥ 1"),
-    "val_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
-    "test_batches": (lambda v: v >= 1 or v == -1, "≥ 1 (ou -1 para todos)"),
-    "clear_cache_threshold": (lambda v: v >= 0, "≥ 0 (bytes)"),
+    "val_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
+    "test_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
+    "clear_cache_threshold": (lambda v: v >= 0, N_("≥ 0 (bytes)")),
 }
 
-TYPE_NAMES = {int: "inteiro", float: "número", str: "texto", bool: "true/false", list: "lista", dict: "objeto"}
+TYPE_NAMES = {
+    int: N_("inteiro"),
+    float: N_("número"),
+    str: N_("texto"),
+    bool: "true/false",
+    list: N_("lista"),
+    dict: N_("objeto"),
+}
 
 
 def _base_type(annotation: str) -> type:
@@ -210,20 +218,28 @@ def _check_type(value: Any, typ: type, where: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:
-        raise SpecError(f"{where}: deve ser {TYPE_NAMES[typ]}, não {orjson.dumps(value).decode()}")
+        raise SpecError(
+            _("{where}: deve ser {value}, não {decode}").format(
+                where=where, value=_(TYPE_NAMES[typ]), decode=orjson.dumps(value).decode()
+            )
+        )
     return value
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> SpecError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = f" (quis dizer '{close[0]}'?)" if close else f" (chaves válidas: {', '.join(known)})"
-    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+    hint = (
+        _(" (quis dizer '{key}'?)").format(key=close[0])
+        if close
+        else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
+    )
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
 
 
 def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
     where = f"{label}: {prefix.rstrip('.')}" if prefix else label
     if not isinstance(raw, dict):
-        raise SpecError(f"{where}: deve ser um objeto JSON")
+        raise SpecError(_("{where}: deve ser um objeto JSON").format(where=where))
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -234,7 +250,7 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name not in raw:
             if required:
-                raise SpecError(f"{label}: falta a chave obrigatória '{key}'")
+                raise SpecError(_("{label}: falta a chave obrigatória '{key}'").format(label=label, key=key))
             continue
         value = raw[name]
         if value is None and "None" in str(f.type):
@@ -249,7 +265,11 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
         else:
             value = _check_type(value, _base_type(str(f.type)), f"{label}: {key}")
             if key in RANGES and not RANGES[key][0](value):
-                raise SpecError(f"{label}: {key} = {value} fora do intervalo ({RANGES[key][1]})")
+                raise SpecError(
+                    _("{label}: {key} = {value} fora do intervalo ({value2})").format(
+                        label=label, key=key, value=value, value2=_(RANGES[key][1])
+                    )
+                )
             kwargs[name] = value
     return cls(**kwargs)
 
@@ -261,7 +281,7 @@ def parse_not_before(value: str, now: dt.datetime | None = None) -> dt.datetime:
     if m:
         hour, minute = int(m.group(1)), int(m.group(2))
         if hour > 23 or minute > 59:
-            raise ValueError(f"hora inválida '{value}'")
+            raise ValueError(_("hora inválida '{value}'").format(value=value))
         when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
         return when if when > now else when + dt.timedelta(days=1)
     when = dt.datetime.fromisoformat(value.strip())
@@ -270,17 +290,24 @@ def parse_not_before(value: str, now: dt.datetime | None = None) -> dt.datetime:
 
 def _cross_checks(spec: JobSpec, label: str) -> None:
     if not NAME_RE.match(spec.name):
-        raise SpecError(f"{label}: name '{spec.name}' deve usar só letras, dígitos, '.', '_' e '-'")
+        raise SpecError(
+            _("{label}: name '{name}' deve usar só letras, dígitos, '.', '_' e '-'").format(label=label, name=spec.name)
+        )
     if spec.save_every % spec.grad_accumulation:
         raise SpecError(
-            f"{label}: save_every = {spec.save_every} deve ser múltiplo de grad_accumulation "
-            f"({spec.grad_accumulation}): só se guarda no fim de uma atualização do otimizador"
+            _(
+                "{label}: save_every = {save_every} deve ser múltiplo de grad_accumulation ({grad_accumulation}): só se guarda no fim de uma atualização do otimizador"
+            ).format(label=label, save_every=spec.save_every, grad_accumulation=spec.grad_accumulation)
         )
     if spec.not_before is not None:
         try:
             parse_not_before(spec.not_before)
         except ValueError as exc:
-            raise SpecError(f"{label}: not_before '{spec.not_before}' não é hora ISO nem HH:MM ({exc})") from None
+            raise SpecError(
+                _("{label}: not_before '{not_before}' não é hora ISO nem HH:MM ({exc})").format(
+                    label=label, not_before=spec.not_before, exc=exc
+                )
+            ) from None
     if spec.window is not None:
         from farensed.windows import parse_windows
 
@@ -290,15 +317,23 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
             raise SpecError(f"{label}: window: {exc}") from None
     for i, dep in enumerate(spec.after):
         if isinstance(dep, bool) or not isinstance(dep, int) or dep < 1:
-            raise SpecError(f"{label}: after[{i}] deve ser o id (inteiro ≥ 1) de um job")
+            raise SpecError(_("{label}: after[{i}] deve ser o id (inteiro ≥ 1) de um job").format(label=label, i=i))
     if spec.distributed is not None:
         d = spec.distributed
         if not d.hosts and not d.hostfile:
-            raise SpecError(f"{label}: distributed precisa de 'hosts' ou 'hostfile'")
+            raise SpecError(_("{label}: distributed precisa de 'hosts' ou 'hostfile'").format(label=label))
         if d.backend not in ("ring", "mpi"):
-            raise SpecError(f"{label}: distributed.backend '{d.backend}' deve ser 'ring' ou 'mpi'")
+            raise SpecError(
+                _("{label}: distributed.backend '{backend}' deve ser 'ring' ou 'mpi'").format(
+                    label=label, backend=d.backend
+                )
+            )
         if spec.batch_size % max(len(d.hosts), 1):
-            raise SpecError(f"{label}: batch_size deve ser múltiplo do número de hosts ({len(d.hosts)})")
+            raise SpecError(
+                _("{label}: batch_size deve ser múltiplo do número de hosts ({n_hosts})").format(
+                    label=label, n_hosts=len(d.hosts)
+                )
+            )
 
 
 def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
@@ -319,11 +354,17 @@ def read_spec_file(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SpecError(f"{path}: não foi possível ler ({exc.strerror})") from None
+        raise SpecError(
+            _("{path}: não foi possível ler ({strerror})").format(path=path, strerror=exc.strerror)
+        ) from None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise SpecError(f"{path}: JSON inválido na linha {exc.lineno}, coluna {exc.colno}: {exc.msg}") from None
+        raise SpecError(
+            _("{path}: JSON inválido na linha {lineno}, coluna {colno}: {msg}").format(
+                path=path, lineno=exc.lineno, colno=exc.colno, msg=exc.msg
+            )
+        ) from None
 
 
 def _model_config(model_dir: Path) -> dict:
@@ -354,23 +395,34 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     check_model_dir(model_dir, f"{label}: model")
     if spec.fine_tune_type == "full" and _quantized(model_dir):
         raise SpecError(
-            f"{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({spec.model} é quantizado); "
-            "use lora/dora, ou um modelo em float (mlx_lm convert -d)"
+            _(
+                "{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({model} é quantizado); use lora/dora, ou um modelo em float (mlx_lm convert -d)"
+            ).format(label=label, model=spec.model)
         )
     if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
         model_type = _model_config(model_dir).get("model_type")
         if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
             raise SpecError(
-                f"{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
+                _(
+                    "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
+                ).format(label=label, model_type=model_type)
             )
     if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
-        raise SpecError(f"{label}: resume_adapter_file não encontrado: {ws.resolve(spec.resume_adapter_file)}")
+        raise SpecError(
+            _("{label}: resume_adapter_file não encontrado: {path}").format(
+                label=label, path=ws.resolve(spec.resume_adapter_file)
+            )
+        )
     counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
     counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
     if spec.data.test:
         counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
     if counts["train"] < spec.batch_size:
-        raise SpecError(f"{label}: data.train tem {counts['train']} exemplos, menos que batch_size ({spec.batch_size})")
+        raise SpecError(
+            _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(
+                label=label, train=counts["train"], batch_size=spec.batch_size
+            )
+        )
     return counts
 
 

@@ -6,6 +6,7 @@ import difflib
 from typing import Any
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
@@ -15,16 +16,24 @@ SCHEDULES = ("cosine_decay", "exponential_decay", "linear_schedule", "step_decay
 def unknown_key(key: str, known: list[str], where: str) -> SpecError:
     """One line naming an unknown key and the nearest valid one."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = f" (quis dizer '{close[0]}'?)" if close else f" (chaves válidas: {', '.join(known)})"
-    return SpecError(f"{where}: chave desconhecida '{key}'{hint}")
+    hint = (
+        _(" (quis dizer '{key}'?)").format(key=close[0])
+        if close
+        else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
+    )
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
 
 
 def _choice(options: tuple):
     def check(value: Any, where: str) -> str:
         if value not in options:
             close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
-            hint = f" (quis dizer '{close[0]}'?)" if close else ""
-            raise SpecError(f"{where}: '{value}' desconhecido{hint}; valores válidos: {', '.join(options)}")
+            hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
+            raise SpecError(
+                _("{where}: '{value}' desconhecido{hint}; valores válidos: {items}").format(
+                    where=where, value=value, hint=hint, items=", ".join(options)
+                )
+            )
         return value
 
     return check
@@ -33,33 +42,39 @@ def _choice(options: tuple):
 def _check_optimizer_config(value: Any, where: str) -> dict:
     """mlx-lm's form: {optimizer name: {argument: value}}; only the chosen optimizer's entry is used."""
     if not isinstance(value, dict):
-        raise SpecError(f"{where}: deve ser um objeto {{otimizador: {{argumento: valor}}}}, como no mlx-lm")
+        raise SpecError(
+            _("{where}: deve ser um objeto {{otimizador: {{argumento: valor}}}}, como no mlx-lm").format(where=where)
+        )
     for name, args in value.items():
         _choice(OPTIMIZERS)(name, where)
         if not isinstance(args, dict):
-            raise SpecError(f"{where}.{name}: deve ser um objeto {{argumento: valor}}")
+            raise SpecError(_("{where}.{name}: deve ser um objeto {{argumento: valor}}").format(where=where, name=name))
     return value
 
 
 def _check_schedule(value: Any, where: str) -> dict:
     """mlx-lm's lr_schedule: name, arguments (passed to the scheduler), warmup, warmup_init."""
     if not isinstance(value, dict):
-        raise SpecError(f"{where}: deve ser um objeto {{name, arguments, warmup, warmup_init}}")
+        raise SpecError(_("{where}: deve ser um objeto {{name, arguments, warmup, warmup_init}}").format(where=where))
     known = ["name", "arguments", "warmup", "warmup_init"]
     for key in value:
         if key not in known:
             raise unknown_key(key, known, where)
     if "name" not in value:
-        raise SpecError(f"{where}: falta 'name' ({', '.join(SCHEDULES)})")
+        raise SpecError(_("{where}: falta 'name' ({items})").format(where=where, items=", ".join(SCHEDULES)))
     _choice(SCHEDULES)(value["name"], f"{where}.name")
     args = value.get("arguments")
     if not isinstance(args, list) or not args or not all(_is_number(a) for a in args):
-        raise SpecError(f"{where}: 'arguments' deve ser uma lista não vazia de números (ex.: [1e-5, 1000, 1e-7])")
+        raise SpecError(
+            _("{where}: 'arguments' deve ser uma lista não vazia de números (ex.: [1e-5, 1000, 1e-7])").format(
+                where=where
+            )
+        )
     warmup = value.get("warmup", 0)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise SpecError(f"{where}.warmup: deve ser inteiro ≥ 0")
+        raise SpecError(_("{where}.warmup: deve ser inteiro ≥ 0").format(where=where))
     if not _is_number(value.get("warmup_init", 0.0)):
-        raise SpecError(f"{where}.warmup_init: deve ser número")
+        raise SpecError(_("{where}.warmup_init: deve ser número").format(where=where))
     return value
 
 
@@ -68,18 +83,22 @@ def _check_fuse(value: Any, where: str) -> Any:
     if isinstance(value, bool):
         return value
     if not isinstance(value, dict):
-        raise SpecError(f'{where}: deve ser true/false ou {{"dequantize": ..., "export_gguf": ...}}')
+        raise SpecError(
+            _('{where}: deve ser true/false ou {{"dequantize": ..., "export_gguf": ...}}').format(where=where)
+        )
     for key, item in value.items():
         if key not in ("dequantize", "export_gguf"):
             raise unknown_key(key, ["dequantize", "export_gguf"], where)
         if not isinstance(item, bool):
-            raise SpecError(f"{where}.{key}: deve ser true/false")
+            raise SpecError(_("{where}.{key}: deve ser true/false").format(where=where, key=key))
     return value
 
 
 def _check_keys(value: Any, where: str) -> list:
     if not isinstance(value, list) or not value or not all(isinstance(k, str) and k for k in value):
-        raise SpecError(f'{where}: deve ser uma lista de nomes de módulos (ex.: ["self_attn.q_proj"])')
+        raise SpecError(
+            _('{where}: deve ser uma lista de nomes de módulos (ex.: ["self_attn.q_proj"])').format(where=where)
+        )
     return value
 
 
@@ -104,4 +123,8 @@ def exclusive_keys(raw: Any, label: str) -> None:
     for section, a, b in (("", "epochs", "iters"), ("lora.", "alpha", "scale")):
         obj = raw.get(section.rstrip("."), {}) if section else raw
         if isinstance(obj, dict) and obj.get(a) is not None and obj.get(b) is not None:
-            raise SpecError(f"{label}: dê só uma de '{section}{a}' e '{section}{b}', não as duas")
+            raise SpecError(
+                _("{label}: dê só uma de '{section}{a}' e '{section}{b}', não as duas").format(
+                    label=label, section=section, a=a, b=b
+                )
+            )

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from farensed.i18n import _
+
 TIME_RE = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 
 
@@ -25,10 +27,10 @@ class Window:
 def _parse_time(text: str, where: str) -> dt.time:
     m = TIME_RE.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"{where}: '{text.strip()}' não é uma hora HH:MM")
+        raise ValueError(_("{where}: '{text}' não é uma hora HH:MM").format(where=where, text=text.strip()))
     hour, minute, second = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"{where}: hora inválida '{text.strip()}'")
+        raise ValueError(_("{where}: hora inválida '{text}'").format(where=where, text=text.strip()))
     return dt.time(hour, minute, second)
 
 
@@ -36,15 +38,15 @@ def parse_windows(text: str) -> list[Window]:
     """`"23:00-07:00"` or `"12:00-13:00, 23:00-07:00"` → windows; a ValueError names the bad part."""
     parts = [p for p in (text or "").split(",") if p.strip()]
     if not parts:
-        raise ValueError("janela vazia (use HH:MM-HH:MM, p.ex. 23:00-07:00)")
+        raise ValueError(_("janela vazia (use HH:MM-HH:MM, p.ex. 23:00-07:00)"))
     windows = []
     for part in parts:
         pieces = part.split("-")
         if len(pieces) != 2:
-            raise ValueError(f"'{part.strip()}' não é uma janela HH:MM-HH:MM")
+            raise ValueError(_("'{text}' não é uma janela HH:MM-HH:MM").format(text=part.strip()))
         start, end = (_parse_time(p, part.strip()) for p in pieces)
         if start == end:
-            raise ValueError(f"'{part.strip()}': início e fim iguais")
+            raise ValueError(_("'{text}': início e fim iguais").format(text=part.strip()))
         windows.append(Window(start, end))
     return windows
 

@@ -25,6 +25,15 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.e2e if uses_model else pytest.mark.fast)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def portuguese():
+    """Tests pin the language they assert: Portuguese (the seed's wording), here and in every process they start,
+    set before any fixture (a module-scoped workspace starts its daemon before function-scoped fixtures run)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FARENSE_LANG", "pt")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Every test gets its own workspace root (as $FARENSE_HOME) and runs offline."""

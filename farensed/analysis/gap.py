@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+from farensed.i18n import _
+
 # (upper bound, band, icon); the last band has no upper bound
 BANDS = [(0.05, "EXCELENTE", "✅"), (0.15, "BOM", "✅"), (0.30, "MODERADO", "⚠"), (float("inf"), "CRÍTICO", "❌")]
 BAND_LIMITS = {"EXCELENTE": "gap < 0.05", "BOM": "gap < 0.15", "MODERADO": "gap < 0.30", "CRÍTICO": "gap ≥ 0.30"}
@@ -11,7 +13,7 @@ BAND_LIMITS = {"EXCELENTE": "gap < 0.05", "BOM": "gap < 0.15", "MODERADO": "gap 
 
 def band(gap: float) -> str:
     """EXCELENTE (< 0.05), BOM (< 0.15), MODERADO (< 0.30) or CRÍTICO (≥ 0.30)."""
-    for limit, name, _ in BANDS:
+    for limit, name, _icon in BANDS:
         if gap < limit:
             return name
     return "CRÍTICO"
@@ -70,21 +72,26 @@ def analyse(records: list[dict]) -> dict:
 def format_analysis(analysis: dict, per_validation: bool = False) -> str:
     """The seed's `ANÁLISE FINAL DE OVERFITTING` block."""
     line = "=" * 80
-    out = [line, "ANÁLISE FINAL DE OVERFITTING", line]
+    out = [line, _("ANÁLISE FINAL DE OVERFITTING"), line]
     if analysis["status"] is None:
-        out += ["Sem validações ainda.", line]
+        out += [_("Sem validações ainda."), line]
         return "\n".join(out)
     status = analysis["status"]
     out.append(
-        f"Status: {icon(status)} {status} ({BAND_LIMITS[status]}, no melhor modelo: step {analysis['best_step']},"
-        f" gap {analysis['best_gap']:.4f})"
+        _("Status: {icon} {status} ({limits}, no melhor modelo: step {step}, gap {gap:.4f})").format(
+            icon=icon(status),
+            status=status,
+            limits=BAND_LIMITS[status],
+            step=analysis["best_step"],
+            gap=analysis["best_gap"],
+        )
     )
-    out.append(f"Gap médio: {analysis['gap_mean']:.4f}")
-    out.append(f"Gap máximo: {analysis['gap_max']:.4f}")
-    out.append(f"Gap mínimo: {analysis['gap_min']:.4f}")
+    out.append(_("Gap médio: {gap:.4f}").format(gap=analysis["gap_mean"]))
+    out.append(_("Gap máximo: {gap:.4f}").format(gap=analysis["gap_max"]))
+    out.append(_("Gap mínimo: {gap:.4f}").format(gap=analysis["gap_min"]))
     if per_validation:
         out.append("")
-        out.append(f"{'step':>7} {'época':>5} {'loss':>8} {'val_loss':>9} {'gap':>8}  banda")
+        out.append(f"{'step':>7} {_('época'):>5} {'loss':>8} {'val_loss':>9} {'gap':>8}  " + _("banda"))
         for r in analysis["validations"]:
             out.append(
                 f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {r['band']}"

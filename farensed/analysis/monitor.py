@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from farensed.analysis.metrics import JSONL_NAME
+from farensed.i18n import _
 from farensed.jsonl import parse_lines
 
 
@@ -28,7 +29,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     total = record.get("total_steps")
     parts = [
         f"step {record['step']}" + (f"/{total}" if total else ""),
-        f"época {record['epoch'] + 1}",
+        _("época {epoch}").format(epoch=record["epoch"] + 1),
         f"loss {record['loss']:.4f}",
     ]
     if record.get("val_loss") is not None:
@@ -41,7 +42,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     if (eta := _eta(record, first)) is not None:
         parts.append(f"ETA {eta}")
     if best is not None:
-        parts.append(f"melhor {best:.4f}")
+        parts.append(_("melhor {best:.4f}").format(best=best))
     return " | ".join(parts)
 
 

@@ -19,6 +19,7 @@ from farensed.analysis.metrics import read_all
 from farensed.analysis.report import duration_s
 from farensed.analysis.runref import Run
 from farensed.atomic import atomic_write_bytes, read_json
+from farensed.i18n import _
 from farensed.queue.jobs import Job, Queue, job_run_dir
 
 REPORTS_DIR = "reports"
@@ -39,7 +40,7 @@ def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime
             return when if when <= now else when - dt.timedelta(days=1)
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise SpecError(f"--since: '{text}' não é hora ISO nem HH:MM") from None
+        raise SpecError(_("--since: '{text}' não é hora ISO nem HH:MM").format(text=text)) from None
     return when if when.tzinfo else when.astimezone()
 
 

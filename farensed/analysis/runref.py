@@ -22,6 +22,7 @@ from farensed.analysis.gap import band
 from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, read_all
 from farensed.atomic import read_json
 from farensed.errors import QueueError
+from farensed.i18n import _
 from farensed.queue.jobs import Job, Queue, job_run_dir
 from farensed.workspace import Workspace
 
@@ -54,7 +55,8 @@ class Run:
     def heading(self) -> str:
         if self.job:
             return f"job {self.job.id} ({self.job.name}): {self.job.state}"
-        return f"corrida {self.name} ({self.run_dir}){' — pasta do seed, só leitura' if self.seed_era else ''}"
+        seed = _(" — pasta do seed, só leitura") if self.seed_era else ""
+        return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
 
     def records(self) -> list[dict]:
         """Every metrics record (farense's .jsonl, or the seed's JSON list made comparable)."""
@@ -106,8 +108,12 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
     if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
         return _of_folder(ws, queue, path.resolve(), path.resolve().name)
     if path.is_dir():
-        raise QueueError(f"{ref}: pasta sem ficheiros de treino ({', '.join(RUN_FILES)})")
-    raise QueueError(f"'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta")
+        raise QueueError(
+            _("{ref}: pasta sem ficheiros de treino ({items})").format(ref=ref, items=", ".join(RUN_FILES))
+        )
+    raise QueueError(
+        _("'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta").format(ref=ref)
+    )
 
 
 def _of_job(ws: Workspace, queue: Queue, job: Job) -> Run:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from farensed.analysis.gap import analyse
+from farensed.i18n import _
 
 SEED_CRITERIA = {"loss_drop": 0.6, "val_improves": True, "gap_max": 0.15, "f1_min": 0.93}
 ORDER = ("loss_drop", "val_improves", "gap_max", "f1_min")
@@ -56,27 +57,39 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None) -> li
             value = (first - last) / first if first and last is not None else None
             ok = value is not None and value >= target
             text = (
-                f"loss de treino caiu {value:.0%} (≥ {target:.0%}; {first:.4f} → {last:.4f})"
+                _("loss de treino caiu {value:.0%} (≥ {target:.0%}; {first:.4f} → {last:.4f})").format(
+                    value=value, target=target, first=first, last=last
+                )
                 if value is not None
-                else "loss de treino: sem registos"
+                else _("loss de treino: sem registos")
             )
         elif key == "val_improves":
             best = min((v["val_loss"] for v in vals), default=None)
             value = vals[0]["val_loss"] - best if vals else None
             ok = value is not None and (value > 0) == bool(target)
             text = (
-                f"val_loss melhorou {value:.4f} ({vals[0]['val_loss']:.4f} → {best:.4f})"
+                _("val_loss melhorou {value:.4f} ({val_loss:.4f} → {best:.4f})").format(
+                    value=value, val_loss=vals[0]["val_loss"], best=best
+                )
                 if value is not None
-                else "val_loss: sem validações"
+                else _("val_loss: sem validações")
             )
         elif key == "gap_max":
             value = analysis["best_gap"]
             ok = value is not None and value < target
-            text = f"gap no melhor modelo {value:.4f} (< {target:g})" if value is not None else "gap: sem validações"
+            text = (
+                _("gap no melhor modelo {value:.4f} (< {target:g})").format(value=value, target=target)
+                if value is not None
+                else _("gap: sem validações")
+            )
         elif key == "f1_min":
             value = ((evaluation or {}).get("adapters") or {}).get("f1_mean")
             ok = value is not None and value >= target
-            text = f"F1 {value:.4f} (≥ {target:g})" if value is not None else "F1: sem avaliação (farensectl eval)"
+            text = (
+                _("F1 {value:.4f} (≥ {target:g})").format(value=value, target=target)
+                if value is not None
+                else _("F1: sem avaliação (farensectl eval)")
+            )
         else:
             continue
         out.append(Verdict(key, target, value, ok, text))

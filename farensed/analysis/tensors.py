@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from farensed.i18n import _
+
 
 def describe(path: Path) -> dict | None:
     """Tensor count, parameter count and size of a safetensors file, from its header; None if it is absent.
@@ -20,7 +22,7 @@ def describe(path: Path) -> dict | None:
         with safe_open(str(path), framework="numpy") as st:
             shapes = {key: st.get_slice(key).get_shape() for key in st.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: safetensors ilegível ({exc})") from None
+        raise ValueError(_("{path}: safetensors ilegível ({exc})").format(path=path, exc=exc)) from None
     return {
         "path": str(path),
         "tensors": len(shapes),

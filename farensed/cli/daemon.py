@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from farensed.cli.app import cli, print_json, workspace
+from farensed.i18n import _
 
 
 @cli.group()
@@ -43,8 +44,12 @@ def daemon_status(as_json):
     if as_json:
         print_json(info)
     else:
-        state = f"a correr (pid {info['pid']})" if info["running"] else "parado"
-        click.echo(f"farensed {state}; gestor: {info['manager']}; instalado: {'sim' if info['installed'] else 'não'}")
+        state = _("a correr (pid {pid})").format(pid=info["pid"]) if info["running"] else _("parado")
+        click.echo(
+            _("farensed {state}; gestor: {manager}; instalado: {installed}").format(
+                state=state, manager=info["manager"], installed=_("sim") if info["installed"] else _("não")
+            )
+        )
 
 
 @daemon.command()

@@ -9,6 +9,7 @@ import click
 
 from farensed.cli.app import cli, colour_band, print_json, queue
 from farensed.cli.runs import resolve_run, with_run_help
+from farensed.i18n import _
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -24,7 +25,11 @@ def _final(q, job) -> int:
     job = q.get(job.id)
     click.echo(f"\njob {job.id} ({job.name}): {job.state}")
     if job.state == "failed":
-        click.echo(f"erro: {error_reason(job.error)}\nlog completo: farensectl logs {job.id}")
+        click.echo(
+            _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
+                error_reason=error_reason(job.error), id=job.id
+            )
+        )
     else:
         click.echo(format_analysis(gap_report(resolve(q.ws, str(job.id)))))
     return job_exit_code(job)
@@ -41,14 +46,14 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
         nonlocal announced_wait
         current = q.get(job.id)
         if current.state == "pending" and not announced_wait:
-            click.echo(f"job {job.id} pendente: à espera que comece…", err=True)
+            click.echo(_("job {id} pendente: à espera que comece…").format(id=job.id), err=True)
             announced_wait = True
         return current.status.terminal
 
     try:
         follow(job_run_dir(q.ws, job), is_over, emit, interval=interval)
     except KeyboardInterrupt:
-        click.echo("\ndesligado (o job continua)", err=True)
+        click.echo(_("\ndesligado (o job continua)"), err=True)
         return 130
     return _final(q, job)
 
@@ -88,11 +93,13 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     else:
         click.echo(job.id)
     click.echo(
-        f"seguir: farensectl tail {job.id} | estado: farensectl status {job.id} | cancelar: farensectl cancel {job.id}",
+        _("seguir: farensectl tail {id} | estado: farensectl status {id} | cancelar: farensectl cancel {id}").format(
+            id=job.id
+        ),
         err=True,
     )
     if daemon_pid(q.ws) is None:
-        click.echo("farensed não está a correr: farensectl daemon start", err=True)
+        click.echo(_("farensed não está a correr: farensectl daemon start"), err=True)
     if wait_:
         sys.exit(_follow(q, job, lambda r: click.echo(_line(r, None, None), err=True)))
 
@@ -117,8 +124,8 @@ def list_jobs(as_json):
         print_json(rows)
         return
     click.echo(
-        f"{'id':>4}  {'name':<28} {'state':<9} {'step':>11} {'época':>5} {'melhor val':>10} "
-        f"{'banda':<9} {'rec':>3}  {'início':<19} {'duração':>8}"
+        f"{'id':>4}  {'name':<28} {'state':<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
+        f"{_('banda'):<9} {'rec':>3}  {_('início'):<19} {_('duração'):>8}"
     )
     for r in rows:
         step = f"{r['step'] or 0}/{r['total_steps'] or '?'}" if r["step"] or r["total_steps"] else "-"
@@ -187,23 +194,37 @@ def status(ref, as_json):
         from farensed.queue.backoff import seconds_left
 
         if left := seconds_left(info["retry_at"]):
-            click.echo(f"{'retoma às:':<14}{info['retry_at'][11:19]} (daqui a {left:.0f} s)")
+            click.echo(
+                f"{_('retoma às:'):<14}"
+                + _("{time} (daqui a {left:.0f} s)").format(time=info["retry_at"][11:19], left=left)
+            )
     if p["step"] is not None:
         click.echo(
-            f"{'progresso:':<14}step {p['step']}/{p['total_steps'] or '?'}, época {p['epoch'] + 1}, "
-            f"loss {_fmt(p['loss'])}, val_loss {_fmt(p['val_loss'])}, melhor {_fmt(p['best_val_loss'])}, "
-            f"banda {p['band'] or '-'}"
+            f"{_('progresso:'):<14}"
+            + _(
+                "step {step}/{total_steps}, época {epoch}, loss {loss}, val_loss {val_loss}, melhor {best}, banda {band}"
+            ).format(
+                step=p["step"],
+                total_steps=p["total_steps"] or "?",
+                epoch=p["epoch"] + 1,
+                loss=_fmt(p["loss"]),
+                val_loss=_fmt(p["val_loss"]),
+                best=_fmt(p["best_val_loss"]),
+                band=p["band"] or "-",
+            )
         )
     if (adapters := info.get("adapters")) and "error" not in adapters:
         click.echo(
-            f"{'adapters:':<14}{adapters['tensors']} tensores, {adapters['parameters']:,} parâmetros "
-            f"({adapters['path']})"
+            f"{'adapters:':<14}"
+            + _("{tensors} tensores, {parameters:,} parâmetros ({path})").format(
+                tensors=adapters["tensors"], parameters=adapters["parameters"], path=adapters["path"]
+            )
         )
     if info.get("reason"):
-        click.echo(f"{'erro:':<14}{info['reason']}")
-        click.echo(f"{'':<14}log completo: farensectl logs {info['id']}")
+        click.echo(f"{_('erro:'):<14}{info['reason']}")
+        click.echo(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
     elif info.get("error"):
-        click.echo(f"{'nota:':<14}{info['error']}")
+        click.echo(f"{_('nota:'):<14}{info['error']}")
 
 
 @cli.command()
@@ -236,7 +257,11 @@ def tail(ref, lines, follow, refresh):
     first = records[max(0, len(records) - 1000)] if records else None  # the base of the ETA
     start = max(0, len(records) - lines) if lines > 0 else len(records)
     if job is not None:
-        click.echo(f"job {job.id} ({job.name}): {job.state}, recuperações {job.recoveries}, hosts {job.world_size}")
+        click.echo(
+            _("job {id} ({name}): {state}, recuperações {recoveries}, hosts {world_size}").format(
+                id=job.id, name=job.name, state=job.state, recoveries=job.recoveries, world_size=job.world_size
+            )
+        )
     else:
         click.echo(run.heading())
     for record, best in zip(records[start:], bests[start:]):
@@ -245,7 +270,11 @@ def tail(ref, lines, follow, refresh):
         if job is not None and job.state == "failed":
             from farensed.analysis.report import error_reason
 
-            click.echo(f"erro: {error_reason(job.error)}\nlog completo: farensectl logs {job.id}")
+            click.echo(
+                _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
+                    error_reason=error_reason(job.error), id=job.id
+                )
+            )
         return
     state = {"best": bests[-1] if bests else None, "first": first}
 
@@ -262,7 +291,7 @@ def tail(ref, lines, follow, refresh):
     try:
         follow_run(run.run_dir, lambda: run.finished, emit, interval=refresh)
     except KeyboardInterrupt:
-        click.echo("\ndesligado", err=True)
+        click.echo(_("\ndesligado"), err=True)
         sys.exit(130)
     from farensed.analysis.gap import format_analysis
     from farensed.analysis.report import gap_report
@@ -318,7 +347,7 @@ def logs(ref, lines):
 
     run = resolve_run(ref)
     if run.job is None:
-        raise QueueError(f"{ref}: corrida sem job na fila, sem log (feita com farensectl run?)")
+        raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
     path = run.queue.log_path(run.job.id)
     if lines:
         click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
@@ -336,7 +365,7 @@ def cancel(job_id):
       farensectl cancel 3
     """
     job = queue().cancel(job_id)
-    click.echo(f"job {job.id}: " + ("cancelado" if job.state == "cancelled" else "a parar com checkpoint…"))
+    click.echo(f"job {job.id}: " + (_("cancelado") if job.state == "cancelled" else _("a parar com checkpoint…")))
 
 
 @cli.command()
@@ -368,7 +397,7 @@ def wait(job_id, timeout):
     deadline = None if timeout is None else time.monotonic() + timeout
     while not (job := q.get(job_id)).status.terminal:
         if deadline is not None and time.monotonic() > deadline:
-            click.echo(f"job {job_id} ainda {job.state}", err=True)
+            click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=job.state), err=True)
             sys.exit(124)
         time.sleep(0.5)
     click.echo(f"job {job.id} ({job.name}): {job.state}")
@@ -393,27 +422,27 @@ def compare(refs, as_json):
     from farensed.errors import QueueError
 
     if len(refs) < 2:
-        raise QueueError("compare precisa de pelo menos duas corridas")
+        raise QueueError(_("compare precisa de pelo menos duas corridas"))
     table = compare_runs([resolve_run(ref) for ref in refs])
     if as_json:
         print_json(table)
         return
     cols = table["jobs"]
     rows = [
-        ("corrida", "name", None),
-        ("estado", "state", None),
-        ("loss final", "final_loss", ".4f"),
-        ("val_loss final", "final_val_loss", ".4f"),
-        ("melhor val_loss", "best_val_loss", ".4f"),
+        (_("corrida"), "name", None),
+        (_("estado"), "state", None),
+        (_("loss final"), "final_loss", ".4f"),
+        (_("val_loss final"), "final_val_loss", ".4f"),
+        (_("melhor val_loss"), "best_val_loss", ".4f"),
         ("status", "status", None),
-        ("gap médio", "gap_mean", ".4f"),
-        ("gap máximo", "gap_max", ".4f"),
-        ("gap mínimo", "gap_min", ".4f"),
-        ("épocas", "epochs_run", None),
+        (_("gap médio"), "gap_mean", ".4f"),
+        (_("gap máximo"), "gap_max", ".4f"),
+        (_("gap mínimo"), "gap_min", ".4f"),
+        (_("épocas"), "epochs_run", None),
         ("steps", "steps_run", None),
         ("early stopping", "early_stopped", None),
-        ("tempo treino (s)", "wall_time_s", ".0f"),
-        ("tok/s (estável)", "tokens_per_second", ".0f"),
+        (_("tempo treino (s)"), "wall_time_s", ".0f"),
+        (_("tok/s (estável)"), "tokens_per_second", ".0f"),
         ("F1", "f1", ".4f"),
         ("exact match", "exact_match", ".4f"),
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from farensed.cli.app import cli, print_json
+from farensed.i18n import _
 
 
 @cli.group()
@@ -17,16 +18,25 @@ def model():
 def _describe(summary: dict) -> str:
     types = ", ".join(f"{k}×{v}" for k, v in summary["tensor_types"].items())
     bits = summary.get("bits")
-    quant = "float (sem quantização)" if bits is None else f"{bits} bits, grupo 32"
+    quant = _("float (sem quantização)") if bits is None else _("{bits} bits, grupo 32").format(bits=bits)
     extra = ", ".join(f"{k}: {v} bits" for k, v in summary.get("bits_by_module", {}).items())
     return "\n".join(
         [
-            f"Arquitetura: {summary['architecture']} ({summary.get('name') or '-'})",
-            f"Camadas: {summary['layers']}, hidden {summary['hidden_size']}, "
-            f"cabeças {summary['heads']} (KV {summary['kv_heads']}), vocabulário {summary['vocab_size']}",
-            f"Tensores: {types}",
-            f"Quantização MLX: {quant}" + (f" ({extra})" if extra else ""),
-            f"Tokenizer: {summary['tokenizer']}, chat template: {'sim' if summary['chat_template'] else 'não'}",
+            _("Arquitetura: {architecture} ({name})").format(
+                architecture=summary["architecture"], name=summary.get("name") or "-"
+            ),
+            _("Camadas: {layers}, hidden {hidden}, cabeças {heads} (KV {kv_heads}), vocabulário {vocab}").format(
+                layers=summary["layers"],
+                hidden=summary["hidden_size"],
+                heads=summary["heads"],
+                kv_heads=summary["kv_heads"],
+                vocab=summary["vocab_size"],
+            ),
+            _("Tensores: {types}").format(types=types),
+            _("Quantização MLX: {quant}").format(quant=quant) + (f" ({extra})" if extra else ""),
+            _("Tokenizer: {tokenizer}, chat template: {chat}").format(
+                tokenizer=summary["tokenizer"], chat=_("sim") if summary["chat_template"] else _("não")
+            ),
         ]
     )
 
@@ -88,5 +98,9 @@ def info(file, as_json):
         print_json(dict(doc, supported=True))
     else:
         types = ", ".join(f"{k}×{v}" for k, v in doc["tensor_types"].items())
-        click.echo(f"{doc['file']}: {doc['architecture']}, {doc['layers']} camadas, {types}")
-        click.echo("✅ Suportado: farensectl model import-gguf importa-o")
+        click.echo(
+            _("{file}: {architecture}, {layers} camadas, {types}").format(
+                file=doc["file"], architecture=doc["architecture"], layers=doc["layers"], types=types
+            )
+        )
+        click.echo(_("✅ Suportado: farensectl model import-gguf importa-o"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from farensed.cli.app import cli, print_json, queue, workspace
+from farensed.i18n import _
 
 
 @cli.command()
@@ -21,7 +22,9 @@ def pause():
     ws = workspace()
     record = pause_queue(ws)
     nudge(ws.jobs)
-    click.echo(f"fila em pausa desde {record['paused_at'][:19]}: o job em curso para com checkpoint")
+    click.echo(
+        _("fila em pausa desde {value}: o job em curso para com checkpoint").format(value=record["paused_at"][:19])
+    )
 
 
 @cli.command()
@@ -38,7 +41,7 @@ def resume():
     ws = workspace()
     was_paused = resume_queue(ws)
     nudge(ws.jobs)
-    click.echo("fila retomada" if was_paused else "a fila não estava em pausa")
+    click.echo(_("fila retomada") if was_paused else _("a fila não estava em pausa"))
 
 
 def annotate(q, rows: list[dict]) -> list[str]:
@@ -59,12 +62,16 @@ def annotate(q, rows: list[dict]) -> list[str]:
         if eta or r["pause"]:
             parts = [r["pause"]] if r["pause"] else []
             if eta and r["state"] == "running":
-                parts.append(f"fim previsto {format_eta(eta['end'], now)}")
+                parts.append(_("fim previsto {end}").format(end=format_eta(eta["end"], now)))
             elif eta:
-                parts.append(f"início previsto {format_eta(eta['start'], now)} · fim {format_eta(eta['end'], now)}")
+                parts.append(
+                    _("início previsto {start} · fim {end}").format(
+                        start=format_eta(eta["start"], now), end=format_eta(eta["end"], now)
+                    )
+                )
             lines.append(f"{r['id']:>4}  {' · '.join(parts)}")
     if etas["jobs"]:
-        lines.append(f"fila termina às {format_eta(etas['end'], now)}")
+        lines.append(_("fila termina às {end}").format(end=format_eta(etas["end"], now)))
     return lines
 
 
@@ -104,6 +111,6 @@ def report(since, output, open_, notify, as_json):
     if notify:
         from farensed.queue.keepawake import notify as send
 
-        send("farense", f"fila terminada: relatório em {path}")
+        send("farense", _("fila terminada: relatório em {path}").format(path=path))
     if open_:
         click.launch(str(path))

@@ -7,6 +7,7 @@ import sys
 import click
 
 from farensed.cli.app import cli, print_json, workspace
+from farensed.i18n import _
 
 RUN_HELP = (
     "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder (anything with "
@@ -57,7 +58,7 @@ def check(ref, criteria, as_json):
 
             chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
         except orjson.JSONDecodeError as exc:
-            raise SpecError(f"--success: JSON inválido ({exc})") from None
+            raise SpecError(_("--success: JSON inválido ({exc})").format(exc=exc)) from None
         own = True
     else:
         chosen, own = criteria_of(run.spec_dict())
@@ -78,6 +79,6 @@ def check(ref, criteria, as_json):
     else:
         click.echo(run.heading())
         if not own:
-            click.echo("(sem 'success' na spec: critérios do seed)")
+            click.echo(_("(sem 'success' na spec: critérios do seed)"))
         click.echo(format_verdicts(items))
     sys.exit(0 if passed else 1)

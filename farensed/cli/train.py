@@ -8,6 +8,7 @@ import click
 
 from farensed.cli.app import cli, workspace
 from farensed.cli.runs import resolve_run, with_run_help
+from farensed.i18n import _
 
 
 @cli.command()
@@ -69,7 +70,7 @@ def plot(ref, output):
     run = resolve_run(ref)
     records = run.records()
     if not records:
-        raise QueueError(f"{run.label} ainda não tem métricas ({run.run_dir})")
+        raise QueueError(_("{label} ainda não tem métricas ({run_dir})").format(label=run.label, run_dir=run.run_dir))
     path = (
         Path(output)
         if output
@@ -107,7 +108,11 @@ def eval_job(ref, one_by_one, force, as_json):
     run = resolve_run(ref)
     raw = run.spec_dict()
     if run.seed_era or raw is None:
-        raise FarenseError(f"{run.run_dir}: sem spec da corrida (pasta do seed, só leitura): eval não é possível")
+        raise FarenseError(
+            _("{run_dir}: sem spec da corrida (pasta do seed, só leitura): eval não é possível").format(
+                run_dir=run.run_dir
+            )
+        )
     spec = parse_spec(raw, str(run.run_dir))
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         report = evaluate_spec(spec, workspace(), batched=not one_by_one, run_dir=run.run_dir, force=force)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from farensed.atomic import atomic_write_json, read_json
 from farensed.demo.data import write_demo_data
+from farensed.i18n import _
 from farensed.workspace import Workspace
 
 MODEL_DIR = "models/tiny-mistral-4bit"
@@ -38,7 +39,11 @@ def prepare(ws: Workspace, log=print) -> Path:
 
     build_tiny_model(ws.resolve(MODEL_DIR), log=log)
     paths = write_demo_data(ws.resolve(DATA_DIR))
-    log(f"✅ Dados de demonstração: {paths['train'].relative_to(ws.root)}, {paths['valid'].relative_to(ws.root)}")
+    log(
+        _("✅ Dados de demonstração: {path}, {path2}").format(
+            path=paths["train"].relative_to(ws.root), path2=paths["valid"].relative_to(ws.root)
+        )
+    )
     spec_path = ws.resolve(SPEC_PATH)
     try:
         current = read_json(spec_path)
@@ -46,5 +51,5 @@ def prepare(ws: Workspace, log=print) -> Path:
         current = None
     if current != DEMO_SPEC:
         atomic_write_json(spec_path, DEMO_SPEC)
-    log(f"✅ Spec de demonstração: {SPEC_PATH}")
+    log(_("✅ Spec de demonstração: {path}").format(path=SPEC_PATH))
     return spec_path

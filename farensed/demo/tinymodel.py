@@ -11,6 +11,7 @@ import orjson
 
 from farensed.atomic import atomic_write_json, fsync_dir, move_aside
 from farensed.demo.data import FACTS, demo_examples, pretraining_text
+from farensed.i18n import _
 
 # Everything that determines the weights; a change here rebuilds the model.
 RECIPE = {
@@ -108,7 +109,7 @@ def _pretrain(model, tokenizer) -> float:
 
     step = nn.value_and_grad(model, loss_fn)
     loss = float("nan")
-    for _ in range(p["steps"]):
+    for _step in range(p["steps"]):
         starts = rng.integers(0, len(stream) - p["seq_len"] - 1, size=p["batch_size"])
         batch = np.stack([stream[s : s + p["seq_len"] + 1] for s in starts])
         x, y = mx.array(batch[:, :-1]), mx.array(batch[:, 1:])
@@ -129,7 +130,7 @@ def build_tiny_model(target: Path, force: bool = False, log=print) -> Path:
     from mlx_lm.convert import convert
     from mlx_lm.models import llama
 
-    log(f"A construir o modelo pequeno em {target} ...")
+    log(_("A construir o modelo pequeno em {target} ...").format(target=target))
     mx.random.seed(RECIPE["seed"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
@@ -149,5 +150,9 @@ def build_tiny_model(target: Path, force: bool = False, log=print) -> Path:
             move_aside(target)
         shutil.move(str(q_dir), str(target))
         fsync_dir(target.parent)
-    log(f"✅ Modelo pronto: {target} (perda de pré-treino {final_loss:.3f})")
+    log(
+        _("✅ Modelo pronto: {target} (perda de pré-treino {final_loss:.3f})").format(
+            target=target, final_loss=final_loss
+        )
+    )
     return target

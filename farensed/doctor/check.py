@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from farensed.i18n import N_, _
+
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 ICONS = {OK: "✅", WARN: "⚠ ", FAIL: "❌", INFO: "ℹ "}
 GB = 2**30
@@ -21,9 +23,26 @@ class Check:
     data: dict = field(default_factory=dict)
 
 
+# the checks' names (JSON values, Portuguese); the console shows them translated
+NAMES = [
+    N_("cache HF"),
+    N_("disco"),
+    N_("estimativa"),
+    N_("memória"),
+    N_("memória por step"),
+    N_("modelo"),
+    N_("pacotes"),
+    N_("passos"),
+    N_("repouso"),
+    N_("serviço"),
+    N_("tempo"),
+]
+
+
 def format_check(check: Check) -> str:
     """`✅ name: detail` (+ `→ fix`), one line."""
-    line = f"{ICONS[check.status]} {check.name}: {check.detail}"
+    name = _(check.name) if check.name in NAMES else check.name
+    line = f"{ICONS[check.status]} {name}: {check.detail}"
     return f"{line} → {check.fix}" if check.fix else line
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
+from farensed.i18n import _
 from farensed.workspace import Workspace
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
@@ -47,7 +48,13 @@ def check_packages() -> Check:
     text = ", ".join(f"{n} {v}" for n, v in versions.items() if v)
     missing = [n for n in REQUIRED if versions[n] is None]
     if missing:
-        return Check("pacotes", FAIL, f"em falta: {', '.join(missing)} ({text})", "pip install -e .", versions)
+        return Check(
+            "pacotes",
+            FAIL,
+            _("em falta: {items} ({text})").format(items=", ".join(missing), text=text),
+            "pip install -e .",
+            versions,
+        )
     return Check("pacotes", OK, text, data=versions)
 
 
@@ -58,7 +65,7 @@ def probe_mlx(timeout: float = 120.0) -> dict:
             [sys.executable, "-c", MLX_PROBE], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
         )
     except subprocess.TimeoutExpired:
-        return {"error": f"mlx não respondeu em {timeout:.0f} s"}
+        return {"error": _("mlx não respondeu em {timeout:.0f} s").format(timeout=timeout)}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or [f"código {proc.returncode}"])[-1]
@@ -68,7 +75,12 @@ def probe_mlx(timeout: float = 120.0) -> dict:
 
 def check_mlx(probe: dict) -> Check:
     if "device" not in probe:
-        return Check("mlx", FAIL, f"mlx não carrega: {probe.get('error')}", "pip install -e . (no venv deste Python)")
+        return Check(
+            "mlx",
+            FAIL,
+            _("mlx não carrega: {get}").format(get=probe.get("error")),
+            _("pip install -e . (no venv deste Python)"),
+        )
     info = probe.get("info", {})
     name = info.get("device_name", "?")
     if "gpu" in probe["device"]:
@@ -76,14 +88,20 @@ def check_mlx(probe: dict) -> Check:
         working = info.get("max_recommended_working_set_size")
         text = f"{'Metal GPU' if probe.get('metal') else 'GPU'} {name} (mlx {probe['mlx']})"
         if memory:
-            text += f", {gb(memory)} de memória unificada"
+            text += _(", {memory} de memória unificada").format(memory=gb(memory))
         if working:
-            text += f", {gb(working)} recomendados para a GPU"
+            text += _(", {memory} recomendados para a GPU").format(memory=gb(working))
         return Check("mlx", OK, text, data=probe)
     fix = None
     if sys.platform == "darwin":
-        fix = "use um Python arm64 (não Rosetta) num Mac Apple Silicon com o pacote mlx"
-    return Check("mlx", WARN, f"CPU {name} (mlx {probe['mlx']}): sem GPU, o treino é muito mais lento", fix, probe)
+        fix = _("use um Python arm64 (não Rosetta) num Mac Apple Silicon com o pacote mlx")
+    return Check(
+        "mlx",
+        WARN,
+        _("CPU {name} (mlx {mlx}): sem GPU, o treino é muito mais lento").format(name=name, mlx=probe["mlx"]),
+        fix,
+        probe,
+    )
 
 
 def check_disk(ws: Workspace) -> Check:
@@ -92,12 +110,12 @@ def check_disk(ws: Workspace) -> Check:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    text = f"{gb(free)} livres em {target}"
+    text = _("{gb} livres em {target}").format(gb=gb(free), target=target)
     data = {"free_bytes": free, "path": str(target)}
     if free < 1 * GB:
-        return Check("disco", FAIL, text, "liberte espaço: cada checkpoint guarda adapters e otimizador", data)
+        return Check("disco", FAIL, text, _("liberte espaço: cada checkpoint guarda adapters e otimizador"), data)
     if free < 10 * GB:
-        return Check("disco", WARN, text, "menos de 10 GB: liberte espaço antes de uma run longa", data)
+        return Check("disco", WARN, text, _("menos de 10 GB: liberte espaço antes de uma run longa"), data)
     return Check("disco", OK, text, data=data)
 
 
@@ -113,35 +131,43 @@ def check_service(ws: Workspace) -> Check:
 
     info = service.status(ws)
     m = service.manager()
-    where = f"{info['manager']}, {'instalado' if info['installed'] else 'não instalado'}"
+    where = f"{info['manager']}, " + (_("instalado") if info["installed"] else _("não instalado"))
     if info["installed"] and m.kind == "launchd":
         info["process_type"] = _process_type(m.unit_path)
-        where += f", ProcessType {info['process_type'] or 'em falta'}"
+        where += f", ProcessType {info['process_type'] or _('em falta')}"
         if info["process_type"] != "Interactive":
             return Check(
                 "serviço",
                 WARN,
-                f"o LaunchAgent não tem ProcessType Interactive: o launchd limita CPU e I/O do treino ({where})",
-                "farensectl daemon install (reinstala com ProcessType Interactive)",
+                _(
+                    "o LaunchAgent não tem ProcessType Interactive: o launchd limita CPU e I/O do treino ({where})"
+                ).format(where=where),
+                _("farensectl daemon install (reinstala com ProcessType Interactive)"),
                 info,
             )
     if info["running"] and info["installed"]:
-        return Check("serviço", OK, f"farensed a correr (pid {info['pid']}; {where})", data=info)
+        return Check(
+            "serviço", OK, _("farensed a correr (pid {pid}; {where})").format(pid=info["pid"], where=where), data=info
+        )
     if info["running"]:
         return Check(
             "serviço",
             WARN,
-            f"farensed a correr em segundo plano (pid {info['pid']}; {where}): não volta após reiniciar",
+            _("farensed a correr em segundo plano (pid {pid}; {where}): não volta após reiniciar").format(
+                pid=info["pid"], where=where
+            ),
             "farensectl daemon install",
             info,
         )
     if info["installed"]:
-        return Check("serviço", WARN, f"farensed parado ({where})", "farensectl daemon start", info)
+        return Check(
+            "serviço", WARN, _("farensed parado ({where})").format(where=where), "farensectl daemon start", info
+        )
     return Check(
         "serviço",
         WARN,
-        f"farensed não está a correr ({where}); a fila não avança",
-        "farensectl daemon install (ou farensectl run SPEC, sem fila)",
+        _("farensed não está a correr ({where}); a fila não avança").format(where=where),
+        _("farensectl daemon install (ou farensectl run SPEC, sem fila)"),
         info,
     )
 
@@ -171,21 +197,27 @@ def sleep_check_macos(pmset: str, batt: str | None) -> Check:
         return Check(
             "repouso",
             WARN,
-            "a bateria: caffeinate -s só impede o repouso na corrente; o Mac pode adormecer a meio",
-            "ligue o carregador para uma run longa",
+            _("a bateria: caffeinate -s só impede o repouso na corrente; o Mac pode adormecer a meio"),
+            _("ligue o carregador para uma run longa"),
             data,
         )
     if settings.get("lowpowermode") == "1":
         return Check(
             "repouso",
             WARN,
-            "modo de baixo consumo ativo: o treino fica mais lento",
-            "desligue-o em Definições > Bateria (ou sudo pmset -a lowpowermode 0)",
+            _("modo de baixo consumo ativo: o treino fica mais lento"),
+            _("desligue-o em Definições > Bateria (ou sudo pmset -a lowpowermode 0)"),
             data,
         )
     sleep = settings.get("sleep", "?")
-    text = "o Mac não adormece sozinho (sleep 0)" if sleep == "0" else f"repouso após {sleep} min sem uso"
-    text += "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
+    text = (
+        _("o Mac não adormece sozinho (sleep 0)")
+        if sleep == "0"
+        else _("repouso após {sleep} min sem uso").format(sleep=sleep)
+    )
+    text += _(
+        "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
+    )
     return Check("repouso", OK, text, data=data)
 
 
@@ -193,14 +225,16 @@ def check_sleep() -> Check:
     if sys.platform == "darwin":
         pmset = _run_text(["pmset", "-g"])
         if pmset is None:
-            return Check("repouso", WARN, "pmset -g não respondeu", "verifique em Definições > Bateria")
+            return Check("repouso", WARN, _("pmset -g não respondeu"), _("verifique em Definições > Bateria"))
         return sleep_check_macos(pmset, _run_text(["pmset", "-g", "batt"]))
     if shutil.which("systemd-inhibit"):
         works = _run_text(["systemd-inhibit", "--what=sleep:idle", "--who=farense", "--why=doctor", "true"])
         if works is not None:
-            return Check("repouso", OK, "systemd-inhibit impede a suspensão enquanto um job corre")
-        return Check("repouso", INFO, "systemd-inhibit sem logind aqui: nada impede a suspensão (servidor/contentor?)")
-    return Check("repouso", INFO, "sem caffeinate nem systemd-inhibit: nada impede a suspensão durante um job")
+            return Check("repouso", OK, _("systemd-inhibit impede a suspensão enquanto um job corre"))
+        return Check(
+            "repouso", INFO, _("systemd-inhibit sem logind aqui: nada impede a suspensão (servidor/contentor?)")
+        )
+    return Check("repouso", INFO, _("sem caffeinate nem systemd-inhibit: nada impede a suspensão durante um job"))
 
 
 def check_memory() -> Check:
@@ -208,10 +242,18 @@ def check_memory() -> Check:
 
     reading = PressureReader().read()
     verdict = decide(reading, Thresholds(), holding=False)
-    text = f"{reading.available_mb / 1024:.1f} GB disponíveis de {reading.total_mb / 1024:.0f} GB; {verdict.detail}"
+    text = _("{value:.1f} GB disponíveis de {value2:.0f} GB; {detail}").format(
+        value=reading.available_mb / 1024, value2=reading.total_mb / 1024, detail=verdict.detail
+    )
     data = {"available_mb": reading.available_mb, "total_mb": reading.total_mb, "signal": verdict.signal}
     if verdict.action is Action.STOP:
-        return Check("memória", WARN, f"pressão alta agora ({text})", "feche aplicações antes de treinar", data)
+        return Check(
+            "memória",
+            WARN,
+            _("pressão alta agora ({text})").format(text=text),
+            _("feche aplicações antes de treinar"),
+            data,
+        )
     return Check("memória", OK, text, data=data)
 
 
@@ -227,7 +269,7 @@ def _hf_cache_dir() -> Path:
 
 def _tree_size(path: Path) -> int:
     total = 0
-    for root, _, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(root, name)).st_size
@@ -238,12 +280,18 @@ def _tree_size(path: Path) -> int:
 
 def check_hf_cache() -> Check:
     cache = _hf_cache_dir()
-    offline = " (HF_HUB_OFFLINE: sem rede)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    offline = _(" (HF_HUB_OFFLINE: sem rede)") if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
     if not cache.is_dir():
-        return Check("cache HF", INFO, f"{cache} não existe{offline}: os modelos vêm de pastas locais")
+        return Check(
+            "cache HF",
+            INFO,
+            _("{cache} não existe{offline}: os modelos vêm de pastas locais").format(cache=cache, offline=offline),
+        )
     repos = sorted(p.name.split("--", 1)[1].replace("--", "/") for p in cache.glob("models--*"))
     size = _tree_size(cache)
-    text = f"{cache}: {len(repos)} modelos, {gb(size)}{offline}"
+    text = _("{cache}: {n_repos} modelos, {gb}{offline}").format(
+        cache=cache, n_repos=len(repos), gb=gb(size), offline=offline
+    )
     return Check("cache HF", OK, text, data={"path": str(cache), "models": repos, "bytes": size})
 
 

@@ -11,6 +11,7 @@ from farensed.atomic import read_json
 from farensed.datacheck import check_data_file, check_model_dir, file_format
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration, gb
 from farensed.errors import SpecError
+from farensed.i18n import _
 from farensed.spec import JobSpec, check_inputs, parse_spec, read_spec_file
 from farensed.workspace import Workspace
 
@@ -41,10 +42,10 @@ def describe_model(model: Path) -> tuple[str, dict]:
         "layers": config.get("num_hidden_layers"),
         "weights_bytes": weights_bytes(model),
     }
-    parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else "sem quantização"]
+    parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else _("sem quantização")]
     if data["layers"]:
         parts.append(f"{data['layers']} camadas")
-    parts.append(f"{gb(data['weights_bytes'])} de pesos")
+    parts.append(_("{size} de pesos").format(size=gb(data["weights_bytes"])))
     return f"{model}: {', '.join(parts)}", data
 
 
@@ -61,12 +62,13 @@ def _check_gguf(path: Path) -> Check:
     try:
         info = check_gguf_file(path, "model")
     except SpecError as exc:
-        return Check("modelo", FAIL, str(exc), "use um GGUF llama/mistral em Q4_0, Q4_1, Q8_0 ou float")
+        return Check("modelo", FAIL, str(exc), _("use um GGUF llama/mistral em Q4_0, Q4_1, Q8_0 ou float"))
     imported = path.with_name(path.name + ".mlx")
-    when = (
-        f"importado em {imported.name}" if imported.is_dir() else f"importado na primeira execução para {imported.name}"
+    when = _("importado em {folder}") if imported.is_dir() else _("importado na primeira execução para {folder}")
+    detail = _("GGUF {architecture} ({file}); {when}").format(
+        architecture=info.architecture, file=path.name, when=when.format(folder=imported.name)
     )
-    return Check("modelo", OK, f"GGUF {info.architecture} ({path.name}); {when}", data={"gguf": str(path)})
+    return Check("modelo", OK, detail, data={"gguf": str(path)})
 
 
 def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
@@ -76,7 +78,9 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
     try:
         model = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache
     except SpecError as exc:
-        fix = f"farensectl submit/run descarrega-o para a cache do Hugging Face ({hub_id(spec.model, ws)})"
+        fix = _("farensectl submit/run descarrega-o para a cache do Hugging Face ({repo})").format(
+            repo=hub_id(spec.model, ws)
+        )
         return [Check("modelo", WARN, str(exc), fix)]
     if model.suffix.lower() == ".gguf":
         return [_check_gguf(model)]
@@ -84,21 +88,26 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         check_model_dir(model, "model")
     except SpecError as exc:
         if "tokenizer" not in str(exc):
-            fix = f"coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
+            fix = _(
+                "coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
+            ).format(model=model)
             return [Check("modelo", FAIL, str(exc), fix)]
         text, data = describe_model(model)
-        fix = f"copie tokenizer.json (ou tokenizer.model) do modelo original para {model}"
+        fix = _("copie tokenizer.json (ou tokenizer.model) do modelo original para {model}").format(model=model)
         return [Check("modelo", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
     text, data = describe_model(model)
     found = next((name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file()), "tokenizer")
     chat = _has_chat_template(model)
     tokenizer = Check(
-        "tokenizer", OK, f"{found}, {'com' if chat else 'sem'} chat_template", data={"chat_template": chat}
+        "tokenizer",
+        OK,
+        (_("{found}, com chat_template") if chat else _("{found}, sem chat_template")).format(found=found),
+        data={"chat_template": chat},
     )
     if "messages" in formats and not chat:
         tokenizer.status = WARN
-        tokenizer.detail += ": os exemplos 'messages' precisam de um chat_template"
-        tokenizer.fix = "use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion"
+        tokenizer.detail += _(": os exemplos 'messages' precisam de um chat_template")
+        tokenizer.fix = _("use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion")
     return [Check("modelo", OK, text, data=data), tokenizer]
 
 
@@ -115,9 +124,9 @@ def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int
             fmt = file_format(path)
         except SpecError as exc:
             fix = (
-                f"coloque o ficheiro em {path} ou corrija data.{key} na spec"
+                _("coloque o ficheiro em {path} ou corrija data.{key} na spec").format(path=path, key=key)
                 if not path.is_file()
-                else "corrija a linha indicada (formatos: messages, prompt/completion, text)"
+                else _("corrija a linha indicada (formatos: messages, prompt/completion, text)")
             )
             checks.append(Check(f"data.{key}", FAIL, str(exc), fix))
             continue
@@ -126,7 +135,7 @@ def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int
             Check(
                 f"data.{key}",
                 OK,
-                f"{path}: {counts[key]} exemplos, formato {fmt}",
+                _("{path}: {value} exemplos, formato {fmt}").format(path=path, value=counts[key], fmt=fmt),
                 data={"count": counts[key], "format": fmt},
             )
         )
@@ -142,10 +151,9 @@ def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
     per_epoch = counts["train"] // spec.batch_size
     updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
     total = total_steps(spec, counts["train"])
-    text = (
-        f"{per_epoch} steps por época × {spec.epochs} épocas = {total} steps "
-        f"({updates} atualizações do otimizador, {total // spec.eval_every} validações)"
-    )
+    text = _(
+        "{per_epoch} steps por época × {epochs} épocas = {total} steps ({updates} atualizações do otimizador, {value} validações)"
+    ).format(per_epoch=per_epoch, epochs=spec.epochs, total=total, updates=updates, value=total // spec.eval_every)
     return Check("passos", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
 
 
@@ -155,12 +163,16 @@ def check_run_folder(ws: Workspace, spec: JobSpec) -> Check | None:
         return None
     state = _json(state_path)
     step, total = state.get("step", "?"), state.get("total_steps", "?")
-    what = "terminou: submit/run acabam logo com os resultados" if state.get("finished") else "submit/run retomam-na"
+    what = (
+        _("terminou: submit/run acabam logo com os resultados") if state.get("finished") else _("submit/run retomam-na")
+    )
     return Check(
         "run",
         INFO,
-        f"{ws.run_dir(spec.name)} já existe (step {step}/{total}) e {what}; recusam se a spec ou os dados mudaram",
-        "--fresh recomeça (a pasta antiga é guardada)",
+        _("{run_dir} já existe (step {step}/{total}) e {what}; recusam se a spec ou os dados mudaram").format(
+            run_dir=ws.run_dir(spec.name), step=step, total=total, what=what
+        ),
+        _("--fresh recomeça (a pasta antiga é guardada)"),
     )
 
 
@@ -211,10 +223,9 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
     measured = ((run_dir, fp, run_figures(run_dir)) for run_dir, fp in similar_runs(ws, spec))
     run_dir, fp, figures = next((m for m in measured if m[2] is not None), (None, {}, None))
     if figures is None:
-        text = (
-            f"sem run anterior com este modelo e max_seq_length {spec.max_seq_length}: a primeira run mede memória "
-            f"e tempo (os pesos ocupam {gb(weights)})"
-        )
+        text = _(
+            "sem run anterior com este modelo e max_seq_length {max_seq_length}: a primeira run mede memória e tempo (os pesos ocupam {gb})"
+        ).format(max_seq_length=spec.max_seq_length, gb=gb(weights))
         return [Check("estimativa", INFO, text)]
     ratio = spec.batch_size / (fp.get("batch_size") or spec.batch_size)
     scaled = "" if ratio == 1 else f", batch_size {fp.get('batch_size')} nessa run (escalado ×{ratio:g})"
@@ -223,19 +234,23 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
     time_check = Check(
         "tempo",
         OK,
-        f"≈ {duration(seconds)} ({figures['step_s']:.2f} s/step medidos em {run_dir.name}{scaled} × {steps} steps)",
+        _("≈ {duration} ({step_s:.2f} s/step medidos em {name}{scaled} × {steps} steps)").format(
+            duration=duration(seconds), step_s=figures["step_s"], name=run_dir.name, scaled=scaled, steps=steps
+        ),
         data={"seconds": seconds, **figures},
     )
     if figures["peak_memory_gb"] is None:
         return [time_check]
     weights_gb = weights / 1e9  # the weights do not grow with batch_size; activations roughly do
     peak_gb = weights_gb + max(figures["peak_memory_gb"] - weights_gb, 0.0) * ratio
-    text = f"≈ {gb(peak_gb * 1e9)} por step (pico medido em {run_dir.name}{scaled})"
+    text = _("≈ {gb} por step (pico medido em {name}{scaled})").format(
+        gb=gb(peak_gb * 1e9), name=run_dir.name, scaled=scaled
+    )
     memory_check = Check("memória por step", OK, text, data={"peak_memory_gb": peak_gb})
     limit = probe.get("info", {}).get("max_recommended_working_set_size")
     if limit and peak_gb * 1e9 > limit:
         memory_check.status = WARN
-        memory_check.detail += f": mais que os {gb(limit)} recomendados para a GPU"
+        memory_check.detail += _(": mais que os {memory} recomendados para a GPU").format(memory=gb(limit))
         memory_check.fix = "reduza batch_size ou max_seq_length (e aumente grad_accumulation)"
     return [memory_check, time_check]
 
@@ -246,8 +261,14 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
     try:
         spec = parse_spec(read_spec_file(spec_path), label)
     except SpecError as exc:
-        return [Check("spec", FAIL, str(exc), "corrija a spec (farensectl submit valida o mesmo)")]
-    text = f"{spec_path}: '{spec.name}', {spec.epochs} épocas, batch_size {spec.batch_size}, max_seq_length {spec.max_seq_length}"
+        return [Check("spec", FAIL, str(exc), _("corrija a spec (farensectl submit valida o mesmo)"))]
+    text = _("{spec_path}: '{name}', {epochs} épocas, batch_size {batch_size}, max_seq_length {max_seq_length}").format(
+        spec_path=spec_path,
+        name=spec.name,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        max_seq_length=spec.max_seq_length,
+    )
     data_lines, counts, formats = check_data(ws, spec)
     checks = [Check("spec", OK, text), *check_model(ws, spec, formats), *data_lines]
     if any(c.status == FAIL for c in checks):
@@ -255,7 +276,7 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
     try:
         check_inputs(spec, ws, label)  # the cross-checks submit makes (e.g. enough examples for one batch)
     except SpecError as exc:
-        return [*checks, Check("passos", FAIL, str(exc), "reduza batch_size ou junte exemplos")]
+        return [*checks, Check("passos", FAIL, str(exc), _("reduza batch_size ou junte exemplos"))]
     checks.append(check_steps(spec, counts))
     if (run := check_run_folder(ws, spec)) is not None:
         checks.append(run)

@@ -21,6 +21,7 @@ import orjson
 
 from farensed.atomic import atomic_write_json, dumps, fsync_dir, fsync_file, move_aside, read_json
 from farensed.digest import sha256_file
+from farensed.i18n import _
 
 STATE_NAME = "training_state.json"
 CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)_step(\d+)$")
@@ -96,15 +97,15 @@ def verify(ckpt: Checkpoint) -> dict:
     try:
         state = read_json(ckpt.path / STATE_NAME)
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise ValueError(f"{STATE_NAME} ilegível ({exc})") from None
+        raise ValueError(_("{file} ilegível ({exc})").format(file=STATE_NAME, exc=exc)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "files" not in state:
-        raise ValueError(f"{STATE_NAME} incompleto")
+        raise ValueError(_("{file} incompleto").format(file=STATE_NAME))
     for fname, digest in state["files"].items():
         path = ckpt.path / fname
         if not path.is_file():
-            raise ValueError(f"falta {fname}")
+            raise ValueError(_("falta {fname}").format(fname=fname))
         if sha256_file(path) != digest:
-            raise ValueError(f"{fname} danificado (sha256 não confere)")
+            raise ValueError(_("{fname} danificado (sha256 não confere)").format(fname=fname))
     return state
 
 
@@ -114,7 +115,7 @@ def newest_valid(run_dir: Path, warn) -> tuple[Checkpoint, dict] | None:
         try:
             return ckpt, verify(ckpt)
         except ValueError as exc:
-            warn(f"⚠  Checkpoint {ckpt.path.name} danificado: {exc}; a usar o anterior")
+            warn(_("⚠  Checkpoint {name} danificado: {exc}; a usar o anterior").format(name=ckpt.path.name, exc=exc))
     return None
 
 

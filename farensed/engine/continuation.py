@@ -15,14 +15,15 @@ import orjson
 
 from farensed.atomic import move_aside, read_json
 from farensed.errors import ResumeError
+from farensed.i18n import N_, _
 
 WHY = {
-    "early_stopping": "aplica-se a partir de agora; o histórico do early stopping mantém-se",
-    "epochs": "continua do último checkpoint como um treino mais longo",
-    "iters": "continua do último checkpoint como um treino mais longo",
-    "keep_checkpoints": "aplica-se aos próximos checkpoints",
-    "evaluate": "aplica-se no fim do treino",
-    "success": "verificados no fim do treino",
+    "early_stopping": N_("aplica-se a partir de agora; o histórico do early stopping mantém-se"),
+    "epochs": N_("continua do último checkpoint como um treino mais longo"),
+    "iters": N_("continua do último checkpoint como um treino mais longo"),
+    "keep_checkpoints": N_("aplica-se aos próximos checkpoints"),
+    "evaluate": N_("aplica-se no fim do treino"),
+    "success": N_("verificados no fim do treino"),
 }
 
 
@@ -61,19 +62,23 @@ def plan(spec, run_dir: Path, state: dict | None, total_steps: int, uses_schedul
     for key, why in WHY.items():
         if key in old and old.get(key) != new.get(key):
             cont.lines.append(
-                f"ℹ  Alteração aceite ao retomar: {key} {_show(old.get(key))} → {_show(new.get(key))} ({why})"
+                _("ℹ  Alteração aceite ao retomar: {key} {old} → {new} ({why})").format(
+                    key=key, old=_show(old.get(key)), new=_show(new.get(key)), why=_(why)
+                )
             )
     done, old_total = state["step"], state["total_steps"]
     if total_steps != old_total:
         if uses_schedule:
             raise ResumeError(
-                f"{run_dir}: não é possível retomar: o total de steps muda ({old_total} → {total_steps}) e o "
-                "lr_schedule depende dele; use --fresh para recomeçar (a pasta antiga é guardada)"
+                _(
+                    "{run_dir}: não é possível retomar: o total de steps muda ({old_total} → {total_steps}) e o lr_schedule depende dele; use --fresh para recomeçar (a pasta antiga é guardada)"
+                ).format(run_dir=run_dir, old_total=old_total, total_steps=total_steps)
             )
         if total_steps < done:
             raise ResumeError(
-                f"{run_dir}: não é possível retomar com {total_steps} steps: a corrida já treinou {done}; "
-                "use --fresh para recomeçar (a pasta antiga é guardada)"
+                _(
+                    "{run_dir}: não é possível retomar com {total_steps} steps: a corrida já treinou {done}; use --fresh para recomeçar (a pasta antiga é guardada)"
+                ).format(run_dir=run_dir, total_steps=total_steps, done=done)
             )
     if state.get("finished"):
         cont.reopen = _reopens(state, cont, total_steps, run_dir)
@@ -97,11 +102,17 @@ def _reopens(state: dict, cont: Continuation, total_steps: int, run_dir: Path) -
         # the last update took fewer micro-steps than grad_accumulation (an early stop, or an `iters` budget that
         # ended mid-accumulation): a longer run would have accumulated on, so continuing cannot be exact
         raise ResumeError(
-            f"{run_dir}: o treino parou a meio de uma atualização (step {state['step']}, grad_accumulation "
-            f"{accumulation}); não é possível continuar exatamente; use --fresh"
+            _(
+                "{run_dir}: o treino parou a meio de uma atualização (step {step}, grad_accumulation "
+                "{accumulation}); não é possível continuar exatamente; use --fresh"
+            ).format(run_dir=run_dir, step=state["step"], accumulation=accumulation)
         )
     for name in ("evaluation_report.json", "test_results.json"):
         if (run_dir / name).exists():
             move_aside(run_dir / name)  # those numbers were for the adapters of the shorter run
-    cont.lines.append(f"↻ A corrida terminada continua: step {state['step']} → {total_steps}")
+    cont.lines.append(
+        _("↻ A corrida terminada continua: step {step} → {total_steps}").format(
+            step=state["step"], total_steps=total_steps
+        )
+    )
     return True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from farensed.engine.checkpoint import newest_valid
 from farensed.errors import FarenseError
+from farensed.i18n import _
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -40,12 +41,20 @@ def _real_name(path: Path) -> str:
 
 def disk_full_error(exc: BaseException, run_dir: Path) -> DiskFullError:
     """The one line a user sees: what failed, which checkpoint the next run resumes from."""
-    what = f" ao gravar {_real_name(exc.filename)}" if isinstance(exc, OSError) and exc.filename else ""
+    what = (
+        _(" ao gravar {name}").format(name=_real_name(exc.filename))
+        if isinstance(exc, OSError) and exc.filename
+        else ""
+    )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     found = newest_valid(Path(run_dir), lambda _msg: None)
     where = (
-        f"o checkpoint válido mais recente continua a ser {found[0].path.name}"
+        _("o checkpoint válido mais recente continua a ser {name}").format(name=found[0].path.name)
         if found
-        else "ainda não há checkpoint válido"
+        else _("ainda não há checkpoint válido")
     )
-    return DiskFullError(f"sem espaço em disco{what} ({reason}); {where}; liberte espaço e retome o treino")
+    return DiskFullError(
+        _("sem espaço em disco{what} ({reason}); {where}; liberte espaço e retome o treino").format(
+            what=what, reason=reason, where=where
+        )
+    )

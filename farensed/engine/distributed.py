@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -31,7 +32,11 @@ def hosts_of(spec, ws) -> list[str]:
         try:
             text = path.read_text()
         except OSError as exc:
-            raise SpecError(f"distributed.hostfile: não foi possível ler {path} ({exc.strerror})") from None
+            raise SpecError(
+                _("distributed.hostfile: não foi possível ler {path} ({strerror})").format(
+                    path=path, strerror=exc.strerror
+                )
+            ) from None
         try:
             entries = orjson.loads(text)
             return [e["ssh"] if isinstance(e, dict) else str(e) for e in entries]
@@ -47,14 +52,20 @@ def world_size(spec, ws) -> int:
 def check_batch_size(spec, size: int, label) -> None:
     """Every rank takes batch_size / world_size rows of each global batch (hosts or hostfile alike)."""
     if spec.distributed and size and spec.batch_size % size:
-        raise SpecError(f"{label}: batch_size ({spec.batch_size}) deve ser múltiplo do número de hosts ({size})")
+        raise SpecError(
+            _("{label}: batch_size ({batch_size}) deve ser múltiplo do número de hosts ({size})").format(
+                label=label, batch_size=spec.batch_size, size=size
+            )
+        )
 
 
 def _ip(host: str) -> str:
     try:
         return socket.gethostbyname(host)
     except OSError:
-        raise SpecError(f"distributed.hosts: '{host}' não tem endereço IP (o backend ring precisa de IPs)") from None
+        raise SpecError(
+            _("distributed.hosts: '{host}' não tem endereço IP (o backend ring precisa de IPs)").format(host=host)
+        ) from None
 
 
 def check_hosts(spec, ws, paths: list[Path]) -> None:
@@ -72,11 +83,19 @@ def check_hosts(spec, ws, paths: list[Path]) -> None:
                 timeout=20,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise SpecError(f"distributed.hosts: {host} inacessível por ssh ({exc})") from None
+            raise SpecError(
+                _("distributed.hosts: {host} inacessível por ssh ({exc})").format(host=host, exc=exc)
+            ) from None
         if proc.returncode == 255:
-            raise SpecError(f"distributed.hosts: {host} inacessível por ssh ({proc.stderr.strip()[-200:]})")
+            raise SpecError(
+                _("distributed.hosts: {host} inacessível por ssh ({value})").format(
+                    host=host, value=proc.stderr.strip()[-200:]
+                )
+            )
         if proc.returncode != 0:
-            raise SpecError(f"distributed.hosts: {host} não tem o modelo e os dados nos mesmos caminhos")
+            raise SpecError(
+                _("distributed.hosts: {host} não tem o modelo e os dados nos mesmos caminhos").format(host=host)
+            )
 
 
 def launcher() -> list[str]:

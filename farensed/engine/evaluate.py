@@ -20,6 +20,7 @@ from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, 
 from farensed.digest import sha256_file
 from farensed.errors import FarenseError, SpecError
 from farensed.hub import resolve_model
+from farensed.i18n import _
 from farensed.jsonl import parse_lines, read_jsonl
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
@@ -41,27 +42,32 @@ def load_examples(path: Path) -> list[Example]:
         if "messages" in record:
             msgs = record["messages"]
             if msgs[-1].get("role") != "assistant":
-                raise SpecError(f"{where}: sem referência (a última mensagem não é do 'assistant')")
+                raise SpecError(
+                    _("{where}: sem referência (a última mensagem não é do 'assistant')").format(where=where)
+                )
             out.append(Example(i, msgs[:-1], msgs[-1]["content"]))
         elif "prompt" in record and "completion" in record:
             out.append(Example(i, [{"role": "user", "content": record["prompt"]}], record["completion"]))
         else:
             raise SpecError(
-                f"{where}: formato 'text' não tem referências para avaliar; use 'messages' ou prompt/completion"
+                _(
+                    "{where}: formato 'text' não tem referências para avaliar; use 'messages' ou prompt/completion"
+                ).format(where=where)
             )
     if not out:
-        raise SpecError(f"{path}: ficheiro de avaliação vazio")
+        raise SpecError(_("{path}: ficheiro de avaliação vazio").format(path=path))
     return out
 
 
 def honesty_note(split: str, path: Path) -> str:
     """What the evaluation's numbers mean: held-out test data, or the validation set that chose the adapters."""
     if split == "test":
-        return f"Avaliação em data.test ({path.name}): exemplos que o treino e a escolha dos adapters não viram."
-    return (
-        f"⚠  Sem data.test: avalia-se no conjunto de validação ({path.name}), que também escolheu os adapters "
-        "(melhor val_loss); os números são otimistas. Junte data.test à spec para uma avaliação honesta."
-    )
+        return _("Avaliação em data.test ({name}): exemplos que o treino e a escolha dos adapters não viram.").format(
+            name=path.name
+        )
+    return _(
+        "⚠  Sem data.test: avalia-se no conjunto de validação ({name}), que também escolheu os adapters (melhor val_loss); os números são otimistas. Junte data.test à spec para uma avaliação honesta."
+    ).format(name=path.name)
 
 
 class EvaluationInterrupted(Exception):
@@ -89,7 +95,9 @@ class Evaluator:
         self.batch_size, self.batched = batch_size, batched
         self.should_stop = should_stop  # a training process's stop request (SIGTERM): checked between chunks
         if not (self.adapters / "adapters.safetensors").is_file():
-            raise FarenseError(f"{self.run_dir}: job sem adapters para avaliar (treine-o primeiro)")
+            raise FarenseError(
+                _("{run_dir}: job sem adapters para avaliar (treine-o primeiro)").format(run_dir=self.run_dir)
+            )
         self.examples = load_examples(self.data_path)  # bad input fails here, before any output
 
     def _fingerprint(self) -> dict:
@@ -114,14 +122,22 @@ class Evaluator:
         examples = self.examples
         fingerprint = self._fingerprint()
         if force and (self.run_dir / PROGRESS).exists():
-            self.log(f"--force: avaliação anterior guardada em {move_aside(self.run_dir / PROGRESS).name}")
+            self.log(
+                _("--force: avaliação anterior guardada em {name}").format(
+                    name=move_aside(self.run_dir / PROGRESS).name
+                )
+            )
         done = self._done(fingerprint)
         self.log(honesty_note(self.split, self.data_path))
         todo = sum(1 for tag in MODELS for e in examples if (tag, e.index) not in done)
         if not todo:
-            self.log("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)")
+            self.log(_("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)"))
         elif done:
-            self.log(f"↻ A retomar a avaliação: {len(done)} de {2 * len(examples)} já feitas")
+            self.log(
+                _("↻ A retomar a avaliação: {n_done} de {value} já feitas").format(
+                    n_done=len(done), value=2 * len(examples)
+                )
+            )
         from mlx_lm import load
         from mlx_lm.tuner.utils import load_adapters
 
@@ -140,7 +156,12 @@ class Evaluator:
     def _score(self, tag, model, tokenizer, todo: list[Example], done: dict) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"Avaliação ({tag})", unit="ex", mininterval=0.5 if os.isatty(1) else 10)
+        bar = tqdm(
+            total=len(todo),
+            desc=_("Avaliação ({tag})").format(tag=tag),
+            unit="ex",
+            mininterval=0.5 if os.isatty(1) else 10,
+        )
         step = self.batch_size if self.batched else 1
         for start in range(0, len(todo), step):
             if self.should_stop is not None and self.should_stop():
@@ -243,8 +264,16 @@ class Evaluator:
         plot_evaluation(report, self.run_dir)
         a, b = report["adapters"], report["base"]
         self.log(
-            f"\nAvaliação ({report['config']['examples']} exemplos): F1 {a['f1_mean']:.4f} (base {b['f1_mean']:.4f}),"
-            f" EM {a['em_mean']:.4f} (base {b['em_mean']:.4f}), perplexidade {a['perplexity']:.2f}"
-            f" (base {b['perplexity']:.2f})"
+            _(
+                "\nAvaliação ({examples} exemplos): F1 {f1_mean:.4f} (base {f1_mean2:.4f}), EM {em_mean:.4f} (base {em_mean2:.4f}), perplexidade {perplexity:.2f} (base {perplexity2:.2f})"
+            ).format(
+                examples=report["config"]["examples"],
+                f1_mean=a["f1_mean"],
+                f1_mean2=b["f1_mean"],
+                em_mean=a["em_mean"],
+                em_mean2=b["em_mean"],
+                perplexity=a["perplexity"],
+                perplexity2=b["perplexity"],
+            )
         )
-        self.log(f"✓ Relatório: {(self.run_dir / REPORT).relative_to(self.ws.root)}")
+        self.log(_("✓ Relatório: {path}").format(path=(self.run_dir / REPORT).relative_to(self.ws.root)))

@@ -13,6 +13,7 @@ from pathlib import Path
 from farensed.atomic import dumps, fsync_dir, fsync_file, move_aside, read_json
 from farensed.digest import sha256_file
 from farensed.hub import resolve_model
+from farensed.i18n import _
 
 FUSED_DIR = "fused"
 MARKER = "farense_fuse.json"  # which adapters (sha256) and options this fused model was made from
@@ -41,12 +42,12 @@ def fuse_job(spec, ws, say) -> Path | None:
                 return target  # already fused from these very adapters
         except (OSError, ValueError):
             pass
-        say(f"Modelo fundido antigo (de outros adapters) guardado em {move_aside(target)}")
+        say(_("Modelo fundido antigo (de outros adapters) guardado em {path}").format(path=move_aside(target)))
     for stale in out.glob(f".{FUSED_DIR}.tmp-*"):  # an earlier fuse that was killed: incomplete, ours
         shutil.rmtree(stale)
     tmp = out / f".{FUSED_DIR}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
-    say(f"\nA fundir os adapters no modelo base (mlx-lm fuse) → {target.relative_to(ws.root)}")
+    say(_("\nA fundir os adapters no modelo base (mlx-lm fuse) → {path}").format(path=target.relative_to(ws.root)))
     from farensed.engine.gguf import model_path  # a .gguf: its import <file>.mlx/
 
     _fuse_into(tmp, model_path(resolve_model(spec.model, ws), log=say), out, fuse_options(spec))
@@ -57,7 +58,7 @@ def fuse_job(spec, ws, say) -> Path | None:
     fsync_dir(tmp)
     os.replace(tmp, target)
     fsync_dir(out)
-    say(f"✓ Modelo fundido: {target.relative_to(ws.root)}")
+    say(_("✓ Modelo fundido: {path}").format(path=target.relative_to(ws.root)))
     return target
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from farensed.atomic import atomic_write_json, fsync_dir, move_aside, read_json
 from farensed.errors import SpecError
 from farensed.ggufinfo import QUANT_TYPES, ROPE_FREQS, GgufInfo, check_supported, mlx_name, read_header
+from farensed.i18n import _
 
 MARKER = "farense_gguf.json"
 GROUP_SIZE = 32  # every GGUF block type MLX keeps quantized packs 32 weights per scale
@@ -73,7 +74,11 @@ def rope_scaling_from_freqs(info: GgufInfo, freqs: list[float], base: float, dim
         base, dim, factor, p["low_freq_factor"], p["high_freq_factor"], p["original_max_position_embeddings"]
     )
     if len(freqs) != len(expected) or not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(freqs, expected)):
-        raise SpecError(f"{info.path}: {ROPE_FREQS} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)")
+        raise SpecError(
+            _("{path}: {tensor} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)").format(
+                path=info.path, tensor=ROPE_FREQS, factor=factor
+            )
+        )
     return {"rope_type": "llama3", "factor": factor, **p}
 
 
@@ -204,12 +209,18 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
     digest = digest or sha256_of(src)
     if dest.exists():
         if imported_digest(dest) == digest:
-            log(f"✅ {dest} já contém este GGUF importado (sha256 {digest[:12]})")
+            log(_("✅ {dest} já contém este GGUF importado (sha256 {value})").format(dest=dest, value=digest[:12]))
             return dict(read_json(dest / MARKER)["summary"], already=True)
-        raise SpecError(f"{dest}: o destino já existe; escolha outra pasta ou mova-a")
+        raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
     from farensed.engine.gguf_tokenizer import build_tokenizer
 
-    log(f"A importar {src.name} ({info.architecture}, {', '.join(f'{k}×{v}' for k, v in info.type_counts().items())})")
+    log(
+        _("A importar {name} ({architecture}, {items})").format(
+            name=src.name,
+            architecture=info.architecture,
+            items=", ".join(f"{k}×{v}" for k, v in info.type_counts().items()),
+        )
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -232,7 +243,7 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)  # only the half-written temp folder
         raise
     fsync_dir(dest.parent)
-    log(f"✅ Modelo importado: {dest}")
+    log(_("✅ Modelo importado: {dest}").format(dest=dest))
     return summary
 
 
@@ -260,11 +271,12 @@ def model_path(path: Path, log=print) -> Path:
             if _cache_is_current(cache, path):
                 return cache
             if cache.exists():
-                log(f"O GGUF mudou: a importação anterior foi guardada em {move_aside(cache)}")
+                log(_("O GGUF mudou: a importação anterior foi guardada em {path}").format(path=move_aside(cache)))
             import_gguf(path, cache, log=log)
     except OSError as exc:  # a read-only folder, a full disk, …
         raise SpecError(
-            f"{path}: não foi possível importar para {cache.name} ao lado do GGUF ({exc.strerror or exc}); "
-            "use farensectl model import-gguf FILE DEST e ponha DEST no model do spec"
+            _(
+                "{path}: não foi possível importar para {name} ao lado do GGUF ({value}); use farensectl model import-gguf FILE DEST e ponha DEST no model do spec"
+            ).format(path=path, name=cache.name, value=exc.strerror or exc)
         ) from None
     return cache

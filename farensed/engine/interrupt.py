@@ -10,6 +10,7 @@ import orjson
 
 from farensed import EXIT_RESUMABLE
 from farensed.engine.checkpoint import STATE_NAME, list_checkpoints
+from farensed.i18n import _
 
 
 def resume_point(run_dir: Path) -> str | None:
@@ -25,13 +26,13 @@ def resume_point(run_dir: Path) -> str | None:
 
 
 def first_interrupt_line() -> str:
-    return "\n⏸  Ctrl-C: a parar no fim desta atualização, com checkpoint (outro Ctrl-C para parar já)"
+    return _("\n⏸  Ctrl-C: a parar no fim desta atualização, com checkpoint (outro Ctrl-C para parar já)")
 
 
 def stop_now(run_dir: Path) -> None:
     """Exit immediately (75): what the checkpoint being written holds is lost, the previous one is intact."""
     point = resume_point(run_dir)
-    where = f"retoma de {point}" if point else "começa do início (ainda não há checkpoint)"
-    sys.stdout.write(f"\n⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.\n")
+    where = _("retoma de {point}").format(point=point) if point else _("começa do início (ainda não há checkpoint)")
+    sys.stdout.write(_("\n⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.\n").format(where=where))
     sys.stdout.flush()
     os._exit(EXIT_RESUMABLE)

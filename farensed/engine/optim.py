@@ -7,6 +7,7 @@ Exact resume needs nothing special here: the optimizer's whole state (moments, `
 from __future__ import annotations
 
 from farensed.errors import SpecError
+from farensed.i18n import _
 
 # mlx_lm/lora.py train_model(): optimizer name -> mlx.optimizers class
 OPTIMIZER_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adafactor": "Adafactor", "muon": "Muon"}
@@ -46,7 +47,11 @@ def apply_fine_tune_type(model, spec, ws, say) -> None:
 
     layers = spec.lora.layers
     if layers > len(model.layers):
-        say(f"ℹ  lora.layers = {layers} > {len(model.layers)} camadas do modelo: todas são adaptadas")
+        say(
+            _("ℹ  lora.layers = {layers} > {n_layers} camadas do modelo: todas são adaptadas").format(
+                layers=layers, n_layers=len(model.layers)
+            )
+        )
     mx.random.seed(spec.seed)  # the adapters' initial weights
     model.freeze()
     if spec.fine_tune_type == "full":
@@ -59,7 +64,7 @@ def apply_fine_tune_type(model, spec, ws, say) -> None:
         linear_to_lora_layers(model, layers, config, use_dora=spec.fine_tune_type == "dora")
     if spec.resume_adapter_file:
         path = ws.resolve(spec.resume_adapter_file)
-        say(f"A carregar adapters iniciais de {path}")
+        say(_("A carregar adapters iniciais de {path}").format(path=path))
         model.load_weights(str(path), strict=False)
 
 

@@ -10,6 +10,7 @@ import orjson
 from farensed.atomic import move_aside, read_json
 from farensed.engine.checkpoint import STATE_NAME, Checkpoint, list_checkpoints, newest_valid
 from farensed.errors import ResumeError
+from farensed.i18n import _
 
 
 @dataclass
@@ -40,13 +41,17 @@ def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool
     if fresh:
         if run_dir.exists():
             moved = move_aside(run_dir)
-            warn(f"--fresh: a pasta anterior foi guardada em {moved}")
+            warn(_("--fresh: a pasta anterior foi guardada em {moved}").format(moved=moved))
         return StartPoint()
     if not (run_dir / STATE_NAME).exists() and not list_checkpoints(run_dir):
         return StartPoint()
     found = newest_valid(run_dir, warn)
     if found is None:
-        raise ResumeError(f"{run_dir}: {STATE_NAME} existe mas nenhum checkpoint é válido; use --fresh para recomeçar")
+        raise ResumeError(
+            _("{run_dir}: {file} existe mas nenhum checkpoint é válido; use --fresh para recomeçar").format(
+                run_dir=run_dir, file=STATE_NAME
+            )
+        )
     ckpt, state = found
     refuse_if_changed(run_dir, state, fingerprint, data_digests)
     _repair_run_files(run_dir, ckpt, state, warn)
@@ -57,14 +62,15 @@ def refuse_if_changed(run_dir: Path, state: dict, fingerprint: dict, data_digest
     """ResumeError naming every setting or data file that changed since the run's checkpoint, with the --fresh hint."""
     old_data = state["data"]
     changed = _differences(state["fingerprint"], fingerprint) + [
-        f"data.{k}: o conteúdo do ficheiro mudou"
+        _("data.{key}: o conteúdo do ficheiro mudou").format(key=k)
         for k in sorted(set(old_data) | set(data_digests))
         if old_data.get(k) != data_digests.get(k)
     ]
     if changed:
         raise ResumeError(
-            f"{run_dir}: não é possível retomar, a spec ou os dados mudaram ({'; '.join(changed)}); "
-            "use --fresh para recomeçar (a pasta antiga é guardada)"
+            _(
+                "{run_dir}: não é possível retomar, a spec ou os dados mudaram ({changes}); use --fresh para recomeçar (a pasta antiga é guardada)"
+            ).format(run_dir=run_dir, changes="; ".join(changed))
         )
 
 
@@ -94,9 +100,13 @@ def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> Non
             read_json(run_dir / name)
             continue
         except FileNotFoundError:
-            problem = "em falta"
+            problem = _("em falta")
         except (OSError, orjson.JSONDecodeError) as exc:
-            problem = f"ilegível ({exc})"
-        warn(f"⚠  {name} da pasta do treino {problem}; reconstruído a partir de {ckpt.path.name}")
+            problem = _("ilegível ({exc})").format(exc=exc)
+        warn(
+            _("⚠  {name} da pasta do treino {problem}; reconstruído a partir de {name2}").format(
+                name=name, problem=problem, name2=ckpt.path.name
+            )
+        )
         if name == STATE_NAME:
             write_run_state(run_dir, dict(state, checkpoint=ckpt.path.name))

@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from farensed.i18n import _
 from farensed.spec import load_spec
 from farensed.workspace import Workspace
 
@@ -98,7 +99,7 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
     run_dir = ws.run_dir(spec.name)
     if fresh and run_dir.exists():
-        console.say(f"--fresh: a pasta anterior foi guardada em {move_aside(run_dir)}")
+        console.say(_("--fresh: a pasta anterior foi guardada em {path}").format(path=move_aside(run_dir)))
     own = exit_file is None
     exit_file = exit_file or ws.root / "checkpoints_qlora" / f".{spec.name}.exit-{os.getpid()}.json"
     exit_file.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
     if own:
         exit_file.unlink(missing_ok=True)
     if code is None:
-        console.say("⚠  Um rank perdeu-se antes do fim; retoma do último checkpoint com o mesmo comando.")
+        console.say(_("⚠  Um rank perdeu-se antes do fim; retoma do último checkpoint com o mesmo comando."))
         return EXIT_RESUMABLE
     return code
 
@@ -135,7 +136,7 @@ def print_success(spec, run_dir: Path) -> bool:
     report = run_dir / "evaluation_report.json"
     criteria = {k: v for k, v in dataclasses.asdict(spec.success).items() if v is not None}
     items = verdicts(criteria, load_records(run_dir), read_json(report) if report.exists() else None)
-    console.say(console.heading("CRITÉRIOS DE SUCESSO") + "\n" + format_verdicts(items))
+    console.say(console.heading(_("CRITÉRIOS DE SUCESSO")) + "\n" + format_verdicts(items))
     return all(v.passed for v in items)
 
 
@@ -153,5 +154,5 @@ def evaluate_spec(
     lock = contextlib.nullcontext() if in_rank() else hold_run(run_dir or ws.run_dir(spec.name), what="avaliação")
     with lock:
         evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir, should_stop=should_stop)
-        console.say(console.heading(f"AVALIAÇÃO - {spec.name}"))
+        console.say(console.heading(_("AVALIAÇÃO - {name}").format(name=spec.name)))
         return evaluator.run(force=force)

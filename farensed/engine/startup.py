@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from farensed.errors import FarenseError
+from farensed.i18n import _
 
 MARGIN_MB = 256  # besides the checkpoints: metrics, summaries, plots, evaluation (override: $FARENSE_DISK_MARGIN_MB)
 
@@ -28,7 +29,9 @@ def device_line() -> str:
     name = info.get("device_name") or info.get("architecture") or "?"
     gpu_mem = f", {gb(info['memory_size'])}" if kind == "gpu" and info.get("memory_size") else ""
     vm = psutil.virtual_memory()
-    return f"Dispositivo: {kind} ({name}{gpu_mem}) | memória: {gb(vm.available)} livres de {gb(vm.total)}"
+    return _("Dispositivo: {kind} ({name}{gpu_mem}) | memória: {gb} livres de {gb2}").format(
+        kind=kind, name=name, gpu_mem=gpu_mem, gb=gb(vm.available), gb2=gb(vm.total)
+    )
 
 
 def checkpoint_bytes(trainable_bytes: int) -> int:
@@ -51,11 +54,13 @@ def check_disk(folder: Path, trainable_bytes: int, keep: int) -> str:
     need = disk_needed(trainable_bytes, keep)
     if free < need:
         raise FarenseError(
-            f"espaço em disco insuficiente em {where}: {gb(free)} livres, são precisos ~{gb(need)} "
-            f"({keep} checkpoints de {gb(checkpoint_bytes(trainable_bytes))} + margem); "
-            "liberte espaço ou baixe keep_checkpoints"
+            _(
+                "espaço em disco insuficiente em {where}: {gb} livres, são precisos ~{gb2} ({keep} checkpoints de {gb3} + margem); liberte espaço ou baixe keep_checkpoints"
+            ).format(where=where, gb=gb(free), gb2=gb(need), keep=keep, gb3=gb(checkpoint_bytes(trainable_bytes)))
         )
-    return f"Disco: {gb(free)} livres em {where} (precisos ~{gb(need)} para {keep} checkpoints + margem)"
+    return _("Disco: {gb} livres em {where} (precisos ~{gb2} para {keep} checkpoints + margem)").format(
+        gb=gb(free), where=where, gb2=gb(need), keep=keep
+    )
 
 
 def trainable_bytes(model) -> int:

@@ -9,6 +9,7 @@ from farensed import console
 from farensed.analysis.gap import analyse
 from farensed.analysis.plots import PLOT_NAME, plot_training
 from farensed.atomic import atomic_write_json, atomic_write_with, read_json
+from farensed.i18n import _
 
 SUMMARY_NAME = "training_summary.json"
 
@@ -71,8 +72,9 @@ def finish_run(
         atomic_write_with(out / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if announce_best and summary["best_step"] is not None:
         console.say(
-            f"\nMelhor modelo: Época {summary['best_epoch'] + 1}, Step {summary['best_step']} "
-            f"(val_loss {summary['best_val_loss']:.4f})"
+            _("\nMelhor modelo: Época {value}, Step {best_step} (val_loss {best_val_loss:.4f})").format(
+                value=summary["best_epoch"] + 1, best_step=summary["best_step"], best_val_loss=summary["best_val_loss"]
+            )
         )
-    console.say(f"Adapters finais: {out.relative_to(ws.root)}")
+    console.say(_("Adapters finais: {path}").format(path=out.relative_to(ws.root)))
     return summary

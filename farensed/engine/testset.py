@@ -11,6 +11,7 @@ import math
 from farensed import console
 from farensed.atomic import atomic_write_json
 from farensed.engine.data import TokenizedSet, collate, length_sorted_batches, tokenize_file
+from farensed.i18n import _
 
 RESULT_NAME = "test_results.json"
 
@@ -40,7 +41,7 @@ def evaluate_test_set(trainer) -> dict:
         from farensed.atomic import read_json
 
         return read_json(target)
-    console.say("\nA avaliar o conjunto de teste (data.test)...")
+    console.say(_("\nA avaliar o conjunto de teste (data.test)..."))
     trainer.model.load_weights(str(run_dir / "adapters" / "adapters.safetensors"), strict=False)
     data = tokenize_file(trainer.ws.resolve(spec.data.test), trainer.tokenizer, spec.max_seq_length, spec.mask_prompt)
     loss = test_loss(trainer.model, data, spec.batch_size, spec.max_seq_length, spec.test_batches)

@@ -43,6 +43,7 @@ from farensed.engine.timing import RunClock
 from farensed.engine.tokcache import CACHE_DIR, TokenCache
 from farensed.engine.valloss import ValidationLoss
 from farensed.hub import resolve_model
+from farensed.i18n import _
 from farensed.spec import JobSpec
 from farensed.workspace import Workspace
 
@@ -114,14 +115,14 @@ class Trainer:
         from farensed.engine.optim import apply_fine_tune_type, build_optimizer
 
         spec = self.spec
-        console.say("\nA carregar modelo e dados...")
-        console.say(f"A carregar modelo: {spec.model}")
+        console.say(_("\nA carregar modelo e dados..."))
+        console.say(_(console.LOADING_MODEL).format(model=spec.model))
         self.model, self.model_config = load_model(Path(self.model_path))  # the tokenizer only if tokens are needed
         self.clock.mark("model_loaded")
-        console.say("\nA carregar datasets...")
+        console.say(_("\nA carregar datasets..."))
         train_path, valid_path = self.ws.resolve(spec.data.train), self.ws.resolve(spec.data.valid)
         self.data_digests = {"train": sha256_file(train_path), "valid": sha256_file(valid_path)}
-        console.say("\nA tokenizar...")
+        console.say(_("\nA tokenizar..."))
         cache = TokenCache(self.ws.root / "checkpoints_qlora" / CACHE_DIR, self.model_path, self._token_settings())
         self.train_set, hit_train = cache.get(
             self.data_digests["train"],
@@ -133,14 +134,18 @@ class Trainer:
         )
         self.clock.mark("tokens_ready", tokens_cached=hit_train and hit_valid)
         if hit_train and hit_valid:
-            console.say("Tokens em cache (checkpoints_qlora/.tokens): tokenização saltada")
-        console.say(f"Amostras de treino: {len(self.train_set)}")
-        console.say(f"Amostras de validação: {len(self.valid_set)}")
-        console.say(f"✅ Tokens de treino: {sum(map(len, self.train_set.tokens))}")
-        console.say(f"✅ Tokens de validação: {sum(map(len, self.valid_set.tokens))}")
+            console.say(_("Tokens em cache (checkpoints_qlora/.tokens): tokenização saltada"))
+        console.say(_("Amostras de treino: {count}").format(count=len(self.train_set)))
+        console.say(_("Amostras de validação: {count}").format(count=len(self.valid_set)))
+        console.say(_("✅ Tokens de treino: {count}").format(count=sum(map(len, self.train_set.tokens))))
+        console.say(_("✅ Tokens de validação: {count}").format(count=sum(map(len, self.valid_set.tokens))))
         truncated = self.train_set.truncated + self.valid_set.truncated
         if truncated:
-            console.say(f"⚠  {truncated} exemplos mais longos que max_seq_length={spec.max_seq_length} foram truncados")
+            console.say(
+                _("⚠  {truncated} exemplos mais longos que max_seq_length={max_seq_length} foram truncados").format(
+                    truncated=truncated, max_seq_length=spec.max_seq_length
+                )
+            )
         self._make_batches()
         apply_fine_tune_type(self.model, spec, self.ws, console.say)  # lora | dora | full (+ resume_adapter_file)
         self.optimizer = build_optimizer(spec)
@@ -212,7 +217,11 @@ class Trainer:
             from farensed.atomic import read_json
 
             records = read_json(path / "training_metrics.json") if self.world.is_main else []
-            console.say(f"\n↻ A retomar de {path.name} (step {progress.step}/{self.total_steps})")
+            console.say(
+                _("\n↻ A retomar de {name} (step {step}/{total_steps})").format(
+                    name=path.name, step=progress.step, total_steps=self.total_steps
+                )
+            )
         self.optimizer.init(self.model.trainable_parameters())
         metrics = MetricsLog(self.run_dir, records, write=self.world.is_main)
         metrics.reset_files()
@@ -332,7 +341,7 @@ class Trainer:
         write_run_state(self.run_dir, dict(state, checkpoint=path.name))
         prune(self.run_dir, self.spec.keep_checkpoints)
         self.checkpoint_seconds.append(time.perf_counter() - tic)
-        console.say(f"\n✓ Checkpoint guardado em: {path.relative_to(self.ws.root)}")
+        console.say(_("\n✓ Checkpoint guardado em: {path}").format(path=path.relative_to(self.ws.root)))
 
     # ---- the loop --------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -356,14 +365,14 @@ class Trainer:
         if self.world.is_main:
             atomic_write_json(self.run_dir / "spec.json", spec.to_dict())  # the accepted changes, recorded
         if start.resuming and start.state.get("finished") and not cont.reopen:
-            console.say("\nTreino já terminado; nada a fazer.")
+            console.say(_("\nTreino já terminado; nada a fazer."))
             return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
         progress, stopper, metrics = self._restore(start)
         self.clock.mark("restored")
         cont.apply(progress, stopper)
         rank = self.world.rank if self.world.size > 1 else None
         micro_step = self._compile_step()
-        console.say(console.heading(f"INICIANDO TREINO - {spec.name}"))
+        console.say(console.heading(_("INICIANDO TREINO - {name}").format(name=spec.name)))
 
         from tqdm import tqdm
 
@@ -378,7 +387,7 @@ class Trainer:
             bar = tqdm(
                 total=self.steps_per_epoch,
                 initial=start_index,
-                desc="Treino",
+                desc=_("Treino"),
                 unit="batch",
                 mininterval=0.5 if os.isatty(1) else 10,
                 file=sys.stdout,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from farensed.i18n import _
+
 DEFAULT_SCHEDULE: tuple[float, ...] = (10.0, 30.0, 120.0, 300.0, 600.0)
 
 
@@ -18,9 +20,11 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in str(text).split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"'{text}' não é uma lista de segundos separados por vírgulas (ex.: 10,30,120)") from None
+        raise ValueError(
+            _("'{text}' não é uma lista de segundos separados por vírgulas (ex.: 10,30,120)").format(text=text)
+        ) from None
     if not values or any(v < 0 for v in values):
-        raise ValueError(f"'{text}': os segundos devem ser ≥ 0")
+        raise ValueError(_("'{text}': os segundos devem ser ≥ 0").format(text=text))
     return values
 
 

@@ -21,6 +21,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json
 from farensed.errors import FarenseError
 from farensed.exitfile import EXIT_FILE, write_exit_code
+from farensed.i18n import _
 
 FRESH_DONE = "fresh.done"
 CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
@@ -75,8 +76,12 @@ def way_back(job_dir: Path) -> str:
     except (OSError, ValueError):
         cancelled = False
     if cancelled:
-        return f"⏹  Job {job_id} cancelado; para o retomar do último checkpoint: farensectl retry {job_id}"
-    return f"↻ O farensed retoma o job {job_id} do último checkpoint (farensectl status {job_id})"
+        return _("⏹  Job {job_id} cancelado; para o retomar do último checkpoint: farensectl retry {job_id}").format(
+            job_id=job_id
+        )
+    return _("↻ O farensed retoma o job {job_id} do último checkpoint (farensectl status {job_id})").format(
+        job_id=job_id
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                 if code is None:
                     return 0
         except RunLockedError as exc:
-            print(f"⚠  {exc}; o job volta à fila", flush=True)
+            print(_("⚠  {exc}; o job volta à fila").format(exc=exc), flush=True)
             code = EXIT_RESUMABLE  # the daemon waits until the run is free
     except StoppedBeforeTraining as exc:
-        print(f"⏸  Parado antes de começar a treinar (sinal {exc.args[0]}); nada mudou na corrida", flush=True)
+        print(
+            _("⏸  Parado antes de começar a treinar (sinal {signum}); nada mudou na corrida").format(
+                signum=exc.args[0]
+            ),
+            flush=True,
+        )
         code = EXIT_RESUMABLE
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)
@@ -138,8 +148,10 @@ def check_own_run(ws, spec, job_dir: Path, fresh: bool) -> None:
     own, current = job_run_dir(ws, job), ws.run_dir(spec.name)
     if not fresh and own.resolve() != current.resolve():
         raise QueueError(
-            f"job {job.id}: a sua corrida foi guardada em {own} pelo --fresh de outro job, e {current} é agora "
-            f"outra corrida; para treinar este job de novo: farensectl submit --fresh"
+            _(
+                "job {id}: a sua corrida foi guardada em {own} pelo --fresh de outro job, e {current} é agora "
+                "outra corrida; para treinar este job de novo: farensectl submit --fresh"
+            ).format(id=job.id, own=own, current=current)
         )
 
 

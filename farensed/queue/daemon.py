@@ -23,6 +23,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
 from farensed.exitfile import EXIT_FILE, read_exit_error
+from farensed.i18n import _
 from farensed.jsonl import tail_lines
 from farensed.queue import backoff
 from farensed.queue.adopt import find_child
@@ -121,7 +122,9 @@ class Daemon:
         try:
             self.singleton.acquire(timeout=0)
         except Timeout:
-            raise QueueError(f"farensed já está a correr nesta fila (pid {daemon_pid(self.ws) or '?'})") from None
+            raise QueueError(
+                _("farensed já está a correr nesta fila (pid {value})").format(value=daemon_pid(self.ws) or "?")
+            ) from None
         atomic_write_json(
             self.ws.jobs / PID_FILE,
             {
@@ -159,7 +162,7 @@ class Daemon:
                 kill_orphans(
                     job.pid, str(self.ws.root)
                 )  # ranks of a launcher that died with the daemon must not train on
-            self.settle(job.id, code, reason=None if code is not None else "perdido enquanto o farensed não corria")
+            self.settle(job.id, code, reason=None if code is not None else _("perdido enquanto o farensed não corria"))
 
     # ---- one job ---------------------------------------------------------------------------------------
     def start(self, job: Job) -> bool:
@@ -221,12 +224,12 @@ class Daemon:
         job = self.queue.get(job_id)
         changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
         if job.held and code == EXIT_RESUMABLE:
-            changes["loss_reason"] = f"parado pela guarda de memória: {job.held}"
+            changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)
         if code is None:
-            changes["loss_reason"] = reason or "processo de treino perdido"
+            changes["loss_reason"] = reason or _("processo de treino perdido")
         if code is None and job.cancel_requested:
             changes.update(
-                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado (o processo perdeu-se)"
+                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado (o processo perdeu-se)")
             )
         elif code is None:
             recoveries = job.recoveries + 1
@@ -235,7 +238,9 @@ class Daemon:
                     state=JobStatus.FAILED.value,
                     recoveries=recoveries,
                     ended_at=now_iso(),
-                    error=f"processo perdido {recoveries} vezes (max_recoveries={job.max_recoveries})",
+                    error=_("processo perdido {recoveries} vezes (max_recoveries={max_recoveries})").format(
+                        recoveries=recoveries, max_recoveries=job.max_recoveries
+                    ),
                 )
             else:
                 wait = backoff.delay(recoveries, self.recovery_backoff)
@@ -243,13 +248,14 @@ class Daemon:
                     state=JobStatus.PENDING.value,
                     recoveries=recoveries,
                     retry_at=backoff.retry_time(recoveries, self.recovery_backoff),
-                    error=f"processo de treino perdido ({changes['loss_reason']}); "
-                    f"retoma do último checkpoint daqui a {wait:g} s",
+                    error=_(
+                        "processo de treino perdido ({reason}); retoma do último checkpoint daqui a {wait:g} s"
+                    ).format(reason=changes["loss_reason"], wait=wait),
                 )
         elif code == 0:
             changes.update(state=JobStatus.DONE.value, ended_at=now_iso(), error=None)
         elif code == EXIT_RESUMABLE and job.cancel_requested:
-            changes.update(state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado")
+            changes.update(state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
         elif code == EXIT_RESUMABLE:
             changes.update(state=JobStatus.PENDING.value, error=None)
         else:
@@ -258,7 +264,7 @@ class Daemon:
                 ended_at=now_iso(),
                 error=read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE)
                 or failure_line(last_lines(self.queue.log_path(job_id), 40))
-                or f"código de saída {code}",
+                or _("código de saída {code}").format(code=code),
             )
         job = self.queue.update(job_id, **changes)
         why = f", {changes['loss_reason']}" if code is None else ""
@@ -288,7 +294,7 @@ class Daemon:
             return
         if self.queue.get(run.job_id).cancel_requested:
             run.cancel_sent = True
-            self.log(f"job {run.job_id}: cancelamento pedido; a parar com checkpoint")
+            self.log(_("job {job_id}: cancelamento pedido; a parar com checkpoint").format(job_id=run.job_id))
             self.signal_child(signal.SIGTERM)
 
     def signal_child(self, sig: int) -> None:
@@ -302,14 +308,22 @@ class Daemon:
         if verdict.action is Action.RELEASE:
             for job in held:
                 self.queue.update(job.id, held=None)
-                self.log(f"job {job.id}: memória recuperada ({verdict.detail}), volta à fila")
+                self.log(
+                    _("job {id}: memória recuperada ({detail}), volta à fila").format(id=job.id, detail=verdict.detail)
+                )
         elif verdict.action is Action.STOP and self.current is not None:
             if not self.queue.get(self.current.job_id).held:
                 reason = f"{MEMORY_HOLD} (sinal: {verdict.signal}; {verdict.detail})"
                 self.queue.update(self.current.job_id, held=reason)
-                self.log(f"job {self.current.job_id}: {reason}; a parar com checkpoint")
+                self.log(
+                    _("job {job_id}: {reason}; a parar com checkpoint").format(
+                        job_id=self.current.job_id, reason=reason
+                    )
+                )
                 with open(self.queue.log_path(self.current.job_id), "ab") as fh:
-                    fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+                    fh.write(
+                        f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode()
+                    )
                 self.signal_child(signal.SIGTERM)
         return verdict.may_start
 
@@ -343,7 +357,7 @@ class Daemon:
         self.waker = Waker(self.ws.jobs)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.log(f"farensed a vigiar {self.queue.inbox} (pid {os.getpid()})")
+        self.log(_("farensed a vigiar {inbox} (pid {pid})").format(inbox=self.queue.inbox, pid=os.getpid()))
         observer = self._watch()
         try:
             self.recover()
@@ -389,7 +403,11 @@ class Daemon:
             busy.add(job.id)
             if job.id not in self._busy_logged:
                 self._busy_logged.add(job.id)
-                self.log(f"job {job.id} ({job.name}) à espera: pasta em uso pelo pid {info.get('pid')}")
+                self.log(
+                    _("job {id} ({name}) à espera: pasta em uso pelo pid {get}").format(
+                        id=job.id, name=job.name, get=info.get("pid")
+                    )
+                )
         return None
 
     def _waiting(self) -> bool:
@@ -406,7 +424,11 @@ class Daemon:
         if self.current is None:
             self.log("farensed parado")
             return
-        self.log(f"a parar: SIGTERM ao job {self.current.job_id} (pid {self.current.pid}), à espera do checkpoint")
+        self.log(
+            _("a parar: SIGTERM ao job {job_id} (pid {pid}), à espera do checkpoint").format(
+                job_id=self.current.job_id, pid=self.current.pid
+            )
+        )
         self.signal_child(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         while time.monotonic() < deadline and not self.current.exit_status()[0] and not self.abandon:
@@ -415,9 +437,10 @@ class Daemon:
             self.poll_current()
         elif self.abandon:
             self.log(
-                f"segundo sinal: farensed sai já; o job {self.current.job_id} (pid {self.current.pid}) continua "
-                "e o próximo farensed adota-o"
+                _(
+                    "segundo sinal: farensed sai já; o job {job_id} (pid {pid}) continua e o próximo farensed adota-o"
+                ).format(job_id=self.current.job_id, pid=self.current.pid)
             )
         else:
-            self.log(f"job {self.current.job_id} não parou a tempo; o próximo farensed adota-o")
+            self.log(_("job {job_id} não parou a tempo; o próximo farensed adota-o").format(job_id=self.current.job_id))
         self.log("farensed parado")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from farensed.atomic import move_aside
+from farensed.i18n import _
 from farensed.workspace import Workspace
 
 
@@ -14,7 +15,7 @@ def start_over(ws: Workspace, name: str, job_id: int | None = None, say=print) -
     for kind, folder in (("run", ws.run_dir(name)), ("output", ws.output_dir(name))):
         if folder.exists():
             moved[kind] = move_aside(folder)
-            say(f"--fresh: a pasta anterior foi guardada em {moved[kind]}")
+            say(_("--fresh: a pasta anterior foi guardada em {value}").format(value=moved[kind]))
     if "run" in moved and ws.jobs.is_dir():
         from farensed.queue.jobs import Queue
 

@@ -10,6 +10,7 @@ import os
 import time
 
 from farensed.atomic import atomic_write_json, fsync_dir, read_json
+from farensed.i18n import _
 
 
 def _kept_name(path) -> object:
@@ -33,7 +34,7 @@ def salvage(queue, job_id: int, exc: Exception):
     except FileNotFoundError:
         from farensed.errors import QueueError
 
-        raise QueueError(f"job {job_id} não existe") from None
+        raise QueueError(_("job {job_id} não existe").format(job_id=job_id)) from None
     except (OSError, ValueError, TypeError):
         pass
     kept = _kept_name(path)
@@ -49,10 +50,10 @@ def salvage(queue, job_id: int, exc: Exception):
         name=name,
         state=JobStatus.FAILED.value,
         ended_at=now_iso(),
-        error=(
-            f"job.json ilegível ({reason}); guardado como {kept.name}; "
-            f"farensectl retry {job_id} volta a pô-lo na fila (retoma do último checkpoint)"
-        ),
+        error=_(
+            "job.json ilegível ({reason}); guardado como {kept}; "
+            "farensectl retry {job_id} volta a pô-lo na fila (retoma do último checkpoint)"
+        ).format(reason=reason, kept=kept.name, job_id=job_id),
     )
     atomic_write_json(path, job.to_dict())
     return job

@@ -23,6 +23,7 @@ from farensed.engine.distributed import check_batch_size, world_size
 from farensed.engine.resume import check_resumable
 from farensed.errors import QueueError, SpecError
 from farensed.exitfile import EXIT_FILE, read_exit_code
+from farensed.i18n import _
 from farensed.spec import load_spec, parse_not_before, spec_bytes
 from farensed.workspace import Workspace
 
@@ -90,21 +91,21 @@ class Job:
     def from_dict(cls, data: dict, job_id: int | None = None) -> Job:
         """Tolerant read: unknown keys kept in `extra`, missing ones defaulted; ValueError if it is not a job."""
         if not isinstance(data, dict):
-            raise ValueError("não é um objeto JSON")
+            raise ValueError(_("não é um objeto JSON"))
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("id", job_id)
         values.setdefault("name", "?")
         if not isinstance(values["id"], int) or (job_id is not None and values["id"] != job_id):
-            raise ValueError(f"id {values['id']!r} não corresponde à pasta {job_id}")
+            raise ValueError(_("id {id!r} não corresponde à pasta {job_id}").format(id=values["id"], job_id=job_id))
         if values.get("state", JobStatus.PENDING.value) not in {s.value for s in JobStatus}:
-            raise ValueError(f"estado desconhecido {values['state']!r}")
+            raise ValueError(_("estado desconhecido {state!r}").format(state=values["state"]))
         job = cls(**values, extra={k: v for k, v in data.items() if k not in known and k != "extra"})
         if not isinstance(job.after, list):
-            raise ValueError("'after' não é uma lista")
+            raise ValueError(_("'after' não é uma lista"))
         for key in ("priority", "max_recoveries", "world_size", "attempts", "recoveries"):
             if type(getattr(job, key)) is not int:
-                raise ValueError(f"'{key}' não é um inteiro")
+                raise ValueError(_("'{key}' não é um inteiro").format(key=key))
         for key in ("not_before", "retry_at", "started_at"):
             if getattr(job, key) is not None:
                 dt.datetime.fromisoformat(getattr(job, key))  # ValueError / TypeError name the bad value
@@ -148,7 +149,7 @@ class Queue:
         try:
             return Job.from_dict(read_json(path), job_id)
         except FileNotFoundError:
-            raise QueueError(f"job {job_id} não existe") from None
+            raise QueueError(_("job {job_id} não existe").format(job_id=job_id)) from None
         except (OSError, ValueError, TypeError) as exc:
             return self._unreadable(job_id, exc)
 
@@ -166,7 +167,7 @@ class Queue:
         """The running job, else the latest one."""
         jobs = self.jobs()
         if not jobs:
-            raise QueueError("não há jobs na fila")
+            raise QueueError(_("não há jobs na fila"))
         running = [j for j in jobs if j.status is JobStatus.RUNNING]
         return running[0] if running else jobs[-1]
 
@@ -221,7 +222,7 @@ class Queue:
             job.not_before = parse_not_before(not_before).isoformat(timespec="seconds")
         for dep in job.after:
             if not self.job_dir(dep).is_dir():
-                raise SpecError(f"{source}: after: job {dep} não existe")
+                raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
         folder = self.job_dir(job_id)
         tmp = self.root / f".{job_id}.tmp-{os.getpid()}"
         tmp.mkdir(mode=0o700)
@@ -293,11 +294,13 @@ class Queue:
                 parse_not_before(overrides["not_before"])
             except ValueError as exc:
                 raise SpecError(
-                    f"{source}: not_before '{overrides['not_before']}' não é hora ISO nem HH:MM ({exc})"
+                    _("{source}: not_before '{not_before}' não é hora ISO nem HH:MM ({exc})").format(
+                        source=source, not_before=overrides["not_before"], exc=exc
+                    )
                 ) from None
         for dep in overrides.get("after") or spec.after:
             if not self.job_dir(dep).is_dir():
-                raise SpecError(f"{source}: after: job {dep} não existe")
+                raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
 
     # ---- scheduling ------------------------------------------------------------------------------------
     def next_runnable(
@@ -325,7 +328,7 @@ class Queue:
                     job.id,
                     state=JobStatus.FAILED.value,
                     ended_at=now_iso(),
-                    error=f"dependência {broken[0]} falhou ou foi cancelada",
+                    error=_("dependência {dep} falhou ou foi cancelada").format(dep=broken[0]),
                 )
                 continue
             if all(j.status is JobStatus.DONE for j in deps):
@@ -347,9 +350,9 @@ class Queue:
         with self.lock:
             job = self.get(job_id)
             if job.status.terminal:
-                raise QueueError(f"job {job_id} já terminou ({job.state})")
+                raise QueueError(_("job {job_id} já terminou ({state})").format(job_id=job_id, state=job.state))
             if job.status is JobStatus.PENDING:
-                return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error="cancelado")
+                return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
             job = self.update(job_id, cancel_requested=True)
         if process_alive(job.pid, job.pid_create_time):
             signal_group(job.pid)
@@ -360,7 +363,11 @@ class Queue:
         with self.lock:
             job = self.get(job_id)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                raise QueueError(f"job {job_id} está {job.state}: só jobs failed ou cancelled podem ser repetidos")
+                raise QueueError(
+                    _("job {job_id} está {state}: só jobs failed ou cancelled podem ser repetidos").format(
+                        job_id=job_id, state=job.state
+                    )
+                )
             job = self.update(
                 job_id,
                 state=JobStatus.PENDING.value,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from farensed.i18n import _
+
 _unavailable: set[str] = set()  # tools that failed once: say so once, not at every job
 
 
@@ -40,13 +42,17 @@ def keep_awake(pid: int, log) -> subprocess.Popen | None:
         return None
     cmd = inhibit_command(pid)
     if cmd is None:
-        log("sem caffeinate nem systemd-inhibit: a máquina pode adormecer durante o treino")
+        log(_("sem caffeinate nem systemd-inhibit: a máquina pode adormecer durante o treino"))
         _unavailable.add("all")
         return None
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.1)
     if proc.poll() is not None:
-        log(f"{cmd[0]} não está disponível aqui (código {proc.returncode}): a máquina pode adormecer")
+        log(
+            _("{value} não está disponível aqui (código {returncode}): a máquina pode adormecer").format(
+                value=cmd[0], returncode=proc.returncode
+            )
+        )
         _unavailable.add(cmd[0])
         return None
     return proc

@@ -19,13 +19,16 @@ import sys
 from collections.abc import Callable
 
 from farensed.atomic import atomic_write_json, read_json
+from farensed.console import LOADING_MODEL
+from farensed.i18n import LANGUAGES, _, translations
 from farensed.queue import power
 from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
 from farensed.windows import Window, format_clock, is_open, next_open, open_until, parse_windows
 from farensed.workspace import Workspace
 
 PAUSED_FILE, SETTINGS_FILE, JOB_PAUSE_FILE = "paused.json", "overnight.json", "pause.json"
-READY_MARKS = ("A carregar modelo", "mlx.launch")  # the child's stop handler is installed before these lines
+# the child's stop handler is installed before these lines (the trainer's LOADING_MODEL, in every language)
+READY_MARKS = ("mlx.launch",)
 
 
 def _read(path) -> dict | None:
@@ -91,12 +94,12 @@ def pause_of(queue: Queue, job: Job, now: dt.datetime | None = None, conf: dict 
     now = now or local_now()
     conf = settings(queue.ws) if conf is None else conf
     if queue_paused(queue.ws):
-        return "em pausa (fila em pausa: farensectl resume)"
+        return _("em pausa (fila em pausa: farensectl resume)")
     if conf.get("power_wait"):
-        return f"em pausa: {conf['power_wait']}"
+        return _("em pausa: {power_wait}").format(power_wait=conf["power_wait"])
     windows = windows_of(job_window_text(queue, job, conf.get("window")))
     if windows and not is_open(windows, now):
-        return f"em pausa até {format_clock(next_open(windows, now))}"
+        return _("em pausa até {time}").format(time=format_clock(next_open(windows, now)))
     return None
 
 
@@ -115,7 +118,8 @@ def child_ready(log_path) -> bool:
     except OSError:
         return True
     attempt = text.rsplit("=== farensed: job", 1)[-1]
-    return any(mark in attempt for mark in READY_MARKS)
+    marks = [translations(lang).gettext(LOADING_MODEL).split("{")[0] for lang in LANGUAGES]
+    return any(mark in attempt for mark in (*marks, *READY_MARKS))
 
 
 class Overnight:
@@ -188,7 +192,7 @@ class Overnight:
         waiting = power.must_wait(reading, self.battery_min, self.power_wait is not None)
         reason = (self.power_wait or power.describe(reading, self.battery_min)) if waiting else None
         if reason != self.power_wait:
-            self.log(reason or "corrente ligada: a fila continua")
+            self.log(reason or _("corrente ligada: a fila continua"))
             self.power_wait = reason
             self._write_settings()
 
@@ -196,12 +200,12 @@ class Overnight:
         if job.cancel_requested:
             return None
         if paused:
-            return "fila em pausa"
+            return _("fila em pausa")
         if self.power_wait:
             return self.power_wait
         windows = windows_of(job_window_text(self.queue, job, self.window))
         if windows and open_until(windows, now) is None:
-            return f"janela fechada; em pausa até {format_clock(next_open(windows, now))}"
+            return _("janela fechada; em pausa até {time}").format(time=format_clock(next_open(windows, now)))
         return None
 
     def _stop(self, daemon, job: Job, reason: str, now: dt.datetime) -> None:
@@ -210,9 +214,11 @@ class Overnight:
         record["stopping"] = {"reason": reason, "at": now_iso(), "recoveries": job.recoveries}
         record["history"].append({"at": now_iso(), "reason": reason})
         atomic_write_json(path, record)
-        self.log(f"job {job.id} ({job.name}): {reason}; a parar com checkpoint")
+        self.log(
+            _("job {id} ({name}): {reason}; a parar com checkpoint").format(id=job.id, name=job.name, reason=reason)
+        )
         with open(self.queue.log_path(job.id), "ab") as fh:
-            fh.write(f"\n=== farensed: {reason}; a parar com checkpoint ===\n".encode())
+            fh.write(f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode())
         self.stop_sent = daemon.current.pid
         daemon.signal_child(signal.SIGTERM)
 
@@ -223,7 +229,7 @@ class Overnight:
         jobs = self.queue.jobs()
         busy = current is not None or any(not j.status.terminal for j in jobs)
         if self.busy and not busy and jobs and self.report:
-            self.log("fila terminada: a escrever o relatório")
+            self.log(_("fila terminada: a escrever o relatório"))
             self.reporter = subprocess.Popen(
                 [sys.executable, "-m", "farensed.cli.main", "--home", str(self.ws.root), "report", "--notify"],
                 stdin=subprocess.DEVNULL,

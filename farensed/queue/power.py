@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from farensed.i18n import _
+
 BATTERY_FILE_ENV = "FARENSE_BATTERY_FILE"
 DEFAULT_BATTERY_MIN = 30.0
 
@@ -51,5 +53,7 @@ def must_wait(reading: Battery | None, threshold: float | None, waiting: bool) -
 def describe(reading: Battery | None, threshold: float | None) -> str:
     """The reason shown while waiting, e.g. `em bateria a 25% (mínimo 30%), à espera de corrente`."""
     if reading is None:
-        return "sem bateria"
-    return f"em bateria a {reading.percent:.0f}% (mínimo {threshold:.0f}%), à espera de corrente"
+        return _("sem bateria")
+    return _("em bateria a {percent:.0f}% (mínimo {threshold:.0f}%), à espera de corrente").format(
+        percent=reading.percent, threshold=threshold
+    )

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import psutil
 
+from farensed.i18n import N_, _
+
 MACOS_SYSCTL = "kern.memorystatus_vm_pressure_level"
 MACOS_LEVELS = {1: "normal", 2: "warn", 4: "critical"}
-LEVEL_NAMES_PT = {1: "normal", 2: "aviso", 4: "crítica"}
+LEVEL_NAMES_PT = {1: N_("normal"), 2: N_("aviso"), 4: N_("crítica")}
 PSI_PATH = Path("/proc/pressure/memory")
 RELEASE_FRACTION = 0.25  # PSI: a held job runs again once every PSI figure is below a quarter of its stop threshold
 FLOOR_HEADROOM = 1.25  # bytes: a held job runs again once available memory is 25 % above the floor
@@ -51,8 +53,8 @@ class Reading:
     def context(self) -> str:
         """Swap use and activity, for the log line."""
         if not self.swap_used_mb and not self.swap_out_mb_s:
-            return "sem swap em uso"
-        text = f"swap {self.swap_used_mb / 1024:.1f} GB em uso"
+            return _("sem swap em uso")
+        text = _("swap {value:.1f} GB em uso").format(value=self.swap_used_mb / 1024)
         if self.swap_out_mb_s:
             text += f", a escrever {self.swap_out_mb_s:.0f} MB/s"
         return text
@@ -96,7 +98,7 @@ def _signals(r: Reading, t: Thresholds) -> list[tuple[str, bool, bool, str]]:
     """(signal, over its stop threshold, back below its release threshold, description) for each signal read."""
     out = []
     if r.level is not None:
-        name = LEVEL_NAMES_PT.get(r.level, str(r.level))
+        name = _(LEVEL_NAMES_PT[r.level]) if r.level in LEVEL_NAMES_PT else str(r.level)
         out.append((MACOS_SYSCTL, r.level >= t.macos_stop_level, r.level <= 1, f"{MACOS_SYSCTL}={r.level} ({name})"))
     if r.psi_full is not None:
         full, some = r.psi_full, r.psi_some or 0.0
@@ -123,7 +125,9 @@ def _signals(r: Reading, t: Thresholds) -> list[tuple[str, bool, bool, str]]:
                 "memória disponível",
                 r.available_mb < floor,
                 r.available_mb >= floor * FLOOR_HEADROOM,
-                f"memória disponível {r.available_mb:.0f} MB (mínimo {floor:.0f} MB)",
+                _("memória disponível {available:.0f} MB (mínimo {floor:.0f} MB)").format(
+                    available=r.available_mb, floor=floor
+                ),
             )
         )
     return out
@@ -132,14 +136,14 @@ def _signals(r: Reading, t: Thresholds) -> list[tuple[str, bool, bool, str]]:
 def decide(r: Reading, t: Thresholds, holding: bool) -> Verdict:
     """Stop when any signal is over its threshold; while a job is held, hold until every signal is back down."""
     if not t.enabled:
-        return Verdict(Action.OK, None, "guarda de memória desligada")
+        return Verdict(Action.OK, None, _("guarda de memória desligada"))
     signals = _signals(r, t)
-    for signal, over, _, text in signals:
+    for signal, over, _recovered, text in signals:
         if over:
             return Verdict(Action.STOP, signal, f"{text}; {r.context()}")
     if not holding:
         return Verdict(Action.OK, None, "; ".join(s[3] for s in signals))
-    for signal, _, recovered, text in signals:
+    for signal, _over, recovered, text in signals:
         if not recovered:
             return Verdict(Action.HOLD, signal, f"{text}; {r.context()}")
     return Verdict(Action.RELEASE, None, "; ".join(s[3] for s in signals))
@@ -227,11 +231,19 @@ class MemoryGuard:
         """One line for the daemon's start: which signals the guard reads here and their thresholds."""
         t = self.thresholds
         if not t.enabled:
-            return "guarda de memória desligada (--no-memory-guard)"
+            return _("guarda de memória desligada (--no-memory-guard)")
         r = self.read()
         if r.level is not None:
-            return f"guarda de memória: {MACOS_SYSCTL} ≥ {t.macos_stop_level} ({LEVEL_NAMES_PT[t.macos_stop_level]}) para o job"
-        floor = f"memória disponível < {t.floor_mb(r.total_mb):.0f} MB de {r.total_mb / 1024:.0f} GB"
+            return _("guarda de memória: {MACOS_SYSCTL} ≥ {macos_stop_level} ({value}) para o job").format(
+                MACOS_SYSCTL=MACOS_SYSCTL,
+                macos_stop_level=t.macos_stop_level,
+                value=_(LEVEL_NAMES_PT[t.macos_stop_level]),
+            )
+        floor = _("memória disponível < {floor:.0f} MB de {total:.0f} GB").format(
+            floor=t.floor_mb(r.total_mb), total=r.total_mb / 1024
+        )
         if r.psi_full is not None:
-            return f"guarda de memória: PSI full avg10 ≥ {t.psi_full_stop:g}% ou some avg10 ≥ {t.psi_some_stop:g}%, ou {floor}"
-        return f"guarda de memória: {floor} (sem PSI neste sistema)"
+            return _(
+                "guarda de memória: PSI full avg10 ≥ {psi_full_stop:g}% ou some avg10 ≥ {psi_some_stop:g}%, ou {floor}"
+            ).format(psi_full_stop=t.psi_full_stop, psi_some_stop=t.psi_some_stop, floor=floor)
+        return _("guarda de memória: {floor} (sem PSI neste sistema)").format(floor=floor)

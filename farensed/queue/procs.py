@@ -8,6 +8,8 @@ import signal
 
 import psutil
 
+from farensed.i18n import _
+
 
 def create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
@@ -55,13 +57,13 @@ def describe_loss(returncode: int | None, oom_before: int | None) -> str:
         except ValueError:
             name = str(-returncode)
         if oom and -returncode == signal.SIGKILL:
-            return f"morto pelo kernel por falta de memória (OOM, {name})"
-        return f"morto pelo sinal {name}"
+            return _("morto pelo kernel por falta de memória (OOM, {name})").format(name=name)
+        return _("morto pelo sinal {name}").format(name=name)
     if oom:
-        return "desapareceu; o kernel matou processos por falta de memória (OOM) entretanto"
+        return _("desapareceu; o kernel matou processos por falta de memória (OOM) entretanto")
     if returncode is not None:
-        return f"terminou com código {returncode} sem exit.json"
-    return "desapareceu (código de saída desconhecido: processo adotado)"
+        return _("terminou com código {returncode} sem exit.json").format(returncode=returncode)
+    return _("desapareceu (código de saída desconhecido: processo adotado)")
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

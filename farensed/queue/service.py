@@ -13,6 +13,7 @@ from pathlib import Path
 
 from farensed.atomic import atomic_write_bytes
 from farensed.errors import QueueError
+from farensed.i18n import _
 from farensed.queue.daemon import daemon_pid
 from farensed.workspace import Workspace
 
@@ -33,7 +34,9 @@ def template(name: str) -> str:
     path = TEMPLATES / name
     if not path.is_file():
         raise QueueError(
-            f"modelo de serviço em falta: {path} (instale farense a partir do repositório: pip install -e .)"
+            _("modelo de serviço em falta: {path} (instale farense a partir do repositório: pip install -e .)").format(
+                path=path
+            )
         )
     return path.read_text()
 
@@ -64,7 +67,11 @@ def manager() -> Manager:
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise QueueError(f"{' '.join(cmd)} falhou: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        raise QueueError(
+            _("{items} falhou: {value}").format(
+                items=" ".join(cmd), value=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            )
+        )
 
 
 def install(ws: Workspace) -> str:
@@ -74,14 +81,14 @@ def install(ws: Workspace) -> str:
         atomic_write_bytes(m.unit_path, render("farensed.plist", ws).encode())
         subprocess.run(["launchctl", "bootout", f"gui/{os.getuid()}", str(m.unit_path)], capture_output=True)
         _run(["launchctl", "bootstrap", f"gui/{os.getuid()}", str(m.unit_path)])
-        return f"LaunchAgent instalado: {m.unit_path}"
+        return _("LaunchAgent instalado: {unit_path}").format(unit_path=m.unit_path)
     if m.kind == "systemd":
         atomic_write_bytes(m.unit_path, render("farensed.service", ws).encode())
         _run(["systemctl", "--user", "daemon-reload"])
         _run(["systemctl", "--user", "enable", "--now", UNIT])
-        return f"unidade systemd instalada: {m.unit_path}"
+        return _("unidade systemd instalada: {unit_path}").format(unit_path=m.unit_path)
     pid = start_background(ws)
-    return f"sem launchd/systemd utilizável aqui: farensed a correr em segundo plano (pid {pid})"
+    return _("sem launchd/systemd utilizável aqui: farensed a correr em segundo plano (pid {pid})").format(pid=pid)
 
 
 def uninstall(ws: Workspace) -> str:
@@ -89,14 +96,14 @@ def uninstall(ws: Workspace) -> str:
     if m.kind == "launchd" and m.unit_path.exists():
         subprocess.run(["launchctl", "bootout", f"gui/{os.getuid()}", str(m.unit_path)], capture_output=True)
         m.unit_path.unlink()
-        return f"LaunchAgent removido: {m.unit_path}"
+        return _("LaunchAgent removido: {unit_path}").format(unit_path=m.unit_path)
     if m.kind == "systemd" and m.unit_path.exists():
         subprocess.run(["systemctl", "--user", "disable", "--now", UNIT], capture_output=True)
         m.unit_path.unlink()
         _run(["systemctl", "--user", "daemon-reload"])
-        return f"unidade systemd removida: {m.unit_path}"
+        return _("unidade systemd removida: {unit_path}").format(unit_path=m.unit_path)
     stop(ws)
-    return "nenhum serviço instalado; farensed parado"
+    return _("nenhum serviço instalado; farensed parado")
 
 
 def start_background(ws: Workspace, timeout: float = 10.0) -> int:
@@ -122,21 +129,27 @@ def start_background(ws: Workspace, timeout: float = 10.0) -> int:
             return proc.pid
         if proc.poll() is not None:
             raise QueueError(
-                f"farensed terminou ao arrancar (código {proc.returncode}); ver {ws.jobs / 'farensed.log'}"
+                _("farensed terminou ao arrancar (código {returncode}); ver {value}").format(
+                    returncode=proc.returncode, value=ws.jobs / "farensed.log"
+                )
             )
         time.sleep(0.05)
-    raise QueueError(f"farensed não arrancou em {timeout:.0f} s; ver {ws.jobs / 'farensed.log'}")
+    raise QueueError(
+        _("farensed não arrancou em {timeout:.0f} s; ver {value}").format(
+            timeout=timeout, value=ws.jobs / "farensed.log"
+        )
+    )
 
 
 def start(ws: Workspace) -> str:
     m = manager()
     if m.kind == "launchd" and m.unit_path.exists():
         _run(["launchctl", "kickstart", f"gui/{os.getuid()}/{LABEL}"])
-        return "farensed iniciado (launchd)"
+        return _("farensed iniciado (launchd)")
     if m.kind == "systemd" and m.unit_path.exists():
         _run(["systemctl", "--user", "start", UNIT])
-        return "farensed iniciado (systemd)"
-    return f"farensed a correr (pid {start_background(ws)})"
+        return _("farensed iniciado (systemd)")
+    return _("farensed a correr (pid {pid})").format(pid=start_background(ws))
 
 
 def stop(ws: Workspace, timeout: float = 330.0) -> str:
@@ -151,14 +164,14 @@ def stop(ws: Workspace, timeout: float = 330.0) -> str:
         subprocess.run(cmd, capture_output=True)
     pid = daemon_pid(ws)
     if pid is None:
-        return "farensed não está a correr"
+        return _("farensed não está a correr")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and daemon_pid(ws) == pid:
         time.sleep(0.1)
     if daemon_pid(ws) == pid:
-        raise QueueError(f"farensed (pid {pid}) não parou em {timeout:.0f} s")
-    return f"farensed parado (pid {pid})"
+        raise QueueError(_("farensed (pid {pid}) não parou em {timeout:.0f} s").format(pid=pid, timeout=timeout))
+    return _("farensed parado (pid {pid})").format(pid=pid)
 
 
 def status(ws: Workspace) -> dict:

@@ -1,0 +1,133 @@
+"""Console and error language: Portuguese (the seed's wording, which are the msgids) or English, via gettext."""
+
+from __future__ import annotations
+
+import ast
+import gettext
+import os
+import sys
+from pathlib import Path
+
+DOMAIN = "farense"
+LOCALEDIR = Path(__file__).parent / "locale"
+PO_FILE = LOCALEDIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.po"
+MO_FILE = PO_FILE.with_suffix(".mo")
+LANGUAGES = ("pt", "en")
+
+_catalogs: dict[str, gettext.NullTranslations] = {}
+_warned: set[str] = set()
+
+
+def _from_value(value: str) -> str:
+    return "pt" if value.strip().lower().startswith("pt") else "en"
+
+
+def language() -> str:
+    """pt or en: FARENSE_LANG (pt|en), else the POSIX locale (LC_ALL, LC_MESSAGES, LANG; pt* → pt), else en."""
+    chosen = os.environ.get("FARENSE_LANG", "").strip()
+    if chosen:
+        lang = chosen.lower()[:2]
+        if lang in LANGUAGES:
+            return lang
+        if chosen not in _warned:  # a typo must not break a run: said once per process, English used
+            _warned.add(chosen)
+            print(f"farense: FARENSE_LANG={chosen!r} not supported (pt|en); using en", file=sys.stderr)
+        return "en"
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var, "")
+        if value:
+            return _from_value(value)
+    return "en"
+
+
+def translations(lang: str | None = None) -> gettext.NullTranslations:
+    """The catalog of a language, loaded once per process (Portuguese: the msgids themselves)."""
+    lang = lang or language()
+    if lang not in _catalogs:
+        if lang == "pt":
+            _catalogs[lang] = gettext.NullTranslations()
+        else:
+            _catalogs[lang] = gettext.translation(DOMAIN, LOCALEDIR, languages=[lang], fallback=True)
+    return _catalogs[lang]
+
+
+def _(message: str) -> str:
+    """A user-facing message in the current language (resolved at call time)."""
+    return translations().gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    """A message with a count, in the current language."""
+    return translations().ngettext(singular, plural, n)
+
+
+def N_(message: str) -> str:
+    """Mark a message for the catalog where it is defined (a table); translate it with _() where it is shown."""
+    return message
+
+
+def msgids(package: Path = Path(__file__).parent) -> dict[str, str]:
+    """Every literal `_("...")` and `N_("...")` msgid in the package's code, with where it first appears."""
+    found: dict[str, str] = {}
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("_", "N_")
+                and node.args
+            ):
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.setdefault(arg.value, f"{path.relative_to(package.parent)}:{node.lineno}")
+    return found
+
+
+def compile_catalog(po: Path = PO_FILE) -> bytes:
+    """The .mo bytes of a .po file (Babel, a development dependency: extra `test`)."""
+    from io import BytesIO
+
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    with po.open("rb") as f:
+        catalog = read_po(f)
+    buf = BytesIO()
+    write_mo(buf, catalog)
+    return buf.getvalue()
+
+
+def update_catalog(po: Path = PO_FILE) -> list[str]:
+    """Add the code's new msgids to the .po (empty msgstr, to translate) and drop unused ones; returns the new ones."""
+    from babel.messages.pofile import read_po, write_po
+
+    with po.open("rb") as f:
+        catalog = read_po(f)
+    used = msgids()
+    new = [m for m in used if m not in catalog]
+    for msgid in new:
+        catalog.add(msgid, "", locations=[tuple(used[msgid].rsplit(":", 1))])
+    for message in list(catalog):
+        if message.id and message.id not in used:
+            catalog.delete(message.id)
+    with po.open("wb") as f:
+        write_po(f, catalog, width=120, omit_header=False, sort_output=True, include_lineno=False)
+    return new
+
+
+def main(argv: list[str]) -> int:
+    """python -m farensed.i18n update|compile: refresh the English .po from the code, compile it to the .mo."""
+    if argv[:1] == ["update"]:
+        new = update_catalog()
+        print(f"{PO_FILE}: {len(new)} new message(s) to translate")
+        return 0
+    if argv[:1] == ["compile"]:
+        MO_FILE.write_bytes(compile_catalog())
+        print(f"{MO_FILE} written")
+        return 0
+    print("usage: python -m farensed.i18n update|compile", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,187 @@
+"""Language: Portuguese (the seed's wording, the msgids) or English, through the gettext catalog in farensed/locale."""
+
+from __future__ import annotations
+
+import string
+import subprocess
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from farensed import console, i18n
+from farensed.analysis.gap import analyse, format_analysis
+from farensed.errors import SpecError
+from farensed.spec import parse_spec
+from tests.helpers import TEST_SPEC, child_env, cli_cmd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fields(text: str) -> set[str]:
+    return {name for _lit, name, _spec, _conv in string.Formatter().parse(text) if name is not None}
+
+
+def catalog():
+    from babel.messages.pofile import read_po
+
+    with i18n.PO_FILE.open("rb") as f:
+        return read_po(f)
+
+
+def test_committed_mo_is_the_compiled_po():
+    assert i18n.compile_catalog() == i18n.MO_FILE.read_bytes(), "run: python -m farensed.i18n compile"
+
+
+def test_every_message_in_the_code_has_an_english_translation():
+    po = catalog()
+    used = i18n.msgids()
+    assert len(used) > 20
+    missing = [f"{where}: {msgid!r}" for msgid, where in used.items() if msgid not in po or not po[msgid].string]
+    assert not missing, "untranslated (python -m farensed.i18n update, then translate and compile):\n" + "\n".join(
+        missing
+    )
+    wrong = [m.id for m in po if m.id and fields(m.id) != fields(m.string)]
+    assert not wrong, f"English placeholders differ from the Portuguese ones: {wrong}"
+    unused = [m.id for m in po if m.id and m.id not in used]
+    assert not unused, f"catalog entries no code uses: {unused}"
+
+
+@pytest.mark.parametrize(
+    ("env", "lang"),
+    [
+        ({"FARENSE_LANG": "en", "LANG": "pt_PT.UTF-8"}, "en"),
+        ({"FARENSE_LANG": "pt"}, "pt"),
+        ({"LC_ALL": "pt_BR.UTF-8", "LANG": "en_US.UTF-8"}, "pt"),
+        ({"LC_MESSAGES": "de_DE.UTF-8", "LANG": "pt_PT.UTF-8"}, "en"),
+        ({"LANG": "pt_PT.UTF-8"}, "pt"),
+        ({"LANG": "C.UTF-8"}, "en"),
+        ({}, "en"),
+        ({"FARENSE_LANG": "klingon", "LANG": "pt_PT.UTF-8"}, "en"),
+    ],
+)
+def test_language_from_farense_lang_then_the_posix_locale(monkeypatch, env, lang):
+    for var in ("FARENSE_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert i18n.language() == lang
+
+
+def messages() -> str:
+    spec = parse_spec(TEST_SPEC)
+    stopper = SimpleNamespace(patience=5, wait=2, best_epoch=0, best_step=16, best_val_loss=1.23456)
+    records = [
+        {"step": 8, "epoch": 0, "train_loss": 2.0, "val_loss": 2.1, "gap": 0.1, "band": "BOM"},
+        {"step": 16, "epoch": 0, "train_loss": 1.5, "val_loss": 1.7, "gap": 0.2, "band": "MODERADO"},
+    ]
+    return "\n".join(
+        [
+            console.banner(spec),
+            console.epoch_header(0, 3),
+            console.validation_block(16, 1.7, 0.2, "MODERADO", False, stopper),
+            console.early_stop_block(stopper),
+            format_analysis(analyse(records)),
+        ]
+    )
+
+
+def test_console_in_english(monkeypatch):
+    monkeypatch.setenv("FARENSE_LANG", "en")
+    text = messages()
+    for line in [
+        "CONFIGURATION - t",
+        "LoRA Alpha: 16 (layers: 2)",
+        "Batch Size: 4 (gradient accumulation: 2)",
+        "Epochs: 2",
+        "Early Stopping: Patience=5, Min Delta=0.001",
+        "Epoch 1/3",
+        "Validation analysis:",
+        "  ⚠  Moderate overfitting (gap=0.2000)",
+        "  ℹ  No improvement (2/5)",
+        "  EARLY STOPPING TRIGGERED!",
+        "   Best model: Epoch 1, Step 16",
+        "Training ended by Early Stopping",
+        "FINAL OVERFITTING ANALYSIS",
+        "Status: ⚠ MODERADO (gap < 0.30, at the best model: step 16, gap 0.2000)",
+        "Mean gap: 0.1500",
+    ]:
+        assert line in text.splitlines(), line
+    assert "Época" not in text and "Sem melhoria" not in text and "médio" not in text
+
+
+def test_console_in_portuguese_as_the_seed(monkeypatch):
+    monkeypatch.setenv("FARENSE_LANG", "pt")
+    text = messages()
+    for line in [
+        "LoRA Alpha: 16 (camadas: 2)",
+        "Batch Size: 4 (acumulação de gradientes: 2)",
+        "Épocas: 2",
+        "Época 1/3",
+        "Análise de Validação:",
+        "  ⚠  Overfitting moderado (gap=0.2000)",
+        "  ℹ  Sem melhoria (2/5)",
+        "  EARLY STOPPING ATIVADO!",
+        "   Sem melhoria por 5 validações consecutivas",
+        "   Melhor modelo: Época 1, Step 16",
+        "Treino terminado por Early Stopping",
+        "ANÁLISE FINAL DE OVERFITTING",
+        "Status: ⚠ MODERADO (gap < 0.30, no melhor modelo: step 16, gap 0.2000)",
+        "Gap médio: 0.1500",
+    ]:
+        assert line in text.splitlines(), line
+
+
+@pytest.mark.parametrize(
+    ("lang", "unknown", "wrong_type"),
+    [
+        (
+            "en",
+            "spec: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
+            'spec: batch_size: must be an integer, not "4"',
+        ),
+        (
+            "pt",
+            "spec: chave desconhecida 'lerning_rate' (quis dizer 'learning_rate'?)",
+            'spec: batch_size: deve ser inteiro, não "4"',
+        ),
+    ],
+)
+def test_spec_errors_in_the_chosen_language(monkeypatch, lang, unknown, wrong_type):
+    monkeypatch.setenv("FARENSE_LANG", lang)
+    with pytest.raises(SpecError) as err:
+        parse_spec({**TEST_SPEC, "lerning_rate": 1e-3})
+    assert str(err.value) == unknown
+    with pytest.raises(SpecError) as err:
+        parse_spec({**TEST_SPEC, "batch_size": "4"})
+    assert str(err.value) == wrong_type
+
+
+def test_catalog_ships_in_the_wheel():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "locale/*/LC_MESSAGES/*" in config["farensed"]
+    assert i18n.MO_FILE.is_file() and i18n.PO_FILE.is_file()
+
+
+@pytest.mark.parametrize(("lang", "line"), [("en", "Error: job 7 does not exist"), ("pt", "Error: job 7 não existe")])
+def test_cli_process_speaks_the_chosen_language(isolated_home, lang, line):
+    env = child_env()
+    env["FARENSE_LANG"] = lang
+    proc = subprocess.run(cli_cmd(isolated_home, "status", "7"), capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 4 and proc.stderr.strip() == line
+
+
+@pytest.mark.parametrize("lang", ["pt", "en"])
+def test_queue_sees_a_child_ready_in_either_language(tmp_path, monkeypatch, lang):
+    """The overnight pause waits for the trainer's model-loading line; the log's language must not matter."""
+    from farensed.queue.overnight import child_ready
+
+    monkeypatch.setenv("FARENSE_LANG", lang)
+    line = i18n._(console.LOADING_MODEL).format(model="models/x")
+    monkeypatch.setenv("FARENSE_LANG", "en" if lang == "pt" else "pt")  # the reader may run in the other language
+    log = tmp_path / "log"
+    log.write_text("=== farensed: job 1, tentativa 1, 2026-01-01T00:00:00 ===\nA tokenizar...\n")
+    assert not child_ready(log)
+    log.write_text(log.read_text() + line + "\n")
+    assert child_ready(log)
