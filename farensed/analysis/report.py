@@ -93,15 +93,19 @@ def row(queue: Queue, job: Job) -> dict:
 def full_status(queue: Queue, job: Job) -> dict:
     """Everything about one job (`farensectl status`)."""
     run_dir = job_run_dir(queue.ws, job)
+    # output/<name> belongs to the run now at checkpoints_qlora/<name>: a job whose run was moved aside by a later
+    # --fresh has its adapters in its own run folder only
+    current = run_dir.resolve() == queue.ws.run_dir(job.name).resolve()
+    output = queue.ws.output_dir(job.name) if current else None
     return {
         **job.to_dict(),
         "duration_s": duration_s(job),
         "progress": progress(queue, job),
         "run_dir": str(run_dir),
-        "output_dir": str(queue.ws.output_dir(job.name)),
+        "output_dir": str(output) if output else None,
         "log": str(queue.log_path(job.id)),
         "summary": _read(run_dir / "training_summary.json"),
-        "adapters": describe_adapters(queue.ws.output_dir(job.name)) or describe_adapters(run_dir / "adapters"),
+        "adapters": (describe_adapters(output) if output else None) or describe_adapters(run_dir / "adapters"),
     }
 
 
