@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from farensed.datacheck import check_data_file, check_model_dir
 from farensed.errors import SpecError
 from farensed.i18n import N_, _
 from farensed.mlxlm_config import is_yaml, read_config
-from farensed.specopts import CUSTOM, exclusive_keys
+from farensed.specopts import CUSTOM, exclusive_keys, unknown_key
 from farensed.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -226,16 +225,6 @@ def _check_type(value: Any, typ: type, where: str) -> Any:
     return value
 
 
-def _unknown_key(key: str, known: list[str], where: str) -> SpecError:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = (
-        _(" (quis dizer '{key}'?)").format(key=close[0])
-        if close
-        else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
-    )
-    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
-
-
 def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
     where = f"{label}: {prefix.rstrip('.')}" if prefix else label
     if not isinstance(raw, dict):
@@ -243,7 +232,7 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise _unknown_key(key, list(fields), where)
+            raise unknown_key(key, list(fields), where)
     kwargs = {}
     for name, f in fields.items():
         key = prefix + name

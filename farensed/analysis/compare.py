@@ -6,6 +6,28 @@ import statistics
 
 from farensed.analysis.gap import analyse
 from farensed.analysis.success import run_verdicts
+from farensed.i18n import N_
+
+# The comparison's rows, for every view of it (farensectl compare, the morning report): label (translated where it
+# is shown), column key, number format.
+ROWS = [
+    (N_("corrida"), "name", None),
+    (N_("estado"), "state", None),
+    (N_("loss final"), "final_loss", ".4f"),
+    (N_("val_loss final"), "final_val_loss", ".4f"),
+    (N_("melhor val_loss"), "best_val_loss", ".4f"),
+    (N_("status"), "status", None),
+    (N_("gap médio"), "gap_mean", ".4f"),
+    (N_("gap máximo"), "gap_max", ".4f"),
+    (N_("gap mínimo"), "gap_min", ".4f"),
+    (N_("épocas"), "epochs_run", None),
+    (N_("steps"), "steps_run", None),
+    (N_("early stopping"), "early_stopped", None),
+    (N_("tempo treino (s)"), "wall_time_s", ".0f"),
+    (N_("tok/s (estável)"), "tokens_per_second", ".0f"),
+    (N_("F1"), "f1", ".4f"),
+    (N_("exact match"), "exact_match", ".4f"),
+]
 
 
 def training_time_s(records: list[dict]) -> float | None:

@@ -13,7 +13,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from farensed.analysis.compare import column
+from farensed.analysis.compare import ROWS, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
 from farensed.analysis.report import duration_s
@@ -243,27 +243,10 @@ def _job_html(item: dict, png: bytes | None) -> str:
     return "\n".join(parts)
 
 
-COMPARE_ROWS = [
-    ("estado", "state", None),
-    ("loss final", "final_loss", ".4f"),
-    ("val_loss final", "final_val_loss", ".4f"),
-    ("melhor val_loss", "best_val_loss", ".4f"),
-    ("status", "status", None),
-    ("gap médio", "gap_mean", ".4f"),
-    ("gap máximo", "gap_max", ".4f"),
-    ("épocas", "epochs_run", None),
-    ("early stopping", "early_stopped", None),
-    ("tempo (s)", "wall_time_s", ".0f"),
-    ("tok/s", "tokens_per_second", ".0f"),
-    ("F1", "f1", ".4f"),
-    ("exact match", "exact_match", ".4f"),
-]
-
-
 def _comparison_html(comparison: dict) -> str:
     cols = comparison["jobs"]
     head = ("", *(f"#{c['id']} {c['name']}" for c in cols))
-    rows = [(label, *(_fmt(c.get(key), spec) for c in cols)) for label, key, spec in COMPARE_ROWS]
+    rows = [(_(label), *(_fmt(c.get(key), spec) for c in cols)) for label, key, spec in ROWS if key != "name"]
     return f'<div data-compare="{html.escape(comparison["model"])}"><h3>{html.escape(comparison["model"])}</h3>' + (
         _table(rows, head) + "</div>"
     )

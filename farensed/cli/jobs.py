@@ -428,24 +428,9 @@ def compare(refs, as_json):
         print_json(table)
         return
     cols = table["jobs"]
-    rows = [
-        (_("corrida"), "name", None),
-        (_("estado"), "state", None),
-        (_("loss final"), "final_loss", ".4f"),
-        (_("val_loss final"), "final_val_loss", ".4f"),
-        (_("melhor val_loss"), "best_val_loss", ".4f"),
-        ("status", "status", None),
-        (_("gap médio"), "gap_mean", ".4f"),
-        (_("gap máximo"), "gap_max", ".4f"),
-        (_("gap mínimo"), "gap_min", ".4f"),
-        (_("épocas"), "epochs_run", None),
-        ("steps", "steps_run", None),
-        ("early stopping", "early_stopped", None),
-        (_("tempo treino (s)"), "wall_time_s", ".0f"),
-        (_("tok/s (estável)"), "tokens_per_second", ".0f"),
-        ("F1", "f1", ".4f"),
-        ("exact match", "exact_match", ".4f"),
-    ]
+    from farensed.analysis.compare import ROWS
+
+    rows = [(_(label), key, spec) for label, key, spec in ROWS]
     w = max([22] + [len(c["label"]) + 2 for c in cols])
     click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
     for label, key, spec in rows:
