@@ -221,5 +221,8 @@ def test_sigterm_while_the_child_is_still_starting_is_a_clean_resumable_stop(wor
     out, _ = child.communicate(timeout=120)
     assert child.returncode == EXIT_RESUMABLE, out[-2000:]
     assert orjson.loads((job_dir / "exit.json").read_bytes())["code"] == EXIT_RESUMABLE
-    assert "Parado antes de começar a treinar" in out and "Traceback" not in out
-    assert not list_checkpoints(workspace / "checkpoints_qlora/t")  # nothing of the run touched
+    assert "Traceback" not in out
+    if "Parado antes de começar a treinar" in out:  # the early window (what a machine this size hits at 50 ms)
+        assert not list_checkpoints(workspace / "checkpoints_qlora/t")  # nothing of the run touched
+    else:  # a very fast machine may already be training: then the trainer's own checkpoint-stop
+        assert "Interrompido" in out

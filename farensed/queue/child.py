@@ -27,8 +27,12 @@ FRESH_DONE = "fresh.done"
 CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
 
 
-class StoppedBeforeTraining(Exception):
-    """SIGTERM arrived before the trainer took over its handling (loading, a GGUF import, a lock wait)."""
+class StoppedBeforeTraining(BaseException):
+    """SIGTERM arrived before the trainer took over its handling (loading, a GGUF import, a lock wait).
+
+    A BaseException, like KeyboardInterrupt: the libraries imported meanwhile (transformers, mlx-lm) wrap optional
+    imports in `except Exception`, which would swallow the stop and let the child train on.
+    """
 
 
 def _stop_before_training(signum, frame):
