@@ -104,7 +104,7 @@ class Soak:
 
     def queue(self):
         from farensed.queue.jobs import Queue
-        from farensed.workspace import Workspace
+        from farensed.storage.workspace import Workspace
 
         return Queue(Workspace(self.root))
 

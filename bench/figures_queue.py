@@ -46,7 +46,7 @@ def _start_daemon(root: Path) -> subprocess.Popen:
 def daemon_figures(root: Path, repeats: int, idle_seconds: float) -> list[Figure]:
     """Submit → child started on an idle daemon; idle RSS and CPU."""
     from farensed.queue.jobs import Queue
-    from farensed.workspace import Workspace
+    from farensed.storage.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
     daemon = _start_daemon(root)
@@ -81,8 +81,9 @@ def daemon_figures(root: Path, repeats: int, idle_seconds: float) -> list[Figure
 
 def cli_figures(root: Path, repeats: int, jobs: int = 1000) -> list[Figure]:
     """`farensectl --help` and `list` with 1,000 jobs."""
-    from farensed.queue.jobs import Job, Queue
-    from farensed.workspace import Workspace
+    from farensed.queue.job import Job
+    from farensed.queue.jobs import Queue
+    from farensed.storage.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
     q = Queue(Workspace(root))
@@ -109,8 +110,9 @@ def cli_figures(root: Path, repeats: int, jobs: int = 1000) -> list[Figure]:
 
 def tail_figures(root: Path, repeats: int, big: int) -> list[Figure]:
     """`tail -n 20` on a huge metrics file vs a small one (cost independent of length)."""
-    from farensed.queue.jobs import Job, Queue
-    from farensed.workspace import Workspace
+    from farensed.queue.job import Job
+    from farensed.queue.jobs import Queue
+    from farensed.storage.workspace import Workspace
 
     shutil.rmtree(root / "jobs", ignore_errors=True)
     q = Queue(Workspace(root))
@@ -155,8 +157,8 @@ def eval_figures(root: Path) -> list[Figure]:
     """Evaluation examples/s, batched generation vs one by one (same adapters, same data)."""
     from bench.figures import run_farense
     from farensed.engine.evaluate import PROGRESS, REPORT, Evaluator
-    from farensed.spec import parse_spec
-    from farensed.workspace import Workspace
+    from farensed.spec.jobspec import parse_spec
+    from farensed.storage.workspace import Workspace
 
     spec_dict = dict(BENCH_SPEC, epochs=1)
     run_farense(root, spec_dict)

@@ -66,10 +66,18 @@ def N_(message: str) -> str:
     return message
 
 
-def msgids(package: Path = Path(__file__).parent) -> dict[str, str]:
+def sources() -> list[Path]:
+    """The package's code: farensed/ and the CLI (cli/ at the repository root, installed as farensed.cli)."""
+    import importlib.util
+
+    cli = Path(importlib.util.find_spec("farensed.cli").origin).parent
+    return sorted(Path(__file__).parent.rglob("*.py")) + sorted(cli.rglob("*.py"))
+
+
+def msgids(files: list[Path] | None = None) -> dict[str, str]:
     """Every literal `_("...")` and `N_("...")` msgid in the package's code, with where it first appears."""
     found: dict[str, str] = {}
-    for path in sorted(package.rglob("*.py")):
+    for path in files if files is not None else sources():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Call)
@@ -79,7 +87,7 @@ def msgids(package: Path = Path(__file__).parent) -> dict[str, str]:
             ):
                 arg = node.args[0]
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    found.setdefault(arg.value, f"{path.relative_to(package.parent)}:{node.lineno}")
+                    found.setdefault(arg.value, f"{path.parent.name}/{path.name}:{node.lineno}")
     return found
 
 

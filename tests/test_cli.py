@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from farensed.analysis.gap import band
 from farensed.cli.main import cli
 from farensed.queue.jobs import Queue
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 from tests.conftest import make_workspace
 from tests.helpers import child_env, cli_cmd, spec_with, write_spec
 

@@ -17,8 +17,8 @@ import pytest
 
 from farensed.errors import ResumeError
 from farensed.queue.jobs import Queue
-from farensed.queue.procs import process_alive
-from farensed.workspace import Workspace
+from farensed.storage.procs import process_alive
+from farensed.storage.workspace import Workspace
 from tests.helpers import (
     TEST_SPEC,
     assert_same_adapters,
@@ -204,7 +204,7 @@ def test_dependencies_and_not_before(workspace):
 def test_the_daemon_never_imports_mlx(workspace):
     submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
     code = (
-        "import sys\nfrom farensed.queue.daemon import Daemon\nfrom farensed.workspace import Workspace\n"
+        "import sys\nfrom farensed.queue.daemon import Daemon\nfrom farensed.storage.workspace import Workspace\n"
         f"Daemon(Workspace.at({str(workspace)!r}), poll_interval=0.1).work(burst=True)\n"
         "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))"
     )

@@ -13,7 +13,7 @@ import pytest
 
 from farensed import EXIT_RESUMABLE
 from farensed.queue.jobs import Queue
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 from tests.conftest import make_workspace
 from tests.helpers import (
     assert_same_adapters,

@@ -116,7 +116,7 @@ def test_sigterm_during_evaluation_stops_resumably_and_the_next_run_finishes_it(
 
 def test_eval_bad_input_is_one_line(workspace):
     from farensed.queue.jobs import Queue
-    from farensed.workspace import Workspace
+    from farensed.storage.workspace import Workspace
 
     spec = write_spec(workspace, TEST_SPEC)
     job = Queue(Workspace(workspace)).submit(spec)
@@ -134,7 +134,7 @@ def test_eval_bad_input_is_one_line(workspace):
 
 def test_compare_shows_f1_and_em_of_evaluated_jobs(reference_run, fresh_copy):
     from farensed.queue.jobs import Queue
-    from farensed.workspace import Workspace
+    from farensed.storage.workspace import Workspace
 
     ws = fresh_copy(reference_run, "cmp")
     q = Queue(Workspace(ws))

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.errors import SpecError
-from farensed.ggufinfo import check_supported, read_header
+from farensed.models.gguf_header import check_supported, read_header
 from tests.ggufwrite import F32, Q4_K, write_gguf
 from tests.helpers import spec_with, write_spec
 
@@ -86,8 +86,8 @@ def test_header_reader_and_info(tmp_path):
 
 
 def test_spec_with_an_unsupported_gguf_is_refused_before_anything_runs(isolated_home):
-    from farensed.spec import load_spec
-    from farensed.workspace import Workspace
+    from farensed.spec.load import load_spec
+    from farensed.storage.workspace import Workspace
 
     (isolated_home / "models").mkdir()
     write_gguf(isolated_home / "models" / "q.gguf", metadata(**{"general.architecture": "qwen2"}), tensors())
@@ -123,7 +123,7 @@ def test_model_info_and_spec_checks_do_not_import_mlx(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", metadata(), tensors())
     code = (
         "import sys\nfrom click.testing import CliRunner\nfrom farensed.cli.main import cli\n"
-        "from farensed.datacheck import check_model_dir\nfrom pathlib import Path\n"
+        "from farensed.spec.datacheck import check_model_dir\nfrom pathlib import Path\n"
         f"assert CliRunner().invoke(cli, ['model', 'info', {str(path)!r}]).exit_code == 0\n"
         f"check_model_dir(Path({str(path)!r}), 'model')\n"
         "print('MLX', sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')))"

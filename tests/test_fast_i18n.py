@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from farensed import console, i18n
+from farensed import i18n
 from farensed.analysis.gap import analyse, format_analysis
+from farensed.engine import console
 from farensed.errors import SpecError
-from farensed.spec import parse_spec
+from farensed.spec.jobspec import parse_spec
 from tests.helpers import TEST_SPEC, child_env, cli_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,18 +171,3 @@ def test_cli_process_speaks_the_chosen_language(isolated_home, lang, line):
     env["FARENSE_LANG"] = lang
     proc = subprocess.run(cli_cmd(isolated_home, "status", "7"), capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 4 and proc.stderr.strip() == line
-
-
-@pytest.mark.parametrize("lang", ["pt", "en"])
-def test_queue_sees_a_child_ready_in_either_language(tmp_path, monkeypatch, lang):
-    """The overnight pause waits for the trainer's model-loading line; the log's language must not matter."""
-    from farensed.queue.overnight import child_ready
-
-    monkeypatch.setenv("FARENSE_LANG", lang)
-    line = i18n._(console.LOADING_MODEL).format(model="models/x")
-    monkeypatch.setenv("FARENSE_LANG", "en" if lang == "pt" else "pt")  # the reader may run in the other language
-    log = tmp_path / "log"
-    log.write_text("=== farensed: job 1, tentativa 1, 2026-01-01T00:00:00 ===\nA tokenizar...\n")
-    assert not child_ready(log)
-    log.write_text(log.read_text() + line + "\n")
-    assert child_ready(log)

@@ -11,9 +11,10 @@ import pytest
 
 from farensed.queue import keepawake
 from farensed.queue.daemon import Daemon
-from farensed.queue.jobs import Job, Queue
-from farensed.queue.procs import create_time
-from farensed.workspace import Workspace
+from farensed.queue.job import Job
+from farensed.queue.jobs import Queue
+from farensed.storage.procs import create_time
+from farensed.storage.workspace import Workspace
 
 # What systemd-inhibit does once logind grants the lock: run the command it wraps. Here (a container, no logind)
 # the real one cannot take a lock, so this stand-in records its arguments and runs the wrapped command.

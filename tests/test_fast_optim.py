@@ -6,7 +6,7 @@ import pytest
 
 from farensed.engine.optim import OPTIMIZER_CLASSES, build_optimizer
 from farensed.errors import SpecError
-from farensed.spec import parse_spec
+from farensed.spec.jobspec import parse_spec
 
 BASE = {"name": "t", "model": "m", "data": {"train": "a", "valid": "b"}, "learning_rate": 1e-2}
 SCHEDULE = {"name": "cosine_decay", "arguments": [1e-2, 6, 1e-4], "warmup": 2, "warmup_init": 1e-4}

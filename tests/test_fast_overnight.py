@@ -9,8 +9,8 @@ import pytest
 from farensed.errors import SpecError
 from farensed.queue import power
 from farensed.queue.power import Battery
-from farensed.spec import parse_spec
-from farensed.windows import finish_time, format_clock, is_open, next_open, open_until, parse_windows
+from farensed.spec.jobspec import parse_spec
+from farensed.spec.window import finish_time, format_clock, is_open, next_open, open_until, parse_windows
 
 TZ = dt.timezone(dt.timedelta(hours=1))
 
@@ -118,7 +118,7 @@ def test_battery_file_overrides_psutil(tmp_path, monkeypatch):
 
 # ---- queue ETA (pure) -------------------------------------------------------------------------------------
 def test_eta_runs_jobs_one_after_another_by_priority():
-    from farensed.analysis.eta import Item, schedule
+    from farensed.views.eta import Item, schedule
 
     now = at(20)
     out = schedule([Item(1, 3600), Item(2, 1800, priority=5)], now, running=Item(9, 600))
@@ -128,7 +128,7 @@ def test_eta_runs_jobs_one_after_another_by_priority():
 
 
 def test_eta_respects_windows_not_before_and_dependencies():
-    from farensed.analysis.eta import Item, schedule
+    from farensed.views.eta import Item, schedule
 
     now = at(20)
     items = [
@@ -143,7 +143,7 @@ def test_eta_respects_windows_not_before_and_dependencies():
 
 
 def test_eta_unknown_duration_makes_later_times_unknown():
-    from farensed.analysis.eta import Item, format_eta, schedule
+    from farensed.views.eta import Item, format_eta, schedule
 
     now = at(20)
     out = schedule([Item(1, None), Item(2, 60)], now)
@@ -155,7 +155,7 @@ def test_eta_unknown_duration_makes_later_times_unknown():
 
 
 def test_report_since_and_success_criteria_read_defensively():
-    from farensed.analysis.morning import parse_since, success_verdicts
+    from farensed.views.morning import parse_since, success_verdicts
 
     now = at(8)
     assert parse_since("23:00", now) == at(23, day=9)  # the latest past 23:00
@@ -166,3 +166,16 @@ def test_report_since_and_success_criteria_read_defensively():
     assert success_verdicts({}, [], None) is None and success_verdicts({"success": "sim"}, [], None) is None
     verdicts = success_verdicts({"success": {"gap_max": 0.15}}, [], None)
     assert [v["criterion"] for v in verdicts] == ["gap_max"] and verdicts[0]["passed"] is not True
+
+
+def test_a_child_is_ready_for_a_stop_once_it_recorded_itself(tmp_path):
+    """The overnight stop waits for child.json (written after the child's SIGTERM handler), never for log text."""
+    from farensed.queue.child import CHILD_FILE
+    from farensed.queue.overnight import child_ready
+    from farensed.storage.atomic import atomic_write_json
+
+    assert not child_ready(tmp_path, 4242)
+    atomic_write_json(tmp_path / CHILD_FILE, {"pid": 4141, "attempt": 1})  # the previous attempt's child
+    assert not child_ready(tmp_path, 4242)
+    atomic_write_json(tmp_path / CHILD_FILE, {"pid": 4242, "attempt": 2})
+    assert child_ready(tmp_path, 4242)

@@ -20,10 +20,11 @@ from farensed import EXIT_RESUMABLE
 from farensed.errors import SpecError
 from farensed.queue import backoff
 from farensed.queue.daemon import Daemon
-from farensed.queue.jobs import SCHEMA_VERSION, Job, Queue
-from farensed.queue.procs import create_time, describe_loss, kill_orphans, process_alive
-from farensed.runlock import RunLockedError, hold_run, holder, lock_paths, sweep_temps
-from farensed.workspace import Workspace
+from farensed.queue.job import SCHEMA_VERSION, Job
+from farensed.queue.jobs import Queue
+from farensed.storage.procs import create_time, describe_loss, kill_orphans, process_alive
+from farensed.storage.runlock import RunLockedError, hold_run, holder, lock_paths, sweep_temps
+from farensed.storage.workspace import Workspace
 from tests.helpers import child_env, wait_for
 
 
@@ -222,7 +223,7 @@ def test_running_job_without_pid_adopts_the_child_that_recorded_itself(q, daemon
 def test_running_job_without_any_record_adopts_the_run_lock_holder(q, daemon, ws, procs):
     job = add(q, "locked", state="running")
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom farensed.runlock import hold_run\n"
+        "import sys, time\nfrom pathlib import Path\nfrom farensed.storage.runlock import hold_run\n"
         f"with hold_run(Path({str(ws.run_dir('locked'))!r}), job_id={job.id}):\n"
         "    print('held', flush=True)\n    time.sleep(60)\n"
     )
@@ -254,7 +255,7 @@ def test_a_busy_run_folder_is_skipped_until_it_is_free(q, daemon, ws):
 def test_run_lock_refuses_a_second_holder_naming_pid_and_job(ws, procs, tmp_path):
     run_dir = ws.run_dir("t")
     code = (
-        "import time\nfrom pathlib import Path\nfrom farensed.runlock import hold_run\n"
+        "import time\nfrom pathlib import Path\nfrom farensed.storage.runlock import hold_run\n"
         f"with hold_run(Path({str(run_dir)!r}), job_id=7):\n    print('held', flush=True)\n    time.sleep(60)\n"
     )
     first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=child_env())
@@ -364,8 +365,8 @@ def test_unreadable_job_json_fails_that_job_only_and_list_carries_on(q, ws, dama
 
 # ---- distributed checks without a network ------------------------------------------------------------------
 def test_hostfile_specs_get_the_batch_size_check(ws):
-    from farensed.engine.distributed import check_batch_size, world_size
-    from farensed.spec import parse_spec
+    from farensed.spec.hosts import check_batch_size, world_size
+    from farensed.spec.jobspec import parse_spec
 
     (ws.root / "hosts.txt").write_text("10.0.0.1\n10.0.0.2\n10.0.0.3\n")
     spec = parse_spec(
@@ -379,7 +380,7 @@ def test_hostfile_specs_get_the_batch_size_check(ws):
 
 def test_remote_checks_are_quoted_for_a_posix_shell(ws, tmp_path, monkeypatch):
     from farensed.engine.distributed import check_hosts
-    from farensed.spec import parse_spec
+    from farensed.spec.jobspec import parse_spec
 
     fake = tmp_path / "bin"
     fake.mkdir()

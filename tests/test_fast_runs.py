@@ -6,12 +6,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from farensed.analysis.runref import resolve, seed_records
+from farensed.analysis.records import seed_records
 from farensed.analysis.success import SEED_CRITERIA, format_verdicts, verdicts
 from farensed.cli.main import cli
 from farensed.errors import QueueError
 from farensed.queue.jobs import Queue
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
+from farensed.views.runref import resolve
 from tests.helpers import spec_with, write_spec
 
 # The seed's records: step, epoch, loss; validations add val_loss (no gap, no band).
@@ -127,7 +128,7 @@ def test_disk_check_needs_room_for_keep_checkpoints_plus_margin(tmp_path, monkey
 
 
 def test_an_improvement_is_not_followed_by_no_improvement():
-    from farensed.console import validation_block
+    from farensed.engine.console import validation_block
     from farensed.engine.stopping import EarlyStopping
 
     stopper = EarlyStopping(5, 0.001)
@@ -144,7 +145,7 @@ def test_the_progress_bar_clock_restarts_after_the_compile_step():
 
     from tqdm import tqdm
 
-    from farensed.console import restart_clock
+    from farensed.engine.console import restart_clock
 
     bar = tqdm(total=100, file=io.StringIO(), mininterval=0)
     time.sleep(0.4)  # the first step: JIT compile
@@ -220,7 +221,7 @@ def _state(step=40, total=80, finished=True, reason="completed", wait=0, in_epoc
 def test_continuation_plan_names_accepted_changes_and_refuses_rewriting_the_past(tmp_path):
     from farensed.engine.continuation import plan
     from farensed.errors import ResumeError
-    from farensed.spec import parse_spec
+    from farensed.spec.jobspec import parse_spec
 
     old = parse_spec(spec_with(epochs=1, keep_checkpoints=3))
     (tmp_path / "spec.json").write_bytes(orjson.dumps(old.to_dict()))

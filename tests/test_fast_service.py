@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from farensed.queue.service import render
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 
 # launchd.plist(5) keys that lower a job's CPU or I/O priority; none may appear.
 THROTTLING_KEYS = {"LowPriorityIO", "LowPriorityBackgroundIO", "Nice"}

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from farensed.cli.main import cli
-from farensed.mlxlm_config import MLX_DEFAULTS, read_config
-from farensed.spec import parse_spec
+from farensed.spec.jobspec import parse_spec
+from farensed.spec.mlxlm import MLX_DEFAULTS, read_config
 from tests.helpers import child_env, run_cli
 from tests.test_spec import snapshot
 

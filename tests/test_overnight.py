@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.queue.jobs import Queue
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 from tests.helpers import (
     TEST_SPEC,
     assert_same_adapters,
@@ -172,7 +172,7 @@ def test_low_battery_stops_at_a_checkpoint_and_mains_power_resumes_exactly(works
 
 
 def test_queue_eta_from_measured_step_times_windows_and_unknowns(workspace, reference_run, fresh_copy):
-    from farensed.windows import format_clock
+    from farensed.spec.window import format_clock
 
     root = fresh_copy(reference_run, "eta")  # run "t" finished: its metrics give the step time
     now = dt.datetime.now().astimezone().replace(second=0, microsecond=0)

@@ -15,7 +15,7 @@ import pytest
 
 from farensed import EXIT_RESUMABLE
 from farensed.engine.checkpoint import list_checkpoints, newest_valid
-from farensed.queue.procs import process_alive
+from farensed.storage.procs import process_alive
 from tests.conftest import make_workspace
 from tests.helpers import (
     TEST_SPEC,

@@ -88,7 +88,7 @@ def test_two_qlora_steps_from_a_spec_naming_the_gguf(workspace):
 def test_tokenizer_agrees_with_transformers_own_gguf_converter():
     mapping = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
     from farensed.engine.gguf_tokenizer import build_tokenizer
-    from farensed.ggufinfo import read_header
+    from farensed.models.gguf_header import read_header
 
     md = read_header(GGUF).metadata
     renames = mapping.GGUF_TOKENIZER_MAPPING["tokenizer"]

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from farensed.analysis.success import SEED_CRITERIA
 from farensed.cli.main import cli
-from farensed.spec import JobSpec, LoraConfig, load_spec, parse_not_before, parse_spec
-from farensed.workspace import Workspace
+from farensed.spec.jobspec import JobSpec, LoraConfig, parse_not_before, parse_spec
+from farensed.spec.load import load_spec
+from farensed.storage.workspace import Workspace
 from tests.helpers import TEST_SPEC
 
 REPO = Path(__file__).resolve().parents[1]

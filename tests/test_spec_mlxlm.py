@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from farensed.cli.main import cli
-from farensed.spec import parse_spec
+from farensed.spec.jobspec import parse_spec
 from tests.helpers import TEST_SPEC
 from tests.test_spec import _set, snapshot
 

@@ -7,8 +7,8 @@ import pytest
 
 from farensed.analysis.gap import analyse, band, format_analysis
 from farensed.analysis.metrics import MetricsLog, read_all, read_last
-from farensed.atomic import atomic_write_json, move_aside, read_json
 from farensed.engine.stopping import EarlyStopping
+from farensed.storage.atomic import atomic_write_json, move_aside, read_json
 
 
 @pytest.mark.parametrize(

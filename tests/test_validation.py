@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from farensed.spec import load_spec
-from farensed.workspace import Workspace
+from farensed.spec.load import load_spec
+from farensed.storage.workspace import Workspace
 from tests.helpers import TEST_SPEC, spec_with, write_spec
 
 
@@ -68,9 +68,9 @@ def test_explicit_val_batch_size_gives_the_same_loss(workspace):
 def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspace, tiny_model):
     from mlx_lm.utils import load_tokenizer
 
-    from farensed.digest import sha256_file as file_digest
     from farensed.engine.data import tokenize_file
     from farensed.engine.tokcache import TokenCache
+    from farensed.storage.digest import sha256_file as file_digest
 
     tokenizer = load_tokenizer(tiny_model)
     data = workspace / TEST_SPEC["data"]["train"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
-from farensed.jsonl import parse_lines, read_jsonl, tail_lines
+from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
+from farensed.storage.jsonl import parse_lines, read_jsonl, tail_lines
 
 JSON_NAME, JSONL_NAME, CSV_NAME = "training_metrics.json", "training_metrics.jsonl", "training_metrics.csv"
 CSV_COLUMNS = [

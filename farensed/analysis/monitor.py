@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farensed.analysis.metrics import JSONL_NAME
 from farensed.i18n import _
-from farensed.jsonl import parse_lines
+from farensed.storage.jsonl import parse_lines
 
 
 def _eta(record: dict, first: dict | None) -> str | None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from farensed.analysis.gap import BANDS
-from farensed.atomic import atomic_write_with
+from farensed.storage.atomic import atomic_write_with
 
 PLOT_NAME = "training_v2_results.png"
 

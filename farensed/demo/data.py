@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import atomic_write_bytes
+from farensed.storage.atomic import atomic_write_bytes
 
 # (topic as asked about, the chatbot's answer); the answers are what QLoRA learns to say
 FACTS = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farensed.atomic import atomic_write_json, read_json
 from farensed.demo.data import write_demo_data
 from farensed.i18n import _
-from farensed.workspace import Workspace
+from farensed.storage.atomic import atomic_write_json, read_json
+from farensed.storage.workspace import Workspace
 
 MODEL_DIR = "models/tiny-mistral-4bit"
 DATA_DIR = "data/demo"

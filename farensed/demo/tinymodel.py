@@ -9,9 +9,9 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import atomic_write_json, fsync_dir, move_aside
 from farensed.demo.data import FACTS, demo_examples, pretraining_text
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside
 
 # Everything that determines the weights; a change here rebuilds the model.
 RECIPE = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from farensed.doctor.check import FAIL, ICONS, INFO, OK, WARN, Check, format_check, summary
 from farensed.doctor.machine import machine_checks, probe_mlx
 from farensed.doctor.runspec import spec_checks
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 
 __all__ = ["FAIL", "ICONS", "INFO", "OK", "WARN", "Check", "format_check", "run_checks", "summary"]
 

@@ -14,7 +14,7 @@ import orjson
 
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
 from farensed.i18n import _
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
 REQUIRED = ("mlx", "mlx-lm")

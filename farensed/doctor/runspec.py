@@ -7,13 +7,14 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import JSON_NAME, read_all
-from farensed.atomic import read_json
-from farensed.datacheck import check_data_file, check_model_dir, file_format
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration, gb
 from farensed.errors import SpecError
 from farensed.i18n import _
-from farensed.spec import JobSpec, check_inputs, parse_spec, read_spec_file
-from farensed.workspace import Workspace
+from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
+from farensed.spec.jobspec import JobSpec, parse_spec
+from farensed.spec.load import check_inputs, read_spec_file
+from farensed.storage.atomic import read_json
+from farensed.storage.workspace import Workspace
 
 STATE_NAME = "training_state.json"
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -57,7 +58,7 @@ def _has_chat_template(model: Path) -> bool:
 
 def _check_gguf(path: Path) -> Check:
     """A .gguf model: what its header says, and whether its import (<file>.gguf.mlx/) already exists."""
-    from farensed.ggufinfo import check_gguf_file
+    from farensed.models.gguf_header import check_gguf_file
 
     try:
         info = check_gguf_file(path, "model")
@@ -73,7 +74,7 @@ def _check_gguf(path: Path) -> Check:
 
 def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
     """The model line and the tokenizer line (check_model_dir decides what is missing)."""
-    from farensed.hub import hub_id, resolve_model
+    from farensed.models.hub import hub_id, resolve_model
 
     try:
         model = resolve_model(spec.model, ws)  # a folder, or a Hub id's snapshot in the HF cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from farensed.atomic import atomic_write_json, atomic_write_with
+from farensed.storage.atomic import atomic_write_json, atomic_write_with
 
 
 def adapter_config(spec, model_path: Path) -> dict:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import atomic_write_json, dumps, fsync_dir, fsync_file, move_aside, read_json
-from farensed.digest import sha256_file
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json, dumps, fsync_dir, fsync_file, move_aside, read_json
+from farensed.storage.digest import sha256_file
 
 STATE_NAME = "training_state.json"
 CKPT_RE = re.compile(r"^checkpoint_epoch(\d+)_step(\d+)$")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import move_aside, read_json
 from farensed.errors import ResumeError
 from farensed.i18n import N_, _
+from farensed.storage.atomic import move_aside, read_json
 
 WHY = {
     "early_stopping": N_("aplica-se a partir de agora; o histórico do early stopping mantém-se"),

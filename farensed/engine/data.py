@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from farensed.jsonl import read_jsonl
+from farensed.storage.jsonl import read_jsonl
 
 PAD_TO = 8
 

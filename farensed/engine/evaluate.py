@@ -16,12 +16,12 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.textmetrics import aggregate, exact_match, token_f1
-from farensed.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
-from farensed.digest import sha256_file
 from farensed.errors import FarenseError, SpecError
-from farensed.hub import resolve_model
 from farensed.i18n import _
-from farensed.jsonl import parse_lines, read_jsonl
+from farensed.models.hub import resolve_model
+from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
+from farensed.storage.digest import sha256_file
+from farensed.storage.jsonl import parse_lines, read_jsonl
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
 MODELS = ("base", "adapters")

@@ -10,10 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
-from farensed.atomic import dumps, fsync_dir, fsync_file, move_aside, read_json
-from farensed.digest import sha256_file
-from farensed.hub import resolve_model
 from farensed.i18n import _
+from farensed.models.hub import resolve_model
+from farensed.storage.atomic import dumps, fsync_dir, fsync_file, move_aside, read_json
+from farensed.storage.digest import sha256_file
 
 FUSED_DIR = "fused"
 MARKER = "farense_fuse.json"  # which adapters (sha256) and options this fused model was made from

@@ -15,10 +15,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from farensed.atomic import atomic_write_json, fsync_dir, move_aside, read_json
 from farensed.errors import SpecError
-from farensed.ggufinfo import QUANT_TYPES, ROPE_FREQS, GgufInfo, check_supported, mlx_name, read_header
 from farensed.i18n import _
+from farensed.models.gguf_header import QUANT_TYPES, ROPE_FREQS, GgufInfo, check_supported, mlx_name, read_header
+from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside, read_json
 
 MARKER = "farense_gguf.json"
 GROUP_SIZE = 32  # every GGUF block type MLX keeps quantized packs 32 weights per scale

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farensed.ggufinfo import DIGITS_PRE, LLAMA3_PRE
+from farensed.models.gguf_header import DIGITS_PRE, LLAMA3_PRE
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"

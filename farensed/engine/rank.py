@@ -10,7 +10,7 @@ from pathlib import Path
 
 from farensed.engine.distributed import peer_lost
 from farensed.errors import FarenseError
-from farensed.exitfile import write_exit_code
+from farensed.storage.exitfile import write_exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

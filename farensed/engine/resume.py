@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import move_aside, read_json
 from farensed.engine.checkpoint import STATE_NAME, Checkpoint, list_checkpoints, newest_valid
 from farensed.errors import ResumeError
 from farensed.i18n import _
+from farensed.storage.atomic import move_aside, read_json
 
 
 @dataclass
@@ -76,9 +76,9 @@ def refuse_if_changed(run_dir: Path, state: dict, fingerprint: dict, data_digest
 
 def check_resumable(spec, ws) -> None:
     """At submit: a spec whose run exists but cannot resume with it is refused now, not when it starts (no mlx)."""
-    from farensed.atomic import read_json
-    from farensed.digest import sha256_file
-    from farensed.engine.distributed import world_size
+    from farensed.spec.hosts import world_size
+    from farensed.storage.atomic import read_json
+    from farensed.storage.digest import sha256_file
 
     run_dir = ws.run_dir(spec.name)
     try:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from farensed.i18n import _
-from farensed.spec import load_spec
-from farensed.workspace import Workspace
+from farensed.spec.load import load_spec
+from farensed.storage.workspace import Workspace
 
 
 def configure_environment() -> None:
@@ -17,28 +17,28 @@ def configure_environment() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None = None) -> int:
+def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None = None, start_over=None) -> int:
     """Validate a spec and train it in this process; returns 0, or EXIT_RESUMABLE after a signal.
 
     The run folder's lock is held throughout (by the process that started mlx.launch for a distributed job).
+    With `fresh`, `start_over(ws, name, job_id=, say=)` moves the old run aside first, under that lock (the queue's
+    `farensed.queue.fresh.start_over`, which also repoints the jobs that trained it; the engine knows no queue).
     """
     configure_environment()
     ws = Workspace.at(home)
-    from farensed import console
-    from farensed.presubmit import prepare
+    from farensed.engine import console
+    from farensed.engine.presubmit import prepare
 
     if job_id is None:  # a queued job did this at submit; its child only reads the HF cache (never the network)
         prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
     from farensed.engine.distributed import in_rank
-    from farensed.runlock import hold_run
+    from farensed.storage.runlock import hold_run
 
     if in_rank():
         return _train(spec, ws, fresh)
     with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),)):
         if fresh:  # only under the lock: a run someone else trains is never moved from under them
-            from farensed.queue.fresh import start_over
-
             start_over(ws, spec.name, job_id=job_id, say=console.say)
         if spec.distributed:
             return run_distributed(spec, ws, Path(spec_path), fresh)
@@ -59,7 +59,8 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
         raise disk_full_error(exc, ws.run_dir(spec.name)) from None
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if not _post_steps(spec, ws, should_stop=lambda: trainer.stop.signum is not None):
-            from farensed import EXIT_RESUMABLE, console
+            from farensed import EXIT_RESUMABLE
+            from farensed.engine import console
 
             console.say(console.interrupted(trainer.stop.signum))
             return EXIT_RESUMABLE  # a cancel, a memory-guard or window stop is honoured after training too
@@ -79,7 +80,7 @@ def _post_steps(spec, ws: Workspace, should_stop) -> bool:
         if should_stop():
             return False
         if spec.fuse:
-            from farensed import console
+            from farensed.engine import console
             from farensed.engine.fuse import fuse_job
 
             fuse_job(spec, ws, console.say)
@@ -90,10 +91,12 @@ def _post_steps(spec, ws: Workspace, should_stop) -> bool:
 
 def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file: Path | None = None) -> int:
     """Run every rank through mlx.launch; the result is rank 0's exit code (75 when a peer was lost)."""
-    from farensed import EXIT_RESUMABLE, console
-    from farensed.atomic import move_aside
-    from farensed.engine.distributed import check_batch_size, check_hosts, hosts_of, launch_command, run_launcher
-    from farensed.exitfile import read_exit_code
+    from farensed import EXIT_RESUMABLE
+    from farensed.engine import console
+    from farensed.engine.distributed import check_hosts, launch_command, run_launcher
+    from farensed.spec.hosts import check_batch_size, hosts_of
+    from farensed.storage.atomic import move_aside
+    from farensed.storage.exitfile import read_exit_code
 
     check_batch_size(spec, len(hosts_of(spec, ws)), spec_path)
     check_hosts(spec, ws, [ws.resolve(spec.model), ws.resolve(spec.data.train), ws.resolve(spec.data.valid)])
@@ -117,9 +120,9 @@ def run_distributed(spec, ws: Workspace, spec_path: Path, fresh: bool, exit_file
 
 def print_final_analysis(run_dir: Path) -> None:
     """The seed's ANÁLISE FINAL DE OVERFITTING, last thing on the console."""
-    from farensed import console
     from farensed.analysis.gap import analyse, format_analysis
     from farensed.analysis.metrics import read_all
+    from farensed.engine import console
 
     console.say(format_analysis(analyse(read_all(run_dir))))
 
@@ -128,10 +131,10 @@ def print_success(spec, run_dir: Path) -> bool:
     """The spec's success criteria, one line each (✅/❌ and the measured value); True when all pass."""
     import dataclasses
 
-    from farensed import console
-    from farensed.analysis.runref import load_records
+    from farensed.analysis.records import load_records
     from farensed.analysis.success import format_verdicts, verdicts
-    from farensed.atomic import read_json
+    from farensed.engine import console
+    from farensed.storage.atomic import read_json
 
     report = run_dir / "evaluation_report.json"
     criteria = {k: v for k, v in dataclasses.asdict(spec.success).items() if v is not None}
@@ -145,10 +148,10 @@ def evaluate_spec(
 ) -> dict:
     """Evaluate a run's best adapters against its base model (resumable; `force` starts it over)."""
     configure_environment()
-    from farensed import console
+    from farensed.engine import console
     from farensed.engine.distributed import in_rank
     from farensed.engine.evaluate import Evaluator
-    from farensed.runlock import hold_run
+    from farensed.storage.runlock import hold_run
 
     # A rank's evaluation runs under the lock of the process that started mlx.launch.
     lock = contextlib.nullcontext() if in_rank() else hold_run(run_dir or ws.run_dir(spec.name), what="avaliação")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from farensed import console
 from farensed.analysis.gap import analyse
 from farensed.analysis.plots import PLOT_NAME, plot_training
-from farensed.atomic import atomic_write_json, atomic_write_with, read_json
+from farensed.engine import console
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json, atomic_write_with, read_json
 
 SUMMARY_NAME = "training_summary.json"
 

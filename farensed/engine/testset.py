@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from farensed import console
-from farensed.atomic import atomic_write_json
+from farensed.engine import console
 from farensed.engine.data import TokenizedSet, collate, length_sorted_batches, tokenize_file
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json
 
 RESULT_NAME = "test_results.json"
 
@@ -38,7 +38,7 @@ def evaluate_test_set(trainer) -> dict:
     spec, run_dir = trainer.spec, trainer.run_dir
     target = run_dir / RESULT_NAME
     if target.exists():
-        from farensed.atomic import read_json
+        from farensed.storage.atomic import read_json
 
         return read_json(target)
     console.say(_("\nA avaliar o conjunto de teste (data.test)..."))

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from farensed.atomic import atomic_write_json, read_json
+from farensed.storage.atomic import atomic_write_json, read_json
 
 TIMINGS_NAME = "timings.json"
 

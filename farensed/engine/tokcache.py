@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from farensed.atomic import atomic_write_with
 from farensed.engine.data import TokenizedSet
+from farensed.storage.atomic import atomic_write_with
 
 FORMAT = 1
 CACHE_DIR = ".tokens"

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from farensed import EXIT_RESUMABLE, console
+from farensed import EXIT_RESUMABLE
 from farensed.analysis.gap import band
 from farensed.analysis.metrics import MetricsLog
-from farensed.atomic import atomic_write_json
-from farensed.digest import sha256_file
-from farensed.engine import startup
+from farensed.engine import console, startup
 from farensed.engine.adapters import adapter_config, save_adapters
 from farensed.engine.checkpoint import checkpoint_name, prune, write_checkpoint, write_run_state
 from farensed.engine.continuation import plan
@@ -42,10 +40,12 @@ from farensed.engine.summary import finish_run
 from farensed.engine.timing import RunClock
 from farensed.engine.tokcache import CACHE_DIR, TokenCache
 from farensed.engine.valloss import ValidationLoss
-from farensed.hub import resolve_model
 from farensed.i18n import _
-from farensed.spec import JobSpec
-from farensed.workspace import Workspace
+from farensed.models.hub import resolve_model
+from farensed.spec.jobspec import JobSpec
+from farensed.storage.atomic import atomic_write_json
+from farensed.storage.digest import sha256_file
+from farensed.storage.workspace import Workspace
 
 
 def step_seed(seed: int, step: int, rank: int | None = None) -> int:
@@ -214,7 +214,7 @@ class Trainer:
             mx.eval(self.model.parameters(), self.optimizer.state)
             progress = Progress(**state["progress"])
             stopper = EarlyStopping.from_dict(state["early_stopping"])
-            from farensed.atomic import read_json
+            from farensed.storage.atomic import read_json
 
             records = read_json(path / "training_metrics.json") if self.world.is_main else []
             console.say(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from farensed.atomic import read_json
 from farensed.queue.child import CHILD_FILE
-from farensed.queue.procs import process_alive
-from farensed.runlock import holder
+from farensed.storage.atomic import read_json
+from farensed.storage.procs import process_alive
+from farensed.storage.runlock import holder
 
 
 def find_child(queue, job) -> tuple[int, float] | None:

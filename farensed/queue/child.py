@@ -18,13 +18,15 @@ import traceback
 from pathlib import Path
 
 from farensed import EXIT_RESUMABLE
-from farensed.atomic import atomic_write_json
 from farensed.errors import FarenseError
-from farensed.exitfile import EXIT_FILE, write_exit_code
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json
+from farensed.storage.exitfile import EXIT_FILE, write_exit_code
 
 FRESH_DONE = "fresh.done"
-CHILD_FILE = "child.json"  # the child's own pid + start time, written before it touches the run
+CHILD_FILE = (
+    "child.json"  # the child's own pid + start time: written once it handles SIGTERM, before it touches the run
+)
 
 
 class StoppedBeforeTraining(BaseException):
@@ -72,7 +74,7 @@ def start_over(ws, name: str, job_dir: Path) -> None:
 
 def way_back(job_dir: Path) -> str:
     """After a checkpoint-stop: a cancelled job comes back with `retry`; otherwise the daemon resumes it."""
-    from farensed.atomic import read_json
+    from farensed.storage.atomic import read_json
 
     job_id = job_dir.name
     try:
@@ -99,16 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     job_dir = Path(args.job_dir)
     if args.wait_go and not wait_for_go():
         return 0  # the daemon died before it recorded us: the next one starts the job, we touch nothing
-    record_self(job_dir, args.attempt)
     # Until the trainer installs its own handler (checkpoint at the next update boundary), a stop request (cancel,
     # memory guard, window end, daemon shutdown) ends the child cleanly with 75 instead of killing it: a killed child
-    # would read as "lost" and cost a recovery.
+    # would read as "lost" and cost a recovery. Installed before child.json is written: the daemon reads child.json
+    # as "this child handles a stop" (queue/overnight.py: child_ready).
     signal.signal(signal.SIGTERM, _stop_before_training)
     code, error = 1, None
     try:
-        from farensed.runlock import RunLockedError, hold_run
-        from farensed.spec import load_spec
-        from farensed.workspace import Workspace
+        record_self(job_dir, args.attempt)
+        from farensed.spec.load import load_spec
+        from farensed.storage.runlock import RunLockedError, hold_run
+        from farensed.storage.workspace import Workspace
 
         ws = Workspace.at(args.home)
         spec = load_spec(job_dir / "spec.json", ws)
@@ -146,7 +149,8 @@ def check_own_run(ws, spec, job_dir: Path, fresh: bool) -> None:
     """The engine trains checkpoints_qlora/<name>: refuse when this job's run was moved aside by another job's
     --fresh (that folder is now the other job's run; training it would resume someone else's checkpoints)."""
     from farensed.errors import QueueError
-    from farensed.queue.jobs import Queue, job_run_dir
+    from farensed.queue.job import job_run_dir
+    from farensed.queue.jobs import Queue
 
     job = Queue(ws).get(int(job_dir.name))
     own, current = job_run_dir(ws, job), ws.run_dir(spec.name)

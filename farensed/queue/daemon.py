@@ -20,22 +20,23 @@ import psutil
 from filelock import FileLock, Timeout
 
 from farensed import EXIT_RESUMABLE
-from farensed.atomic import atomic_write_json, read_json
 from farensed.errors import QueueError
-from farensed.exitfile import EXIT_FILE, read_exit_error
 from farensed.i18n import _
-from farensed.jsonl import tail_lines
 from farensed.queue import backoff
 from farensed.queue.adopt import find_child
 from farensed.queue.child import FRESH_DONE
-from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
+from farensed.queue.job import Job, JobStatus, now_iso
+from farensed.queue.jobs import Queue
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.overnight import Overnight
 from farensed.queue.pressure import Action, MemoryGuard
-from farensed.queue.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
 from farensed.queue.wake import Waker
-from farensed.runlock import holder, sweep_temps
-from farensed.workspace import Workspace
+from farensed.storage.atomic import atomic_write_json, read_json
+from farensed.storage.exitfile import EXIT_FILE, read_exit_error
+from farensed.storage.jsonl import tail_lines
+from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
+from farensed.storage.runlock import holder, sweep_temps
+from farensed.storage.workspace import Workspace
 
 PID_FILE = "daemon.pid"
 MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)

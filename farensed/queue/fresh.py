@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farensed.atomic import move_aside
 from farensed.i18n import _
-from farensed.workspace import Workspace
+from farensed.storage.atomic import move_aside
+from farensed.storage.workspace import Workspace
 
 
 def start_over(ws: Workspace, name: str, job_id: int | None = None, say=print) -> dict[str, Path]:

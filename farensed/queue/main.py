@@ -8,7 +8,7 @@ import sys
 import click
 
 from farensed.errors import FarenseError
-from farensed.workspace import Workspace
+from farensed.storage.workspace import Workspace
 
 
 def configure_logging() -> None:
@@ -145,7 +145,7 @@ def cli(
 
 def _check_window(value: str | None) -> str | None:
     if value:
-        from farensed.windows import parse_windows
+        from farensed.spec.window import parse_windows
 
         try:
             parse_windows(value)

@@ -18,17 +18,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from farensed.atomic import atomic_write_json, read_json
-from farensed.console import LOADING_MODEL
-from farensed.i18n import LANGUAGES, _, translations
+from farensed.i18n import _
 from farensed.queue import power
-from farensed.queue.jobs import Job, JobStatus, Queue, now_iso
-from farensed.windows import Window, format_clock, is_open, next_open, open_until, parse_windows
-from farensed.workspace import Workspace
+from farensed.queue.child import CHILD_FILE
+from farensed.queue.job import Job, JobStatus, now_iso
+from farensed.queue.jobs import Queue
+from farensed.spec.window import Window, format_clock, is_open, next_open, open_until, parse_windows
+from farensed.storage.atomic import atomic_write_json, read_json
+from farensed.storage.workspace import Workspace
 
 PAUSED_FILE, SETTINGS_FILE, JOB_PAUSE_FILE = "paused.json", "overnight.json", "pause.json"
-# the child's stop handler is installed before these lines (the trainer's LOADING_MODEL, in every language)
-READY_MARKS = ("mlx.launch",)
 
 
 def _read(path) -> dict | None:
@@ -108,18 +107,11 @@ def pause_history(queue: Queue, job_id: int) -> list[dict]:
     return (_read(queue.job_dir(job_id) / JOB_PAUSE_FILE) or {}).get("history", [])
 
 
-def child_ready(log_path) -> bool:
-    """True once the current attempt's child has installed its stop handler (a SIGTERM earlier would kill it)."""
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 65536))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return True
-    attempt = text.rsplit("=== farensed: job", 1)[-1]
-    marks = [translations(lang).gettext(LOADING_MODEL).split("{")[0] for lang in LANGUAGES]
-    return any(mark in attempt for mark in (*marks, *READY_MARKS))
+def child_ready(job_dir, pid: int) -> bool:
+    """True once the child `pid` has recorded itself in child.json: it installs its stop handler before that, so a
+    SIGTERM from then on is a checkpoint-stop (or a clean exit 75 before training), never a lost child."""
+    record = _read(job_dir / CHILD_FILE)
+    return bool(record) and record.get("pid") == pid
 
 
 class Overnight:
@@ -162,7 +154,7 @@ class Overnight:
         if current is not None:
             job = self.queue.get(current.job_id)
             reason = self._stop_reason(job, now, paused)
-            if reason and self.stop_sent != current.pid and child_ready(self.queue.log_path(job.id)):
+            if reason and self.stop_sent != current.pid and child_ready(self.queue.job_dir(job.id), current.pid):
                 self._stop(daemon, job, reason, now)
         elif self.stop_sent is not None:
             self.stop_sent = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -11,13 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from farensed.atomic import atomic_write_bytes
 from farensed.errors import QueueError
 from farensed.i18n import _
 from farensed.queue.daemon import daemon_pid
-from farensed.workspace import Workspace
+from farensed.storage.atomic import atomic_write_bytes
+from farensed.storage.workspace import Workspace
 
-TEMPLATES = Path(__file__).resolve().parent / "systemd_launchd"
+TEMPLATES = Path(importlib.util.find_spec("farensed.systemd_launchd").origin).parent  # systemd_launchd/ at the root
 LABEL = "com.farense.farensed"
 UNIT = "farensed.service"
 

@@ -28,7 +28,8 @@ def spec_cmd(source):
     Example:
       farensectl spec --from lora_config.yaml > jobs/mine.json
     """
-    from farensed.spec import parse_spec, read_spec_file
+    from farensed.spec.jobspec import parse_spec
+    from farensed.spec.load import read_spec_file
 
     raw = read_spec_file(Path(source))
     parse_spec(raw, str(source))

@@ -81,7 +81,7 @@ def check_data_file(path: Path, label: str) -> int:
 def check_model_dir(path: Path, label: str) -> None:
     """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf)."""
     if path.suffix.lower() == ".gguf":
-        from farensed.ggufinfo import check_gguf_file
+        from farensed.models.gguf_header import check_gguf_file
 
         return check_gguf_file(path, label)
     if not path.is_dir():

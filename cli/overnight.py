@@ -46,8 +46,8 @@ def resume():
 
 def annotate(q, rows: list[dict]) -> list[str]:
     """Add `pause`, `eta_start`, `eta_end` to `list` rows; return the lines printed under the table."""
-    from farensed.analysis.eta import format_eta, queue_eta
     from farensed.queue.overnight import local_now, pause_of, queue_paused, settings
+    from farensed.views.eta import format_eta, queue_eta
 
     now, conf = local_now(), settings(q.ws)
     jobs = {job.id: job for job in q.jobs()}
@@ -99,7 +99,7 @@ def report(since, output, open_, notify, as_json):
     Example:
       farensectl report --since 20:00 --open
     """
-    from farensed.analysis.morning import collect, parse_since, write_report
+    from farensed.views.morning import collect, parse_since, write_report
 
     q = queue()
     start = parse_since(since)

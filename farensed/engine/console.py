@@ -12,7 +12,7 @@ from farensed.i18n import N_, _
 
 LINE = "=" * 80
 THIN = "─" * 76
-LOADING_MODEL = N_("A carregar modelo: {model}")  # the queue's overnight pause looks for it in a job's log
+LOADING_MODEL = N_("A carregar modelo: {model}")
 
 
 def say(msg: str = "") -> None:

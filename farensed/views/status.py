@@ -9,8 +9,9 @@ import orjson
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
-from farensed.atomic import read_json
-from farensed.queue.jobs import Job, JobStatus, Queue, job_run_dir
+from farensed.queue.job import Job, JobStatus, job_run_dir
+from farensed.queue.jobs import Queue
+from farensed.storage.atomic import read_json
 
 EXIT_CANCELLED = 130  # `wait`/`tail` exit code of a cancelled job (as for an interrupted command)
 

@@ -1,4 +1,4 @@
-"""The job spec: typed dataclasses with the seed's V2 defaults, and a validating loader."""
+"""The job spec: typed dataclasses with the seed's V2 defaults, and their validation (one SpecError line each)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from farensed.datacheck import check_data_file, check_model_dir
 from farensed.errors import SpecError
 from farensed.i18n import N_, _
-from farensed.mlxlm_config import is_yaml, read_config
-from farensed.specopts import CUSTOM, exclusive_keys, unknown_key
-from farensed.workspace import Workspace
+from farensed.spec.options import CUSTOM, exclusive_keys, unknown_key
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -114,7 +110,7 @@ class JobSpec:
     after: list = field(default_factory=list)
     max_recoveries: int = 10
     distributed: DistributedConfig | None = None
-    window: str | None = None  # training window, e.g. "23:00-07:00" (farensed.windows)
+    window: str | None = None  # training window, e.g. "23:00-07:00" (farensed.spec.window)
 
     def to_dict(self) -> dict:
         """The spec as a JSON object that parses back to the same spec (values derived from others left out)."""
@@ -298,7 +294,7 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
                 )
             ) from None
     if spec.window is not None:
-        from farensed.windows import parse_windows
+        from farensed.spec.window import parse_windows
 
         try:
             parse_windows(spec.window)
@@ -332,93 +328,4 @@ def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
     if isinstance(raw.get("lora"), dict) and "scale" in raw["lora"]:
         spec.lora.alpha = None  # the user chose mlx-lm's scale
     _cross_checks(spec, label)
-    return spec
-
-
-def read_spec_file(path: Path) -> Any:
-    """Decode a spec file (or an mlx_lm lora YAML config), reporting malformed JSON with its line and column."""
-    path = Path(path)
-    if is_yaml(path):
-        return read_config(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(
-            _("{path}: não foi possível ler ({strerror})").format(path=path, strerror=exc.strerror)
-        ) from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise SpecError(
-            _("{path}: JSON inválido na linha {lineno}, coluna {colno}: {msg}").format(
-                path=path, lineno=exc.lineno, colno=exc.colno, msg=exc.msg
-            )
-        ) from None
-
-
-def _model_config(model_dir: Path) -> dict:
-    try:
-        config = orjson.loads((model_dir / "config.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _quantized(model_dir: Path) -> bool:
-    config = _model_config(model_dir)
-    return bool(config.get("quantization") or config.get("quantization_config"))
-
-
-def spec_bytes(path: Path) -> bytes:
-    """What a job stores as spec.json: the file as it is, or the JSON spec equivalent to a YAML config."""
-    if is_yaml(path):
-        return orjson.dumps(read_config(path), option=orjson.OPT_INDENT_2)
-    return Path(path).read_bytes()
-
-
-def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
-    """Check the model folder and data files exist and parse; return example counts."""
-    from farensed.hub import resolve_model
-
-    model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
-    check_model_dir(model_dir, f"{label}: model")
-    if spec.fine_tune_type == "full" and _quantized(model_dir):
-        raise SpecError(
-            _(
-                "{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({model} é quantizado); use lora/dora, ou um modelo em float (mlx_lm convert -d)"
-            ).format(label=label, model=spec.model)
-        )
-    if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
-        model_type = _model_config(model_dir).get("model_type")
-        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
-            raise SpecError(
-                _(
-                    "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
-                ).format(label=label, model_type=model_type)
-            )
-    if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
-        raise SpecError(
-            _("{label}: resume_adapter_file não encontrado: {path}").format(
-                label=label, path=ws.resolve(spec.resume_adapter_file)
-            )
-        )
-    counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
-    counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
-    if spec.data.test:
-        counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
-    if counts["train"] < spec.batch_size:
-        raise SpecError(
-            _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(
-                label=label, train=counts["train"], batch_size=spec.batch_size
-            )
-        )
-    return counts
-
-
-def load_spec(path: Path, ws: Workspace, check_files: bool = True) -> JobSpec:
-    """Load and fully validate a spec file before anything runs."""
-    label = str(path)
-    spec = parse_spec(read_spec_file(path), label)
-    if check_files:
-        check_inputs(spec, ws, label)
     return spec

@@ -25,7 +25,7 @@ def with_run_help(f):
 
 
 def resolve_run(ref):
-    from farensed.analysis.runref import resolve
+    from farensed.views.runref import resolve
 
     return resolve(workspace(), ref)
 
@@ -54,7 +54,7 @@ def check(ref, criteria, as_json):
     if criteria:
         try:
             chosen = orjson.loads(criteria)
-            from farensed.spec import SuccessConfig, _build
+            from farensed.spec.jobspec import SuccessConfig, _build
 
             chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
         except orjson.JSONDecodeError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from farensed.errors import SpecError
 from farensed.i18n import N_, _
+from farensed.spec.jobspec import JobSpec
 
 # mlx_lm/lora.py CONFIG_DEFAULTS (mlx-lm 0.32) for the keys farense maps; tests check them against mlx-lm's own
 MLX_DEFAULTS = {
@@ -138,8 +139,6 @@ def _unknown(key: str, known: list[str], where: str) -> SpecError:
 
 def to_spec(config: Any, label: str, default_name: str) -> dict:
     """Map an mlx-lm config onto an equivalent farense spec (a plain dict, before parse_spec checks it)."""
-    from farensed.spec import JobSpec
-
     if not isinstance(config, dict):
         raise SpecError(_("{label}: deve ser um mapa YAML de opções do mlx_lm lora").format(label=label))
     farense_keys = [f for f in JobSpec.__dataclass_fields__ if f not in ("lora", "data")]

@@ -81,7 +81,7 @@ def info(file, as_json):
     Example:
       farensectl model info SmolLM2-135M-Instruct.Q4_1.gguf
     """
-    from farensed.ggufinfo import check_supported, read_header
+    from farensed.models.gguf_header import check_supported, read_header
 
     gguf = read_header(Path(file))
     doc = {

@@ -21,9 +21,9 @@ import orjson
 import psutil
 from filelock import FileLock, Timeout
 
-from farensed.atomic import atomic_write_json
 from farensed.errors import QueueError
 from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_json
 
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
 _held: dict[str, list] = {}  # lock path → [FileLock, depth] for the locks this process holds

@@ -79,12 +79,3 @@ def fetch_model(model: str, ws, label: str, say) -> Path:
                 label=label, repo=repo, first=first
             )
         ) from None
-
-
-def fetch_spec_model(spec_path: Path, ws, say) -> None:
-    """Before submit/run: download the spec's Hub model, if it names one (other problems are load_spec's to report)."""
-    from farensed.spec import read_spec_file
-
-    raw = read_spec_file(Path(spec_path))
-    if isinstance(raw, dict) and isinstance(raw.get("model"), str):
-        fetch_model(raw["model"], ws, f"{spec_path}: model", say)

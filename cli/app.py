@@ -43,7 +43,7 @@ def cli(ctx, home):
 
 
 def workspace(ctx=None):
-    from farensed.workspace import Workspace
+    from farensed.storage.workspace import Workspace
 
     ctx = ctx or click.get_current_context()
     return Workspace.at(ctx.find_root().obj["home"])

@@ -16,11 +16,12 @@ from pathlib import Path
 from farensed.analysis.compare import ROWS, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
-from farensed.analysis.report import duration_s
-from farensed.analysis.runref import Run
-from farensed.atomic import atomic_write_bytes, read_json
 from farensed.i18n import _
-from farensed.queue.jobs import Job, Queue, job_run_dir
+from farensed.queue.job import Job, job_run_dir
+from farensed.queue.jobs import Queue
+from farensed.storage.atomic import atomic_write_bytes, read_json
+from farensed.views.runref import Run
+from farensed.views.status import duration_s
 
 REPORTS_DIR = "reports"
 EVENT_RE = re.compile(r"^=== farensed: (.*?) ===$")

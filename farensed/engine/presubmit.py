@@ -10,16 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from farensed.errors import SpecError
+from farensed.models.hub import fetch_model
+from farensed.spec.jobspec import parse_spec
+from farensed.spec.load import read_spec_file
 
 
 def prepare(spec_path: Path, ws, say) -> None:
     """Fetch the spec's Hub model; try its optimizer and schedule. Other problems are load_spec's to report."""
-    from farensed.hub import fetch_spec_model
-    from farensed.spec import parse_spec, read_spec_file
-
-    fetch_spec_model(Path(spec_path), ws, say)
+    raw = read_spec_file(Path(spec_path))
+    if isinstance(raw, dict) and isinstance(raw.get("model"), str):
+        fetch_model(raw["model"], ws, f"{spec_path}: model", say)
     try:
-        spec = parse_spec(read_spec_file(Path(spec_path)), str(spec_path))
+        spec = parse_spec(raw, str(spec_path))
     except SpecError:
         return  # reported, with the same words, by the full validation that follows
     if spec.optimizer_config or spec.lr_schedule:

@@ -25,8 +25,9 @@ def run(spec, fresh):
       farensectl run jobs/examples/v2.json
     """
     from farensed.engine.runner import run_spec
+    from farensed.queue.fresh import start_over
 
-    sys.exit(run_spec(spec, workspace().root, fresh=fresh))
+    sys.exit(run_spec(spec, workspace().root, fresh=fresh, start_over=start_over))
 
 
 @cli.command()
@@ -40,12 +41,13 @@ def demo(prepare):
     """
     from farensed.demo.prepare import prepare as prepare_demo
     from farensed.engine.runner import configure_environment, run_spec
+    from farensed.queue.fresh import start_over
 
     configure_environment()
     ws = workspace()
     spec_path = prepare_demo(ws, log=click.echo)
     if not prepare:
-        sys.exit(run_spec(spec_path, ws.root, fresh=True))
+        sys.exit(run_spec(spec_path, ws.root, fresh=True, start_over=start_over))
 
 
 @cli.command()
@@ -103,7 +105,7 @@ def eval_job(ref, one_by_one, force, as_json):
 
     from farensed.engine.runner import evaluate_spec
     from farensed.errors import FarenseError
-    from farensed.spec import parse_spec
+    from farensed.spec.jobspec import parse_spec
 
     run = resolve_run(ref)
     raw = run.spec_dict()

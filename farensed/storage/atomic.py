@@ -75,14 +75,14 @@ def fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def move_aside(path: Path) -> Path:
-    """Rename `path` to `path.old-<timestamp>` (never delete what a user may want back)."""
+def move_aside(path: Path, label: str = "old") -> Path:
+    """Rename `path` to `path.<label>-<timestamp>` (never delete what a user may want back)."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.old-{stamp}")
+    target = path.with_name(f"{path.name}.{label}-{stamp}")
     n = 1
     while target.exists():
-        target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        target = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
         n += 1
     os.replace(path, target)
     fsync_dir(path.parent)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import orjson
 
-from farensed.analysis.gap import band
-from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, read_all
-from farensed.atomic import read_json
+from farensed.analysis.metrics import JSON_NAME, JSONL_NAME
+from farensed.analysis.records import load_records
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.jobs import Job, Queue, job_run_dir
-from farensed.workspace import Workspace
+from farensed.queue.job import Job, job_run_dir
+from farensed.queue.jobs import Queue
+from farensed.storage.atomic import read_json
+from farensed.storage.workspace import Workspace
 
 REF_HELP = (
     "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder "
@@ -124,44 +125,3 @@ def _of_folder(ws: Workspace, queue: Queue | None, folder: Path, name: str) -> R
     jobs = [j for j in queue.jobs() if job_run_dir(ws, j).resolve() == folder.resolve()] if queue else []
     job = jobs[-1] if jobs else None
     return Run(folder, job.name if job else name, job, queue)
-
-
-def load_records(run_dir: Path) -> list[dict]:
-    """farense's training_metrics.jsonl, else the seed's training_metrics.json normalised (gap, band added)."""
-    run_dir = Path(run_dir)
-    if (run_dir / JSONL_NAME).exists():
-        return read_all(run_dir)
-    try:
-        raw = read_json(run_dir / JSON_NAME)
-    except (OSError, orjson.JSONDecodeError):
-        return []
-    return seed_records(raw if isinstance(raw, list) else [])
-
-
-def seed_records(raw: list[dict]) -> list[dict]:
-    """The seed's records (step, epoch, loss, sometimes val_loss) in farense's shape.
-
-    The gap of a validation is val_loss − the mean train loss since the previous validation (farense's
-    definition), unless the record carries its own `train_loss`/`gap`.
-    """
-    out, window = [], []
-    for i, r in enumerate(x for x in raw if isinstance(x, dict)):
-        rec = dict(r)
-        rec["step"] = r.get("step", r.get("iteration", r.get("iter", i + 1)))
-        rec["epoch"] = r.get("epoch", 0)
-        if rec.get("loss") is None and r.get("train_loss") is not None and r.get("val_loss") is None:
-            rec["loss"] = r["train_loss"]
-        if rec.get("loss") is not None:
-            window.append(rec["loss"])
-        if rec.get("val_loss") is not None:
-            train = r.get("train_loss")
-            if train is None:
-                train = sum(window) / len(window) if window else rec.get("loss")
-            if train is None:
-                continue  # a validation with no train loss before it has no gap
-            rec["train_loss"] = train
-            rec["gap"] = r.get("gap", rec["val_loss"] - train)
-            rec["band"] = band(rec["gap"])
-            window = []
-        out.append(rec)
-    return out

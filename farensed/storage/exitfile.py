@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from farensed.atomic import atomic_write_json
+from farensed.storage.atomic import atomic_write_json
 
 EXIT_FILE = "exit.json"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import read_last
-from farensed.queue.jobs import job_run_dir
-from farensed.spec import JobSpec
-from farensed.windows import Window, finish_time, next_open, parse_windows
+from farensed.queue.job import job_run_dir
+from farensed.spec.jobspec import JobSpec
+from farensed.spec.window import Window, finish_time, next_open, parse_windows
 
 
 @dataclass

@@ -19,8 +19,8 @@ def _fmt(value, spec=".4f") -> str:
 def _final(q, job) -> int:
     """Print how a job ended (the final analysis, or why it failed); return its exit code."""
     from farensed.analysis.gap import format_analysis
-    from farensed.analysis.report import error_reason, gap_report, job_exit_code
-    from farensed.analysis.runref import resolve
+    from farensed.views.runref import resolve
+    from farensed.views.status import error_reason, gap_report, job_exit_code
 
     job = q.get(job.id)
     click.echo(f"\njob {job.id} ({job.name}): {job.state}")
@@ -38,7 +38,7 @@ def _final(q, job) -> int:
 def _follow(q, job, emit, interval: float = 0.5) -> int:
     """Follow a job's metrics until it ends; return its exit code. Ctrl-C detaches (exit 130), job untouched."""
     from farensed.analysis.monitor import follow
-    from farensed.queue.jobs import job_run_dir
+    from farensed.queue.job import job_run_dir
 
     announced_wait = False
 
@@ -73,12 +73,20 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     Example:
       farensectl submit jobs/examples/v2.json --not-before 23:00
     """
-    from farensed.presubmit import prepare
+    from farensed.engine.presubmit import prepare
+    from farensed.engine.resume import check_resumable
     from farensed.queue.daemon import daemon_pid
 
     q = queue()
     prepare(spec, q.ws, lambda msg: click.echo(msg, err=True))  # Hub model into the HF cache; optimizer tried
-    job = q.submit(spec, priority=priority, not_before=not_before, after=list(after) or None, fresh=fresh or None)
+    job = q.submit(
+        spec,
+        check=None if fresh else check_resumable,  # a run it cannot resume: refused now, with the diff and --fresh
+        priority=priority,
+        not_before=not_before,
+        after=list(after) or None,
+        fresh=fresh or None,
+    )
     if as_json:
         print_json(
             {
@@ -113,7 +121,7 @@ def list_jobs(as_json):
     Example:
       farensectl list --json | jq '.[] | select(.state == "running")'
     """
-    from farensed.analysis.report import row
+    from farensed.views.status import row
 
     q = queue()
     rows = [row(q, job) for job in q.jobs()]
@@ -154,7 +162,7 @@ def status(ref, as_json):
     Example:
       farensectl status 3 --json | jq .progress
     """
-    from farensed.analysis.report import run_status
+    from farensed.views.status import run_status
 
     info = run_status(resolve_run(ref))
     if info.get("id") is not None:
@@ -268,7 +276,7 @@ def tail(ref, lines, follow, refresh):
         click.echo(_line(record, best, first))
     if not follow:
         if job is not None and job.state == "failed":
-            from farensed.analysis.report import error_reason
+            from farensed.views.status import error_reason
 
             click.echo(
                 _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
@@ -294,7 +302,7 @@ def tail(ref, lines, follow, refresh):
         click.echo(_("\ndesligado"), err=True)
         sys.exit(130)
     from farensed.analysis.gap import format_analysis
-    from farensed.analysis.report import gap_report
+    from farensed.views.status import gap_report
 
     click.echo(format_analysis(gap_report(run)))
 
@@ -320,7 +328,7 @@ def gap(ref, as_json):
       farensectl gap 3 --json | jq .status
     """
     from farensed.analysis.gap import format_analysis
-    from farensed.analysis.report import gap_report
+    from farensed.views.status import gap_report
 
     run = resolve_run(ref)
     report = gap_report(run)
@@ -343,7 +351,7 @@ def logs(ref, lines):
       farensectl logs 3 -n 50
     """
     from farensed.errors import QueueError
-    from farensed.jsonl import tail_lines
+    from farensed.storage.jsonl import tail_lines
 
     run = resolve_run(ref)
     if run.job is None:
@@ -391,7 +399,7 @@ def wait(job_id, timeout):
     Example:
       farensectl wait 3 && farensectl gap 3
     """
-    from farensed.analysis.report import job_exit_code
+    from farensed.views.status import job_exit_code
 
     q = queue()
     deadline = None if timeout is None else time.monotonic() + timeout
