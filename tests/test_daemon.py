@@ -217,7 +217,7 @@ def test_the_daemon_never_imports_mlx(workspace):
 def test_service_files_parse_and_render_with_absolute_paths(workspace):
     from farensed.queue.service import render
 
-    raw = plistlib.loads((REPO / "farensed/queue/systemd_launchd/farensed.plist").read_bytes())
+    raw = plistlib.loads((REPO / "systemd_launchd/farensed.plist").read_bytes())
     assert {"Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "ExitTimeOut"} <= set(raw)
     rendered = plistlib.loads(render("farensed.plist", Workspace(workspace)).encode())
     assert rendered["ProgramArguments"][0] == sys.executable

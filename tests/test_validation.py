@@ -14,13 +14,11 @@ def loaded_trainer(root, **changes):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from farensed.engine.distributed import World
     from farensed.engine.trainer import Trainer
 
     ws = Workspace(root)
     trainer = Trainer(load_spec(write_spec(root, spec_with(**changes)), ws), ws)
-    trainer.world = World()
-    trainer._load()
+    trainer._prepare()
     mx.random.seed(7)
     params = tree_flatten(trainer.model.trainable_parameters())
     trainer.model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in params], strict=False)
@@ -43,26 +41,26 @@ def test_validation_batches_are_larger_and_equal_mlx_lm_evaluate(workspace):
 
     trainer = loaded_trainer(workspace)
     spec = trainer.spec
-    rows = [batch.shape[0] for batch, _ in trainer.valid_arrays]
+    rows = [batch.shape[0] for batch, _ in trainer.validation.batches]
     assert sum(rows) == TEST_SPEC["val_samples"]  # the same fixed subset, each example once
     assert max(rows) > spec.batch_size and len(rows) < TEST_SPEC["val_samples"] // spec.batch_size
-    widest = max(padded_width(int(batch.shape[1]), spec.max_seq_length) for batch, _ in trainer.train_arrays)
+    widest = max(padded_width(int(batch.shape[1]), spec.max_seq_length) for batch, _ in trainer.batches.arrays)
     budget = VAL_TOKEN_FACTOR * spec.batch_size * widest  # the automatic rule: bounded by the training batch
-    assert all(b.shape[0] * b.shape[1] <= budget for b, _ in trainer.valid_arrays)
+    assert all(b.shape[0] * b.shape[1] <= budget for b, _ in trainer.validation.batches)
     reference = mlx_lm_val_loss(trainer)
-    first, second = trainer.validate(), trainer.validate()  # the second runs the cached compiled graph
-    assert trainer._val_loss.counted is not None  # the tiny Mistral has a plain head: only counted positions
+    first, second = trainer.validation(), trainer.validation()  # the second runs the cached compiled graph
+    assert trainer.validation.loss.counted is not None  # the tiny Mistral has a plain head: only counted positions
     assert first == second
     assert first == pytest.approx(reference, rel=1e-5)
     assert trainer.model.training  # back in training mode (dropout on)
-    trainer._val_loss.counted = None  # the full forward (models with a special head) gives the same number
-    assert trainer.validate() == pytest.approx(reference, rel=1e-5)
+    trainer.validation.loss.counted = None  # the full forward (models with a special head) gives the same number
+    assert trainer.validation() == pytest.approx(reference, rel=1e-5)
 
 
 def test_explicit_val_batch_size_gives_the_same_loss(workspace):
     trainer = loaded_trainer(workspace, val_batch_size=7)
-    assert [b.shape[0] for b, _ in trainer.valid_arrays] == [7, 7, 7, 3]
-    assert trainer.validate() == pytest.approx(mlx_lm_val_loss(trainer), rel=1e-5)
+    assert [b.shape[0] for b, _ in trainer.validation.batches] == [7, 7, 7, 3]
+    assert trainer.validation() == pytest.approx(mlx_lm_val_loss(trainer), rel=1e-5)
 
 
 def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspace, tiny_model):

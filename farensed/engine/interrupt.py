@@ -1,8 +1,10 @@
-"""A second Ctrl-C in `farensectl run`: stop at once, saying which checkpoint the next run resumes from (like rq)."""
+"""Stopping a training process: SIGTERM/SIGINT ask for a checkpoint at the next update boundary; a second Ctrl-C in
+`farensectl run` stops at once, saying which checkpoint the next run resumes from (like rq's worker)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,3 +38,23 @@ def stop_now(run_dir: Path) -> None:
     sys.stdout.write(_("\n⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.\n").format(where=where))
     sys.stdout.flush()
     os._exit(EXIT_RESUMABLE)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop finishes the current optimizer update and checkpoints.
+
+    A second SIGINT (Ctrl-C) in a single-process run (`run_dir` given) stops at once (`stop_now`).
+    """
+
+    def __init__(self, run_dir: Path | None = None):
+        self.signum = None
+        self.run_dir = run_dir
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.run_dir is not None:
+            if self.signum is not None:
+                stop_now(self.run_dir)
+            print(first_interrupt_line(), file=sys.stderr, flush=True)
+        self.signum = signum

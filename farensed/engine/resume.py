@@ -110,3 +110,26 @@ def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> Non
         )
         if name == STATE_NAME:
             write_run_state(run_dir, dict(state, checkpoint=ckpt.path.name))
+
+
+def agree_on_start(world, run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool, warn) -> StartPoint:
+    """Rank 0 decides fresh / resume / refuse from its disk; every rank gets the same answer (other hosts may have
+    no checkpoint files: they receive the tensors later, by broadcast)."""
+    decision = None
+    if world.is_main:
+        try:
+            start = find_start(run_dir, fingerprint, data_digests, fresh, warn)
+        except ResumeError as exc:
+            if world.size > 1:
+                world.broadcast_json({"error": str(exc)})
+            raise
+        if world.size == 1:
+            return start
+        decision = {"state": start.state, "checkpoint": start.checkpoint.path.name if start.resuming else None}
+    decision = world.broadcast_json(decision)
+    if "error" in decision:
+        raise ResumeError(decision["error"])
+    if not world.is_main:
+        name = decision["checkpoint"]
+        return StartPoint(Checkpoint(run_dir / name, 0, 0) if name else None, decision["state"])
+    return start

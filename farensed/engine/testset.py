@@ -10,6 +10,7 @@ import math
 
 from farensed.engine import console
 from farensed.engine.data import TokenizedSet, collate, length_sorted_batches, tokenize_file
+from farensed.engine.loading import tokenizer_of
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_json
 
@@ -43,7 +44,12 @@ def evaluate_test_set(trainer) -> dict:
         return read_json(target)
     console.say(_("\nA avaliar o conjunto de teste (data.test)..."))
     trainer.model.load_weights(str(run_dir / "adapters" / "adapters.safetensors"), strict=False)
-    data = tokenize_file(trainer.ws.resolve(spec.data.test), trainer.tokenizer, spec.max_seq_length, spec.mask_prompt)
+    data = tokenize_file(
+        trainer.ws.resolve(spec.data.test),
+        tokenizer_of(trainer.model_path, trainer.model_config),
+        spec.max_seq_length,
+        spec.mask_prompt,
+    )
     loss = test_loss(trainer.model, data, spec.batch_size, spec.max_seq_length, spec.test_batches)
     result = {"test_loss": loss, "test_ppl": math.exp(loss), "examples": len(data), "adapters": "best"}
     atomic_write_json(target, result)
