@@ -65,3 +65,15 @@ BAND_COLOURS = {"EXCELENTE": "green", "BOM": "green", "MODERADO": "yellow", "CRÃ
 def colour_band(text: str, band: str | None) -> str:
     """Colour a gap band on a TTY (click strips it elsewhere)."""
     return click.style(text, fg=BAND_COLOURS.get(band or "", None)) if sys.stdout.isatty() else text
+
+
+def fmt_number(value, spec=".4f") -> str:
+    """A number for a table cell; '-' when there is none."""
+    return "-" if value is None else format(value, spec)
+
+
+def record_line(record, best, first) -> str:
+    """One metrics record as `tail` prints it (the band coloured on a terminal)."""
+    from farensed.analysis.monitor import format_record
+
+    return format_record(record, best, first, colour=colour_band)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farensed.cli import daemon, doctor, jobs, model, overnight, runs, spec, train  # noqa: F401 - each module registers its commands on `cli`
+from farensed.cli import daemon, doctor, inspect, jobs, model, overnight, runs, spec, train  # noqa: F401 - each module registers its commands on `cli`
 from farensed.cli.app import cli
 
 

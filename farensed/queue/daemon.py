@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 from filelock import FileLock, Timeout
@@ -28,43 +26,17 @@ from farensed.queue.child import FRESH_DONE
 from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
 from farensed.queue.keepawake import keep_awake, notify, release
+from farensed.queue.outcome import ending, failure_line, last_lines
 from farensed.queue.overnight import Overnight
+from farensed.queue.pidfile import daemon_pid, record_daemon
 from farensed.queue.pressure import Action, MemoryGuard
 from farensed.queue.wake import Waker
-from farensed.storage.atomic import atomic_write_json, read_json
 from farensed.storage.exitfile import EXIT_FILE, read_exit_error
-from farensed.storage.jsonl import tail_lines
 from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
 from farensed.storage.runlock import holder, sweep_temps
 from farensed.storage.workspace import Workspace
 
-PID_FILE = "daemon.pid"
 MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
-FAILURE_RE = re.compile(r"(?:^|\])Error: (.+)$")  # what the child prints for a FarenseError
-
-
-def daemon_pid(ws: Workspace) -> int | None:
-    """The pid of the live daemon of this queue, if any."""
-    try:
-        info = read_json(ws.jobs / PID_FILE)
-    except (OSError, ValueError):
-        return None
-    return info["pid"] if process_alive(info.get("pid"), info.get("create_time")) else None
-
-
-def last_lines(path: Path, n: int = 10) -> str:
-    """The last `n` non-blank lines of a log, each as its last progress-bar redraw (after the final \\r)."""
-    lines = [line.split(b"\r")[-1].decode(errors="replace") for line in tail_lines(path, 4 * n)]
-    return "\n".join([line for line in lines if line.strip()][-n:])
-
-
-def failure_line(text: str) -> str:
-    """The child's one-line error (`Error: …`, e.g. `sem espaço em disco …`) when it printed one — possibly right
-    after an unfinished progress bar — else the log's last lines (a traceback)."""
-    for line in reversed(text.splitlines()):
-        if m := FAILURE_RE.search(line):
-            return m.group(1)
-    return "\n".join(text.splitlines()[-10:])
 
 
 @dataclass
@@ -126,15 +98,7 @@ class Daemon:
             raise QueueError(
                 _("farensed já está a correr nesta fila (pid {value})").format(value=daemon_pid(self.ws) or "?")
             ) from None
-        atomic_write_json(
-            self.ws.jobs / PID_FILE,
-            {
-                "pid": os.getpid(),
-                "create_time": create_time(os.getpid()),
-                "started_at": now_iso(),
-                "home": str(self.ws.root),
-            },
-        )
+        record_daemon(self.ws)
 
     def recover(self) -> None:
         """Adopt a running job whose exact process is alive; settle one whose process is gone.
@@ -223,50 +187,12 @@ class Daemon:
     def settle(self, job_id: int, code: int | None, reason: str | None = None) -> Job:
         """Record how a child ended: done, back to pending (resumable or lost), failed or cancelled."""
         job = self.queue.get(job_id)
-        changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
-        if job.held and code == EXIT_RESUMABLE:
-            changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)
-        if code is None:
-            changes["loss_reason"] = reason or _("processo de treino perdido")
-        if code is None and job.cancel_requested:
-            changes.update(
-                state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado (o processo perdeu-se)")
+        failure = None
+        if code not in (None, 0, EXIT_RESUMABLE):
+            failure = read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE) or failure_line(
+                last_lines(self.queue.log_path(job_id), 40)
             )
-        elif code is None:
-            recoveries = job.recoveries + 1
-            if recoveries > job.max_recoveries:
-                changes.update(
-                    state=JobStatus.FAILED.value,
-                    recoveries=recoveries,
-                    ended_at=now_iso(),
-                    error=_("processo perdido {recoveries} vezes (max_recoveries={max_recoveries})").format(
-                        recoveries=recoveries, max_recoveries=job.max_recoveries
-                    ),
-                )
-            else:
-                wait = backoff.delay(recoveries, self.recovery_backoff)
-                changes.update(
-                    state=JobStatus.PENDING.value,
-                    recoveries=recoveries,
-                    retry_at=backoff.retry_time(recoveries, self.recovery_backoff),
-                    error=_(
-                        "processo de treino perdido ({reason}); retoma do último checkpoint daqui a {wait:g} s"
-                    ).format(reason=changes["loss_reason"], wait=wait),
-                )
-        elif code == 0:
-            changes.update(state=JobStatus.DONE.value, ended_at=now_iso(), error=None)
-        elif code == EXIT_RESUMABLE and job.cancel_requested:
-            changes.update(state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
-        elif code == EXIT_RESUMABLE:
-            changes.update(state=JobStatus.PENDING.value, error=None)
-        else:
-            changes.update(
-                state=JobStatus.FAILED.value,
-                ended_at=now_iso(),
-                error=read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE)
-                or failure_line(last_lines(self.queue.log_path(job_id), 40))
-                or _("código de saída {code}").format(code=code),
-            )
+        changes = ending(job, code, reason, failure, self.recovery_backoff)
         job = self.queue.update(job_id, **changes)
         why = f", {changes['loss_reason']}" if code is None else ""
         self.log(f"job {job_id} ({job.name}): {job.state} (código {code}, recuperações {job.recoveries}{why})")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.daemon import daemon_pid
+from farensed.queue.pidfile import daemon_pid
 from farensed.storage.atomic import atomic_write_bytes
 from farensed.storage.workspace import Workspace
 

@@ -1,0 +1,263 @@
+"""farensectl status / tail / gap / logs / compare: what a run says, live or after the fact."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
+from farensed.cli.jobs import _follow
+from farensed.cli.runs import resolve_run, with_run_help
+from farensed.i18n import _
+
+
+@cli.command()
+@click.argument("ref", metavar="[RUN]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@with_run_help
+def status(ref, as_json):
+    """Everything about one run: its job in full, or what its run folder says.
+
+    A failed job shows the reason in one line and where its full log is.
+
+    \b
+    Example:
+      farensectl status 3 --json | jq .progress
+    """
+    from farensed.views.status import run_status
+
+    info = run_status(resolve_run(ref))
+    if info.get("id") is not None:
+        from farensed.cli.overnight import pause_line
+
+        q = queue()
+        info["pause"] = pause_line(q, q.get(info["id"]))
+    if as_json:
+        print_json(info)
+        return
+    p = info["progress"]
+    for key in (
+        "id",
+        "name",
+        "state",
+        "finished",
+        "priority",
+        "attempts",
+        "recoveries",
+        "world_size",
+        "submitted_at",
+        "started_at",
+        "ended_at",
+        "not_before",
+        "after",
+        "pid",
+        "exit_code",
+        "held",
+        "pause",
+        "loss_reason",
+        "run_dir",
+        "log",
+    ):
+        if info.get(key) not in (None, [], ""):
+            click.echo(f"{key + ':':<14}{info[key]}")
+    if info["state"] == "pending" and info.get("retry_at"):
+        from farensed.queue.backoff import seconds_left
+
+        if left := seconds_left(info["retry_at"]):
+            click.echo(
+                f"{_('retoma às:'):<14}"
+                + _("{time} (daqui a {left:.0f} s)").format(time=info["retry_at"][11:19], left=left)
+            )
+    if p["step"] is not None:
+        click.echo(
+            f"{_('progresso:'):<14}"
+            + _(
+                "step {step}/{total_steps}, época {epoch}, loss {loss}, val_loss {val_loss}, melhor {best}, banda {band}"
+            ).format(
+                step=p["step"],
+                total_steps=p["total_steps"] or "?",
+                epoch=p["epoch"] + 1,
+                loss=fmt_number(p["loss"]),
+                val_loss=fmt_number(p["val_loss"]),
+                best=fmt_number(p["best_val_loss"]),
+                band=p["band"] or "-",
+            )
+        )
+    if (adapters := info.get("adapters")) and "error" not in adapters:
+        click.echo(
+            f"{'adapters:':<14}"
+            + _("{tensors} tensores, {parameters:,} parâmetros ({path})").format(
+                tensors=adapters["tensors"], parameters=adapters["parameters"], path=adapters["path"]
+            )
+        )
+    if info.get("reason"):
+        click.echo(f"{_('erro:'):<14}{info['reason']}")
+        click.echo(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
+    elif info.get("error"):
+        click.echo(f"{_('nota:'):<14}{info['error']}")
+
+
+@cli.command()
+@click.argument("ref", metavar="[RUN]", required=False)
+@click.option("-n", "lines", type=int, default=10, show_default=True, help="Records to show first.")
+@click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
+@click.option(
+    "--refresh", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls."
+)
+@with_run_help
+def tail(ref, lines, follow, refresh):
+    """Live view: step, loss, val_loss, gap+band, tok/s, memory, ETA, best so far.
+
+    Each history line shows the best val_loss at that step. When the job ends it prints the final
+    analysis (or, for a failed job, why it failed) and exits with the job's code. Ctrl-C detaches
+    and never touches the job.
+
+    \b
+    Example:
+      farensectl tail 3 -n 20 --refresh 5
+    """
+    from farensed.analysis.monitor import follow as follow_run
+    from farensed.analysis.monitor import running_best
+
+    run = resolve_run(ref)
+    job = run.job
+    foreign = job is not None and job.state == "failed" and job.exit_code in (2, 3)  # refused: not its run
+    records = [] if foreign else run.records()
+    bests = running_best(records)
+    first = records[max(0, len(records) - 1000)] if records else None  # the base of the ETA
+    start = max(0, len(records) - lines) if lines > 0 else len(records)
+    if job is not None:
+        click.echo(
+            _("job {id} ({name}): {state}, recuperações {recoveries}, hosts {world_size}").format(
+                id=job.id, name=job.name, state=job.state, recoveries=job.recoveries, world_size=job.world_size
+            )
+        )
+    else:
+        click.echo(run.heading())
+    for record, best in zip(records[start:], bests[start:]):
+        click.echo(record_line(record, best, first))
+    if not follow:
+        if job is not None and job.state == "failed":
+            from farensed.views.status import error_reason
+
+            click.echo(
+                _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
+                    error_reason=error_reason(job.error), id=job.id
+                )
+            )
+        return
+    state = {"best": bests[-1] if bests else None, "first": first}
+
+    def emit(record):
+        if record.get("val_loss") is not None and (state["best"] is None or record["val_loss"] < state["best"]):
+            state["best"] = record["val_loss"]
+        state["first"] = state["first"] or record
+        click.echo(record_line(record, state["best"], state["first"]))
+
+    if job is not None:
+        sys.exit(_follow(run.queue, job, emit, refresh))
+    if run.seed_era or run.finished:
+        return
+    try:
+        follow_run(run.run_dir, lambda: run.finished, emit, interval=refresh)
+    except KeyboardInterrupt:
+        click.echo(_("\ndesligado"), err=True)
+        sys.exit(130)
+    from farensed.analysis.gap import format_analysis
+    from farensed.views.status import gap_report
+
+    click.echo(format_analysis(gap_report(run)))
+
+
+@cli.command()
+@click.argument("ref", metavar="[RUN]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@with_run_help
+def gap(ref, as_json):
+    """The seed's ANÁLISE FINAL DE OVERFITTING, with one line per validation.
+
+    Epochs: 0-based in files and JSON (`epoch`, checkpoint_epoch0_step200), 1-based on the console
+    (`Época 1/3`, the table's `época` column).
+
+    \b
+    Example:
+      farensectl gap 3 --json | jq .status
+    """
+    from farensed.analysis.gap import format_analysis
+    from farensed.views.status import gap_report
+
+    run = resolve_run(ref)
+    report = gap_report(run)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(run.heading())
+        click.echo(format_analysis(report, per_validation=True))
+
+
+@cli.command()
+@click.argument("ref", metavar="RUN")
+@click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
+@with_run_help
+def logs(ref, lines):
+    """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).
+
+    \b
+    Example:
+      farensectl logs 3 -n 50
+    """
+    from farensed.errors import QueueError
+    from farensed.storage.jsonl import tail_lines
+
+    run = resolve_run(ref)
+    if run.job is None:
+        raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
+    path = run.queue.log_path(run.job.id)
+    if lines:
+        click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
+    else:
+        click.echo(path.read_text(errors="replace") if path.exists() else "", nl=False)
+
+
+@cli.command()
+@click.argument("refs", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@with_run_help
+def compare(refs, as_json):
+    """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1, success verdicts.
+
+    Training time is the step time over all attempts; tok/s is the steady-state median (no JIT compile).
+    The verdicts use each run's `success` criteria, else the seed's.
+
+    \b
+    Example:
+      farensectl compare checkpoints_qlora_v1_backup 2
+    """
+    from farensed.analysis.compare import compare as compare_runs
+    from farensed.errors import QueueError
+
+    if len(refs) < 2:
+        raise QueueError(_("compare precisa de pelo menos duas corridas"))
+    table = compare_runs([resolve_run(ref) for ref in refs])
+    if as_json:
+        print_json(table)
+        return
+    cols = table["jobs"]
+    from farensed.analysis.compare import ROWS
+
+    rows = [(_(label), key, spec) for label, key, spec in ROWS]
+    w = max([22] + [len(c["label"]) + 2 for c in cols])
+    click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
+    for label, key, spec in rows:
+        cells = ["-" if c[key] is None else (format(c[key], spec) if spec else str(c[key])) for c in cols]
+        click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
+    criteria = []
+    for c in cols:
+        criteria += [v["criterion"] for v in c["success"] if v["criterion"] not in criteria]
+    for crit in criteria:
+        cells = []
+        for c in cols:
+            v = next((v for v in c["success"] if v["criterion"] == crit), None)
+            cells.append("-" if v is None else f"{'✅' if v['passed'] else '❌'} " + fmt_number(v["value"]))
+        click.echo(f"{crit:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
