@@ -22,16 +22,18 @@ def process_alive(pid: int | None, started: float | None) -> bool:
     try:
         proc = psutil.Process(pid)
         return (started is None or abs(proc.create_time() - started) < 0.5) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError, TypeError, OverflowError):  # a pid read from a damaged file may be anything
         return False
 
 
 def signal_group(pid: int, sig: int = signal.SIGTERM) -> bool:
     """Signal a child's process group (it runs in its own session); False if it is gone."""
+    if type(pid) is not int or pid <= 1 or pid == os.getpgrp():  # never init's group, never our own
+        return False
     try:
         os.killpg(pid, sig)
         return True
-    except (ProcessLookupError, PermissionError):
+    except (ProcessLookupError, PermissionError, OverflowError, TypeError, ValueError):
         return False
 
 
