@@ -14,12 +14,19 @@ class FarenseGroup(click.Group):
     """A click group that turns library errors into one line on stderr and their exit code."""
 
     def invoke(self, ctx):
+        from farensed.terminal import safe
+
         try:
             return super().invoke(ctx)
         except FarenseError as exc:
-            err = click.ClickException(str(exc))
+            err = click.ClickException(safe(exc, 2000))  # a value from a user's file never reaches the terminal raw
             err.exit_code = exc.exit_code
             raise err from None
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a file the command needs cannot be read or written: one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(safe(f"{where}{exc.strerror or exc}", 2000)) from None
 
 
 @click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})

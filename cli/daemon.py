@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from farensed.cli.app import cli, print_json, workspace
 from farensed.i18n import _
+
+NOT_RUNNING = 3  # LSB: "program is not running"
 
 
 @cli.group()
@@ -37,7 +41,10 @@ def stop():
 @daemon.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def daemon_status(as_json):
-    """Is farensed running, with which pid and service manager."""
+    """Is farensed running, with which pid and service manager.
+
+    Exit code 0 when farensed is running, 3 when it is not (as LSB init scripts' `status`).
+    """
     from farensed.queue import service
 
     info = service.status(workspace())
@@ -50,6 +57,8 @@ def daemon_status(as_json):
                 state=state, manager=info["manager"], installed=_("sim") if info["installed"] else _("não")
             )
         )
+    if not info["running"]:
+        sys.exit(NOT_RUNNING)
 
 
 @daemon.command()

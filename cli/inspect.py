@@ -10,6 +10,7 @@ from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import _
+from farensed.terminal import safe
 
 
 @cli.command()
@@ -60,7 +61,12 @@ def status(ref, as_json):
         "log",
     ):
         if info.get(key) not in (None, [], ""):
-            click.echo(f"{key + ':':<14}{info[key]}")
+            value = info[key]
+            if key == "pid" and info.get("pid_alive") is False:
+                value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
+            click.echo(f"{key + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
+    if info.get("note"):
+        click.echo(f"{_('nota:'):<14}{info['note']}")
     if info["state"] == "pending" and info.get("retry_at"):
         from farensed.queue.backoff import seconds_left
 
@@ -77,11 +83,11 @@ def status(ref, as_json):
             ).format(
                 step=p["step"],
                 total_steps=p["total_steps"] or "?",
-                epoch=p["epoch"] + 1,
+                epoch=p["epoch"] + 1 if p["epoch"] is not None else "?",
                 loss=fmt_number(p["loss"]),
                 val_loss=fmt_number(p["val_loss"]),
                 best=fmt_number(p["best_val_loss"]),
-                band=p["band"] or "-",
+                band=safe(p["band"] or "-", 20),
             )
         )
     if (adapters := info.get("adapters")) and "error" not in adapters:
@@ -92,10 +98,10 @@ def status(ref, as_json):
             )
         )
     if info.get("reason"):
-        click.echo(f"{_('erro:'):<14}{info['reason']}")
+        click.echo(f"{_('erro:'):<14}{safe(info['reason'], 400)}")
         click.echo(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
     elif info.get("error"):
-        click.echo(f"{_('nota:'):<14}{info['error']}")
+        click.echo(f"{_('nota:'):<14}{safe(info['error'], 400)}")
 
 
 @cli.command()
@@ -130,11 +136,15 @@ def tail(ref, lines, follow, refresh):
     if job is not None:
         click.echo(
             _("job {id} ({name}): {state}, recuperações {recoveries}, hosts {world_size}").format(
-                id=job.id, name=job.name, state=job.state, recoveries=job.recoveries, world_size=job.world_size
+                id=job.id,
+                name=safe(job.name, 80),
+                state=job.state,
+                recoveries=job.recoveries,
+                world_size=job.world_size,
             )
         )
     else:
-        click.echo(run.heading())
+        click.echo(safe(run.heading(), 400))
     for record, best in zip(records[start:], bests[start:]):
         click.echo(record_line(record, best, first))
     if not follow:
@@ -143,7 +153,7 @@ def tail(ref, lines, follow, refresh):
 
             click.echo(
                 _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
-                    error_reason=error_reason(job.error), id=job.id
+                    error_reason=safe(error_reason(job.error), 400), id=job.id
                 )
             )
         return
@@ -192,7 +202,7 @@ def gap(ref, as_json):
     if as_json:
         print_json(report)
     else:
-        click.echo(run.heading())
+        click.echo(safe(run.heading(), 400))
         click.echo(format_analysis(report, per_validation=True))
 
 
@@ -209,15 +219,18 @@ def logs(ref, lines):
     """
     from farensed.errors import QueueError
     from farensed.storage.jsonl import tail_lines
+    from farensed.storage.regular import read_regular
+    from farensed.terminal import terminal_text
 
     run = resolve_run(ref)
     if run.job is None:
         raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
     path = run.queue.log_path(run.job.id)
+    # colours pass; any other escape sequence (window title, clipboard write, cursor moves) never reaches the terminal
     if lines:
-        click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
+        click.echo(terminal_text(b"\n".join(tail_lines(path, lines)).decode(errors="replace")))
     else:
-        click.echo(path.read_text(errors="replace") if path.exists() else "", nl=False)
+        click.echo(terminal_text(read_regular(path).decode(errors="replace")) if path.exists() else "", nl=False)
 
 
 @cli.command()
@@ -248,7 +261,7 @@ def compare(refs, as_json):
 
     rows = [(_(label), key, spec) for label, key, spec in ROWS]
     w = max([22] + [len(c["label"]) + 2 for c in cols])
-    click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
+    click.echo(f"{'':<18}" + "".join(f"{safe(c['label'], w - 1):>{w}}" for c in cols))
     for label, key, spec in rows:
         cells = ["-" if c[key] is None else (format(c[key], spec) if spec else str(c[key])) for c in cols]
         click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
