@@ -22,7 +22,7 @@ def unknown_key(key: str, known: list[str], where: str) -> SpecError:
         if close
         else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
     )
-    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 80), hint=hint))
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
 
 def _choice(options: tuple):
