@@ -78,10 +78,11 @@ def check_data_file(path: Path, label: str) -> int:
     return count
 
 
-def check_model_dir(path: Path, label: str) -> None:
-    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf)."""
+def check_model_dir(path: Path, label: str):
+    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf,
+    whose header it returns)."""
     if path.suffix.lower() == ".gguf":
-        from farensed.models.gguf_header import check_gguf_file
+        from farensed.models.gguf_support import check_gguf_file
 
         return check_gguf_file(path, label)
     if not path.is_dir():
@@ -100,6 +101,7 @@ def check_model_dir(path: Path, label: str) -> None:
         raise SpecError(
             _("{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)").format(label=label, path=path)
         )
+    return None
 
 
 def file_format(path: Path) -> str:
