@@ -133,6 +133,10 @@ def test_spec_with_an_unsupported_gguf_is_refused_before_anything_runs(isolated_
     with pytest.raises(SpecError, match="ficheiro GGUF não encontrado"):
         load_spec(write_spec(isolated_home, dict(spec, model="models/none.gguf")), Workspace.at(isolated_home))
     assert not (isolated_home / "models" / "q.gguf.mlx").exists()
+    blob = isolated_home / "models" / "sha256-0a1b"  # an Ollama blob: a GGUF with no .gguf in its name
+    write_gguf(blob, metadata(), tensors())
+    with pytest.raises(SpecError, match=r"sha256-0a1b é um GGUF sem a extensão \.gguf .*ln -s"):
+        load_spec(write_spec(isolated_home, dict(spec, model="models/sha256-0a1b")), Workspace.at(isolated_home))
 
 
 MESSAGES = {"messages": [{"role": "user", "content": "Olá?"}, {"role": "assistant", "content": "Olá."}]}

@@ -85,6 +85,15 @@ def check_model_dir(path: Path, label: str):
         from farensed.models.gguf_support import check_gguf_file
 
         return check_gguf_file(path, label)
+    if path.is_file():
+        from farensed.models.gguf_header import is_gguf
+
+        if is_gguf(path):  # an Ollama blob is a GGUF named sha256-…
+            raise SpecError(
+                _(
+                    "{label}: {path} é um GGUF sem a extensão .gguf (um blob do Ollama?); dê-lhe esse nome com uma ligação: ln -s {path} models/NOME.gguf, e ponha models/NOME.gguf no model"
+                ).format(label=label, path=path)
+            )
     if not path.is_dir():
         raise SpecError(_("{label}: pasta do modelo não encontrada: {path}").format(label=label, path=path))
     if not (path / "config.json").is_file():
