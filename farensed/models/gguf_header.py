@@ -98,14 +98,18 @@ class GgufInfo:
 
 class _Reader:
     def __init__(self, fh, path: Path, size: int):
-        self.fh, self.path, self.size = fh, path, size
+        self.fh, self.path, self.size, self.pos = fh, path, size, 0
 
     def bad(self, what: str) -> SpecError:
         return SpecError(_("{path}: cabeçalho GGUF inválido: {what}").format(path=self.path, what=what))
 
+    def truncated(self) -> SpecError:
+        return SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
+
     def take(self, n: int) -> bytes:
-        if n > self.size - self.fh.tell():  # checked before reading: a claimed length never allocates
-            raise SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
+        if n > self.size - self.pos:  # checked before reading: a claimed length never allocates
+            raise self.truncated()
+        self.pos += n
         return self.fh.read(n)
 
     def scalar(self, kind: int):
@@ -134,8 +138,8 @@ class _Reader:
             if inner in _SCALARS:
                 fmt = _SCALARS[inner]
                 return list(struct.unpack(f"<{count}{fmt[1]}", self.take(count * struct.calcsize(fmt))))
-            if count * _MIN_BYTES.get(inner, 1) > self.size - self.fh.tell():  # bounds the loop by the file
-                raise SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
+            if count * _MIN_BYTES.get(inner, 1) > self.size - self.pos:  # bounds the loop by the file
+                raise self.truncated()
             return [self.value(inner, where, depth + 1) for _ in range(count)]
         if kind not in _SCALARS:
             raise SpecError(
@@ -227,7 +231,7 @@ def read_header(path: Path) -> GgufInfo:
         align = info.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or not 0 < align <= MAX_ALIGNMENT or align & (align - 1):
             raise r.bad(_("general.alignment {value}").format(value=shown(align)))
-        start = -(-fh.tell() // align) * align
+        start = -(-r.pos // align) * align
     for name, dims, ggml_type, offset in raw:
         _place(r, info, name, dims, ggml_type, offset, start, align)
     return info
