@@ -141,3 +141,21 @@ def test_any_damaged_gguf_is_read_or_refused_in_one_line(tmp_path, cut, flips, b
 def test_bounds_leave_real_files_alone():
     assert MAX_STRING >= 1 << 20 and MAX_ARRAY >= 1 << 20  # chat templates of megabytes, vocabularies of millions
     assert MAX_TENSORS > 10_000 and F32 == 0
+
+
+def test_blocks_with_nan_scales_are_refused_naming_the_tensor(tmp_path):
+    from tests.ggufwrite import Q4_0
+
+    md = metadata()
+    bad = tensors()
+    blocks = np.zeros((32, 18), np.uint8)
+    blocks[5, 0:2] = np.array([np.nan], "<f2").view(np.uint8)  # one block's d is NaN: a corrupted download
+    bad[2] = ("blk.0.attn_q.weight", (32, 32), Q4_0, blocks.tobytes())
+    path = write_gguf(tmp_path / "m.gguf", md, bad)
+    for args in (["model", "info", str(path)], ["model", "import-gguf", str(path), str(tmp_path / "out")]):
+        result = CliRunner().invoke(cli, args)
+        assert (
+            result.exit_code == 2 and "blk.0.attn_q.weight: blocos Q4_0 com escalas infinitas ou NaN" in result.output
+        )
+        assert len(result.stderr.strip().splitlines()) == 1 and "Suportado" not in result.output  # the one error
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))  # the half import removed

@@ -110,7 +110,10 @@ def convert_weights(info: GgufInfo, shards: _Shards, compact: bool = False) -> t
         if t.name == ROPE_FREQS:
             rope_freqs = to_float32(raw, t.type_name).tolist()
             continue
-        arrays, form, measure = convert(raw, t, compact)
+        try:
+            arrays, form, measure = convert(raw, t, compact)
+        except SpecError as exc:
+            raise SpecError(f"{info.path}: {shown(t.name)}: {exc}") from None
         if form.bits:
             bits[mlx_name(t.name).rsplit(".", 1)[0]] = form.bits
         row = conversions.setdefault(row_key(t), {"count": 0, "form": form, "measure": Measure()})

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farensed.models.gguf_header import GGML_TYPES, GgufInfo, TensorInfo
+from farensed.errors import SpecError
+from farensed.i18n import _
+from farensed.models.gguf_header import GGML_TYPES, GgufInfo, TensorInfo, shown
 from farensed.models.gguf_support import GROUP_SIZE, MLX_FORMS, ROPE_FREQS, MlxForm, mlx_form
 
 CHUNK_VALUES = 1 << 22  # values converted at once: bounds the temporaries (a 7B layer is converted in pieces)
@@ -207,6 +209,10 @@ def _affine_rows(raw_rows: np.ndarray, type_name: str, bits: int, compact: bool,
         codes, scales, biases = AFFINE[type_name](blocks)
         ref = to_float32(raw_rows.reshape(-1), type_name) if check else None
     codes = codes.reshape(rows, -1)
+    if not (np.isfinite(scales).all() and np.isfinite(biases).all()):
+        raise SpecError(
+            _("blocos {type_name} com escalas infinitas ou NaN (ficheiro corrompido?)").format(type_name=type_name)
+        )
     scales, biases = _store(scales.reshape(rows, -1), biases.reshape(rows, -1), compact)
     measure = None
     if check:
@@ -250,15 +256,18 @@ SAMPLE_BLOCKS = 64  # per inexact tensor in `model info`: blocks spread over the
 
 
 def sample_measure(raw: np.ndarray, t: TensorInfo) -> Measure:
-    """The error of an inexact tensor's MLX form, measured on a few blocks and extrapolated to the whole tensor."""
+    """The error of a tensor's MLX form, measured on a few blocks and extrapolated to the whole tensor (an exact
+    form: none, its sampled scales only checked finite)."""
     form = mlx_form(t)
-    if form.exact or form.bits is None:
+    if form.bits is None:
         return Measure(values=t.size)
     block_bytes = GGML_TYPES[t.ggml_type][2]
     blocks = _blocks(raw, t.type_name)
     picked = np.unique(np.linspace(0, len(blocks) - 1, min(SAMPLE_BLOCKS, len(blocks))).astype(np.int64))
     sample = np.ascontiguousarray(blocks[picked]).reshape(len(picked), block_bytes)
-    *_arrays, measure = _affine_rows(sample, t.type_name, form.bits, False, True)
+    *_arrays, measure = _affine_rows(sample, t.type_name, form.bits, False, not form.exact)  # also: finite scales
+    if measure is None:
+        return Measure(values=t.size)
     factor = t.size / measure.measured
     return Measure(t.size, measure.max_abs, measure.sq_err * factor, measure.sq_ref * factor, measure.measured)
 
@@ -296,5 +305,8 @@ def plan(info: GgufInfo) -> tuple[dict, dict]:
             continue
         row = rows.setdefault(row_key(t), {"count": 0, "form": mlx_form(t), "measure": Measure()})
         row["count"] += 1
-        row["measure"].add(sample_measure(mm[t.offset : t.offset + t.nbytes], t))
+        try:
+            row["measure"].add(sample_measure(mm[t.offset : t.offset + t.nbytes], t))
+        except SpecError as exc:
+            raise SpecError(f"{info.path}: {shown(t.name)}: {exc}") from None
     return conversion_table(rows)
