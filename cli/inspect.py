@@ -100,10 +100,15 @@ def status(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="[RUN]", required=False)
-@click.option("-n", "lines", type=int, default=10, show_default=True, help="Records to show first.")
+@click.option("-n", "lines", type=int, default=10, show_default=True, metavar="N", help="Records to show first.")
 @click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
 @click.option(
-    "--refresh", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls."
+    "--refresh",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between polls.",
 )
 @with_run_help
 def tail(ref, lines, follow, refresh):
@@ -198,7 +203,7 @@ def gap(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
+@click.option("-n", "lines", type=int, default=0, metavar="N", help="Only the last N lines.")
 @with_run_help
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).

@@ -87,7 +87,7 @@ def pause_line(q, job) -> str | None:
 
 
 @cli.command()
-@click.option("--since", help="Jobs active since this ISO time or HH:MM (default: the last 24 hours).")
+@click.option("--since", metavar="TIME", help="Jobs active since this ISO time or HH:MM (default: the last 24 hours).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here (default: reports/<time>.html).")
 @click.option("--open", "open_", is_flag=True, help="Open it in the browser.")
 @click.option("--notify", is_flag=True, help="Send a desktop notification when written (what farensed does).")
