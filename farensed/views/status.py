@@ -1,4 +1,4 @@
-"""What the CLI shows about jobs: table rows, one job in full, the V1-vs-V2 comparison. No mlx here."""
+"""What the CLI shows about jobs: `list` rows, one job in full (`status`), a run's gap report. No mlx here."""
 
 from __future__ import annotations
 
