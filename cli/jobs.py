@@ -9,6 +9,7 @@ import click
 
 from farensed.cli.app import cli, colour_band, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
+from farensed.queue.job import JobStatus
 
 
 def _final(q, job) -> int:
@@ -19,7 +20,7 @@ def _final(q, job) -> int:
 
     job = q.get(job.id)
     click.echo(f"\njob {job.id} ({job.name}): {job.state}")
-    if job.state == "failed":
+    if job.status is JobStatus.FAILED:
         click.echo(
             _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
                 error_reason=error_reason(job.error), id=job.id
@@ -40,7 +41,7 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
     def is_over():
         nonlocal announced_wait
         current = q.get(job.id)
-        if current.state == "pending" and not announced_wait:
+        if current.status is JobStatus.PENDING and not announced_wait:
             click.echo(_("job {id} pendente: à espera que comece…").format(id=job.id), err=True)
             announced_wait = True
         return current.status.terminal
@@ -156,7 +157,9 @@ def cancel(job_id):
       farensectl cancel 3
     """
     job = queue().cancel(job_id)
-    click.echo(f"job {job.id}: " + (_("cancelado") if job.state == "cancelled" else _("a parar com checkpoint…")))
+    click.echo(
+        f"job {job.id}: " + (_("cancelado") if job.status is JobStatus.CANCELLED else _("a parar com checkpoint…"))
+    )
 
 
 @cli.command()

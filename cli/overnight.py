@@ -6,6 +6,7 @@ import click
 
 from farensed.cli.app import cli, print_json, queue, workspace
 from farensed.i18n import _
+from farensed.queue.job import JobStatus
 
 
 @cli.command()
@@ -61,7 +62,7 @@ def annotate(q, rows: list[dict]) -> list[str]:
         r["eta_start"], r["eta_end"] = (_iso(eta["start"]), _iso(eta["end"])) if eta else (None, None)
         if eta or r["pause"]:
             parts = [r["pause"]] if r["pause"] else []
-            if eta and r["state"] == "running":
+            if eta and r["state"] == JobStatus.RUNNING.value:
                 parts.append(_("fim previsto {end}").format(end=format_eta(eta["end"], now)))
             elif eta:
                 parts.append(

@@ -135,7 +135,7 @@ def run_status(run) -> dict:
     """Everything about one run (`farensectl status RUN`): its job in full, or what its folder says."""
     if run.job is not None:
         info = full_status(run.queue, run.job)
-        info["reason"] = error_reason(run.job.error) if run.job.state == JobStatus.FAILED.value else None
+        info["reason"] = error_reason(run.job.error) if run.job.status is JobStatus.FAILED else None
         return info
     last = run.records()[-50:] if run.seed_era else None
     return {
