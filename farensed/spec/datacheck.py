@@ -9,8 +9,6 @@ import orjson
 from farensed.errors import SpecError
 from farensed.i18n import _
 
-FORMATS = ("messages", "prompt/completion", "text")
-
 
 def _format_of(record: dict, where: str) -> str:
     if "messages" in record:

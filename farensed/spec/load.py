@@ -16,6 +16,8 @@ from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import is_yaml, read_config
 from farensed.storage.workspace import Workspace
 
+GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
+
 
 def read_spec_file(path: Path) -> Any:
     """Decode a spec file (or an mlx_lm lora YAML config), reporting malformed JSON with its line and column."""
@@ -70,7 +72,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
         )
     if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
         model_type = _model_config(model_dir).get("model_type")
-        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
+        if model_type not in GGUF_EXPORT_TYPES:
             raise SpecError(
                 _(
                     "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
