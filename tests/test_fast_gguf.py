@@ -241,6 +241,11 @@ def test_sentencepiece_tokenizer_has_the_converters_and_sentencepieces_ids(sente
     assert ours.bos_token == "<s>" and ours.eos_token == "</s>" and ours.unk_token == "<unk>"
     no_bos = build_tokenizer(dict(md, **{"tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": True}))
     assert no_bos.encode("Faro") == [*sp.encode("Faro"), 2]
+    no_prefix = build_tokenizer(dict(md, **{"tokenizer.ggml.add_space_prefix": False}))
+    pieces = no_prefix.convert_ids_to_tokens(no_prefix.encode("Faro", add_special_tokens=False))
+    assert not pieces[0].startswith("\u2581") and ours.convert_ids_to_tokens(ours.encode("Faro"))[1].startswith(
+        "\u2581"
+    )
     ours.save_pretrained(str(tmp_path))  # what mlx-lm loads
     again = AutoTokenizer.from_pretrained(str(tmp_path))
     assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]

@@ -197,7 +197,6 @@ def _logits_close(model, reference, vocab: int, tol: float):
     assert mx.abs(got - want).max().item() < tol * mx.abs(want).max().item()
 
 
-@pytest.mark.e2e
 def test_every_supported_type_imports_and_equals_llama_cpps_values(tmp_path):
     import mlx.core as mx
     import numpy as np
@@ -239,7 +238,6 @@ def test_every_supported_type_imports_and_equals_llama_cpps_values(tmp_path):
     _logits_close(model, ref_model, config["vocab_size"], 1e-2)  # the Q6_K output layer's small error
 
 
-@pytest.mark.e2e
 def test_qwen2_maps_onto_mlx_lms_qwen2_without_permutation(tmp_path):
     import mlx.core as mx
     from mlx_lm import load
