@@ -342,3 +342,46 @@ def synthetic_gguf(path: Path, md: dict, types: dict | None = None, width: int =
         f"{arch}.rope.freq_base": 10000.0,
     }
     return write_with_gguf(path, metadata, tensors), reference
+
+
+# A one-layer llama of width 32 in F32 (raw writer): the base the refusal and hostile-header tests alter
+TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "1", "2", "Ġ", "Ġab", "12"]
+
+
+def metadata(**changes) -> dict:
+    md = {
+        "general.architecture": "llama",
+        "llama.block_count": 1,
+        "llama.embedding_length": 32,
+        "llama.feed_forward_length": 32,
+        "llama.attention.head_count": 2,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": TOKENS,
+        "tokenizer.ggml.token_type": [3, 3, 3] + [1] * (len(TOKENS) - 3),
+        "tokenizer.ggml.merges": ["a b", "Ġ ab", "1 2"],
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    md.update(changes)
+    return {k: v for k, v in md.items() if v is not None}
+
+
+def qwen2_metadata(**changes) -> dict:
+    md = {k.replace("llama.", "qwen2."): v for k, v in metadata(**changes).items()}
+    return dict(md, **{"general.architecture": "qwen2", "tokenizer.ggml.pre": "qwen2"})
+
+
+BLOCK = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")
+
+
+def tensors(odd_type: int | None = None, biases: tuple = ()) -> list:
+    out = [("token_embd.weight", (len(TOKENS), 32), F32, np.zeros((len(TOKENS), 32), "<f4").tobytes())]
+    out += [("output_norm.weight", (32,), F32, np.ones(32, "<f4").tobytes())]
+    for name in BLOCK:
+        shape = (32,) if "norm" in name else (32, 32)
+        out.append((f"blk.0.{name}.weight", shape, F32, np.zeros(shape, "<f4").tobytes()))
+    out += [(f"blk.0.{name}.bias", (32,), F32, np.zeros(32, "<f4").tobytes()) for name in biases]
+    if odd_type == Q2_K:  # a K-quant farense does not import: 84 bytes per 256 weights
+        out[2] = ("blk.0.attn_q.weight", (32, 256), Q2_K, b"\0" * (32 * 84))
+    return out

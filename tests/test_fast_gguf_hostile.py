@@ -16,8 +16,7 @@ from farensed.errors import SpecError
 from farensed.models.gguf_header import MAX_ARRAY, MAX_STRING, MAX_TENSORS, read_header
 from farensed.models.gguf_quants import plan
 from farensed.models.gguf_support import check_supported
-from tests.ggufwrite import F32, Q4_0, header_bytes, write_gguf
-from tests.test_fast_gguf import metadata, tensors
+from tests.ggufwrite import F32, Q4_0, header_bytes, metadata, tensors, write_gguf
 
 HEAD = b"GGUF" + struct.pack("<I", 3)
 

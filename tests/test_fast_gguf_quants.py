@@ -12,8 +12,7 @@ from farensed.cli.main import cli
 from farensed.models.gguf_header import GGML_TYPES, TensorInfo
 from farensed.models.gguf_quants import convert, pack, to_float32
 from farensed.models.gguf_support import MLX_FORMS
-from tests.ggufwrite import encode, synthetic_gguf
-from tests.test_fast_gguf import metadata
+from tests.ggufwrite import encode, metadata, synthetic_gguf
 
 IDS = {name: type_id for type_id, (name, _block, _size) in GGML_TYPES.items()}
 F16_FIELDS = {"Q4_0": 2, "Q4_1": 4, "Q5_0": 2, "Q5_1": 4, "Q8_0": 2, "Q4_K": 4, "Q5_K": 4}  # leading fp16 d (, m)

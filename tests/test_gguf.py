@@ -203,8 +203,7 @@ def test_every_supported_type_imports_and_equals_llama_cpps_values(tmp_path):
     from mlx_lm import load
     from mlx_lm.models import llama
 
-    from tests.ggufwrite import synthetic_gguf
-    from tests.test_fast_gguf import metadata
+    from tests.ggufwrite import metadata, synthetic_gguf
 
     path, gguf_ref = synthetic_gguf(tmp_path / "all.gguf", metadata())
     summary = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(tmp_path / "out"), "--json"])
@@ -244,8 +243,7 @@ def test_qwen2_maps_onto_mlx_lms_qwen2_without_permutation(tmp_path):
     from mlx_lm.models import qwen2
 
     from farensed.engine.gguf import import_gguf
-    from tests.ggufwrite import F32, Q8_0, synthetic_gguf
-    from tests.test_fast_gguf import qwen2_metadata
+    from tests.ggufwrite import F32, Q8_0, qwen2_metadata, synthetic_gguf
 
     types = {"output": Q8_0, "ffn_down": F32}  # every tensor exact: the logits must agree to float rounding
     path, gguf_ref = synthetic_gguf(tmp_path / "qwen2.gguf", qwen2_metadata(), types=types)
