@@ -10,6 +10,7 @@ from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import _
+from farensed.queue.job import JobStatus
 from farensed.terminal import safe
 
 
@@ -67,7 +68,7 @@ def status(ref, as_json):
             click.echo(f"{key + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
     if info.get("note"):
         click.echo(f"{_('nota:'):<14}{info['note']}")
-    if info["state"] == "pending" and info.get("retry_at"):
+    if info["state"] == JobStatus.PENDING.value and info.get("retry_at"):
         from farensed.queue.backoff import seconds_left
 
         if left := seconds_left(info["retry_at"]):
@@ -106,10 +107,15 @@ def status(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="[RUN]", required=False)
-@click.option("-n", "lines", type=int, default=10, show_default=True, help="Records to show first.")
+@click.option("-n", "lines", type=int, default=10, show_default=True, metavar="N", help="Records to show first.")
 @click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
 @click.option(
-    "--refresh", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls."
+    "--refresh",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between polls.",
 )
 @with_run_help
 def tail(ref, lines, follow, refresh):
@@ -128,7 +134,7 @@ def tail(ref, lines, follow, refresh):
 
     run = resolve_run(ref)
     job = run.job
-    foreign = job is not None and job.state == "failed" and job.exit_code in (2, 3)  # refused: not its run
+    foreign = job is not None and job.status is JobStatus.FAILED and job.exit_code in (2, 3)  # refused: not its run
     records = [] if foreign else run.records()
     bests = running_best(records)
     first = records[max(0, len(records) - 1000)] if records else None  # the base of the ETA
@@ -148,7 +154,7 @@ def tail(ref, lines, follow, refresh):
     for record, best in zip(records[start:], bests[start:]):
         click.echo(record_line(record, best, first))
     if not follow:
-        if job is not None and job.state == "failed":
+        if job is not None and job.status is JobStatus.FAILED:
             from farensed.views.status import error_reason
 
             click.echo(
@@ -208,7 +214,7 @@ def gap(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
+@click.option("-n", "lines", type=int, default=0, metavar="N", help="Only the last N lines.")
 @with_run_help
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).

@@ -50,7 +50,7 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
             label=f"melhor (step {best['step']}: {best['val_loss']:.4f})",
         )
         ax_gap.plot([r["step"] for r in vals], [r["gap"] for r in vals], "o-", color="purple", label="gap")
-        for limit, name, _ in BANDS[:-1]:
+        for limit, name, *_ in BANDS[:-1]:
             ax_gap.axhline(limit, linestyle="--", linewidth=0.8, color="gray")
             ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
         ax_gap.axvline(best["step"], color="gold", linewidth=1)

@@ -12,8 +12,6 @@ from farensed.spec.modelcheck import check_model_folder
 from farensed.storage.regular import NotRegularFile, open_regular
 from farensed.terminal import excerpt
 
-FORMATS = ("messages", "prompt/completion", "text")
-
 
 def _format_of(record: dict, where: str) -> str:
     if "messages" in record:
@@ -97,13 +95,24 @@ def scan_data_file(path: Path, label: str) -> tuple[int, str]:
     return count, fmt
 
 
-def check_model_dir(path: Path, label: str) -> None:
-    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf)."""
+def check_model_dir(path: Path, label: str):
+    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf,
+    whose header it returns)."""
     if path.suffix.lower() == ".gguf":
-        from farensed.models.gguf_header import check_gguf_file
+        from farensed.models.gguf_support import check_gguf_file
 
         return check_gguf_file(path, label)
-    check_model_folder(path, label)
+    if path.is_file():
+        from farensed.models.gguf_header import is_gguf
+
+        if is_gguf(path):  # an Ollama blob is a GGUF named sha256-…
+            raise SpecError(
+                _(
+                    "{label}: {path} é um GGUF sem a extensão .gguf (um blob do Ollama?); dê-lhe esse nome com uma ligação: ln -s {path} models/NOME.gguf, e ponha models/NOME.gguf no model"
+                ).format(label=label, path=path)
+            )
+    check_model_folder(path, label)  # as mlx-lm reads it (spec/modelcheck.py)
+    return None
 
 
 def file_format(path: Path) -> str:

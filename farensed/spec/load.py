@@ -9,14 +9,17 @@ import orjson
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.models.gguf_support import check_chat_template
 from farensed.models.hub import resolve_model
 from farensed.spec.datacheck import check_model_dir, scan_data_file
 from farensed.spec.decode import decode_json, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import config_to_spec, is_yaml
-from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_chat_template, check_safetensors
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_messages_template, check_safetensors
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
+
+GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
 def read_spec(path: Path) -> tuple[Any, bytes]:
@@ -51,7 +54,7 @@ def _quantized(model_dir: Path) -> bool:
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
     model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
-    check_model_dir(model_dir, f"{label}: model")
+    gguf = check_model_dir(model_dir, f"{label}: model")  # a .gguf: its header (GgufInfo)
     if spec.fine_tune_type == "full" and _quantized(model_dir):
         raise SpecError(
             _(
@@ -60,7 +63,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
         )
     if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
         model_type = _model_config(model_dir).get("model_type")
-        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
+        if model_type not in GGUF_EXPORT_TYPES:
             raise SpecError(
                 _(
                     "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
@@ -75,9 +78,10 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     for key, rel in (("train", spec.data.train), ("valid", spec.data.valid), ("test", spec.data.test)):
         if rel:
             counts[key], formats[key] = scan_data_file(ws.resolve(rel), f"{label}: data.{key}")
-    chat = next((key for key, fmt in formats.items() if fmt == "messages"), None)
-    if chat and model_dir.suffix.lower() != ".gguf":
-        check_chat_template(model_dir, f"{label}: model", f"data.{chat}")
+    if gguf is not None:
+        check_chat_template(gguf, set(formats.values()), f"{label}: model")
+    elif chat := next((key for key, fmt in formats.items() if fmt == "messages"), None):
+        check_messages_template(model_dir, f"{label}: model", f"data.{chat}")
     if counts["train"] < spec.batch_size:
         raise SpecError(
             _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(

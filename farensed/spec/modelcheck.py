@@ -210,7 +210,7 @@ def has_chat_template(folder: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def check_chat_template(folder: Path, label: str, data_label: str) -> None:
+def check_messages_template(folder: Path, label: str, data_label: str) -> None:
     """`messages` data needs the tokenizer's chat template: without it, mlx-lm fails at the first example."""
     if not has_chat_template(folder):
         raise SpecError(

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import read_last
-from farensed.queue.job import job_run_dir, parse_time
+from farensed.queue.job import JobStatus, job_run_dir, parse_time
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
 from farensed.storage.atomic import read_json
@@ -162,7 +162,7 @@ def _seconds_left(queue, job, spec: dict, records: list[dict], measured: dict) -
     """The job's remaining work in seconds: its own pace, else a similar run's; None when unknown."""
     key = (spec.get("model"), spec.get("max_seq_length", _default("max_seq_length")))
     try:
-        own = None if job.fresh and job.status.value == "pending" else _step_seconds(records)
+        own = None if job.fresh and job.status is JobStatus.PENDING else _step_seconds(records)
         per_step = own or measured.get(key)
         total = (_count(records[-1].get("total_steps")) if records and own else None) or _total_steps(queue, spec)
         done = (_count(records[-1].get("step")) or 0) if records and own else 0
@@ -189,7 +189,7 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
             after=list(job.after),
             windows=_windows(spec, default_window),
         )
-        if job.status.value == "running":
+        if job.status is JobStatus.RUNNING:
             running = item
         else:
             items.append(item)
