@@ -125,6 +125,73 @@ def test_the_daemon_sets_aside_every_poison_file_says_why_and_queues_the_good_on
     assert "jobs/failed/ tem ficheiros recusados (total: 19)" in text and "\x1b" not in text
 
 
+# ---- the loop never dies of one tick ---------------------------------------------------------------------------
+class Flaky(Daemon):
+    """A daemon whose memory check fails three times and whose start of job `bad` raises: what a bug would do."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mishaps.first_pause = 0.01  # the real schedule doubles from 1 s; the test need not wait for it
+        self.failures_left = 3
+
+    def guard_memory(self):
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("boom")
+        return super().guard_memory()
+
+    def start(self, job):
+        if job.name == "bad":
+            self.queue.claim(job.id)  # half-started, then a bug
+            raise KeyError("the start of bad")
+        return super().start(job)
+
+
+def test_an_exception_in_a_tick_is_logged_once_its_job_set_aside_and_the_loop_goes_on(ws):
+    q = Queue(ws)
+    bad = q.submit(write(ws.root, "bad.json", orjson.dumps(spec(name="bad", priority=9))))
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    later = q.submit(write(ws.root, "later.json", orjson.dumps(spec(name="later", not_before=tomorrow))))
+    logger = logging.getLogger("flaky")
+    logger.setLevel(logging.INFO)
+    handler = Lines()
+    logger.addHandler(handler)
+    try:
+        assert Flaky(ws, log=logger, poll_interval=0.01).work(burst=True) == 0  # it returned: never died
+    finally:
+        logger.removeHandler(handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    text = "\n".join(handler.lines)
+    assert text.count("RuntimeError: boom") == 2 and text.count("Traceback") == 2  # once for boom, once for bad
+    failed = q.get(bad.id)
+    assert failed.state == "failed" and "erro interno do farensed: KeyError" in failed.error
+    assert f"farensectl retry {bad.id}" in failed.error and q.get(later.id).state == "pending"
+
+
+def test_a_repeated_error_is_counted_not_logged_again_and_slows_the_loop():
+    from farensed.queue.mishaps import MAX_PAUSE_S, Mishaps
+
+    logger = logging.getLogger("mishaps")
+    logger.setLevel(logging.INFO)
+    handler = Lines()
+    logger.addHandler(handler)
+    mishaps = Mishaps(logger)
+    pauses = []
+    for _ in range(1000):
+        try:
+            raise ValueError("the same")
+        except ValueError as exc:
+            mishaps.record(exc, "ciclo")
+        pauses.append(mishaps.pause())
+    logger.removeHandler(handler)
+    assert len(handler.lines) == 4  # the first with its traceback, then at the 10th, 100th and 1000th time
+    assert "Traceback" in handler.lines[0] and "(1000 vezes)" in handler.lines[-1]
+    assert pauses[:4] == [1.0, 2.0, 4.0, 8.0] and max(pauses) == MAX_PAUSE_S
+    mishaps.clean_tick()
+    assert mishaps.pause() == 0.0
+
+
 # ---- 2. tiny files blew up memory and disk ---------------------------------------------------------------------
 def test_an_alias_bomb_is_refused_before_it_expands(ws):
     from farensed.errors import SpecError

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 
@@ -94,7 +95,9 @@ def test_farensed_survives_generated_poison_and_trains_a_good_job_to_its_end(wor
         assert daemon.poll() is None, log.read_text()[-3000:]  # alive all along
         [good] = queue.jobs()
         assert (good.name, good.state, good.exit_code, good.attempts) == ("good", "done", 0, 1)
-        assert (workspace / "output" / "good" / "adapters.safetensors").is_file()
+        adapters = workspace / "output" / "good" / "adapters.safetensors"
+        assert stat.S_IMODE(adapters.stat().st_mode) == 0o600  # private by default: the daemon's umask 077
+        assert stat.S_IMODE((workspace / "checkpoints_qlora" / "good").stat().st_mode) == 0o700
         failed = {p.name for p in (ws.jobs / "failed").iterdir() if not p.name.endswith(".reason.txt")}
         assert failed == set(poison) | {"fifo.json", "link.json"}
         text = log.read_text()

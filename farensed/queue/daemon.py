@@ -6,6 +6,7 @@ stays small, and a daemon killed with -9 leaves its child training; the next dae
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -112,7 +113,8 @@ class Daemon:
         """
         with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept
             for folder in [self.ws.jobs, *(self.queue.job_dir(i) for i in self.queue.ids())]:
-                sweep_temps(folder, self.ws.root)
+                with contextlib.suppress(OSError):  # a folder that vanished or cannot be listed: nothing to sweep
+                    sweep_temps(folder, self.ws.root)
         for job in self.queue.jobs():
             if job.status is not JobStatus.RUNNING:
                 continue
@@ -148,7 +150,6 @@ class Daemon:
         if exit_file.exists():
             os.replace(exit_file, job_dir / "exit.prev.json")
         fresh = job.fresh and not (job_dir / FRESH_DONE).exists()  # until the child has started over
-        self.handling = job.id
         job = self.queue.claim(
             job.id,
             attempts=job.attempts + 1,
@@ -328,6 +329,7 @@ class Daemon:
         memory_ok = self.guard_memory()
         allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start
         if self.current is None and memory_ok and allowed and not self.stopping and (job := self._pick(allowed)):
+            self.handling = job.id  # a failure from here on sets this job aside
             if self.start(job):
                 self.overnight.started(job)
         self.handling = None

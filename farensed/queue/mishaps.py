@@ -28,8 +28,9 @@ def signature(exc: BaseException) -> tuple:
 class Mishaps:
     """Unexpected exceptions of the daemon's loop: logged once each, their item set aside, consecutive ones slowed."""
 
-    def __init__(self, logger: logging.Logger):
+    def __init__(self, logger: logging.Logger, first_pause: float = 1.0):
         self.logger = logger
+        self.first_pause = first_pause
         self.seen: dict[tuple, int] = {}
         self.consecutive = 0
         self.broken: set[int] = set()  # jobs that could not even be marked failed: never started again here
@@ -75,7 +76,7 @@ class Mishaps:
 
     def pause(self) -> float:
         """Seconds to wait before the next tick: 0 after a clean tick, doubling with each consecutive failure."""
-        return 0.0 if not self.consecutive else min(MAX_PAUSE_S, 2.0 ** (self.consecutive - 1))
+        return 0.0 if not self.consecutive else min(MAX_PAUSE_S, self.first_pause * 2.0 ** (self.consecutive - 1))
 
     def clean_tick(self) -> None:
         self.consecutive = 0
