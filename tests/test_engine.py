@@ -113,7 +113,7 @@ def test_changed_spec_is_refused_and_fresh_moves_the_old_run_aside(workspace):
     proc = run_cli(workspace, "run", str(changed))
     assert proc.returncode != 0
     assert "Traceback" not in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1].startswith("Error: ")
+    assert proc.stdout.strip().splitlines()[-1].startswith("Erro: ")
     assert "lora.rank: 4 → 8" in proc.stdout and "--fresh" in proc.stdout
     before = sorted(p.name for p in (workspace / RUN).iterdir())
     proc = run_cli(workspace, "run", str(changed), "--fresh")

@@ -24,6 +24,21 @@ def _eta(record: dict, first: dict | None) -> str | None:
     )
 
 
+def live_line(head: str, state: str, record: dict | None, first: dict | None, note: str | None = None) -> str:
+    """`wait`'s one live line: the job, its state, step/total, loss, ETA (what is known so far)."""
+    parts = [f"{head}: {state}"]
+    if note:
+        parts.append(note)
+    if record:
+        total = record.get("total_steps")
+        parts.append(f"step {record.get('step')}" + (f"/{total}" if total else ""))
+        if isinstance(record.get("loss"), (int, float)):
+            parts.append(f"loss {record['loss']:.4f}")
+        if (eta := _eta(record, first)) is not None:
+            parts.append(f"ETA {eta}")
+    return " · ".join(parts)
+
+
 def format_record(record: dict, best: float | None, first: dict | None = None, colour=lambda text, band: text) -> str:
     """One line: step, epoch, loss, val_loss, gap+band, tok/s, memory, ETA, best so far."""
     total = record.get("total_steps")

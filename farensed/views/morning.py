@@ -16,15 +16,15 @@ from pathlib import Path
 from farensed.analysis.compare import ROWS, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
-from farensed.i18n import _
+from farensed.i18n import _, language, ngettext
+from farensed.queue import events
 from farensed.queue.job import Job, job_run_dir
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json
 from farensed.views.runref import Run
-from farensed.views.status import duration_s
+from farensed.views.status import duration_s, total_duration_s
 
 REPORTS_DIR = "reports"
-EVENT_RE = re.compile(r"^=== farensed: (.*?) ===$")
 
 
 def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
@@ -62,12 +62,13 @@ def in_period(job: Job, since: dt.datetime) -> bool:
 
 
 def job_events(queue: Queue, job: Job) -> list[str]:
-    """What farensed wrote into the job's log: each attempt, each stop and why."""
+    """What farensed wrote into the job's log — each attempt, each resume after a pause, each stop and why — said
+    in the reader's language (farensed.queue.events)."""
     try:
         text = queue.log_path(job.id).read_text(errors="replace")
     except OSError:
         return []
-    return [m.group(1) for line in text.splitlines() if (m := EVENT_RE.match(line.strip()))]
+    return [events.describe(fields, human) for fields, human in events.job_events(text)]
 
 
 def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -> list[dict] | None:
@@ -78,12 +79,19 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
     try:
         from farensed.analysis.success import verdicts
     except ImportError:
-        return [{"criterion": k, "passed": None, "text": f"{k}: {v} (sem verificador)"} for k, v in criteria.items()]
+        return [
+            {
+                "criterion": k,
+                "passed": None,
+                "text": _("{criterion}: {value} (sem verificador)").format(criterion=k, value=v),
+            }
+            for k, v in criteria.items()
+        ]
     try:
         chosen = {k: v for k, v in criteria.items() if v is not None}
         return [v.to_dict() for v in verdicts(chosen, records, evaluation)]
     except (TypeError, ValueError, KeyError) as exc:
-        return [{"criterion": "success", "passed": None, "text": f"critérios ilegíveis ({exc})"}]
+        return [{"criterion": "success", "passed": None, "text": _("critérios ilegíveis ({error})").format(error=exc)}]
 
 
 def job_data(queue: Queue, job: Job) -> dict:
@@ -98,6 +106,7 @@ def job_data(queue: Queue, job: Job) -> dict:
         "model": spec.get("model"),
         "max_seq_length": spec.get("max_seq_length"),
         "duration_s": duration_s(job),
+        "total_duration_s": total_duration_s(job),
         "events": job_events(queue, job),
         "pauses": (_read(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
         "analysis": analysis,
@@ -166,11 +175,9 @@ pre.analysis{white-space:pre;overflow-x:auto}ul{padding-left:1.2em}.pass{color:#
 
 
 def _fmt(value, spec: str = ".4f") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "sim" if value else "não"
-    return format(value, spec) if isinstance(value, (int, float)) and spec else str(value)
+    from farensed.analysis.compare import cell
+
+    return cell(value, spec)
 
 
 def _table(rows: list[tuple], head: tuple | None = None) -> str:
@@ -191,34 +198,39 @@ def _duration(seconds: float | None) -> str:
 
 def _job_html(item: dict, png: bytes | None) -> str:
     esc = html.escape
+    attempts = ngettext("{count} tentativa", "{count} tentativas", item["attempts"]).format(count=item["attempts"])
     parts = [
         f'<section class="job" id="job-{item["id"]}" data-job="{item["id"]}">',
         f'<h2>#{item["id"]} {esc(item["name"])} <span class="state {esc(item["state"])}">{esc(item["state"])}</span>'
         "</h2>",
         _table(
             [
-                ("modelo", item["model"] or "-"),
-                ("tentativas", item["attempts"]),
-                ("recuperações", item["recoveries"]),
-                ("duração (última tentativa)", _duration(item["duration_s"])),
-                ("tempo de treino", _duration((item["summary"] or {}).get("elapsed_s"))),
-                ("pausas", len(item["pauses"])),
-                ("início", (item["started_at"] or "-")[:19]),
-                ("fim", (item["ended_at"] or "-")[:19]),
+                (_("modelo"), item["model"] or "-"),
+                (_("tentativas"), item["attempts"]),
+                (_("recuperações"), item["recoveries"]),
+                (_("duração (total, {attempts})").format(attempts=attempts), _duration(item["total_duration_s"])),
+                (_("duração (último arranque)"), _duration(item["duration_s"])),
+                (_("tempo de treino (steps)"), _duration((item["summary"] or {}).get("elapsed_s"))),
+                (_("pausas"), len(item["pauses"])),
+                (_("primeiro início"), (item.get("first_started_at") or item["started_at"] or "-")[:19]),
+                (_("fim"), (item["ended_at"] or "-")[:19]),
             ]
         ),
     ]
     if item["error"]:
-        parts.append(f"<p><b>motivo:</b></p><pre>{esc(item['error'])}</pre>")
-    reasons = item["events"] + [f"pausa: {p['reason']} ({p['at'][11:19]})" for p in item["pauses"]]
+        parts.append(f"<p><b>{esc(_('motivo:'))}</b></p><pre>{esc(item['error'])}</pre>")
+    reasons = item["events"] + [
+        _("pausa: {reason} ({time})").format(reason=p.get("reason"), time=str(p.get("at", ""))[11:19])
+        for p in item["pauses"]
+    ]
     if reasons:
-        parts.append("<p><b>tentativas, recuperações e pausas:</b></p><ul>")
+        parts.append(f"<p><b>{esc(_('tentativas, recuperações e pausas:'))}</b></p><ul>")
         parts += [f"<li>{esc(r)}</li>" for r in reasons]
         parts.append("</ul>")
     if png:
-        parts.append(_img(png, f"curvas do job {item['id']}", f"curves-{item['id']}"))
+        parts.append(_img(png, _("curvas do job {id}").format(id=item["id"]), f"curves-{item['id']}"))
     else:
-        parts.append("<p>sem métricas</p>")
+        parts.append(f"<p>{esc(_('sem métricas'))}</p>")
     parts.append(f'<pre class="analysis" data-analysis="{item["id"]}">{esc(format_analysis(item["analysis"]))}</pre>')
     if item["evaluation"]:
         ev = item["evaluation"]
@@ -232,7 +244,7 @@ def _job_html(item: dict, png: bytes | None) -> str:
             for label, k in (("F1", "f1_mean"), ("EM", "em_mean"), ("loss", "loss_mean"))
         ]
         parts.append(
-            f'<div data-evaluation="{item["id"]}">' + _table(rows, ("", "adapters", "base", "ganho")) + "</div>"
+            f'<div data-evaluation="{item["id"]}">' + _table(rows, ("", "adapters", "base", _("ganho"))) + "</div>"
         )
     if item["success"]:
         parts.append(f'<ul data-success="{item["id"]}">')
@@ -254,31 +266,40 @@ def _comparison_html(comparison: dict) -> str:
 
 
 def render(data: dict, figures: dict[int, bytes | None]) -> str:
-    """The whole report as one HTML document."""
+    """The whole report as one HTML document, in the reader's language."""
     counts: dict[str, int] = {}
     for item in data["jobs"]:
         counts[item["state"]] = counts.get(item["state"], 0) + 1
     overview = _table(
         [
-            (f"#{i['id']}", i["name"], i["state"], i["attempts"], i["recoveries"], _duration(i["duration_s"]))
+            (f"#{i['id']}", i["name"], i["state"], i["attempts"], i["recoveries"], _duration(i["total_duration_s"]))
             for i in data["jobs"]
         ],
-        ("job", "nome", "estado", "tent.", "rec.", "duração"),
+        ("job", _("nome"), _("estado"), _("tent."), _("rec."), _("duração total")),
     )
+    jobs = ngettext("{count} job", "{count} jobs", len(data["jobs"])).format(count=len(data["jobs"]))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    title = _("farense — relatório da manhã")
     body = [
         "<!DOCTYPE html>",
-        '<html lang="pt"><head><meta charset="utf-8">',
+        f'<html lang="{language()}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>farense — relatório {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
-        f"<h1>farense — relatório da manhã</h1><p>{data['generated_at'][:16].replace('T', ' ')} · desde "
-        f"{data['since'][:16].replace('T', ' ')} · {len(data['jobs'])} jobs ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + ")</p>",
+        f"<title>{html.escape(title)} {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p>"
+        + html.escape(
+            _("{generated} · desde {since} · {jobs} ({states})").format(
+                generated=data["generated_at"][:16].replace("T", " "),
+                since=data["since"][:16].replace("T", " "),
+                jobs=jobs,
+                states=states or "-",
+            )
+        )
+        + "</p>",
         overview,
     ]
     body += [_job_html(item, figures.get(item["id"])) for item in data["jobs"]]
     if data["comparisons"]:
-        body.append("<h2>Comparação (V1 vs V2) por modelo</h2>")
+        body.append(f"<h2>{html.escape(_('Comparação (V1 vs V2) por modelo'))}</h2>")
         body += [_comparison_html(c) for c in data["comparisons"]]
     body.append("</body></html>")
     return "\n".join(body)
