@@ -199,7 +199,7 @@ def gap(ref, as_json):
 @cli.command()
 @click.argument("ref", metavar="RUN")
 @click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
-@with_run_help
+@with_run_help(default=False)
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).
 
@@ -223,7 +223,7 @@ def logs(ref, lines):
 @cli.command()
 @click.argument("refs", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@with_run_help
+@with_run_help(default=False)
 def compare(refs, as_json):
     """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1, success verdicts.
 
@@ -235,22 +235,22 @@ def compare(refs, as_json):
       farensectl compare checkpoints_qlora_v1_backup 2
     """
     from farensed.analysis.compare import compare as compare_runs
-    from farensed.errors import QueueError
+    from farensed.errors import SpecError
 
     if len(refs) < 2:
-        raise QueueError(_("compare precisa de pelo menos duas corridas"))
+        raise SpecError(_("compare precisa de pelo menos duas corridas"))
     table = compare_runs([resolve_run(ref) for ref in refs])
     if as_json:
         print_json(table)
         return
     cols = table["jobs"]
-    from farensed.analysis.compare import ROWS
+    from farensed.analysis.compare import ROWS, cell
 
     rows = [(_(label), key, spec) for label, key, spec in ROWS]
     w = max([22] + [len(c["label"]) + 2 for c in cols])
     click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
     for label, key, spec in rows:
-        cells = ["-" if c[key] is None else (format(c[key], spec) if spec else str(c[key])) for c in cols]
+        cells = [cell(c[key], spec) for c in cols]
         click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
     criteria = []
     for c in cols:
