@@ -25,6 +25,7 @@ def status(ref, as_json):
     Example:
       farensectl status 3 --json | jq .progress
     """
+    from farensed.analysis.gap import band_label
     from farensed.views.status import run_status
 
     info = run_status(resolve_run(ref))
@@ -81,7 +82,7 @@ def status(ref, as_json):
                 loss=fmt_number(p["loss"]),
                 val_loss=fmt_number(p["val_loss"]),
                 best=fmt_number(p["best_val_loss"]),
-                band=p["band"] or "-",
+                band=band_label(p["band"]),
             )
         )
     if (adapters := info.get("adapters")) and "error" not in adapters:
@@ -250,7 +251,7 @@ def compare(refs, as_json):
     w = max([22] + [len(c["label"]) + 2 for c in cols])
     click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
     for label, key, spec in rows:
-        cells = [cell(c[key], spec) for c in cols]
+        cells = [cell(c[key], spec, key) for c in cols]
         click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
     criteria = []
     for c in cols:

@@ -117,6 +117,7 @@ def list_jobs(as_json):
     Example:
       farensectl list --json | jq '.[] | select(.state == "running")'
     """
+    from farensed.analysis.gap import band_label
     from farensed.views.status import row
 
     q = queue()
@@ -136,7 +137,7 @@ def list_jobs(as_json):
         total = r["total_duration_s"]
         dur = f"{total / 60:.1f} min" if total is not None else "-"
         epoch = str(r["epoch"] + 1) if r["epoch"] is not None else "-"
-        band = colour_band(f"{r['band'] or '-':<9}", r["band"])
+        band = colour_band(f"{band_label(r['band']):<9}", r["band"])
         click.echo(
             f"{r['id']:>4}  {r['name'][:28]:<28} {r['state']:<9} {step:>11} {epoch:>5} "
             f"{fmt_number(r['best_val_loss']):>10} {band} {r['recoveries']:>3}  "

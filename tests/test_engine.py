@@ -219,6 +219,7 @@ def test_demo_prepare_builds_inputs_and_trains_nothing(isolated_home, tiny_model
     spec = orjson.loads((isolated_home / "jobs/examples/demo.json").read_bytes())
     assert spec["model"] == "models/tiny-mistral-4bit" and spec["early_stopping"]["patience"] == 5
     assert not (isolated_home / "checkpoints_qlora").exists()
+    assert (isolated_home / "jobs/examples/v1.json").is_file() and (isolated_home / "jobs/examples/v2.json").is_file()
 
 
 def test_sequences_longer_than_max_seq_length_are_truncated_and_counted(workspace):

@@ -133,7 +133,7 @@ def test_console_in_english(monkeypatch):
         "   Best model: Epoch 1, Step 16",
         "Training ended by Early Stopping",
         "FINAL OVERFITTING ANALYSIS",
-        "Status: ⚠ MODERADO (gap < 0.30, at the best model: step 16, gap 0.2000)",
+        "Status: ⚠ MODERATE (gap < 0.30, at the best model: step 16, gap 0.2000)",  # JSON keeps MODERADO
         "Mean gap: 0.1500",
     ]:
         assert line in text.splitlines(), line

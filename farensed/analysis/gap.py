@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import statistics
 
-from farensed.i18n import _
+from farensed.i18n import N_, _
 
 # (upper bound, band, icon); the last band has no upper bound
 BANDS = [(0.05, "EXCELENTE", "✅"), (0.15, "BOM", "✅"), (0.30, "MODERADO", "⚠"), (float("inf"), "CRÍTICO", "❌")]
 BAND_LIMITS = {"EXCELENTE": "gap < 0.05", "BOM": "gap < 0.15", "MODERADO": "gap < 0.30", "CRÍTICO": "gap ≥ 0.30"}
+
+
+# How a band reads on screen (its JSON value stays the Portuguese name above, in every language).
+BAND_LABELS = {"EXCELENTE": N_("EXCELENTE"), "BOM": N_("BOM"), "MODERADO": N_("MODERADO"), "CRÍTICO": N_("CRÍTICO")}
+
+
+def band_label(name: str | None) -> str:
+    """A band as a person reads it, in the chosen language ('-' for none)."""
+    if not name:
+        return "-"
+    return _(BAND_LABELS[name]) if name in BAND_LABELS else str(name)
 
 
 def band(gap: float) -> str:
@@ -80,7 +91,7 @@ def format_analysis(analysis: dict, per_validation: bool = False) -> str:
     out.append(
         _("Status: {icon} {status} ({limits}, no melhor modelo: step {step}, gap {gap:.4f})").format(
             icon=icon(status),
-            status=status,
+            status=band_label(status),
             limits=BAND_LIMITS[status],
             step=analysis["best_step"],
             gap=analysis["best_gap"],
@@ -94,7 +105,7 @@ def format_analysis(analysis: dict, per_validation: bool = False) -> str:
         out.append(f"{'step':>7} {_('época'):>5} {'loss':>8} {'val_loss':>9} {'gap':>8}  " + _("banda"))
         for r in analysis["validations"]:
             out.append(
-                f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {r['band']}"
+                f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {band_label(r['band'])}"
             )
     out.append(line)
     return "\n".join(out)

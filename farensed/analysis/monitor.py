@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from farensed.analysis.gap import band_label
 from farensed.analysis.metrics import JSONL_NAME
 from farensed.i18n import _
 from farensed.storage.jsonl import parse_lines
@@ -49,7 +50,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     ]
     if record.get("val_loss") is not None:
         parts.append(f"val_loss {record['val_loss']:.4f}")
-        parts.append(colour(f"gap {record['gap']:+.4f} {record['band']}", record["band"]))
+        parts.append(colour(f"gap {record['gap']:+.4f} {band_label(record['band'])}", record["band"]))
     if record.get("tokens_per_second"):
         parts.append(f"{record['tokens_per_second']:,.0f} tok/s")
     if record.get("peak_memory_gb") is not None:

@@ -96,6 +96,19 @@ def restart_clock(bar) -> None:
     bar.refresh()
 
 
+def compiling(folder) -> str:
+    """MLX's CPU back end is compiling kernels (seen in its cache folder): once per machine and shape."""
+    return _(
+        "⏳ O MLX está a compilar kernels para esta máquina (uma vez; ficam em {path}): o primeiro passo demora mais"
+    ).format(path=folder)
+
+
+def compiled(seconds: float) -> str:
+    from farensed.engine.jit import seconds_text
+
+    return _("✓ Kernels compilados; primeiro passo em {duration} (fora do ETA)").format(duration=seconds_text(seconds))
+
+
 def interrupted(signum: int) -> str:
     """How a signal-stopped run says the way back: the same command, or (from the queue) what the child adds."""
     if os.environ.get("FARENSE_JOB_ID"):

@@ -13,7 +13,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from farensed.analysis.compare import ROWS, column
+from farensed.analysis.compare import ROWS, cell, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
 from farensed.i18n import _, language, ngettext
@@ -175,8 +175,6 @@ pre.analysis{white-space:pre;overflow-x:auto}ul{padding-left:1.2em}.pass{color:#
 
 
 def _fmt(value, spec: str = ".4f") -> str:
-    from farensed.analysis.compare import cell
-
     return cell(value, spec)
 
 
@@ -259,7 +257,7 @@ def _job_html(item: dict, png: bytes | None) -> str:
 def _comparison_html(comparison: dict) -> str:
     cols = comparison["jobs"]
     head = ("", *(f"#{c['id']} {c['name']}" for c in cols))
-    rows = [(_(label), *(_fmt(c.get(key), spec) for c in cols)) for label, key, spec in ROWS if key != "name"]
+    rows = [(_(label), *(cell(c.get(key), spec, key) for c in cols)) for label, key, spec in ROWS if key != "name"]
     return f'<div data-compare="{html.escape(comparison["model"])}"><h3>{html.escape(comparison["model"])}</h3>' + (
         _table(rows, head) + "</div>"
     )

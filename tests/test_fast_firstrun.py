@@ -1,0 +1,82 @@
+"""A new user's first run: MLX's one-time kernel compile is said while it happens and kept out of the ETA."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import orjson
+
+from farensed.engine.callbacks import ConsoleProgress
+from farensed.engine.jit import CompileWatch, cpu_cache_dir
+from tests.helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_compile_is_said_only_when_kernels_appear(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLX_DISABLE_COMPILE", raising=False)
+    folder = tmp_path / "mlx" / "cpu"
+    folder.mkdir(parents=True)
+    (folder / "old_kernel.cpp").write_text("")  # a warm cache: what is there already says nothing
+    said = []
+    watch = CompileWatch(folder, said.append, interval=0.05).start()
+    time.sleep(0.3)
+    assert said == [] and not watch.fired
+    (folder / "new_kernel.cpp").write_text("")
+    (folder / "new_kernel.so").write_text("")
+    wait_for(lambda: watch.fired, timeout=10)
+    time.sleep(0.2)
+    watch.stop()
+    assert said == [folder]  # once
+    quiet = CompileWatch(None, said.append).start()  # a GPU: no CPU kernel cache, nothing to say
+    quiet.stop()
+    assert not quiet.fired
+
+
+def test_the_cpu_cache_is_under_the_temp_dir_mlx_uses(tmp_path, monkeypatch):
+    import mlx.core as mx
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert cpu_cache_dir() in (None, tmp_path / "mlx" / mx.__version__ / "cpu")  # None on a GPU
+
+
+def test_the_first_step_draws_no_rate_or_eta_measured_on_the_compile(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # an empty kernel cache that stays empty: nothing compiles here
+    progress = ConsoleProgress()
+    trainer = SimpleNamespace(
+        spec=SimpleNamespace(name="t"), epochs_total=1, batches=SimpleNamespace(steps_per_epoch=40)
+    )
+    progress.on_train_begin(trainer, None)
+    progress.on_epoch_begin(0, 0)
+    progress.bar.mininterval = 0  # as if the compile had taken longer than the bar's refresh interval
+    time.sleep(0.5)  # the "compile"
+    progress.on_step_end(1, 0.5)
+    drawn = [line for line in capsys.readouterr().out.split("\r") if "1/40" in line]
+    assert drawn and all("<?, ?batch/s" in line for line in drawn), drawn  # every draw (a log keeps them all)
+    time.sleep(0.05)
+    progress.on_step_end(2, 0.05)
+    last = capsys.readouterr().out.split("\r")[-1]
+    progress.on_train_end("completed")
+    rate = re.search(r"2/40 \[[^,]*, ([\d.]+)batch/s\]", last)
+    assert rate and float(rate.group(1)) > 5, last  # the second step's pace (~20/s), not the compile's (2/s)
+
+
+def test_demo_prepare_writes_the_readme_days_examples_for_a_wheel_user(isolated_home):
+    """jobs/examples/v1.json and v2.json (only in a checkout) are written where missing, equal to the checkout's;
+    a file the user edited is never overwritten."""
+    from farensed.demo.prepare import write_examples
+    from farensed.storage.workspace import Workspace
+
+    ws = Workspace(isolated_home)
+    said = []
+    assert [p.name for p in write_examples(ws, said.append)] == ["v1.json", "v2.json"] and len(said) == 1
+    for name in ("v1.json", "v2.json"):
+        assert orjson.loads((ws.root / "jobs/examples" / name).read_bytes()) == orjson.loads(
+            (REPO / "jobs/examples" / name).read_bytes()
+        )
+    (ws.root / "jobs/examples/v1.json").write_text('{"name": "mine"}')
+    assert write_examples(ws, said.append) == [] and len(said) == 1
+    assert (ws.root / "jobs/examples/v1.json").read_text() == '{"name": "mine"}'
