@@ -8,9 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
+import pytest
 
 from farensed.engine.callbacks import ConsoleProgress
 from farensed.engine.jit import CompileWatch, cpu_cache_dir
+from farensed.storage.workspace import Workspace
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +70,6 @@ def test_demo_prepare_writes_the_readme_days_examples_for_a_wheel_user(isolated_
     """jobs/examples/v1.json and v2.json (only in a checkout) are written where missing, equal to the checkout's;
     a file the user edited is never overwritten."""
     from farensed.demo.prepare import write_examples
-    from farensed.storage.workspace import Workspace
 
     ws = Workspace(isolated_home)
     said = []
@@ -80,3 +81,33 @@ def test_demo_prepare_writes_the_readme_days_examples_for_a_wheel_user(isolated_
     (ws.root / "jobs/examples/v1.json").write_text('{"name": "mine"}')
     assert write_examples(ws, said.append) == [] and len(said) == 1
     assert (ws.root / "jobs/examples/v1.json").read_text() == '{"name": "mine"}'
+
+
+def test_daemon_install_without_a_service_manager_says_it_will_not_survive_a_reboot(isolated_home):
+    """Where launchd/systemd cannot be used (a container, no user session), install starts a background daemon and
+    says plainly that it will not come back after a reboot, and how to make it; status and doctor agree."""
+    from click.testing import CliRunner
+
+    from farensed.cli.main import cli
+    from farensed.doctor.machine import check_service
+    from farensed.queue import service
+
+    if service.manager().kind != "process":
+        pytest.skip("a service manager is usable here: install would really install it")
+    runner = CliRunner()
+    try:
+        out = runner.invoke(cli, ["daemon", "install"])
+        assert out.exit_code == 0, out.output
+        assert "NÃO volta depois de reiniciar" in out.output
+        cron = next(line for line in out.output.splitlines() if "@reboot" in line)
+        assert f"--home {isolated_home}" in cron and "farensed.queue.main" in cron
+        status = runner.invoke(cli, ["daemon", "status"])
+        assert "instalado: não" in status.output and "não volta depois de reiniciar" in status.output
+        assert "@reboot" in status.output
+        check = check_service(Workspace(isolated_home))
+        assert check.status == "warn" and "@reboot" in check.fix and check.fix != "farensectl daemon install"
+        info = orjson.loads(runner.invoke(cli, ["daemon", "status", "--json"]).output)
+        assert info["running"] and info["survives_reboot"] is False
+    finally:
+        runner.invoke(cli, ["daemon", "stop"])
+    assert service.status(Workspace(isolated_home))["running"] is False
