@@ -111,3 +111,26 @@ def test_daemon_install_without_a_service_manager_says_it_will_not_survive_a_reb
     finally:
         runner.invoke(cli, ["daemon", "stop"])
     assert service.status(Workspace(isolated_home))["running"] is False
+
+
+def test_reports_are_kept_to_a_bounded_number(isolated_home, monkeypatch):
+    """One report is written at every drain of the queue: reports/ keeps the newest (FARENSE_KEEP_REPORTS); a file
+    named by the user is never touched."""
+    import datetime as dt
+
+    from farensed.queue.jobs import Queue
+    from farensed.views.morning import write_report
+
+    reports = isolated_home / "reports"
+    reports.mkdir()
+    old = [reports / f"farense-202601{day:02d}-070000.html" for day in range(1, 8)]
+    for path in old:
+        path.write_text("old")
+    (reports / "mine.html").write_text("mine")
+    monkeypatch.setenv("FARENSE_KEEP_REPORTS", "3")
+    q = Queue(Workspace(isolated_home))
+    newest = write_report(q, dt.datetime.now().astimezone() - dt.timedelta(hours=24))
+    kept = sorted(p.name for p in reports.iterdir())
+    assert kept == sorted([old[-2].name, old[-1].name, newest.name, "mine.html"])
+    custom = write_report(q, dt.datetime.now().astimezone(), output=isolated_home / "reports" / "farense-x.html")
+    assert custom.exists() and len(list(reports.iterdir())) == 5  # --output: nothing pruned

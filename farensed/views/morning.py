@@ -25,6 +25,8 @@ from farensed.views.runref import Run
 from farensed.views.status import duration_s, total_duration_s
 
 REPORTS_DIR = "reports"
+REPORT_NAME_RE = re.compile(r"farense-\d{8}-\d{6}\.html")  # the name write_report gives a report
+KEEP_REPORTS = 20  # reports/ keeps the newest ones (FARENSE_KEEP_REPORTS); one is written at every drain
 
 
 def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
@@ -307,10 +309,33 @@ def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = N
     """Collect, draw and write the report atomically; return its path (default reports/farense-<time>.html)."""
     data = collect(queue, since)
     figures = {item["id"]: curves_png(queue, queue.get(item["id"])) for item in data["jobs"]}
-    if output is None:
+    default = output is None
+    if default:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = queue.ws.root / REPORTS_DIR / f"farense-{stamp}.html"
     path = queue.ws.resolve(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, render(data, figures).encode())
+    if default:
+        prune_reports(path.parent, keep_reports())
     return path
+
+
+def keep_reports() -> int:
+    """How many reports reports/ keeps: $FARENSE_KEEP_REPORTS (at least 1), else KEEP_REPORTS."""
+    import os
+
+    try:
+        return max(int(os.environ.get("FARENSE_KEEP_REPORTS", KEEP_REPORTS)), 1)
+    except ValueError:
+        return KEEP_REPORTS
+
+
+def prune_reports(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` reports farense named itself (a file named by `--output` is never touched).
+    A report is a view of files farense keeps (jobs/, the run folders): `farensectl report --since` draws it again."""
+    reports = sorted(p for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name) and p.is_file())
+    old = reports[: max(len(reports) - keep, 0)]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
