@@ -9,7 +9,41 @@ import click
 from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
-from farensed.i18n import _
+from farensed.i18n import N_, _, ngettext
+
+# `status`'s lines: the JSON key (fixed) -> its label on screen (translated)
+STATUS_LABELS = {
+    "id": N_("id"),
+    "name": N_("nome"),
+    "state": N_("estado"),
+    "finished": N_("terminada"),
+    "priority": N_("prioridade"),
+    "attempts": N_("tentativas"),
+    "recoveries": N_("recuperações"),
+    "world_size": N_("hosts"),
+    "submitted_at": N_("submetido"),
+    "first_started_at": N_("primeiro início"),
+    "started_at": N_("último início"),
+    "ended_at": N_("fim"),
+    "not_before": N_("não antes de"),
+    "after": N_("depois de"),
+    "pid": N_("pid"),
+    "exit_code": N_("código de saída"),
+    "held": N_("retido"),
+    "pause": N_("pausa"),
+    "loss_reason": N_("última paragem"),
+    "run_dir": N_("pasta"),
+    "log": N_("log"),
+}
+
+
+def status_value(value) -> str:
+    """A value as a person reads it: yes/no, a list as `1, 2`, never a Python literal."""
+    from farensed.analysis.compare import cell
+
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return cell(value, None)
 
 
 @cli.command()
@@ -38,30 +72,22 @@ def status(ref, as_json):
         print_json(info)
         return
     p = info["progress"]
-    for key in (
-        "id",
-        "name",
-        "state",
-        "finished",
-        "priority",
-        "attempts",
-        "recoveries",
-        "world_size",
-        "submitted_at",
-        "started_at",
-        "ended_at",
-        "not_before",
-        "after",
-        "pid",
-        "exit_code",
-        "held",
-        "pause",
-        "loss_reason",
-        "run_dir",
-        "log",
-    ):
+    for key, label in STATUS_LABELS.items():
         if info.get(key) not in (None, [], ""):
-            click.echo(f"{key + ':':<14}{info[key]}")
+            click.echo(f"{_(label) + ':':<14}{status_value(info[key])}")
+    if info.get("total_duration_s") is not None:
+        from farensed.views.status import format_duration
+
+        click.echo(
+            f"{_('duração:'):<14}"
+            + _("{total} no total ({attempts}); último arranque {latest}").format(
+                total=format_duration(info["total_duration_s"]),
+                attempts=ngettext("{count} tentativa", "{count} tentativas", info["attempts"]).format(
+                    count=info["attempts"]
+                ),
+                latest=format_duration(info.get("duration_s")),
+            )
+        )
     if info["state"] == "pending" and info.get("retry_at"):
         from farensed.queue.backoff import seconds_left
 
@@ -88,8 +114,14 @@ def status(ref, as_json):
     if (adapters := info.get("adapters")) and "error" not in adapters:
         click.echo(
             f"{'adapters:':<14}"
-            + _("{tensors} tensores, {parameters:,} parâmetros ({path})").format(
-                tensors=adapters["tensors"], parameters=adapters["parameters"], path=adapters["path"]
+            + _("{tensors}, {parameters} ({path})").format(
+                tensors=ngettext("{count} tensor", "{count} tensores", adapters["tensors"]).format(
+                    count=adapters["tensors"]
+                ),
+                parameters=ngettext("{count:,} parâmetro", "{count:,} parâmetros", adapters["parameters"]).format(
+                    count=adapters["parameters"]
+                ),
+                path=adapters["path"],
             )
         )
     if info.get("reason"):

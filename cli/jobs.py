@@ -118,7 +118,7 @@ def list_jobs(as_json):
       farensectl list --json | jq '.[] | select(.state == "running")'
     """
     from farensed.analysis.gap import band_label
-    from farensed.views.status import row
+    from farensed.views.status import format_duration, row
 
     q = queue()
     rows = [row(q, job) for job in q.jobs()]
@@ -135,7 +135,7 @@ def list_jobs(as_json):
     for r in rows:
         step = f"{r['step'] or 0}/{r['total_steps'] or '?'}" if r["step"] or r["total_steps"] else "-"
         total = r["total_duration_s"]
-        dur = f"{total / 60:.1f} min" if total is not None else "-"
+        dur = format_duration(total)
         epoch = str(r["epoch"] + 1) if r["epoch"] is not None else "-"
         band = colour_band(f"{band_label(r['band']):<9}", r["band"])
         click.echo(

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
-from farensed.i18n import _
+from farensed.i18n import _, ngettext
 from farensed.storage.workspace import Workspace
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
@@ -290,9 +290,8 @@ def check_hf_cache() -> Check:
         )
     repos = sorted(p.name.split("--", 1)[1].replace("--", "/") for p in cache.glob("models--*"))
     size = _tree_size(cache)
-    text = _("{cache}: {n_repos} modelos, {gb}{offline}").format(
-        cache=cache, n_repos=len(repos), gb=gb(size), offline=offline
-    )
+    models = ngettext("{count} modelo", "{count} modelos", len(repos)).format(count=len(repos))
+    text = _("{cache}: {models}, {gb}{offline}").format(cache=cache, models=models, gb=gb(size), offline=offline)
     return Check("hf_cache", OK, text, data={"path": str(cache), "models": repos, "bytes": size})
 
 

@@ -136,7 +136,11 @@ def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int
             Check(
                 f"data.{key}",
                 OK,
-                _("{path}: {value} exemplos, formato {fmt}").format(path=path, value=counts[key], fmt=fmt),
+                _("{path}: {examples}, formato {fmt}").format(
+                    path=path,
+                    examples=ngettext("{count} exemplo", "{count} exemplos", counts[key]).format(count=counts[key]),
+                    fmt=fmt,
+                ),
                 data={"count": counts[key], "format": fmt},
             )
         )
@@ -148,13 +152,24 @@ def total_steps(spec: JobSpec, n_train: int) -> int:
     return (n_train // spec.batch_size) * spec.epochs
 
 
+def epochs_text(epochs: int) -> str:
+    return ngettext("{count} época", "{count} épocas", epochs).format(count=epochs)
+
+
 def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
     per_epoch = counts["train"] // spec.batch_size
     updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
     total = total_steps(spec, counts["train"])
+    validations = total // spec.eval_every
     text = _(
-        "{per_epoch} steps por época × {epochs} épocas = {total} steps ({updates} atualizações do otimizador, {value} validações)"
-    ).format(per_epoch=per_epoch, epochs=spec.epochs, total=total, updates=updates, value=total // spec.eval_every)
+        "{per_epoch} steps por época × {epochs} = {total} steps ({updates} atualizações do otimizador, {validations})"
+    ).format(
+        per_epoch=per_epoch,
+        epochs=epochs_text(spec.epochs),
+        total=total,
+        updates=updates,
+        validations=ngettext("{count} validação", "{count} validações", validations).format(count=validations),
+    )
     return Check("steps", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
 
 
@@ -263,10 +278,10 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
         spec = parse_spec(read_spec_file(spec_path), label)
     except SpecError as exc:
         return [Check("spec", FAIL, str(exc), _("corrija a spec (farensectl submit valida o mesmo)"))]
-    text = _("{spec_path}: '{name}', {epochs} épocas, batch_size {batch_size}, max_seq_length {max_seq_length}").format(
+    text = _("{spec_path}: '{name}', {epochs}, batch_size {batch_size}, max_seq_length {max_seq_length}").format(
         spec_path=spec_path,
         name=spec.name,
-        epochs=spec.epochs,
+        epochs=epochs_text(spec.epochs),
         batch_size=spec.batch_size,
         max_seq_length=spec.max_seq_length,
     )

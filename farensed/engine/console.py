@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 from farensed.analysis.gap import icon
-from farensed.i18n import N_, _
+from farensed.i18n import N_, _, ngettext
 
 LINE = "=" * 80
 THIN = "─" * 76
@@ -77,7 +77,11 @@ def early_stop_block(stopper) -> str:
         [
             "",
             _("  EARLY STOPPING ATIVADO!"),
-            _("   Sem melhoria por {patience} validações consecutivas").format(patience=stopper.patience),
+            ngettext(
+                "   Sem melhoria por {patience} validação",
+                "   Sem melhoria por {patience} validações consecutivas",
+                stopper.patience,
+            ).format(patience=stopper.patience),
             _("   Melhor modelo: Época {epoch}, Step {step}").format(
                 epoch=stopper.best_epoch + 1, step=stopper.best_step
             ),

@@ -22,7 +22,7 @@ from farensed.queue.job import Job, job_run_dir
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json
 from farensed.views.runref import Run
-from farensed.views.status import duration_s, total_duration_s
+from farensed.views.status import duration_s, format_duration, total_duration_s
 
 REPORTS_DIR = "reports"
 REPORT_NAME_RE = re.compile(r"farense-\d{8}-\d{6}\.html")  # the name write_report gives a report
@@ -189,13 +189,6 @@ def _table(rows: list[tuple], head: tuple | None = None) -> str:
     return "".join(out) + "</table></div>"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, sec = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
-
-
 def _job_html(item: dict, png: bytes | None) -> str:
     esc = html.escape
     attempts = ngettext("{count} tentativa", "{count} tentativas", item["attempts"]).format(count=item["attempts"])
@@ -208,9 +201,9 @@ def _job_html(item: dict, png: bytes | None) -> str:
                 (_("modelo"), item["model"] or "-"),
                 (_("tentativas"), item["attempts"]),
                 (_("recuperações"), item["recoveries"]),
-                (_("duração (total, {attempts})").format(attempts=attempts), _duration(item["total_duration_s"])),
-                (_("duração (último arranque)"), _duration(item["duration_s"])),
-                (_("tempo de treino (steps)"), _duration((item["summary"] or {}).get("elapsed_s"))),
+                (_("duração (total, {attempts})").format(attempts=attempts), format_duration(item["total_duration_s"])),
+                (_("duração (último arranque)"), format_duration(item["duration_s"])),
+                (_("tempo de treino (steps)"), format_duration((item["summary"] or {}).get("elapsed_s"))),
                 (_("pausas"), len(item["pauses"])),
                 (_("primeiro início"), (item.get("first_started_at") or item["started_at"] or "-")[:19]),
                 (_("fim"), (item["ended_at"] or "-")[:19]),
@@ -272,7 +265,14 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
         counts[item["state"]] = counts.get(item["state"], 0) + 1
     overview = _table(
         [
-            (f"#{i['id']}", i["name"], i["state"], i["attempts"], i["recoveries"], _duration(i["total_duration_s"]))
+            (
+                f"#{i['id']}",
+                i["name"],
+                i["state"],
+                i["attempts"],
+                i["recoveries"],
+                format_duration(i["total_duration_s"]),
+            )
             for i in data["jobs"]
         ],
         ("job", _("nome"), _("estado"), _("tent."), _("rec."), _("duração total")),

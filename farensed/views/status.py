@@ -40,6 +40,14 @@ def duration_s(job: Job) -> float | None:
     return seconds_since(job.started_at, job.ended_at) if job.ended_at else None  # a job from before last_ran_s
 
 
+def format_duration(seconds: float | None) -> str:
+    """`7m05s`, `2h03m`; `-` for none."""
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
+
+
 def total_duration_s(job: Job) -> float | None:
     """Seconds the child ran over all attempts (and resumes), the one running now included; pauses and waits
     between starts are not counted."""
