@@ -208,10 +208,10 @@ def tail(ref, lines, follow, refresh):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @with_run_help
 def gap(ref, as_json):
-    """The seed's ANÁLISE FINAL DE OVERFITTING, with one line per validation.
+    """The final overfitting analysis (status band, mean/max/min gap), with one line per validation.
 
     Epochs: 0-based in files and JSON (`epoch`, checkpoint_epoch0_step200), 1-based on the console
-    (`Época 1/3`, the table's `época` column).
+    (`Epoch 1/3`, the table's epoch column).
 
     \b
     Example:
@@ -261,7 +261,7 @@ def compare(refs, as_json):
     """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1, success verdicts.
 
     Training time is the step time over all attempts; tok/s is the steady-state median (no JIT compile).
-    The verdicts use each run's `success` criteria, else the seed's.
+    The verdicts use each run's `success` criteria, else the defaults (see `farensectl check --help`).
 
     \b
     Example:

@@ -11,7 +11,8 @@ from farensed.i18n import _
 
 RUN_HELP = (
     "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder (anything with "
-    "a '/'); a seed-era folder with only training_metrics.json is read-only. An all-digit RUN is always a job id: "
+    "a '/'); a metrics-only folder (just training_metrics.json, e.g. a backup) is read-only. An all-digit RUN is "
+    "always a job id: "
     "name a run called '2' by its folder, checkpoints_qlora/2."
 )
 RUN_DEFAULT = " Default: the running job, else the latest."
@@ -45,7 +46,7 @@ def resolve_run(ref):
 def check(ref, criteria, as_json):
     """Check a run against its success criteria: one line per criterion, exit 0 only if all pass.
 
-    The criteria are the spec's `success` key (loss_drop, val_improves, gap_max, f1_min), else the seed's
+    The criteria are the spec's `success` key (loss_drop, val_improves, gap_max, f1_min), else the defaults
     (loss_drop 0.6, val_improves, gap_max 0.15, f1_min 0.93).
 
     \b
@@ -87,6 +88,6 @@ def check(ref, criteria, as_json):
     else:
         click.echo(run.heading())
         if not own:
-            click.echo(_("(sem 'success' na spec: critérios do seed)"))
+            click.echo(_("(sem 'success' na spec: critérios por omissão)"))
         click.echo(format_verdicts(items))
     sys.exit(0 if passed else 1)

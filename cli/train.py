@@ -57,7 +57,7 @@ def demo(prepare):
 def plot(ref, output):
     """(Re)draw a run's training_v2_results.png and print its path; early stopping is marked where it fired.
 
-    The PNG goes into the run folder; for a seed-era folder (read-only) into the current directory as
+    The PNG goes into the run folder; for a metrics-only folder (read-only) into the current directory as
     <name>-training_v2_results.png, unless --output says where.
 
     \b
@@ -115,7 +115,7 @@ def eval_job(ref, one_by_one, force, as_json):
     raw = run.spec_dict()
     if run.seed_era or raw is None:
         raise SpecError(
-            _("{run_dir}: pasta do seed, só leitura: sem spec (modelo, dados), não se avalia").format(
+            _("{run_dir}: pasta só com métricas, só leitura: sem spec (modelo, dados), não se avalia").format(
                 run_dir=run.run_dir
             )
         )

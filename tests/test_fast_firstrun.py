@@ -134,3 +134,41 @@ def test_reports_are_kept_to_a_bounded_number(isolated_home, monkeypatch):
     assert kept == sorted([old[-2].name, old[-1].name, newest.name, "mine.html"])
     custom = write_report(q, dt.datetime.now().astimezone(), output=isolated_home / "reports" / "farense-x.html")
     assert custom.exists() and len(list(reports.iterdir())) == 5  # --output: nothing pruned
+
+
+def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated_home):
+    """`wait` on a terminal redraws one line (state, step/total, loss, ETA); piped, it says nothing until the end."""
+    import os
+    import pty
+    import subprocess
+
+    from farensed.queue.job import Job, now_iso
+    from farensed.queue.jobs import Queue
+    from tests.helpers import child_env, cli_cmd
+
+    q = Queue(Workspace(isolated_home))
+    q.job_dir(1).mkdir()
+    q.save(Job(id=1, name="t", state="running", attempts=1, started_at=now_iso()))
+    run_dir = isolated_home / "checkpoints_qlora" / "t"
+    run_dir.mkdir(parents=True)
+    records = [{"step": s, "total_steps": 40, "epoch": 0, "loss": 2.0 / s, "elapsed_s": 0.5 * s} for s in (2, 4, 6)]
+    (run_dir / "training_metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    cmd = cli_cmd(isolated_home, "wait", "1", "--timeout", "1.5")
+    piped = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=60)
+    assert piped.returncode == 124 and piped.stdout == ""  # a script sees no progress line
+    main, child = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=child, stdout=child, stderr=child, env=child_env())
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 124
+    os.close(main)
+    line = out.decode().split("\r")
+    assert any("job 1 (t): running · step 6/40 · loss 0.3333 · ETA 0m17s" in part for part in line), out

@@ -91,7 +91,7 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
                 if value is not None
                 else _("F1: sem avaliação (farensectl eval)")
                 if evaluable
-                else _("F1: sem avaliação (pasta do seed, só leitura: sem spec, não se avalia)")
+                else _("F1: sem avaliação (pasta só com métricas, só leitura: sem spec, não se avalia)")
             )
         else:
             continue
