@@ -282,8 +282,10 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     first = submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
     assert run_burst(workspace).returncode == 0 and queue(workspace).get(first).state == "done"
     changed = spec_with(epochs=2, lora=dict(TEST_SPEC["lora"], rank=8))
+    from farensed.engine.resume import check_resumable  # what `farensectl submit` passes to Queue.submit
+
     with pytest.raises(ResumeError, match="lora.rank: 4 → 8.*--fresh"):  # refused at submit, nothing queued
-        submit(workspace, changed)
+        submit(workspace, changed, check=check_resumable)
     assert [j.id for j in queue(workspace).jobs()] == [first]
     fresh = submit(workspace, changed, fresh=True)
     daemon = start_daemon(workspace)
