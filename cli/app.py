@@ -59,12 +59,11 @@ def print_json(obj) -> None:
     click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
-BAND_COLOURS = {"EXCELENTE": "green", "BOM": "green", "MODERADO": "yellow", "CRÍTICO": "red"}
-
-
 def colour_band(text: str, band: str | None) -> str:
     """Colour a gap band on a TTY (click strips it elsewhere)."""
-    return click.style(text, fg=BAND_COLOURS.get(band or "", None)) if sys.stdout.isatty() else text
+    from farensed.analysis.gap import colour
+
+    return click.style(text, fg=colour(band)) if sys.stdout.isatty() else text
 
 
 def fmt_number(value, spec=".4f") -> str:

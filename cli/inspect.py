@@ -10,6 +10,7 @@ from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import N_, _, ngettext
+from farensed.queue.job import JobStatus
 
 # `status`'s lines: the JSON key (fixed) -> its label on screen (translated)
 STATUS_LABELS = {
@@ -88,7 +89,7 @@ def status(ref, as_json):
                 latest=format_duration(info.get("duration_s")),
             )
         )
-    if info["state"] == "pending" and info.get("retry_at"):
+    if info["state"] == JobStatus.PENDING.value and info.get("retry_at"):
         from farensed.queue.backoff import seconds_left
 
         if left := seconds_left(info["retry_at"]):
@@ -133,10 +134,15 @@ def status(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="[RUN]", required=False)
-@click.option("-n", "lines", type=int, default=10, show_default=True, help="Records to show first.")
+@click.option("-n", "lines", type=int, default=10, show_default=True, metavar="N", help="Records to show first.")
 @click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
 @click.option(
-    "--refresh", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Seconds between polls."
+    "--refresh",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between polls.",
 )
 @with_run_help
 def tail(ref, lines, follow, refresh):
@@ -155,7 +161,7 @@ def tail(ref, lines, follow, refresh):
 
     run = resolve_run(ref)
     job = run.job
-    foreign = job is not None and job.state == "failed" and job.exit_code in (2, 3)  # refused: not its run
+    foreign = job is not None and job.status is JobStatus.FAILED and job.exit_code in (2, 3)  # refused: not its run
     records = [] if foreign else run.records()
     bests = running_best(records)
     first = records[max(0, len(records) - 1000)] if records else None  # the base of the ETA
@@ -171,7 +177,7 @@ def tail(ref, lines, follow, refresh):
     for record, best in zip(records[start:], bests[start:]):
         click.echo(record_line(record, best, first))
     if not follow:
-        if job is not None and job.state == "failed":
+        if job is not None and job.status is JobStatus.FAILED:
             from farensed.views.status import error_reason
 
             click.echo(
@@ -231,7 +237,7 @@ def gap(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("-n", "lines", type=int, default=0, help="Only the last N lines.")
+@click.option("-n", "lines", type=int, default=0, metavar="N", help="Only the last N lines.")
 @with_run_help(default=False)
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).

@@ -10,6 +10,7 @@ import click
 
 from farensed.cli.app import cli, colour_band, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
+from farensed.queue.job import JobStatus
 
 
 def _final(q, job) -> int:
@@ -20,7 +21,7 @@ def _final(q, job) -> int:
 
     job = q.get(job.id)
     click.echo(f"\njob {job.id} ({job.name}): {job.state}")
-    if job.state == "failed":
+    if job.status is JobStatus.FAILED:
         click.echo(
             _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
                 error_reason=error_reason(job.error), id=job.id
@@ -41,7 +42,7 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
     def is_over():
         nonlocal announced_wait
         current = q.get(job.id)
-        if current.state == "pending" and not announced_wait:
+        if current.status is JobStatus.PENDING and not announced_wait:
             click.echo(_("job {id} pendente: à espera que comece…").format(id=job.id), err=True)
             announced_wait = True
         return current.status.terminal
@@ -56,9 +57,11 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--priority", type=int, help="Higher runs first (overrides the spec's priority).")
-@click.option("--not-before", "not_before", help="Start no earlier than this ISO time or HH:MM (next such time).")
-@click.option("--after", type=int, multiple=True, help="Start only after job ID is done (repeatable).")
+@click.option("--priority", type=int, metavar="N", help="Higher runs first (overrides the spec's priority).")
+@click.option(
+    "--not-before", "not_before", metavar="TIME", help="Start no earlier than this ISO time or HH:MM (next such time)."
+)
+@click.option("--after", type=int, multiple=True, metavar="ID", help="Start only after job ID is done (repeatable).")
 @click.option("--fresh", is_flag=True, help="Start over: the run folder of the same name is moved aside.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end and exit with its code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -148,7 +151,7 @@ def list_jobs(as_json):
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, metavar="ID")
 def cancel(job_id):
     """Cancel a job: pending never runs; running stops at a checkpoint (files kept).
 
@@ -157,11 +160,13 @@ def cancel(job_id):
       farensectl cancel 3
     """
     job = queue().cancel(job_id)
-    click.echo(f"job {job.id}: " + (_("cancelado") if job.state == "cancelled" else _("a parar com checkpoint…")))
+    click.echo(
+        f"job {job.id}: " + (_("cancelado") if job.status is JobStatus.CANCELLED else _("a parar com checkpoint…"))
+    )
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, metavar="ID")
 def retry(job_id):
     """Put a failed or cancelled job back in the queue; it resumes from its checkpoint.
 
@@ -174,8 +179,10 @@ def retry(job_id):
 
 
 @cli.command()
-@click.argument("job_id", type=int)
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 124).")
+@click.argument("job_id", type=int, metavar="ID")
+@click.option(
+    "--timeout", type=float, default=None, metavar="SECONDS", help="Give up after this many seconds (exit 124)."
+)
 def wait(job_id, timeout):
     """Wait for a job to end; the exit code is the job's (0 done, 130 cancelled).
 

@@ -6,6 +6,7 @@ import click
 
 from farensed.cli.app import cli, print_json, queue, workspace
 from farensed.i18n import _
+from farensed.queue.job import JobStatus
 
 
 @cli.command()
@@ -61,7 +62,7 @@ def annotate(q, rows: list[dict]) -> list[str]:
         r["eta_start"], r["eta_end"] = (_iso(eta["start"]), _iso(eta["end"])) if eta else (None, None)
         if eta or r["pause"]:
             parts = [r["pause"]] if r["pause"] else []
-            if eta and r["state"] == "running":
+            if eta and r["state"] == JobStatus.RUNNING.value:
                 parts.append(_("fim previsto {end}").format(end=format_eta(eta["end"], now)))
             elif eta:
                 parts.append(
@@ -87,7 +88,7 @@ def pause_line(q, job) -> str | None:
 
 
 @cli.command()
-@click.option("--since", help="Jobs active since this ISO time or HH:MM (default: the last 24 hours).")
+@click.option("--since", metavar="TIME", help="Jobs active since this ISO time or HH:MM (default: the last 24 hours).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here (default: reports/<time>.html).")
 @click.option("--open", "open_", is_flag=True, help="Open it in the browser.")
 @click.option("--notify", is_flag=True, help="Send a desktop notification when written (what farensed does).")

@@ -40,7 +40,9 @@ def resolve_run(ref):
 
 @cli.command()
 @click.argument("ref", metavar="[RUN]", required=False)
-@click.option("--success", "criteria", help="Criteria as JSON instead of the spec's, e.g. '{\"gap_max\": 0.15}'.")
+@click.option(
+    "--success", "criteria", metavar="JSON", help="Criteria as JSON instead of the spec's, e.g. '{\"gap_max\": 0.15}'."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @with_run_help
 def check(ref, criteria, as_json):

@@ -104,6 +104,29 @@ def workspace(isolated_home, tiny_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained_model() -> Path:
+    """The tiny model's folder with untrained weights, written without mlx (tests/helpers.py: write_untrained_model)."""
+    from farensed.demo.tinymodel import recipe_hash
+    from tests.helpers import write_untrained_model
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"untrained-mistral-4bit-{recipe_hash()}"
+    with FileLock(str(CACHE / "build.lock")):
+        if not (target / "config.json").is_file():  # config.json is written last
+            tmp = CACHE / f".{target.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_untrained_model(tmp)
+            os.replace(tmp, target)
+    return target
+
+
+@pytest.fixture
+def spec_workspace(isolated_home, untrained_model) -> Path:
+    """A workspace for checks that read the model folder but never load it: the fast layer's `workspace`."""
+    return make_workspace(isolated_home, untrained_model)
+
+
+@pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, tiny_model) -> Path:
     """TEST_SPEC trained once without interruption: what every resumed run must equal."""
     root = make_workspace(tmp_path_factory.mktemp("reference"), tiny_model)

@@ -124,3 +124,46 @@ def deterministic_summary(run_dir: Path) -> dict:
     for key in ("elapsed_s", "tokens_per_second", "step_s_mean", "checkpoint_s_mean"):
         summary.pop(key, None)
     return summary
+
+
+def write_untrained_model(folder: Path) -> Path:
+    """A real mlx-lm model folder in the tiny model's shape (its config, its trained BPE tokenizer and chat template,
+    4-bit weight layout) with untrained weights, written without mlx in about a second: for the checks that read a
+    model folder (spec validation, doctor, submit) and never load it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from farensed.demo.tinymodel import RECIPE, _train_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(folder)
+    q = RECIPE["quantize"]
+    config = dict(RECIPE["config"], vocab_size=len(tokenizer), torch_dtype="float32")
+    config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config.update(quantization=dict(q, mode="affine"), quantization_config=dict(q, mode="affine"))
+    hidden, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    kv = hidden // config["num_attention_heads"] * config["num_key_value_heads"]
+    rng = np.random.default_rng(0)
+    tensors = {}
+
+    def quantized(name: str, out: int, inp: int) -> None:
+        tensors[f"{name}.weight"] = rng.integers(0, 2**32, (out, inp * q["bits"] // 32), dtype=np.uint32)
+        tensors[f"{name}.scales"] = np.full((out, inp // q["group_size"]), 0.01, np.float16)
+        tensors[f"{name}.biases"] = np.zeros((out, inp // q["group_size"]), np.float16)
+
+    quantized("model.embed_tokens", vocab, hidden)
+    quantized("lm_head", vocab, hidden)
+    tensors["model.norm.weight"] = np.ones(hidden, np.float32)
+    for i in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        for proj, out in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
+            quantized(f"{layer}.self_attn.{proj}", out, hidden)
+        quantized(f"{layer}.mlp.gate_proj", inter, hidden)
+        quantized(f"{layer}.mlp.up_proj", inter, hidden)
+        quantized(f"{layer}.mlp.down_proj", hidden, inter)
+        tensors[f"{layer}.input_layernorm.weight"] = np.ones(hidden, np.float32)
+        tensors[f"{layer}.post_attention_layernorm.weight"] = np.ones(hidden, np.float32)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "mlx"})
+    (folder / "config.json").write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    return folder

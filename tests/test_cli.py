@@ -79,15 +79,15 @@ def test_every_command_has_help_with_an_example(command):
     assert result.exit_code == 0 and "Example" in result.output
 
 
-def test_submit_prints_the_bare_id_and_hints_on_stderr(workspace):
-    spec = write_spec(workspace, spec_with(epochs=1))
-    result = invoke(workspace, "submit", str(spec), "--priority", "4")
+def test_submit_prints_the_bare_id_and_hints_on_stderr(spec_workspace):
+    spec = write_spec(spec_workspace, spec_with(epochs=1))
+    result = invoke(spec_workspace, "submit", str(spec), "--priority", "4")
     assert result.exit_code == 0
     assert result.stdout == "1\n"
     assert "farensectl tail 1" in result.stderr and "farensed não está a correr" in result.stderr
-    job = Queue(Workspace(workspace)).get(1)
+    job = Queue(Workspace(spec_workspace)).get(1)
     assert (job.state, job.priority) == ("pending", 4)
-    result = invoke(workspace, "submit", str(spec), "--json", "--after", "1", "--not-before", "23:59")
+    result = invoke(spec_workspace, "submit", str(spec), "--json", "--after", "1", "--not-before", "23:59")
     doc = orjson.loads(result.stdout)
     assert doc["id"] == 2 and doc["state"] == "pending" and doc["after"] == [1] and "T23:59:00" in doc["not_before"]
 
@@ -99,20 +99,20 @@ def test_submit_prints_the_bare_id_and_hints_on_stderr(workspace):
         (["--not-before", "ontem"], "not_before 'ontem' não é hora ISO nem HH:MM"),
     ],
 )
-def test_submit_errors_queue_nothing(workspace, args, message):
-    spec = write_spec(workspace, spec_with(epochs=1))
-    result = invoke(workspace, "submit", str(spec), *args)
+def test_submit_errors_queue_nothing(spec_workspace, args, message):
+    spec = write_spec(spec_workspace, spec_with(epochs=1))
+    result = invoke(spec_workspace, "submit", str(spec), *args)
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
-    assert Queue(Workspace(workspace)).jobs() == []
-    assert list((workspace / "jobs/pending").iterdir()) == []
+    assert Queue(Workspace(spec_workspace)).jobs() == []
+    assert list((spec_workspace / "jobs/pending").iterdir()) == []
 
 
-def test_submit_invalid_spec_is_one_line_and_queues_nothing(workspace):
-    spec = write_spec(workspace, spec_with(lerning_rate=1e-3))
-    result = invoke(workspace, "submit", str(spec))
+def test_submit_invalid_spec_is_one_line_and_queues_nothing(spec_workspace):
+    spec = write_spec(spec_workspace, spec_with(lerning_rate=1e-3))
+    result = invoke(spec_workspace, "submit", str(spec))
     assert result.exit_code == 2 and "quis dizer 'learning_rate'" in result.output
-    assert "Traceback" not in result.output and Queue(Workspace(workspace)).jobs() == []
+    assert "Traceback" not in result.output and Queue(Workspace(spec_workspace)).jobs() == []
 
 
 @pytest.mark.parametrize(
@@ -129,16 +129,16 @@ def test_submit_invalid_spec_is_one_line_and_queues_nothing(workspace):
         ["compare", "7", "8"],
     ],
 )
-def test_unknown_job_is_one_line_exit_4(workspace, args):
-    result = invoke(workspace, *args)
+def test_unknown_job_is_one_line_exit_4(spec_workspace, args):
+    result = invoke(spec_workspace, *args)
     assert result.exit_code == 4 and result.output.strip() == "Erro: job 7 não existe"
 
 
-def test_empty_queue_defaults(workspace):
-    result = invoke(workspace, "status")
+def test_empty_queue_defaults(spec_workspace):
+    result = invoke(spec_workspace, "status")
     assert result.exit_code == 4 and "não há jobs na fila" in result.output
-    assert invoke(workspace, "list").exit_code == 0
-    assert orjson.loads(invoke(workspace, "list", "--json").stdout) == []
+    assert invoke(spec_workspace, "list").exit_code == 0
+    assert orjson.loads(invoke(spec_workspace, "list", "--json").stdout) == []
 
 
 def test_list_status_and_gap_of_finished_jobs(done_ws):

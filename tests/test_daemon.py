@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import plistlib
+import re
 import shutil
 import signal
 import subprocess
@@ -13,9 +14,7 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
-from farensed.errors import ResumeError
 from farensed.queue.jobs import Queue
 from farensed.storage.procs import process_alive
 from farensed.storage.workspace import Workspace
@@ -25,6 +24,7 @@ from tests.helpers import (
     child_env,
     deterministic_metrics,
     metric_lines,
+    run_cli,
     spec_with,
     wait_for,
     write_spec,
@@ -282,10 +282,8 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     first = submit(workspace, spec_with(epochs=1, eval_every=40, save_every=40))
     assert run_burst(workspace).returncode == 0 and queue(workspace).get(first).state == "done"
     changed = spec_with(epochs=2, lora=dict(TEST_SPEC["lora"], rank=8))
-    from farensed.engine.resume import check_resumable  # what `farensectl submit` passes to Queue.submit
-
-    with pytest.raises(ResumeError, match="lora.rank: 4 → 8.*--fresh"):  # refused at submit, nothing queued
-        submit(workspace, changed, check=check_resumable)
+    refused = run_cli(workspace, "submit", str(write_spec(workspace, changed, "changed.json")))
+    assert refused.returncode == 3 and re.search("lora.rank: 4 → 8.*--fresh", refused.stdout)  # nothing queued
     assert [j.id for j in queue(workspace).jobs()] == [first]
     fresh = submit(workspace, changed, fresh=True)
     daemon = start_daemon(workspace)

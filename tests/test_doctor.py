@@ -42,8 +42,8 @@ def lines_named(output: str, name: str) -> list[str]:
     return [line for line in output.splitlines() if f" {name}: " in line]
 
 
-def test_a_good_spec_passes_every_check(workspace):
-    result = doctor(workspace, str(write_spec(workspace, TEST_SPEC)))
+def test_a_good_spec_passes_every_check(spec_workspace):
+    result = doctor(spec_workspace, str(write_spec(spec_workspace, TEST_SPEC)))
     assert result.exit_code == 0, result.output
     assert "❌" not in result.output
     for name in ("python", "pacotes", "mlx", "disco", "serviço", "memória", "spec", "modelo", "tokenizer"):
@@ -54,26 +54,33 @@ def test_a_good_spec_passes_every_check(workspace):
     assert "sem run anterior com este modelo" in result.output  # nothing measured yet: no estimate invented
 
 
-def test_a_missing_model_fails_with_its_path_and_the_fix(workspace):
-    spec = write_spec(workspace, spec_with(model="models/mistral-7b-4bit"), "v2.json")
-    result = doctor(workspace, str(spec))
+def test_a_missing_model_fails_with_its_path_and_the_fix(spec_workspace):
+    spec = write_spec(spec_workspace, spec_with(model="models/mistral-7b-4bit"), "v2.json")
+    result = doctor(spec_workspace, str(spec))
     assert result.exit_code == 1, result.output
     (line,) = lines_named(result.output, "modelo")
-    assert line.startswith("❌") and str(workspace / "models/mistral-7b-4bit") in line and "→ coloque o modelo" in line
+    assert (
+        line.startswith("❌")
+        and str(spec_workspace / "models/mistral-7b-4bit") in line
+        and "→ coloque o modelo" in line
+    )
     assert lines_named(result.output, "data.train")[0].startswith("✅")  # the other inputs are still checked
 
 
-def test_bad_data_and_a_bad_spec_fail_on_their_line(workspace):
-    bad_line = workspace / "bad.jsonl"
+def test_bad_data_and_a_bad_spec_fail_on_their_line(spec_workspace):
+    bad_line = spec_workspace / "bad.jsonl"
     bad_line.write_text('{"messages": [{"role": "user", "content": "olá"}]}\n{"texto": 1}\n')
-    result = doctor(workspace, str(write_spec(workspace, spec_with(data={"train": "bad.jsonl", "valid": "bad.jsonl"}))))
+    result = doctor(
+        spec_workspace, str(write_spec(spec_workspace, spec_with(data={"train": "bad.jsonl", "valid": "bad.jsonl"})))
+    )
     assert result.exit_code == 1
     assert lines_named(result.output, "data.train")[0].startswith(f"❌ data.train: {bad_line}:2: formato desconhecido")
-    result = doctor(workspace, str(write_spec(workspace, spec_with(epocs=3), "typo.json")))
+    result = doctor(spec_workspace, str(write_spec(spec_workspace, spec_with(epocs=3), "typo.json")))
     assert result.exit_code == 1 and "epocs" in lines_named(result.output, "spec")[0]
 
 
-def test_json_is_one_document_with_every_check(workspace, monkeypatch):
+def test_json_is_one_document_with_every_check(spec_workspace, monkeypatch):
+    workspace = spec_workspace
     spec = str(write_spec(workspace, spec_with(model="models/absent")))
     result = doctor(workspace, spec, "--json")
     assert result.exit_code == 1
@@ -120,10 +127,10 @@ def test_macos_sleep_settings_read_from_pmset():
     assert low_power.status == "warn" and "baixo consumo" in low_power.detail
 
 
-def test_the_doctor_probes_mlx_without_importing_it(workspace):
+def test_the_doctor_probes_mlx_without_importing_it(spec_workspace):
     code = (
         "import sys, json\nfrom click.testing import CliRunner\nfrom farensed.cli.main import cli\n"
-        f"r = CliRunner().invoke(cli, ['--home', {str(workspace)!r}, 'doctor', '--json'])\n"
+        f"r = CliRunner().invoke(cli, ['--home', {str(spec_workspace)!r}, 'doctor', '--json'])\n"
         "print(json.dumps({'mlx': sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')),"
         " 'device': [c for c in json.loads(r.output)['checks'] if c['name'] == 'mlx'][0]['data'].get('device')}))"
     )

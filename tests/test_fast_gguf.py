@@ -1,72 +1,54 @@
-"""GGUF files farense refuses (one line, exit 2, nothing written) and the tokenizer rebuilt from metadata; no model."""
+"""GGUF files farense refuses (one line, exit 2, nothing written), the chat-template check at submit, and the
+tokenizers rebuilt from metadata (byte-level BPE; SentencePiece through transformers' converter); no model."""
 
 from __future__ import annotations
 
-import numpy as np
+import io
+
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.errors import SpecError
-from farensed.models.gguf_header import check_supported, read_header
-from tests.ggufwrite import F32, Q4_K, write_gguf
+from farensed.models.gguf_header import read_header
+from farensed.models.gguf_support import check_supported
+from tests.ggufwrite import Q2_K, TOKENS, metadata, qwen2_metadata, tensors, write_gguf
 from tests.helpers import spec_with, write_spec
 
-TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "1", "2", "Ġ", "Ġab", "12"]
-
-
-def metadata(**changes) -> dict:
-    md = {
-        "general.architecture": "llama",
-        "llama.block_count": 1,
-        "llama.embedding_length": 32,
-        "llama.feed_forward_length": 32,
-        "llama.attention.head_count": 2,
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "smollm",
-        "tokenizer.ggml.tokens": TOKENS,
-        "tokenizer.ggml.token_type": [3, 3, 3] + [1] * (len(TOKENS) - 3),
-        "tokenizer.ggml.merges": ["a b", "Ġ ab", "1 2"],
-        "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2,
-    }
-    md.update(changes)
-    return {k: v for k, v in md.items() if v is not None}
-
-
-def tensors(odd_type: int | None = None) -> list:
-    names = [f"blk.0.{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up")]
-    names += ["blk.0.ffn_down.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"]
-    out = [("token_embd.weight", (len(TOKENS), 32), F32, np.zeros((len(TOKENS), 32), "<f4").tobytes())]
-    out += [("output_norm.weight", (32,), F32, np.ones(32, "<f4").tobytes())]
-    for name in names:
-        shape = (32,) if "norm" in name else (32, 32)
-        out.append((name, shape, F32, np.zeros(shape, "<f4").tobytes()))
-    if odd_type == Q4_K:  # a K-quant block: 144 bytes per 256 weights
-        out[2] = ("blk.0.attn_q.weight", (32, 256), Q4_K, b"\0" * (32 * 144))
-    return out
+TEXTS = [
+    "Olá! Quando abre o Museu Municipal de Faro? Às 10h, 2024-11-27 às 18:30.",
+    "émojis 🎉, ÇÃÕ ñ ß 中文, bytes \x00\x7f\u200b, tabs\t\tand\nnewlines",
+    "def f(x):\n    return x**2  # 12345",
+]
 
 
 @pytest.mark.parametrize(
-    "md,odd,message",
+    "md,odd,biases,message",
     [
-        (metadata(**{"general.architecture": "qwen2"}), None, "arquitetura 'qwen2' não suportada"),
-        (metadata(), Q4_K, "quantização Q4_K (tensor blk.0.attn_q.weight) não suportada"),
-        (metadata(**{"tokenizer.ggml.model": "llama"}), None, "tokenizer.ggml.model 'llama' não suportado"),
-        (metadata(**{"tokenizer.ggml.pre": "qwen2"}), None, "tokenizer.ggml.pre 'qwen2' não suportado"),
-        (metadata(**{"llama.expert_count": 8}), None, "MoE"),
+        (metadata(**{"general.architecture": "qwen3"}), None, (), "arquitetura 'qwen3' não suportada"),
+        (metadata(), Q2_K, (), "quantização Q2_K (tensor blk.0.attn_q.weight) não suportada"),
+        (metadata(**{"tokenizer.ggml.model": "bert"}), None, (), "tokenizer.ggml.model 'bert' não suportado"),
+        (metadata(**{"tokenizer.ggml.pre": "tekken"}), None, (), "tokenizer.ggml.pre 'tekken' não suportado"),
+        (metadata(**{"llama.expert_count": 8}), None, (), "MoE"),
+        (metadata(**{"general.architecture": "qwen2"}), None, (), "falta qwen2.block_count"),
+        (qwen2_metadata(), None, (), "falta tensor blk.0.attn_q.bias"),
+        (metadata(), None, ("attn_q",), "falta tensor blk.0.attn_k.bias"),
+        (metadata(**{"tokenizer.ggml.bos_token_id": 99}), None, (), "tokenizer.ggml.bos_token_id 99 fora do"),
+        (metadata(**{"general.architecture": "\x1b]0;pwn\x07"}), None, (), r"arquitetura '\x1b]0;pwn\x07'"),
     ],
 )
-def test_unsupported_gguf_is_one_line_exit_2(tmp_path, md, odd, message):
+def test_unsupported_gguf_is_one_line_exit_2(tmp_path, md, odd, biases, message):
     folder = tmp_path / "g"
     folder.mkdir()
-    path = write_gguf(folder / "m.gguf", md, tensors(odd))
+    path = write_gguf(folder / "m.gguf", md, tensors(odd, biases))
     result = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(folder / "out")])
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert "\x1b" not in result.output and "\x07" not in result.output
     assert [p.name for p in folder.iterdir()] == ["m.gguf"]  # nothing written
-    assert CliRunner().invoke(cli, ["model", "info", str(path)]).exit_code == 2
+    info = CliRunner().invoke(cli, ["model", "info", str(path)])
+    assert info.exit_code == 2 and "Suportado" not in info.output
 
 
 def test_header_reader_and_info(tmp_path):
@@ -76,7 +58,12 @@ def test_header_reader_and_info(tmp_path):
     assert info.metadata["llama.attention.layer_norm_rms_epsilon"] == 1e-5  # float32 read back as 1e-05
     assert info.tensors["token_embd.weight"].shape == (len(TOKENS), 32)
     result = CliRunner().invoke(cli, ["model", "info", str(path), "--json"])
-    assert result.exit_code == 0 and orjson.loads(result.output)["supported"] is True
+    doc = orjson.loads(result.output)
+    assert result.exit_code == 0 and doc["supported"] is True and doc["chat_template"] is False
+    assert doc["conversions"]["F32"]["count"] == 11 and doc["conversions"]["F32"]["exact"] is True
+    assert doc["error"]["max_abs"] == 0 and doc["error"]["values"] == sum(t.size for t in info.tensors.values())
+    text = CliRunner().invoke(cli, ["model", "info", str(path)]).output
+    assert "F32 ×11 → float32: exato" in text and "Erro no total: nenhum" in text and "✅ Suportado" in text
     (tmp_path / "not.gguf").write_bytes(b"GGML" + b"\0" * 64)
     with pytest.raises(SpecError, match="não é um ficheiro GGUF"):
         read_header(tmp_path / "not.gguf")
@@ -85,25 +72,57 @@ def test_header_reader_and_info(tmp_path):
         read_header(tmp_path / "short.gguf")
 
 
+def _workspace_with(home, md: dict, example: dict):
+    (home / "models").mkdir()
+    write_gguf(home / "models" / "q.gguf", md, tensors())
+    (home / "data").mkdir()
+    for name in ("train", "valid"):
+        (home / "data" / f"{name}.jsonl").write_bytes(orjson.dumps(example) + b"\n")
+    data = {"train": "data/train.jsonl", "valid": "data/valid.jsonl"}
+    return spec_with(model="models/q.gguf", data=data, batch_size=1, grad_accumulation=1, save_every=1)
+
+
 def test_spec_with_an_unsupported_gguf_is_refused_before_anything_runs(isolated_home):
     from farensed.spec.load import load_spec
     from farensed.storage.workspace import Workspace
 
-    (isolated_home / "models").mkdir()
-    write_gguf(isolated_home / "models" / "q.gguf", metadata(**{"general.architecture": "qwen2"}), tensors())
-    data = isolated_home / "data"
-    data.mkdir()
-    for name in ("train", "valid"):
-        (data / f"{name}.jsonl").write_bytes(orjson.dumps({"text": "olá"}) + b"\n")
-    spec = spec_with(model="models/q.gguf", data={"train": "data/train.jsonl", "valid": "data/valid.jsonl"})
-    with pytest.raises(SpecError, match=r"model: .*q\.gguf: arquitetura 'qwen2'"):
+    spec = _workspace_with(isolated_home, metadata(**{"general.architecture": "qwen3"}), {"text": "olá"})
+    with pytest.raises(SpecError, match=r"model: .*q\.gguf: arquitetura 'qwen3'"):
         load_spec(write_spec(isolated_home, spec), Workspace.at(isolated_home))
     with pytest.raises(SpecError, match="ficheiro GGUF não encontrado"):
         load_spec(write_spec(isolated_home, dict(spec, model="models/none.gguf")), Workspace.at(isolated_home))
     assert not (isolated_home / "models" / "q.gguf.mlx").exists()
+    blob = isolated_home / "models" / "sha256-0a1b"  # an Ollama blob: a GGUF with no .gguf in its name
+    write_gguf(blob, metadata(), tensors())
+    with pytest.raises(SpecError, match=r"sha256-0a1b é um GGUF sem a extensão \.gguf .*ln -s"):
+        load_spec(write_spec(isolated_home, dict(spec, model="models/sha256-0a1b")), Workspace.at(isolated_home))
 
 
-def test_tokenizer_from_metadata_specials_digits_and_bos():
+MESSAGES = {"messages": [{"role": "user", "content": "Olá?"}, {"role": "assistant", "content": "Olá."}]}
+
+
+def test_messages_data_on_a_gguf_without_chat_template_is_refused_at_submit_with_the_fix(isolated_home):
+    from farensed.spec.load import load_spec
+    from farensed.storage.workspace import Workspace
+
+    spec = write_spec(isolated_home, _workspace_with(isolated_home, metadata(), MESSAGES))
+    result = CliRunner().invoke(cli, ["--home", str(isolated_home), "submit", str(spec)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "q.gguf não tem chat template" in result.output and "prompt/completion" in result.output
+    assert not list((isolated_home / "jobs" / "pending").glob("*"))  # nothing queued
+    doctor = CliRunner().invoke(cli, ["--home", str(isolated_home), "doctor", str(spec), "--json"])
+    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "model")
+    assert check["status"] == "fail" and "chat template" in check["detail"]
+    with_template = metadata(**{"tokenizer.chat_template": "{{ messages[0]['content'] }}"})
+    write_gguf(isolated_home / "models" / "q.gguf", with_template, tensors())
+    load_spec(spec, Workspace.at(isolated_home))  # accepted: the template is in the file
+    write_gguf(isolated_home / "models" / "q.gguf", metadata(), tensors())
+    (isolated_home / "data" / "train.jsonl").write_bytes(orjson.dumps({"text": "olá"}) + b"\n")
+    (isolated_home / "data" / "valid.jsonl").write_bytes(orjson.dumps({"text": "olá"}) + b"\n")
+    load_spec(spec, Workspace.at(isolated_home))  # plain text needs no template
+
+
+def test_byte_level_tokenizer_from_metadata_specials_digits_and_bos():
     from farensed.engine.gguf_tokenizer import build_tokenizer
 
     tok = build_tokenizer(metadata(**{"tokenizer.chat_template": "{{ messages[0]['content'] }}"}))
@@ -112,6 +131,105 @@ def test_tokenizer_from_metadata_specials_digits_and_bos():
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
     with_bos = build_tokenizer(metadata(**{"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.pre": "default"}))
     assert with_bos.encode("ab 12") == [1, 5, 8, 10]  # GPT-2's split keeps "12" whole
+
+
+def _converter_ids(md: dict, texts: list[str]) -> list[list[int]]:
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    renames = GGUF_TOKENIZER_MAPPING["tokenizer"]
+    fields = {n: md[f"tokenizer.{k}"] for k, n in renames.items() if f"tokenizer.{k}" in md}
+    theirs, _ = convert_gguf_tokenizer(md["general.architecture"], fields)
+    return [theirs.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model():
+    """A real SentencePiece BPE model with byte fallback (as Llama 2 / Mistral's), trained on the demo text, and
+    the GGUF metadata llama.cpp's convert script writes for it (pieces, scores, token types)."""
+    import sentencepiece as spm
+
+    from farensed.demo.data import pretraining_text
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(pretraining_text()),
+        model_writer=buf,
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",  # Llama's: no NFKC, spaces kept as they are
+        remove_extra_whitespaces=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1 for i in range(n)]
+    md = {
+        "general.architecture": "llama",
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+        "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)],
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.chat_template": "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}",
+    }
+    return sp, md
+
+
+def test_sentencepiece_tokenizer_has_the_converters_and_sentencepieces_ids(sentencepiece_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from farensed.engine.gguf_tokenizer import build_tokenizer
+
+    sp, md = sentencepiece_model
+    ours = build_tokenizer(md)
+    texts = TEXTS + ["a<s>b</s>c [INST] Olá [/INST]"]
+    assert [ours.encode(t, add_special_tokens=False) for t in texts] == _converter_ids(md, texts)
+    for text in TEXTS:  # sentencepiece itself: what the model was trained with, byte fallback included
+        assert ours.encode(text, add_special_tokens=False) == sp.encode(text), text
+        assert ours.decode(ours.encode(text), skip_special_tokens=True) == text
+    assert any(sp.is_byte(i) for i in sp.encode(TEXTS[1]))  # the emoji and CJK went through byte fallback
+    assert ours.encode("Faro") == [1, *sp.encode("Faro")]  # llama.cpp's default for SentencePiece: BOS added
+    assert ours.bos_token == "<s>" and ours.eos_token == "</s>" and ours.unk_token == "<unk>"
+    no_bos = build_tokenizer(dict(md, **{"tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": True}))
+    assert no_bos.encode("Faro") == [*sp.encode("Faro"), 2]
+    no_prefix = build_tokenizer(dict(md, **{"tokenizer.ggml.add_space_prefix": False}))
+    pieces = no_prefix.convert_ids_to_tokens(no_prefix.encode("Faro", add_special_tokens=False))
+    assert not pieces[0].startswith("\u2581") and ours.convert_ids_to_tokens(ours.encode("Faro"))[1].startswith(
+        "\u2581"
+    )
+    ours.save_pretrained(str(tmp_path))  # what mlx-lm loads
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert [again.encode(t) for t in TEXTS] == [ours.encode(t) for t in TEXTS]
+    chat = again.apply_chat_template([{"role": "user", "content": "Olá"}], tokenize=False)
+    assert chat == "<s>[INST] Olá [/INST]"
+
+
+def test_qwen2_pre_tokenizer_matches_the_converter():
+    from farensed.engine.gguf_tokenizer import build_tokenizer
+
+    bytes_alphabet = [chr(c) for c in range(ord("!"), ord("~") + 1)] + ["Ġ", "Ċ", "ĉ"]
+    tokens = TOKENS + [t for t in bytes_alphabet if t not in TOKENS] + ["Fa", "ro", "Faro", "ĠFaro", "ĠĠ"]
+    md = metadata(
+        **{
+            "general.architecture": "qwen2",
+            "tokenizer.ggml.pre": "qwen2",
+            "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [3, 3, 3] + [1] * (len(tokens) - 3),
+            "tokenizer.ggml.merges": ["a b", "Ġ ab", "1 2", "F a", "r o", "Fa ro", "Ġ Faro", "Ġ Ġ"],
+        }
+    )
+    texts = ["Faro  Faro 12345 ab<|im_end|>\n\n  x", "it's 1,234.5 ab ab"]
+    ours = build_tokenizer(md)
+    assert [ours.encode(t, add_special_tokens=False) for t in texts] == _converter_ids(md, texts)
+    assert ours.convert_ids_to_tokens(ours.encode("12345"))[:3] == ["1", "2", "3"]  # qwen2 splits every digit
 
 
 def test_model_info_and_spec_checks_do_not_import_mlx(tmp_path):
@@ -134,7 +252,7 @@ def test_model_info_and_spec_checks_do_not_import_mlx(tmp_path):
 
 
 def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path):
-    from farensed.engine.gguf import llama3_rope_freqs, rope_scaling_from_freqs
+    from farensed.engine.gguf_config import llama3_rope_freqs, rope_scaling_from_freqs
 
     info = read_header(write_gguf(tmp_path / "m.gguf", metadata(), tensors()))
     good = llama3_rope_freqs(500000.0, 64, 8.0, 1.0, 4.0, 8192)

@@ -97,24 +97,25 @@ def test_readers_take_a_seed_folder_read_only(isolated_home, tmp_path):
     assert logs.exit_code == 4 and "sem log" in logs.output
 
 
-def test_run_references_resolve_one_documented_way(workspace):
-    ws = Workspace(workspace)
+def test_run_references_resolve_one_documented_way(spec_workspace):
+    ws = Workspace(spec_workspace)
     q = Queue(ws)
-    first = q.submit(write_spec(workspace, spec_with(name="2"), "a.json"))  # a run *named* "2"
-    second = q.submit(write_spec(workspace, spec_with(name="b"), "b.json"))
-    (workspace / "checkpoints_qlora" / "2").mkdir(parents=True)
-    (workspace / "checkpoints_qlora" / "2" / "spec.json").write_bytes(b"{}")
+    first = q.submit(write_spec(spec_workspace, spec_with(name="2"), "a.json"))  # a run *named* "2"
+    second = q.submit(write_spec(spec_workspace, spec_with(name="b"), "b.json"))
+    (spec_workspace / "checkpoints_qlora" / "2").mkdir(parents=True)
+    (spec_workspace / "checkpoints_qlora" / "2" / "spec.json").write_bytes(b"{}")
     assert resolve(ws, "2").job.id == second.id  # digits: always a job id
     by_folder = resolve(ws, "checkpoints_qlora/2")  # the run named "2": by its folder
-    assert by_folder.job.id == first.id and by_folder.run_dir == workspace / "checkpoints_qlora" / "2"
+    assert by_folder.job.id == first.id and by_folder.run_dir == spec_workspace / "checkpoints_qlora" / "2"
     assert resolve(ws, "b").job.id == second.id  # a name with no folder yet: its latest job
     assert resolve(ws, None).job.id == second.id
     with pytest.raises(QueueError, match="não é um id de job, um nome de corrida"):
         resolve(ws, "nope")
     result = CliRunner().invoke(cli, ["gap", "--help"])
-    assert "An all-digit RUN is always a job id" in result.output and "Example" in result.output
-    job = orjson.loads((workspace / "jobs" / str(first.id) / "job.json").read_bytes())
-    assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved workspace keeps working
+    text = " ".join(result.output.split())  # as read, whatever the terminal's wrapping
+    assert "An all-digit RUN is always a job id" in text and "Example" in result.output
+    job = orjson.loads((spec_workspace / "jobs" / str(first.id) / "job.json").read_bytes())
+    assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved spec_workspace keeps working
 
 
 def test_disk_check_needs_room_for_keep_checkpoints_plus_margin(tmp_path, monkeypatch):
@@ -189,12 +190,12 @@ def test_the_training_png_marks_where_early_stopping_fired(tmp_path):
     assert red(plain) == 0 and red(marked) > 100
 
 
-def test_start_over_repoints_only_the_jobs_that_trained_the_old_run(workspace):
+def test_start_over_repoints_only_the_jobs_that_trained_the_old_run(spec_workspace):
     from farensed.queue.fresh import start_over
 
-    ws = Workspace(workspace)
+    ws = Workspace(spec_workspace)
     q = Queue(ws)
-    ran, fresh, waiting = (q.submit(write_spec(workspace, spec_with(), f"{n}.json")).id for n in "abc")
+    ran, fresh, waiting = (q.submit(write_spec(spec_workspace, spec_with(), f"{n}.json")).id for n in "abc")
     q.update(ran, attempts=1, state="done")
     q.update(fresh, attempts=1, state="running")
     for folder in (ws.run_dir("t"), ws.output_dir("t")):
@@ -202,7 +203,7 @@ def test_start_over_repoints_only_the_jobs_that_trained_the_old_run(workspace):
     said = []
     moved = start_over(ws, "t", job_id=fresh, say=said.append)
     assert not ws.run_dir("t").exists() and not ws.output_dir("t").exists() and len(said) == 2
-    assert q.get(ran).run_dir == str(moved["run"].relative_to(workspace))  # job 1 keeps showing its own run
+    assert q.get(ran).run_dir == str(moved["run"].relative_to(spec_workspace))  # job 1 keeps showing its own run
     assert q.get(fresh).run_dir == q.get(waiting).run_dir == "checkpoints_qlora/t"  # the new run
     assert moved["output"].name.startswith("t.old-") and moved["output"].is_dir()
 

@@ -1,4 +1,5 @@
-"""GGUF import on a GGUF the test writes from the tiny model (every block type, q/k permuted as llama.cpp does)."""
+"""GGUF import on files written by llama.cpp's GGUFWriter: the tiny model (q/k permuted as llama.cpp does), one of
+every supported type (exact where MLX can hold the blocks), qwen2, and a K-quant model trained, killed and resumed."""
 
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ def test_import_gives_the_same_model_tokenizer_and_answers(tiny_file, tiny_model
     result = CliRunner().invoke(cli, ["model", "import-gguf", str(gguf), str(dest), "--json"])
     assert result.exit_code == 0, result.output
     summary = orjson.loads(result.output)
-    assert summary["bits"] == 4  # Q4_0/Q4_1 modules; the Q8_0 ones are listed with 8 bits
+    assert summary["bits"] == 4  # Q4_0/Q4_1 modules; the Q8_0 ones are listed with 8 bits, Q5_0/Q5_1 with 5
     assert summary["bits_by_module"] == {
         "model.embed_tokens": 8,
-        "model.layers.0.self_attn.v_proj": 8,
-        "model.layers.1.self_attn.v_proj": 8,
+        **{f"model.layers.{i}.self_attn.v_proj": 8 for i in range(2)},
+        **{f"model.layers.{i}.mlp.{m}_proj": 5 for i in range(2) for m in ("gate", "up")},
     }
+    assert summary["error"]["max_abs"] == 0 and all(row["exact"] for row in summary["conversions"].values())
     model, tokenizer = load(str(dest))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "QuantizedLinear"
     assert model.model.layers[0].self_attn.v_proj.bits == 8
@@ -144,7 +146,7 @@ def test_rope_freqs_become_mlx_lm_llama3_rope_scaling(tiny_model, tmp_path):
     dim, base = config["hidden_size"] // config["num_attention_heads"], config["rope_theta"]
     freqs = np.array(llama_cpp_rope_freqs(base, dim, factor=32.0), dtype="<f4")
     assert len(set(freqs.tolist())) > 2  # unscaled, smoothed and fully scaled frequencies all occur
-    extra = (("rope_freqs.weight", freqs.shape, F32, freqs.tobytes()),)
+    extra = (("rope_freqs.weight", freqs, F32),)
     gguf, weights = tiny_gguf(tiny_model, tmp_path / "llama31.gguf", extra=extra)
     import_gguf(gguf, tmp_path / "out", log=lambda _m: None)
     scaling = orjson.loads((tmp_path / "out" / "config.json").read_bytes())["rope_scaling"]
@@ -159,3 +161,134 @@ def test_rope_freqs_become_mlx_lm_llama3_rope_scaling(tiny_model, tmp_path):
     ids = mx.array([tok.encode(TEXTS[1])])
     want = reference(ids)
     assert mx.abs(model(ids).astype(mx.float32) - want).max().item() < 2e-3 * mx.abs(want).max().item()
+
+
+def _hf_rows(stored, n_head):
+    """llama.cpp's q/k rows back in Hugging Face order, with mlx-lm's own permutation (not farense's)."""
+    import numpy as np
+    from mlx_lm.gguf import permute_weights
+
+    rows = stored.shape[0]
+    order = permute_weights(np.arange(rows), n_head).astype(int)  # stored row i is Hugging Face row order[i]
+    out = np.empty_like(stored)
+    out[order] = stored
+    return out
+
+
+def _synthetic_reference(gguf_ref: dict, arch: str) -> dict:
+    """The float model llama.cpp's values make, under mlx-lm names (q/k rows un-permuted for llama)."""
+    from farensed.models.gguf_support import mlx_name
+
+    out = {}
+    for name, values in gguf_ref.items():
+        if arch == "llama" and ".attn_q." in name:
+            values = _hf_rows(values, 4)
+        elif arch == "llama" and ".attn_k." in name:
+            values = _hf_rows(values, 2)
+        out[mlx_name(name)] = values
+    return out
+
+
+def _logits_close(model, reference, vocab: int, tol: float):
+    import mlx.core as mx
+
+    ids = mx.array([[i % vocab for i in range(3, 40)]])
+    got, want = model(ids).astype(mx.float32), reference(ids)
+    assert mx.abs(got - want).max().item() < tol * mx.abs(want).max().item()
+
+
+def test_every_supported_type_imports_and_equals_llama_cpps_values(tmp_path):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.models import llama
+
+    from tests.ggufwrite import metadata, synthetic_gguf
+
+    path, gguf_ref = synthetic_gguf(tmp_path / "all.gguf", metadata())
+    summary = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(tmp_path / "out"), "--json"])
+    assert summary.exit_code == 0, summary.output
+    conversions = orjson.loads(summary.output)["conversions"]
+    assert [k for k, r in conversions.items() if not r["exact"]] == ["Q6_K"]
+    reference = _synthetic_reference(gguf_ref, "llama")
+    saved = mx.load(str(tmp_path / "out" / "model.safetensors"))
+    config = orjson.loads((tmp_path / "out" / "config.json").read_bytes())
+    for name, want in reference.items():
+        module = name.rsplit(".", 1)[0]
+        if f"{module}.scales" in saved:
+            got = mx.dequantize(
+                saved[f"{module}.weight"],
+                saved[f"{module}.scales"].astype(mx.float32),
+                saved[f"{module}.biases"].astype(mx.float32),
+                group_size=32,
+                bits=config["quantization"].get(module, config["quantization"])["bits"],
+            )
+        else:
+            got = saved[name].astype(mx.float32)
+        if module == "lm_head":  # Q6_K → 8 bits: within what the summary measured
+            assert 0 < np.abs(np.array(got) - want).max() <= conversions["Q6_K"]["max_abs"] * (1 + 1e-6)
+        else:
+            assert np.array_equal(np.array(got), want), name
+    model, _tok = load(str(tmp_path / "out"))
+    assert model.model.layers[0].self_attn.q_proj.bits == 5 and model.model.layers[0].mlp.up_proj.bits == 8
+    ref_config = {k: v for k, v in config.items() if not k.startswith("quantization")}
+    ref_model = llama.Model(llama.ModelArgs.from_dict(ref_config))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in reference.items()], strict=True)
+    _logits_close(model, ref_model, config["vocab_size"], 1e-2)  # the Q6_K output layer's small error
+
+
+def test_qwen2_maps_onto_mlx_lms_qwen2_without_permutation(tmp_path):
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.models import qwen2
+
+    from farensed.engine.gguf import import_gguf
+    from tests.ggufwrite import F32, Q8_0, qwen2_metadata, synthetic_gguf
+
+    types = {"output": Q8_0, "ffn_down": F32}  # every tensor exact: the logits must agree to float rounding
+    path, gguf_ref = synthetic_gguf(tmp_path / "qwen2.gguf", qwen2_metadata(), types=types)
+    summary = import_gguf(path, tmp_path / "out", log=lambda _m: None)
+    assert summary["architecture"] == "qwen2" and summary["error"]["max_abs"] == 0
+    model, tok = load(str(tmp_path / "out"))
+    assert type(model).__module__ == "mlx_lm.models.qwen2"
+    assert model.model.layers[0].self_attn.q_proj.bias is not None  # the biases llama.cpp keeps for qwen2
+    config = orjson.loads((tmp_path / "out" / "config.json").read_bytes())
+    ref_model = qwen2.Model(qwen2.ModelArgs.from_dict({k: v for k, v in config.items() if "quantization" not in k}))
+    reference = _synthetic_reference(gguf_ref, "qwen2")  # qwen2's q/k rows are stored in Hugging Face order
+    ref_model.load_weights([(k, mx.array(v)) for k, v in reference.items()], strict=True)
+    _logits_close(model, ref_model, config["vocab_size"], 1e-4)
+    assert tok.convert_ids_to_tokens(tok.encode("Faro 12"))[-2:] == ["1", "2"]  # qwen2's digit split
+
+
+@pytest.mark.e2e
+def test_qlora_on_an_imported_k_quant_model_resumes_exactly_after_sigkill(tmp_path, tiny_model):
+    """The tiny model widened to 256 and written as Q4_K/Q5_K/Q6_K (a Q4_K_M-like mix) by GGUFWriter."""
+    import signal
+
+    from tests.conftest import make_workspace
+    from tests.ggufwrite import K_TYPES, tiny_gguf
+    from tests.helpers import assert_same_adapters, deterministic_metrics, kill_at_record
+    from tests.test_mlxlm_options import short_spec
+
+    gguf, _ = tiny_gguf(tiny_model, tmp_path / "tiny-k.gguf", types=K_TYPES, width=256)
+    spec = short_spec(model="models/tiny-k.gguf", iters=12, eval_every=4, save_every=2)
+    runs = {}
+    for name in ("reference", "killed"):
+        root = make_workspace(tmp_path / name, tiny_model)
+        (root / "models" / "tiny-k.gguf").write_bytes(gguf.read_bytes())
+        runs[name] = (root, write_spec(root, spec))
+    root, path = runs["reference"]
+    proc = run_cli(root, "run", str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    imported = orjson.loads((root / "models" / "tiny-k.gguf.mlx" / "farense_gguf.json").read_bytes())["summary"]
+    assert imported["tensor_types"] == {"Q4_K": 7, "Q5_K": 2, "Q6_K": 5, "Q8_0": 2, "F32": 5}
+    summary = orjson.loads((root / "checkpoints_qlora/t/training_summary.json").read_bytes())
+    assert summary["final_val_loss"] < summary["first_val_loss"]  # the widened tiny model still learns
+
+    killed, path = runs["killed"]
+    assert kill_at_record(killed, path, 3) == -signal.SIGKILL  # after 3 of the 6 updates
+    proc = run_cli(killed, "run", str(path))
+    assert proc.returncode == 0 and "A retomar de checkpoint_epoch" in proc.stdout, proc.stdout[-3000:]
+    for rel in ("output/t/adapters.safetensors", "checkpoints_qlora/t/adapters/adapters.safetensors"):
+        assert_same_adapters(root / rel, killed / rel)
+    assert deterministic_metrics(root / "checkpoints_qlora/t") == deterministic_metrics(killed / "checkpoints_qlora/t")

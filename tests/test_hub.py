@@ -62,14 +62,14 @@ def test_hub_id_trains_from_the_cache_and_mlx_lm_generate_loads_the_adapters(wor
     assert "Generation:" in generate.stdout or "tokens-per-sec" in generate.stdout
 
 
-def test_hub_id_missing_offline_is_one_line_at_submit(workspace, hf_home):
+def test_hub_id_missing_offline_is_one_line_at_submit(spec_workspace, hf_home):
     spec = {"name": "t", "model": "farense/nao-existe", "data": {"train": "data/demo/train.jsonl", "valid": "x"}}
-    proc = run_cli(workspace, "submit", str(write_spec(workspace, spec)))
+    proc = run_cli(spec_workspace, "submit", str(write_spec(spec_workspace, spec)))
     assert proc.returncode == 2
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and "o modelo 'farense/nao-existe' não está na cache do Hugging Face" in lines[0]
     assert "HF_HUB_OFFLINE=1" in lines[0] and str(hf_home) in lines[0]
-    assert not any((workspace / "jobs").glob("[0-9]*"))
+    assert not any((spec_workspace / "jobs").glob("[0-9]*"))
 
 
 def test_the_engine_does_not_force_offline_mode(monkeypatch):

@@ -77,19 +77,19 @@ REPLACE = {
 
 
 @pytest.mark.parametrize("case,extra,expected", BAD_YAML, ids=[c[0] for c in BAD_YAML])
-def test_bad_yaml_is_one_line_exit_2_nothing_written(workspace, case, extra, expected):
-    path = workspace / "cfg.yaml"
+def test_bad_yaml_is_one_line_exit_2_nothing_written(spec_workspace, case, extra, expected):
+    path = spec_workspace / "cfg.yaml"
     text = EXAMPLE.read_text()
     if case in REPLACE:
         text = text.replace(*REPLACE[case])
     path.write_text(text + (extra or ""))
-    before = snapshot(workspace)
+    before = snapshot(spec_workspace)
     for args in (["run", str(path)], ["submit", str(path)], ["spec", "--from", str(path)]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.output
-        assert snapshot(workspace) == before
+        assert snapshot(spec_workspace) == before
 
 
 def test_example_config_trains_through_run_and_the_same_job_through_submit(workspace):

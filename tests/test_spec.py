@@ -150,43 +150,43 @@ def snapshot(root: Path) -> dict:
 
 
 @pytest.mark.parametrize("case,mutate,expected", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
-def test_bad_spec_is_one_line_naming_the_problem_and_changes_nothing(workspace, case, mutate, expected):
+def test_bad_spec_is_one_line_naming_the_problem_and_changes_nothing(spec_workspace, case, mutate, expected):
     spec = copy.deepcopy(TEST_SPEC)
-    mutate(spec, workspace)
-    path = workspace / "bad.json"
+    mutate(spec, spec_workspace)
+    path = spec_workspace / "bad.json"
     path.write_bytes(orjson.dumps(spec))
-    before = snapshot(workspace)
+    before = snapshot(spec_workspace)
     result = CliRunner().invoke(cli, ["run", str(path)])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert expected in lines[0], lines[0]
     assert "Traceback" not in result.output
-    assert snapshot(workspace) == before
+    assert snapshot(spec_workspace) == before
 
 
-def test_malformed_json_names_line_and_column(workspace):
-    path = workspace / "bad.json"
+def test_malformed_json_names_line_and_column(spec_workspace):
+    path = spec_workspace / "bad.json"
     path.write_text('{\n  "name": "x",\n  "model": "m",,\n}')
     result = CliRunner().invoke(cli, ["run", str(path)])
     assert result.exit_code == 2
     assert f"{path}: JSON inválido na linha 3" in result.output and "coluna" in result.output
 
 
-def test_spec_that_is_not_an_object(workspace):
-    path = workspace / "bad.json"
+def test_spec_that_is_not_an_object(spec_workspace):
+    path = spec_workspace / "bad.json"
     path.write_text("[1, 2]")
     result = CliRunner().invoke(cli, ["run", str(path)])
     assert result.exit_code == 2 and "deve ser um objeto JSON" in result.output
 
 
-def test_relative_paths_resolve_against_the_workspace_root(workspace, tmp_path, monkeypatch):
+def test_relative_paths_resolve_against_the_workspace_root(spec_workspace, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    path = workspace / "good.json"
+    path = spec_workspace / "good.json"
     path.write_bytes(orjson.dumps(TEST_SPEC))
-    spec = load_spec(path, Workspace.at(str(workspace)))
+    spec = load_spec(path, Workspace.at(str(spec_workspace)))
     assert spec.model == "models/tiny-mistral-4bit"
 
 

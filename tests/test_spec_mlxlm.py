@@ -44,18 +44,18 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("case,mutate,expected", BAD_OPTIONS, ids=[c[0] for c in BAD_OPTIONS])
-def test_bad_option_is_one_line_exit_2_and_changes_nothing(workspace, case, mutate, expected):
+def test_bad_option_is_one_line_exit_2_and_changes_nothing(spec_workspace, case, mutate, expected):
     spec = dict(TEST_SPEC, lora=dict(TEST_SPEC["lora"]))
-    mutate(spec, workspace)
-    path = workspace / "bad.json"
+    mutate(spec, spec_workspace)
+    path = spec_workspace / "bad.json"
     path.write_bytes(orjson.dumps(spec))
-    before = snapshot(workspace)
+    before = snapshot(spec_workspace)
     for command in ("run", "submit"):
         result = CliRunner().invoke(cli, [command, str(path)])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.output
-        assert snapshot(workspace) == before
+        assert snapshot(spec_workspace) == before
 
 
 def test_scale_replaces_alpha_and_new_keys_enter_the_fingerprint_only_when_set():
@@ -78,13 +78,13 @@ def test_scale_replaces_alpha_and_new_keys_enter_the_fingerprint_only_when_set()
         ({"lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 10, 0, 1, 2]}}, "lr_schedule: cosine_decay"),
     ],
 )
-def test_wrong_optimizer_or_schedule_arguments_are_one_line_before_anything_runs(workspace, keys, expected):
-    path = workspace / "bad.json"
+def test_wrong_optimizer_or_schedule_arguments_are_one_line_before_anything_runs(spec_workspace, keys, expected):
+    path = spec_workspace / "bad.json"
     path.write_bytes(orjson.dumps(dict(TEST_SPEC, **keys)))
-    before = snapshot(workspace)
+    before = snapshot(spec_workspace)
     for command in ("run", "submit"):
         result = CliRunner().invoke(cli, [command, str(path)])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.output
-        assert snapshot(workspace) == before
+        assert snapshot(spec_workspace) == before

@@ -1,5 +1,6 @@
-"""Reading runs: metrics files, the seed's overfitting gap, the live monitor, reports, plots, text metrics.
+"""Reading a run's files: metrics, the overfitting gap, the live monitor, plots, success criteria, comparisons,
+text metrics.
 
-No mlx here: every command that only reads a run stays fast. May import the foundation and, for views over
-jobs (`report`), `farensed.queue.jobs`.
+No mlx here: every command that only reads a run stays fast. May import core, `storage` and `spec`; what joins runs
+with the queue's jobs lives in `farensed.views`.
 """

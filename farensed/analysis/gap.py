@@ -6,9 +6,16 @@ import statistics
 
 from farensed.i18n import N_, _
 
-# (upper bound, band, icon); the last band has no upper bound
-BANDS = [(0.05, "EXCELENTE", "✅"), (0.15, "BOM", "✅"), (0.30, "MODERADO", "⚠"), (float("inf"), "CRÍTICO", "❌")]
-BAND_LIMITS = {"EXCELENTE": "gap < 0.05", "BOM": "gap < 0.15", "MODERADO": "gap < 0.30", "CRÍTICO": "gap ≥ 0.30"}
+# The one table of the seed's bands: (upper bound, band, icon, terminal colour); the last has no upper bound.
+BANDS = [
+    (0.05, "EXCELENTE", "✅", "green"),
+    (0.15, "BOM", "✅", "green"),
+    (0.30, "MODERADO", "⚠", "yellow"),
+    (float("inf"), "CRÍTICO", "❌", "red"),
+]
+BAND_LIMITS = {name: f"gap < {limit:.2f}" for limit, name, _i, _c in BANDS[:-1]} | {
+    "CRÍTICO": f"gap ≥ {BANDS[-2][0]:.2f}"
+}
 
 
 # How a band reads on screen (its JSON value stays the Portuguese name above, in every language).
@@ -24,14 +31,16 @@ def band_label(name: str | None) -> str:
 
 def band(gap: float) -> str:
     """EXCELENTE (< 0.05), BOM (< 0.15), MODERADO (< 0.30) or CRÍTICO (≥ 0.30)."""
-    for limit, name, _icon in BANDS:
-        if gap < limit:
-            return name
-    return "CRÍTICO"
+    return next(name for limit, name, _icon, _colour in BANDS if gap < limit or limit == float("inf"))
 
 
 def icon(name: str) -> str:
-    return next(i for _, n, i in BANDS if n == name)
+    return next(i for _, n, i, _c in BANDS if n == name)
+
+
+def colour(name: str | None) -> str | None:
+    """The band's terminal colour (None for no band)."""
+    return next((c for _, n, _i, c in BANDS if n == name), None)
 
 
 def validations(records: list[dict]) -> list[dict]:

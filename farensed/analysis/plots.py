@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from farensed.analysis.gap import BANDS
+from farensed.analysis.gap import BANDS, band_label
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_with
 
@@ -51,9 +51,9 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
             label=_("melhor (step {step}: {val_loss:.4f})").format(step=best["step"], val_loss=best["val_loss"]),
         )
         ax_gap.plot([r["step"] for r in vals], [r["gap"] for r in vals], "o-", color="purple", label="gap")
-        for limit, name, _icon in BANDS[:-1]:
+        for limit, name, *_rest in BANDS[:-1]:  # not `*_`: that would hide the gettext function here
             ax_gap.axhline(limit, linestyle="--", linewidth=0.8, color="gray")
-            ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
+            ax_gap.text(vals[0]["step"], limit, f" {band_label(name)} < {limit}", fontsize=8, va="bottom", color="gray")
         ax_gap.axvline(best["step"], color="gold", linewidth=1)
         ax_loss.axvline(best["step"], color="gold", linewidth=1)
     if early_stop_step is not None:

@@ -56,14 +56,16 @@ def _has_chat_template(model: Path) -> bool:
     )
 
 
-def _check_gguf(path: Path) -> Check:
+def _check_gguf(path: Path, formats: set[str]) -> Check:
     """A .gguf model: what its header says, and whether its import (<file>.gguf.mlx/) already exists."""
-    from farensed.models.gguf_header import check_gguf_file
+    from farensed.models.gguf_support import check_chat_template, check_gguf_file
 
     try:
         info = check_gguf_file(path, "model")
+        check_chat_template(info, formats, "model")
     except SpecError as exc:
-        return Check("model", FAIL, str(exc), _("use um GGUF llama/mistral em Q4_0, Q4_1, Q8_0 ou float"))
+        fix = _("farensectl model info {file} diz o que falta").format(file=path)
+        return Check("model", FAIL, str(exc), fix)
     imported = path.with_name(path.name + ".mlx")
     when = _("importado em {folder}") if imported.is_dir() else _("importado na primeira execução para {folder}")
     detail = _("GGUF {architecture} ({file}); {when}").format(
@@ -84,7 +86,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         )
         return [Check("model", WARN, str(exc), fix)]
     if model.suffix.lower() == ".gguf":
-        return [_check_gguf(model)]
+        return [_check_gguf(model, formats)]
     try:
         check_model_dir(model, "model")
     except SpecError as exc:

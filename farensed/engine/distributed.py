@@ -1,6 +1,6 @@
 """Data-parallel training over several hosts with mlx.launch (mlx's own launcher and ring back end).
 
-The launcher runs `python -m farensed.rank` once per host; every rank runs the same engine on its rows of each
+The launcher runs `python -m farensed.engine.rank` once per host; every rank runs the same engine on its rows of each
 global batch, gradients are averaged with mx.distributed, rank 0 alone writes files. The launcher ignores
 SIGTERM/SIGINT so that a stop reaches the ranks, which agree on it and checkpoint together.
 """
@@ -73,7 +73,7 @@ def launcher() -> list[str]:
 
 
 def launch_command(spec, ws, spec_path: Path, exit_file: Path) -> list[str]:
-    """mlx.launch … -- python -m farensed.rank …, with the same paths on every host."""
+    """mlx.launch … -- python -m farensed.engine.rank …, with the same paths on every host."""
     d = spec.distributed
     cmd = launcher() + ["--backend", d.backend, "--cwd", str(ws.root)]
     if d.hostfile:

@@ -18,7 +18,6 @@ from farensed.storage.digest import sha256_file
 FUSED_DIR = "fused"
 MARKER = "farense_fuse.json"  # which adapters (sha256) and options this fused model was made from
 GGUF_NAME = "ggml-model-f16.gguf"  # mlx_lm fuse's default --gguf-path
-GGUF_MODEL_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
 def fuse_options(spec) -> dict:

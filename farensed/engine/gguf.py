@@ -1,28 +1,31 @@
-"""GGUF → MLX: import a llama.cpp/Ollama model file into an mlx-lm model folder (quantized blocks kept quantized).
+"""GGUF → MLX: import a llama.cpp / Ollama / LM Studio model file into an mlx-lm model folder.
 
-mx.load reads Q4_0/Q4_1/Q8_0 tensors as MLX affine-quantized (uint32 weight + float16 scales/biases, group 32)
-and F32/F16 as floats; this module renames them to mlx-lm's Llama names, undoes llama.cpp's Q/K row permutation,
-writes config.json (with per-module quantization bits), the tokenizer and chat template from the metadata, and
-`farense_gguf.json` (the source's sha256) last, all in a temp folder that is fsynced and renamed into place.
+Each tensor is read from the file (memory-mapped) and converted in numpy by `farensed.models.gguf_quants`: block
+types that are MLX affine groups stay quantized exactly (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K), Q6_K becomes
+8 bits with its error measured, floats stay floats. mx.load is not used: its K-quant reader is wrong for Q4_K. The
+tensors get mlx-lm's names (llama's q/k rows back in Hugging Face order), config.json comes from the metadata, the
+tokenizer and chat template too, and `farense_gguf.json` (the source's sha256 and what the import did) is written
+last, all in a temp folder that is fsynced and renamed into place.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
+from farensed.engine.gguf_config import build_config
 from farensed.errors import SpecError
 from farensed.i18n import _
-from farensed.models.gguf_header import QUANT_TYPES, ROPE_FREQS, GgufInfo, check_supported, mlx_name, read_header
+from farensed.models.gguf_header import GgufInfo, read_header, shown
+from farensed.models.gguf_quants import Measure, conversion_table, convert, row_key, to_float32
+from farensed.models.gguf_support import PERMUTED_QK, ROPE_FREQS, check_supported, mlx_name
 from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside, read_json
 
 MARKER = "farense_gguf.json"
-GROUP_SIZE = 32  # every GGUF block type MLX keeps quantized packs 32 weights per scale
 CACHE_SUFFIX = ".mlx"
+SHARD_BYTES = 1 << 30  # written as converted: the import holds about one shard in memory
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -45,122 +48,81 @@ def _unpermute(w, n_head: int):
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# Llama 3.1+'s rope scaling other than the factor (llama.cpp bakes it into rope_freqs; every release uses these)
-LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+class _Shards:
+    """Converted tensors written in shards of about SHARD_BYTES as they come (memory stays near one shard)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.files, self.pending, self.size = folder, [], {}, 0
+
+    def add(self, arrays: dict) -> None:
+        self.pending.update(arrays)
+        self.size += sum(a.nbytes for a in arrays.values())
+        if self.size >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        import mlx.core as mx
+
+        if self.pending:
+            name = f"part-{len(self.files) + 1:05d}.safetensors"
+            mx.save_safetensors(str(self.folder / name), self.pending, metadata={"format": "mlx"})
+            self.files.append((name, sorted(self.pending), self.size))
+            self.pending, self.size = {}, 0
+
+    def finish(self) -> None:
+        """mlx-lm's names (model.safetensors, or model-0000i-of-0000n) and the index."""
+        self.flush()
+        n = len(self.files)
+        index = {"metadata": {"total_size": sum(f[2] for f in self.files)}, "weight_map": {}}
+        for i, (part, keys, _size) in enumerate(self.files, start=1):
+            name = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
+            os.replace(self.folder / part, self.folder / name)
+            index["weight_map"].update(dict.fromkeys(keys, name))
+        index["weight_map"] = dict(sorted(index["weight_map"].items()))
+        atomic_write_json(self.folder / "model.safetensors.index.json", index)
 
 
-def llama3_rope_freqs(base: float, dim: int, factor: float, low: float, high: float, context: int) -> list[float]:
-    """llama.cpp's rope_freqs for Llama 3 rope scaling (the divisor of each rotary frequency)."""
-    out = []
-    for i in range(0, dim, 2):
-        wavelen = 2 * math.pi * base ** (i / dim)
-        if wavelen < context / high:
-            out.append(1.0)
-        elif wavelen > context / low:
-            out.append(factor)
-        else:
-            smooth = (context / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
+def _mlx_arrays(info: GgufInfo, t, arrays: dict, form) -> dict:
+    """A converted tensor under its mlx-lm names, q/k rows back in Hugging Face order, as mlx arrays."""
+    import mlx.core as mx
+
+    heads = int(info.arch_key("attention.head_count"))
+    kv_heads = int(info.arch_key("attention.head_count_kv", heads))
+    module, suffix = mlx_name(t.name).rsplit(".", 1)
+    n_head = heads if ".attn_q." in t.name else kv_heads if ".attn_k." in t.name else 0
+    n_head = n_head if info.architecture in PERMUTED_QK else 0
+    out = {}
+    for key, value in arrays.items():
+        value = _unpermute(value, n_head) if n_head else value
+        name = f"{module}.{key}" if form.bits else f"{module}.{suffix}"
+        out[name] = mx.array(value).view(mx.bfloat16) if form.dtype == "bfloat16" else mx.array(value)
     return out
 
 
-def rope_scaling_from_freqs(info: GgufInfo, freqs: list[float], base: float, dim: int) -> dict | None:
-    """mlx-lm's `llama3` rope_scaling that reproduces a GGUF's rope_freqs (refused if none does)."""
-    factor = max(freqs)
-    if factor == 1.0:
-        return None
-    p = LLAMA3_ROPE
-    expected = llama3_rope_freqs(
-        base, dim, factor, p["low_freq_factor"], p["high_freq_factor"], p["original_max_position_embeddings"]
-    )
-    if len(freqs) != len(expected) or not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(freqs, expected)):
-        raise SpecError(
-            _("{path}: {tensor} não corresponde ao rope 'llama3' (factor {factor:g}, 1, 4, 8192)").format(
-                path=info.path, tensor=ROPE_FREQS, factor=factor
-            )
-        )
-    return {"rope_type": "llama3", "factor": factor, **p}
+def convert_weights(info: GgufInfo, shards: _Shards, compact: bool = False) -> tuple[dict, list | None, dict]:
+    """Every tensor through gguf_quants into `shards`: ({quantized module: bits}, rope_freqs or None, conversions)."""
+    import numpy as np
 
-
-def convert_weights(info: GgufInfo) -> tuple[dict, dict, list | None]:
-    """mx.load the GGUF: (mlx-lm weights, {quantized module: bits}, rope_freqs or None)."""
-    import mlx.core as mx
-
-    tensors = mx.load(str(info.path))
-    heads = int(info.arch_key("attention.head_count"))
-    kv_heads = int(info.arch_key("attention.head_count_kv", heads))
-    weights, bits = {}, {}
-    rope_freqs = tensors[ROPE_FREQS].tolist() if ROPE_FREQS in tensors else None
-    for gname, t in info.tensors.items():
-        if gname == ROPE_FREQS:
+    mm = np.memmap(info.path, dtype=np.uint8, mode="r")
+    bits, rope_freqs, conversions = {}, None, {}
+    for t in info.tensors.values():
+        raw = mm[t.offset : t.offset + t.nbytes]
+        if t.name == ROPE_FREQS:
+            rope_freqs = to_float32(raw, t.type_name).tolist()
             continue
-        name = mlx_name(gname)
-        module, suffix = name.rsplit(".", 1)
-        if t.ggml_type in QUANT_TYPES:
-            prefix = gname.rsplit(".", 1)[0]
-            parts = {s: tensors[f"{prefix}.{s}"] for s in ("weight", "scales", "biases")}
-            bits[module] = parts["weight"].shape[-1] * 32 // (parts["scales"].shape[-1] * GROUP_SIZE)
-        else:
-            parts = {suffix: tensors[gname]}
-        n_head = heads if ".attn_q." in gname else kv_heads if ".attn_k." in gname else 0
-        for s, value in parts.items():
-            weights[f"{module}.{s}"] = _unpermute(value, n_head) if n_head else value
-    mx.eval(weights)
-    return weights, bits, rope_freqs
-
-
-def build_config(info: GgufInfo, bits: dict, rope_freqs: list | None = None) -> dict:
-    """mlx-lm's Llama config from the GGUF metadata (per-module bits where they differ from the common width)."""
-    md, arch = info.metadata, info.arch_key
-    heads = int(arch("attention.head_count"))
-    hidden = int(arch("embedding_length"))
-    head_dim = int(arch("attention.key_length", arch("rope.dimension_count", hidden // heads)))
-    config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": int(arch("block_count")),
-        "intermediate_size": int(arch("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(arch("attention.head_count_kv", heads)),
-        "head_dim": head_dim,
-        "rms_norm_eps": float(arch("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(arch("rope.freq_base", 10000.0)),
-        "rope_traditional": False,  # q/k rows were put back in Hugging Face order
-        "max_position_embeddings": int(arch("context_length", 4096)),
-        "vocab_size": int(info.tensors["token_embd.weight"].shape[0]),
-        "tie_word_embeddings": "output.weight" not in info.tensors,
-        "attention_bias": "blk.0.attn_q.bias" in info.tensors,
-        "mlp_bias": "blk.0.ffn_up.bias" in info.tensors,
-    }
-    if arch("rope.scaling.type") == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(arch("rope.scaling.factor", 1.0))}
-    elif rope_freqs and (scaling := rope_scaling_from_freqs(info, rope_freqs, config["rope_theta"], head_dim)):
-        config["rope_scaling"] = scaling
-    for key in ("bos_token_id", "eos_token_id"):
-        if f"tokenizer.ggml.{key}" in md:
-            config[key] = int(md[f"tokenizer.ggml.{key}"])
-    if bits:
-        common = Counter(bits.values()).most_common(1)[0][0]
-        quant = {"group_size": GROUP_SIZE, "bits": common, "mode": "affine"}
-        quant.update({m: {"group_size": GROUP_SIZE, "bits": b} for m, b in sorted(bits.items()) if b != common})
-        config["quantization"] = config["quantization_config"] = quant
-    return config
-
-
-def _save_weights(folder: Path, weights: dict) -> None:
-    import mlx.core as mx
-    from mlx_lm.utils import make_shards
-
-    shards = make_shards(weights)
-    fmt = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
-    index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())}, "weight_map": {}}
-    for i, shard in enumerate(shards, start=1):
-        name = fmt.format(i, len(shards))
-        mx.save_safetensors(str(folder / name), shard, metadata={"format": "mlx"})
-        index["weight_map"].update(dict.fromkeys(shard, name))
-    index["weight_map"] = dict(sorted(index["weight_map"].items()))
-    atomic_write_json(folder / "model.safetensors.index.json", index)
+        try:
+            arrays, form, measure = convert(raw, t, compact)
+        except SpecError as exc:
+            raise SpecError(f"{info.path}: {shown(t.name)}: {exc}") from None
+        if form.bits:
+            bits[mlx_name(t.name).rsplit(".", 1)[0]] = form.bits
+        row = conversions.setdefault(row_key(t), {"count": 0, "form": form, "measure": Measure()})
+        row["count"] += 1
+        row["measure"].add(measure)
+        shards.add(_mlx_arrays(info, t, arrays, form))
+        del arrays
+    del mm
+    return bits, rope_freqs, conversions
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -171,9 +133,10 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def summary_of(info: GgufInfo, config: dict, dest: Path, digest: str) -> dict:
+def summary_of(info: GgufInfo, config: dict, dest: Path, digest: str, conversions: dict, compact: bool) -> dict:
     """What an import produced, for the console and --json."""
     quant = config.get("quantization") or {}
+    table, error = conversion_table(conversions)
     return {
         "source": str(info.path),
         "dest": str(dest),
@@ -190,7 +153,23 @@ def summary_of(info: GgufInfo, config: dict, dest: Path, digest: str) -> dict:
         "bits_by_module": {k: v["bits"] for k, v in quant.items() if isinstance(v, dict)},
         "tokenizer": f"{info.metadata.get('tokenizer.ggml.model')}/{info.metadata.get('tokenizer.ggml.pre', 'default')}",
         "chat_template": bool(info.metadata.get("tokenizer.chat_template")),
+        "conversions": table,
+        "error": error,
+        "compact": compact,
     }
+
+
+def _tokenizer(info: GgufInfo):
+    from farensed.engine.gguf_tokenizer import build_tokenizer
+
+    try:
+        return build_tokenizer(info.metadata)
+    except SpecError:
+        raise
+    except Exception as exc:  # hostile metadata inside the tokenizers library (a merge naming no token, …)
+        raise SpecError(
+            _("{path}: tokenizer do GGUF inválido ({reason})").format(path=info.path, reason=shown(exc, 120))
+        ) from None
 
 
 def imported_digest(dest: Path) -> str | None:
@@ -201,8 +180,12 @@ def imported_digest(dest: Path) -> str | None:
         return None
 
 
-def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> dict:
-    """Import a GGUF into the mlx-lm folder `dest` (atomically); an existing import of the same file is kept."""
+def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, compact: bool = False) -> dict:
+    """Import a GGUF into the mlx-lm folder `dest` (atomically); an existing import of the same file is kept.
+
+    `compact`: float16 scales and biases everywhere (mlx-lm's usual; a K-quant layer then takes 5 bits per weight
+    instead of 6, and its values move by the float16 rounding of each scale, which the summary measures).
+    """
     src, dest = Path(src), Path(dest)
     info = read_header(src)
     check_supported(info)
@@ -212,8 +195,7 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
             log(_("✅ {dest} já contém este GGUF importado (sha256 {value})").format(dest=dest, value=digest[:12]))
             return dict(read_json(dest / MARKER)["summary"], already=True)
         raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
-    from farensed.engine.gguf_tokenizer import build_tokenizer
-
+    tokenizer = _tokenizer(info)  # before the weights: a bad vocabulary is refused in a second, not minutes
     log(
         _("A importar {name} ({architecture}, {items})").format(
             name=src.name,
@@ -227,13 +209,13 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None) -> 
         shutil.rmtree(tmp)  # our own leftover from an interrupted import by this pid
     tmp.mkdir()
     try:
-        weights, bits, rope_freqs = convert_weights(info)
+        shards = _Shards(tmp)
+        bits, rope_freqs, conversions = convert_weights(info, shards, compact)
+        shards.finish()
         config = build_config(info, bits, rope_freqs)
-        _save_weights(tmp, weights)
-        del weights
         atomic_write_json(tmp / "config.json", config)
-        build_tokenizer(info.metadata).save_pretrained(str(tmp))
-        summary = summary_of(info, config, dest, digest)
+        tokenizer.save_pretrained(str(tmp))
+        summary = summary_of(info, config, dest, digest, conversions, compact)
         stat = src.stat()
         marker = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "summary": summary}
         atomic_write_json(tmp / MARKER, marker)

@@ -12,9 +12,10 @@ from farensed.storage.workspace import Workspace
 
 
 def configure_environment() -> None:
-    """Quiet tokenizers, headless plots. Offline mode stays the user's choice (HF_HUB_OFFLINE)."""
+    """Quiet tokenizers and transformers' advice, headless plots. Offline mode stays the user's choice (HF_HUB_OFFLINE)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found": farense never uses it
 
 
 def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None = None, start_over=None) -> int:

@@ -1,8 +1,10 @@
-"""GGUF files without mlx: read the header (metadata, tensor names and types) and say whether farense imports it."""
+"""GGUF files without mlx: read the header (metadata, tensor names, types and data ranges), bounded against hostile
+files: string lengths, array counts, nesting and tensor counts are capped, and every tensor's data must lie inside
+the file (a truncated download is one line, never a traceback)."""
 
 from __future__ import annotations
 
-import re
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,54 +13,61 @@ from farensed.errors import SpecError
 from farensed.i18n import _
 
 MAGIC = b"GGUF"
-# ggml tensor types by id (llama.cpp's ggml.h), for messages
+# ggml tensor types by id (llama.cpp's ggml.h): name, values per block, bytes per block
 GGML_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K",
-    12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
 }  # fmt: skip
-FLOAT_TYPES = {0: "F32", 1: "F16"}
-QUANT_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}  # the ones mx.load returns MLX-quantized (group 32)
-SUPPORTED_TYPES = {**FLOAT_TYPES, **QUANT_TYPES}
-ARCHITECTURES = ("llama", "mistral")  # decoder-only Llama family: same tensors, same block
-TOKENIZERS = ("gpt2",)  # byte-level BPE with merges (SmolLM, Llama 3, …)
-# tokenizer.ggml.pre: how text is split before BPE
-GPT2_PRE = ("default", "gpt-2", "gpt2")
-DIGITS_PRE = ("smollm", "starcoder", "refact", "codeshell")  # every digit its own piece, then GPT-2's split
-LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3", "smaug-bpe", "dbrx", "falcon3")
 
-# llama.cpp block tensor -> mlx-lm module (model.layers.N.<module>)
-BLOCK_TENSORS = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-TOP_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency divisors for Llama 3.1+ rope scaling
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
-_TOP_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
+# Bounds on what a header may claim before anything is allocated (real files stay far below each)
+MAX_TENSORS = 1 << 16  # Llama 3.1 405B has 1,138 tensors
+MAX_KEYS = 1 << 12  # metadata entries (real files: tens)
+MAX_STRING = 1 << 24  # bytes in one string (a chat template is tens of KB)
+MAX_ARRAY = 1 << 24  # elements in one array (the largest vocabularies and merge lists: under a million)
+MAX_DEPTH = 2  # arrays of arrays; llama.cpp writes none
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ELEMENTS = 1 << 40  # values in one tensor
+MAX_ALIGNMENT = 1 << 16
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_MIN_BYTES = {_STRING: 8, _ARRAY: 12}  # the least one array element of this kind takes in the file
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value from a file as one safe, short excerpt: control characters escaped, long text cut."""
+    text = str(value)
+    cut = text[:limit]
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return escaped + ("…" if len(text) > limit else "")
 
 
 @dataclass
 class TensorInfo:
-    """One tensor as the header lists it: name, shape in MLX order (rows first), ggml type."""
+    """One tensor as the header lists it: name, shape in numpy order (rows first), ggml type, data range."""
 
     name: str
     shape: tuple
     ggml_type: int
+    offset: int = 0  # absolute, in the file
+    nbytes: int | None = None  # None for a type farense does not know
 
     @property
     def type_name(self) -> str:
-        return GGML_TYPES.get(self.ggml_type, f"tipo {self.ggml_type}")
+        return GGML_TYPES[self.ggml_type][0] if self.ggml_type in GGML_TYPES else f"tipo {self.ggml_type}"
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
 
 @dataclass
@@ -69,6 +78,7 @@ class GgufInfo:
     version: int
     metadata: dict = field(default_factory=dict)
     tensors: dict = field(default_factory=dict)
+    file_size: int = 0
 
     @property
     def architecture(self) -> str:
@@ -87,32 +97,50 @@ class GgufInfo:
 
 
 class _Reader:
-    def __init__(self, fh, path: Path):
-        self.fh, self.path = fh, path
+    def __init__(self, fh, path: Path, size: int):
+        self.fh, self.path, self.size, self.pos = fh, path, size, 0
+
+    def bad(self, what: str) -> SpecError:
+        return SpecError(_("{path}: cabeçalho GGUF inválido: {what}").format(path=self.path, what=what))
+
+    def truncated(self) -> SpecError:
+        return SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
 
     def take(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise SpecError(_("{path}: ficheiro GGUF truncado (cabeçalho incompleto)").format(path=self.path))
-        return data
+        if n > self.size - self.pos:  # checked before reading: a claimed length never allocates
+            raise self.truncated()
+        self.pos += n
+        return self.fh.read(n)
 
     def scalar(self, kind: int):
         fmt = _SCALARS[kind]
         value = struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
         return _shortest_f32(value) if kind == 6 else value
 
-    def string(self) -> str:
-        return self.take(self.scalar(10)).decode("utf-8", errors="replace")
+    def count(self, limit: int, where: str) -> int:
+        n = self.scalar(10)
+        if n > limit:
+            raise self.bad(_("{where} declara {count} (limite {limit})").format(where=where, count=n, limit=limit))
+        return n
 
-    def value(self, kind: int):
-        if kind == 8:
-            return self.string()
-        if kind == 9:
-            inner, count = self.scalar(4), self.scalar(10)
+    def string(self, where: str) -> str:
+        return self.take(self.count(MAX_STRING, where)).decode("utf-8", errors="replace")
+
+    def value(self, kind: int, where: str, depth: int = 0):
+        if kind == _STRING:
+            return self.string(where)
+        if kind == _ARRAY:
+            if depth >= MAX_DEPTH:
+                raise self.bad(
+                    _("{where}: listas encaixadas a mais de {depth} níveis").format(where=where, depth=depth)
+                )
+            inner, count = self.scalar(4), self.count(MAX_ARRAY, where)
             if inner in _SCALARS:
                 fmt = _SCALARS[inner]
                 return list(struct.unpack(f"<{count}{fmt[1]}", self.take(count * struct.calcsize(fmt))))
-            return [self.value(inner) for _ in range(count)]
+            if count * _MIN_BYTES.get(inner, 1) > self.size - self.pos:  # bounds the loop by the file
+                raise self.truncated()
+            return [self.value(inner, where, depth + 1) for _ in range(count)]
         if kind not in _SCALARS:
             raise SpecError(
                 _("{path}: cabeçalho GGUF com tipo de valor desconhecido ({kind})").format(path=self.path, kind=kind)
@@ -138,13 +166,47 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
+def _tensor_info(r: _Reader) -> tuple[str, list, int, int]:
+    name = r.string(_("o nome de um tensor"))
+    n_dims = r.scalar(4)
+    if n_dims > MAX_DIMS:
+        raise r.bad(_("tensor '{name}' com {count} dimensões").format(name=shown(name), count=n_dims))
+    dims = [r.scalar(10) for _ in range(n_dims)]
+    return name, dims, r.scalar(4), r.scalar(10)
+
+
+def _place(r: _Reader, info: GgufInfo, name: str, dims: list, ggml_type: int, offset: int, start: int, align: int):
+    """Check one tensor's shape, alignment and data range against the file; record it."""
+    t = TensorInfo(name, tuple(reversed(dims)), ggml_type, start + offset)
+    if any(d == 0 for d in dims) or t.size > MAX_ELEMENTS:
+        raise r.bad(_("tensor '{name}' com forma {shape}").format(name=shown(name), shape=t.shape))
+    if offset % align:
+        raise r.bad(_("tensor '{name}' desalinhado (offset {offset})").format(name=shown(name), offset=offset))
+    if ggml_type in GGML_TYPES:
+        _type_name, block, block_bytes = GGML_TYPES[ggml_type]
+        if dims and dims[0] % block:
+            raise r.bad(
+                _("tensor '{name}': linhas de {count} valores, não múltiplo do bloco {type_name} ({block})").format(
+                    name=shown(name), count=dims[0], type_name=t.type_name, block=block
+                )
+            )
+        t.nbytes = t.size // block * block_bytes
+        if t.offset + t.nbytes > r.size:
+            raise SpecError(
+                _(
+                    "{path}: ficheiro GGUF truncado: os dados do tensor '{name}' acabam no byte {end}, o ficheiro tem {size} bytes (download incompleto?)"
+                ).format(path=r.path, name=shown(name), end=t.offset + t.nbytes, size=r.size)
+            )
+    info.tensors[name] = t
+
+
 def read_header(path: Path) -> GgufInfo:
-    """Parse a GGUF header (v2/v3): metadata and tensor infos, no tensor data."""
+    """Parse a GGUF header (v2/v3): metadata and tensor infos, each tensor's data range checked; no tensor data."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(_("{path}: ficheiro GGUF não encontrado").format(path=path))
     with open(path, "rb") as fh:
-        r = _Reader(fh, path)
+        r = _Reader(fh, path, os.fstat(fh.fileno()).st_size)
         if r.take(4) != MAGIC:
             raise SpecError(_("{path}: não é um ficheiro GGUF (falta a assinatura 'GGUF')").format(path=path))
         version = r.scalar(4)
@@ -152,98 +214,24 @@ def read_header(path: Path) -> GgufInfo:
             raise SpecError(
                 _("{path}: versão GGUF {version} não suportada (suportadas: 2, 3)").format(path=path, version=version)
             )
-        n_tensors, n_kv = r.scalar(10), r.scalar(10)
-        info = GgufInfo(path=path, version=version)
+        n_tensors = r.count(MAX_TENSORS, _("o número de tensores"))
+        n_kv = r.count(MAX_KEYS, _("o número de metadados"))
+        info = GgufInfo(path=path, version=version, file_size=r.size)
         for _kv in range(n_kv):
-            key = r.string()
-            info.metadata[key] = r.value(r.scalar(4))
+            key = r.string(_("uma chave"))
+            if key in info.metadata:
+                raise r.bad(_("chave '{key}' repetida").format(key=shown(key)))
+            info.metadata[key] = r.value(r.scalar(4), shown(key))
+        raw, seen = [], set()
         for _tensor in range(n_tensors):
-            name = r.string()
-            dims = [r.scalar(10) for _ in range(r.scalar(4))]
-            ggml_type = r.scalar(4)
-            r.scalar(10)  # offset into the data section
-            info.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type)
-    return info
-
-
-def mlx_name(gguf_name: str) -> str | None:
-    """The mlx-lm parameter name for a llama.cpp tensor name (None if it is not a Llama tensor)."""
-    m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in BLOCK_TENSORS:
-        return f"model.layers.{m.group(1)}.{BLOCK_TENSORS[m.group(2)]}.{m.group(3)}"
-    m = _TOP_RE.match(gguf_name)
-    if m and m.group(1) in TOP_TENSORS:
-        return f"{TOP_TENSORS[m.group(1)]}.{m.group(2)}"
-    return None
-
-
-def check_supported(info: GgufInfo) -> None:
-    """Refuse, in one line, a GGUF farense cannot import faithfully (architecture, tensor type, tokenizer, rope)."""
-    path = info.path
-    arch = info.architecture
-    if arch not in ARCHITECTURES:
-        raise SpecError(
-            _(
-                "{path}: arquitetura '{arch}' não suportada; suportadas: {items} (família Llama; qwen2, qwen3, phi3, gemma, falcon, gpt2, mamba e as restantes são recusadas)"
-            ).format(path=path, arch=arch, items=", ".join(ARCHITECTURES))
-        )
-    if (info.arch_key("expert_count") or 0) > 0:
-        raise SpecError(
-            _("{path}: modelo de mistura de especialistas (MoE, {arch}.expert_count) não suportado").format(
-                path=path, arch=arch
-            )
-        )
-    scaling = info.arch_key("rope.scaling.type")
-    if scaling not in (None, "none", "linear"):
-        raise SpecError(
-            _("{path}: {arch}.rope.scaling.type '{scaling}' não suportado (suportados: none, linear)").format(
-                path=path, arch=arch, scaling=scaling
-            )
-        )
-    for t in info.tensors.values():
-        if t.name == ROPE_FREQS and t.ggml_type == 0:
-            continue  # Llama 3.1+ rope scaling: read back into config.json's rope_scaling at import
-        if mlx_name(t.name) is None:
-            raise SpecError(
-                _("{path}: tensor '{name}' fora da arquitetura Llama suportada").format(path=path, name=t.name)
-            )
-        if t.ggml_type not in SUPPORTED_TYPES:
-            names = ", ".join(SUPPORTED_TYPES.values())
-            raise SpecError(
-                _(
-                    "{path}: quantização {type_name} (tensor {name}) não suportada; suportadas: {names} (converta com llama-quantize para Q8_0/Q4_0 ou use pesos F16)"
-                ).format(path=path, type_name=t.type_name, name=t.name, names=names)
-            )
-    layers = info.arch_key("block_count")
-    missing = [f"blk.{i}.{n}.weight" for i in range(layers or 0) for n in BLOCK_TENSORS]
-    missing = [n for n in missing + ["token_embd.weight", "output_norm.weight"] if n not in info.tensors]
-    if layers is None or missing:
-        what = f"{arch}.block_count" if layers is None else f"tensor {missing[0]}"
-        raise SpecError(_("{path}: ficheiro GGUF incompleto: falta {what}").format(path=path, what=what))
-    tok = info.metadata.get("tokenizer.ggml.model")
-    if tok not in TOKENIZERS or "tokenizer.ggml.merges" not in info.metadata:
-        raise SpecError(
-            _(
-                "{path}: tokenizer.ggml.model '{tok}' não suportado; suportado: BPE byte-level com merges ('gpt2'); um tokenizer SentencePiece ('llama') não é reconstruído"
-            ).format(path=path, tok=tok)
-        )
-    pre = info.metadata.get("tokenizer.ggml.pre", "default")
-    if pre not in GPT2_PRE + DIGITS_PRE + LLAMA3_PRE:
-        names = ", ".join(GPT2_PRE + DIGITS_PRE + LLAMA3_PRE)
-        raise SpecError(
-            _("{path}: tokenizer.ggml.pre '{pre}' não suportado; suportados: {names}").format(
-                path=path, pre=pre, names=names
-            )
-        )
-
-
-def check_gguf_file(path: Path, label: str) -> GgufInfo:
-    """Spec validation of a `model` that names a .gguf file: it exists and farense can import it."""
-    if not Path(path).is_file():
-        raise SpecError(_("{label}: ficheiro GGUF não encontrado: {path}").format(label=label, path=path))
-    try:
-        info = read_header(path)
-        check_supported(info)
-    except SpecError as exc:
-        raise SpecError(f"{label}: {exc}") from None
+            raw.append(_tensor_info(r))
+            if raw[-1][0] in seen:
+                raise r.bad(_("tensor '{name}' repetido").format(name=shown(raw[-1][0])))
+            seen.add(raw[-1][0])
+        align = info.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or not 0 < align <= MAX_ALIGNMENT or align & (align - 1):
+            raise r.bad(_("general.alignment {value}").format(value=shown(align)))
+        start = -(-r.pos // align) * align
+    for name, dims, ggml_type, offset in raw:
+        _place(r, info, name, dims, ggml_type, offset, start, align)
     return info

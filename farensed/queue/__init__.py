@@ -2,5 +2,5 @@
 
 Never imports mlx (a test checks it): the daemon stays small and survives a crashing trainer. The child
 (`farensed.queue.child`) is the one door into the engine, imported only in the child process.
-May import the foundation and `farensed.analysis`; see docs/ARCHITECTURE.md for the job state machine.
+May import core, `storage`, `models`, `spec` and `analysis`; see docs/ARCHITECTURE.md for the job state machine.
 """

@@ -1,6 +1,6 @@
 """farensed: watch jobs/, run one job at a time in a child process, survive every crash.
 
-The daemon never imports mlx: training runs in `python -m farensed.child`, in its own session, so the daemon
+The daemon never imports mlx: training runs in `python -m farensed.queue.child`, in its own session, so the daemon
 stays small, and a daemon killed with -9 leaves its child training; the next daemon adopts it.
 """
 

@@ -26,7 +26,6 @@ import psutil
 from farensed.i18n import N_, _
 
 MACOS_SYSCTL = "kern.memorystatus_vm_pressure_level"
-MACOS_LEVELS = {1: "normal", 2: "warn", 4: "critical"}
 LEVEL_NAMES_PT = {1: N_("normal"), 2: N_("aviso"), 4: N_("crítica")}
 PSI_PATH = Path("/proc/pressure/memory")
 RELEASE_FRACTION = 0.25  # PSI: a held job runs again once every PSI figure is below a quarter of its stop threshold

@@ -9,8 +9,6 @@ import orjson
 from farensed.errors import SpecError
 from farensed.i18n import _
 
-FORMATS = ("messages", "prompt/completion", "text")
-
 
 def _format_of(record: dict, where: str) -> str:
     if "messages" in record:
@@ -78,12 +76,22 @@ def check_data_file(path: Path, label: str) -> int:
     return count
 
 
-def check_model_dir(path: Path, label: str) -> None:
-    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf)."""
+def check_model_dir(path: Path, label: str):
+    """A usable mlx-lm model folder has config.json, safetensors weights and a tokenizer (or: a supported .gguf,
+    whose header it returns)."""
     if path.suffix.lower() == ".gguf":
-        from farensed.models.gguf_header import check_gguf_file
+        from farensed.models.gguf_support import check_gguf_file
 
         return check_gguf_file(path, label)
+    if path.is_file():
+        from farensed.models.gguf_header import is_gguf
+
+        if is_gguf(path):  # an Ollama blob is a GGUF named sha256-…
+            raise SpecError(
+                _(
+                    "{label}: {path} é um GGUF sem a extensão .gguf (um blob do Ollama?); dê-lhe esse nome com uma ligação: ln -s {path} models/NOME.gguf, e ponha models/NOME.gguf no model"
+                ).format(label=label, path=path)
+            )
     if not path.is_dir():
         raise SpecError(_("{label}: pasta do modelo não encontrada: {path}").format(label=label, path=path))
     if not (path / "config.json").is_file():
@@ -100,6 +108,7 @@ def check_model_dir(path: Path, label: str) -> None:
         raise SpecError(
             _("{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)").format(label=label, path=path)
         )
+    return None
 
 
 def file_format(path: Path) -> str:

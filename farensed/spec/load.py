@@ -9,11 +9,14 @@ import orjson
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.models.gguf_support import check_chat_template
 from farensed.models.hub import resolve_model
-from farensed.spec.datacheck import check_data_file, check_model_dir
+from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import is_yaml, read_config
 from farensed.storage.workspace import Workspace
+
+GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
 def read_spec_file(path: Path) -> Any:
@@ -60,7 +63,7 @@ def spec_bytes(path: Path) -> bytes:
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
     model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
-    check_model_dir(model_dir, f"{label}: model")
+    gguf = check_model_dir(model_dir, f"{label}: model")  # a .gguf: its header (GgufInfo)
     if spec.fine_tune_type == "full" and _quantized(model_dir):
         raise SpecError(
             _(
@@ -69,7 +72,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
         )
     if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
         model_type = _model_config(model_dir).get("model_type")
-        if model_type not in ("llama", "mixtral", "mistral"):  # mlx_lm fuse --export-gguf's list
+        if model_type not in GGUF_EXPORT_TYPES:
             raise SpecError(
                 _(
                     "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
@@ -85,6 +88,9 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
     if spec.data.test:
         counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
+    if gguf is not None:
+        files = [spec.data.train, spec.data.valid] + ([spec.data.test] if spec.data.test else [])
+        check_chat_template(gguf, {file_format(ws.resolve(f)) for f in files}, f"{label}: model")
     if counts["train"] < spec.batch_size:
         raise SpecError(
             _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(

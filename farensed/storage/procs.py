@@ -15,14 +15,16 @@ def create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """That exact process (pid and start time) is alive and not a zombie."""
-    if not pid:
+def process_alive(pid, started) -> bool:
+    """That exact process (pid and start time) is alive and not a zombie; any malformed value (from a hand-edited or
+    torn record) reads as not alive."""
+    if not pid or isinstance(pid, bool):
         return False
     try:
-        proc = psutil.Process(pid)
-        return (started is None or abs(proc.create_time() - started) < 0.5) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        proc = psutil.Process(int(pid))
+        same = started is None or abs(proc.create_time() - float(started)) < 0.5
+        return same and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, TypeError, ValueError, OverflowError):
         return False
 
 

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 from farensed.errors import QueueError
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_json
+from farensed.storage.procs import process_alive
 
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
 _held: dict[str, list] = {}  # lock path → [FileLock, depth] for the locks this process holds
@@ -39,15 +40,6 @@ def lock_paths(run_dir: Path) -> tuple[Path, Path]:
     return run_dir.with_name(f".{run_dir.name}.lock"), run_dir.with_name(f".{run_dir.name}.holder.json")
 
 
-def _alive(pid, started) -> bool:
-    try:
-        proc = psutil.Process(int(pid))
-        same = started is None or abs(proc.create_time() - float(started)) < 0.5
-        return same and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, TypeError, ValueError):
-        return False
-
-
 def holder(run_dir: Path) -> dict | None:
     """Who holds the run's lock now ({pid, create_time, job_id, what, since}), or None."""
     _, record = lock_paths(run_dir)
@@ -55,7 +47,7 @@ def holder(run_dir: Path) -> dict | None:
         info = orjson.loads(record.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if not isinstance(info, dict) or not _alive(info.get("pid"), info.get("create_time")):
+    if not isinstance(info, dict) or not process_alive(info.get("pid"), info.get("create_time")):
         return None
     return info
 

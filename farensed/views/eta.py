@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import read_last
-from farensed.queue.job import job_run_dir
+from farensed.queue.job import JobStatus, job_run_dir
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
 
@@ -149,7 +149,7 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
             continue
         spec, records = specs[job.id], progress[job.id]
         key = (spec.get("model"), spec.get("max_seq_length", _default("max_seq_length")))
-        own = None if job.fresh and job.status.value == "pending" else _step_seconds(records)
+        own = None if job.fresh and job.status is JobStatus.PENDING else _step_seconds(records)
         per_step = own or measured.get(key)
         total = (records[-1].get("total_steps") if records and own else None) or _total_steps(queue, spec)
         done = records[-1].get("step", 0) if records and own else 0
@@ -162,7 +162,7 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
             after=list(job.after),
             windows=_windows(spec, default_window),
         )
-        if job.status.value == "running":
+        if job.status is JobStatus.RUNNING:
             running = item
         else:
             items.append(item)

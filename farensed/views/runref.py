@@ -27,11 +27,6 @@ from farensed.queue.jobs import Queue
 from farensed.storage.atomic import read_json
 from farensed.storage.workspace import Workspace
 
-REF_HELP = (
-    "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder "
-    "(anything with a '/'); a seed-era folder with only training_metrics.json works read-only. "
-    "Default: the running job, else the latest."
-)
 RUN_FILES = (JSONL_NAME, JSON_NAME, "training_state.json", "spec.json")
 
 

@@ -1,4 +1,4 @@
-"""What the CLI shows about jobs: table rows, one job in full, the V1-vs-V2 comparison. No mlx here."""
+"""What the CLI shows about jobs: `list` rows, one job in full (`status`), a run's gap report. No mlx here."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def run_status(run) -> dict:
     """Everything about one run (`farensectl status RUN`): its job in full, or what its folder says."""
     if run.job is not None:
         info = full_status(run.queue, run.job)
-        info["reason"] = error_reason(run.job.error) if run.job.state == JobStatus.FAILED.value else None
+        info["reason"] = error_reason(run.job.error) if run.job.status is JobStatus.FAILED else None
         return info
     last = run.records()[-50:] if run.seed_era else None
     return {
