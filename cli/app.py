@@ -7,19 +7,19 @@ import sys
 import click
 import orjson
 
-from farensed.errors import FarenseError
+from farensed.errors import FarenseError, error_line
 
 
 class FarenseGroup(click.Group):
-    """A click group that turns library errors into one line on stderr and their exit code."""
+    """A click group that turns library errors into one line on stderr (`Erro: …` / `Error: …`) and their exit
+    code."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FarenseError as exc:
-            err = click.ClickException(str(exc))
-            err.exit_code = exc.exit_code
-            raise err from None
+            click.echo(error_line(exc), err=True)
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})
