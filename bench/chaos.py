@@ -254,7 +254,8 @@ class Soak:
     def verify(self, watcher: Watcher, rounds: int, chaos_s: float) -> dict:
         problems: list[str] = []
         logs = "".join(p.read_text(errors="replace") for p in self.daemon_logs)
-        ends = re.findall(r"job (\d+) \([^)]*\): (done|failed|cancelled) \(código", logs)
+        # the daemon's lifecycle lines: fixed fields before ` · ` (farensed/queue/events.py), whatever the language
+        ends = re.findall(r"job=(\d+) event=ended state=(done|failed|cancelled) ", logs)
         for job in self.queue().jobs():
             if job.id not in self.expected:
                 problems.append(f"job {job.id} ({job.name}) came from a poison file: {job.source}")
@@ -266,7 +267,10 @@ class Soak:
                 problems.append(f"job {job.id} ({job.name}): {job.state}, expected {want} ({job.error})")
             if n_ends != 1:
                 problems.append(f"job {job.id} ({job.name}): ended {n_ends} times in the daemon logs")
-            tries = [int(t) for t in re.findall(rf"=== farensed: job {job.id}, tentativa (\d+)", self._job_log(job.id))]
+            tries = [
+                int(t)
+                for t in re.findall(rf"=== farensed: job={job.id} event=started attempt=(\d+)", self._job_log(job.id))
+            ]
             # Strictly increasing and ending at `attempts` (a daemon killed between claiming a job and writing
             # the header skips a number: an attempt without a child, never a second one).
             if tries != sorted(set(tries)) or (tries[-1:] or [0])[0] != job.attempts:

@@ -7,11 +7,12 @@ import sys
 import click
 import orjson
 
-from farensed.errors import FarenseError
+from farensed.errors import FarenseError, error_line
 
 
 class FarenseGroup(click.Group):
-    """A click group that turns library errors into one line on stderr and their exit code."""
+    """A click group that turns library errors into one line on stderr (`Erro: …` / `Error: …`) and their exit
+    code."""
 
     def invoke(self, ctx):
         from farensed.terminal import safe
@@ -19,14 +20,14 @@ class FarenseGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FarenseError as exc:
-            err = click.ClickException(safe(exc, 2000))  # a value from a user's file never reaches the terminal raw
-            err.exit_code = exc.exit_code
-            raise err from None
+            click.echo(safe(error_line(exc), 2000), err=True)  # a value from a user's file never reaches it raw
+            ctx.exit(exc.exit_code)
         except BrokenPipeError:
             raise
         except OSError as exc:  # a file the command needs cannot be read or written: one line, never a traceback
             where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(safe(f"{where}{exc.strerror or exc}", 2000)) from None
+            click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 2000), err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -57,6 +57,11 @@ def daemon_status(as_json):
                 state=state, manager=info["manager"], installed=_("sim") if info["installed"] else _("não")
             )
         )
+        if info["manager"] == "process":
+            from farensed.queue.service import persistence_hint
+
+            click.echo(_("⚠  Sem gestor de serviços aqui: farensed não volta depois de reiniciar a máquina."))
+            click.echo(persistence_hint(workspace()))
     if not info["running"]:
         sys.exit(NOT_RUNNING)
 

@@ -9,9 +9,43 @@ import click
 from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
-from farensed.i18n import _
+from farensed.i18n import N_, _, ngettext
 from farensed.queue.job import JobStatus
 from farensed.terminal import safe
+
+# `status`'s lines: the JSON key (fixed) -> its label on screen (translated)
+STATUS_LABELS = {
+    "id": N_("id"),
+    "name": N_("nome"),
+    "state": N_("estado"),
+    "finished": N_("terminada"),
+    "priority": N_("prioridade"),
+    "attempts": N_("tentativas"),
+    "recoveries": N_("recuperações"),
+    "world_size": N_("hosts"),
+    "submitted_at": N_("submetido"),
+    "first_started_at": N_("primeiro início"),
+    "started_at": N_("último início"),
+    "ended_at": N_("fim"),
+    "not_before": N_("não antes de"),
+    "after": N_("depois de"),
+    "pid": N_("pid"),
+    "exit_code": N_("código de saída"),
+    "held": N_("retido"),
+    "pause": N_("pausa"),
+    "loss_reason": N_("última paragem"),
+    "run_dir": N_("pasta"),
+    "log": N_("log"),
+}
+
+
+def status_value(value) -> str:
+    """A value as a person reads it: yes/no, a list as `1, 2`, never a Python literal."""
+    from farensed.analysis.compare import cell
+
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return cell(value, None)
 
 
 @cli.command()
@@ -27,6 +61,7 @@ def status(ref, as_json):
     Example:
       farensectl status 3 --json | jq .progress
     """
+    from farensed.analysis.gap import band_label
     from farensed.views.status import run_status
 
     info = run_status(resolve_run(ref))
@@ -39,35 +74,27 @@ def status(ref, as_json):
         print_json(info)
         return
     p = info["progress"]
-    for key in (
-        "id",
-        "name",
-        "state",
-        "finished",
-        "priority",
-        "attempts",
-        "recoveries",
-        "world_size",
-        "submitted_at",
-        "started_at",
-        "ended_at",
-        "not_before",
-        "after",
-        "pid",
-        "exit_code",
-        "held",
-        "pause",
-        "loss_reason",
-        "run_dir",
-        "log",
-    ):
+    for key, label in STATUS_LABELS.items():
         if info.get(key) not in (None, [], ""):
-            value = info[key]
+            value = status_value(info[key])
             if key == "pid" and info.get("pid_alive") is False:
                 value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
-            click.echo(f"{key + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
+            click.echo(f"{_(label) + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
     if info.get("note"):
         click.echo(f"{_('nota:'):<14}{info['note']}")
+    if info.get("total_duration_s") is not None:
+        from farensed.views.status import format_duration
+
+        click.echo(
+            f"{_('duração:'):<14}"
+            + _("{total} no total ({attempts}); último arranque {latest}").format(
+                total=format_duration(info["total_duration_s"]),
+                attempts=ngettext("{count} tentativa", "{count} tentativas", info["attempts"]).format(
+                    count=info["attempts"]
+                ),
+                latest=format_duration(info.get("duration_s")),
+            )
+        )
     if info["state"] == JobStatus.PENDING.value and info.get("retry_at"):
         from farensed.queue.backoff import seconds_left
 
@@ -88,14 +115,20 @@ def status(ref, as_json):
                 loss=fmt_number(p["loss"]),
                 val_loss=fmt_number(p["val_loss"]),
                 best=fmt_number(p["best_val_loss"]),
-                band=safe(p["band"] or "-", 20),
+                band=safe(band_label(p["band"]), 20),
             )
         )
     if (adapters := info.get("adapters")) and "error" not in adapters:
         click.echo(
             f"{'adapters:':<14}"
-            + _("{tensors} tensores, {parameters:,} parâmetros ({path})").format(
-                tensors=adapters["tensors"], parameters=adapters["parameters"], path=adapters["path"]
+            + _("{tensors}, {parameters} ({path})").format(
+                tensors=ngettext("{count} tensor", "{count} tensores", adapters["tensors"]).format(
+                    count=adapters["tensors"]
+                ),
+                parameters=ngettext("{count:,} parâmetro", "{count:,} parâmetros", adapters["parameters"]).format(
+                    count=adapters["parameters"]
+                ),
+                path=adapters["path"],
             )
         )
     if info.get("reason"):
@@ -191,10 +224,10 @@ def tail(ref, lines, follow, refresh):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @with_run_help
 def gap(ref, as_json):
-    """The seed's ANÁLISE FINAL DE OVERFITTING, with one line per validation.
+    """The final overfitting analysis (status band, mean/max/min gap), with one line per validation.
 
     Epochs: 0-based in files and JSON (`epoch`, checkpoint_epoch0_step200), 1-based on the console
-    (`Época 1/3`, the table's `época` column).
+    (`Epoch 1/3`, the table's epoch column).
 
     \b
     Example:
@@ -215,7 +248,7 @@ def gap(ref, as_json):
 @cli.command()
 @click.argument("ref", metavar="RUN")
 @click.option("-n", "lines", type=int, default=0, metavar="N", help="Only the last N lines.")
-@with_run_help
+@with_run_help(default=False)
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).
 
@@ -242,34 +275,34 @@ def logs(ref, lines):
 @cli.command()
 @click.argument("refs", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@with_run_help
+@with_run_help(default=False)
 def compare(refs, as_json):
     """The V1-vs-V2 table: losses, gap band and stats, epochs, early stop, time, tok/s, F1, success verdicts.
 
     Training time is the step time over all attempts; tok/s is the steady-state median (no JIT compile).
-    The verdicts use each run's `success` criteria, else the seed's.
+    The verdicts use each run's `success` criteria, else the defaults (see `farensectl check --help`).
 
     \b
     Example:
       farensectl compare checkpoints_qlora_v1_backup 2
     """
     from farensed.analysis.compare import compare as compare_runs
-    from farensed.errors import QueueError
+    from farensed.errors import SpecError
 
     if len(refs) < 2:
-        raise QueueError(_("compare precisa de pelo menos duas corridas"))
+        raise SpecError(_("compare precisa de pelo menos duas corridas"))
     table = compare_runs([resolve_run(ref) for ref in refs])
     if as_json:
         print_json(table)
         return
     cols = table["jobs"]
-    from farensed.analysis.compare import ROWS
+    from farensed.analysis.compare import ROWS, cell
 
     rows = [(_(label), key, spec) for label, key, spec in ROWS]
     w = max([22] + [len(c["label"]) + 2 for c in cols])
     click.echo(f"{'':<18}" + "".join(f"{safe(c['label'], w - 1):>{w}}" for c in cols))
     for label, key, spec in rows:
-        cells = ["-" if c[key] is None else (format(c[key], spec) if spec else str(c[key])) for c in cols]
+        cells = [cell(c[key], spec, key) for c in cols]
         click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
     criteria = []
     for c in cols:

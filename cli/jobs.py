@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -123,8 +124,9 @@ def list_jobs(as_json):
     Example:
       farensectl list --json | jq '.jobs[] | select(.state == "running")'
     """
+    from farensed.analysis.gap import band_label
     from farensed.queue.pidfile import daemon_pid
-    from farensed.views.status import row, stale_note
+    from farensed.views.status import format_duration, row, stale_note
 
     q = queue()
     jobs = q.jobs()
@@ -144,18 +146,19 @@ def list_jobs(as_json):
         )
         return
     click.echo(
-        f"{'id':>4}  {'name':<28} {'state':<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
-        f"{_('banda'):<9} {'rec':>3}  {_('início'):<19} {_('duração'):>8}"
+        f"{'id':>4}  {_('nome'):<28} {_('estado'):<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
+        f"{_('banda'):<9} {_('rec'):>3}  {_('primeiro início'):<19} {_('tempo total'):>11}"
     )
     for r in rows:
         step = f"{r['step'] or 0}/{r['total_steps'] or '?'}" if r["step"] or r["total_steps"] else "-"
-        dur = f"{r['duration_s'] / 60:.1f}m" if r["duration_s"] is not None else "-"
+        total = r["total_duration_s"]
+        dur = format_duration(total)
         epoch = str(r["epoch"] + 1) if r["epoch"] is not None else "-"
-        band = colour_band(f"{safe(r['band'] or '-', 9):<9}", r["band"])
+        band = colour_band(f"{safe(band_label(r['band']), 9):<9}", r["band"])
         click.echo(
             f"{r['id']:>4}  {safe(r['name'], 28):<28} {r['state']:<9} {step:>11} {epoch:>5} "
             f"{fmt_number(r['best_val_loss']):>10} {band} {r['recoveries']:>3}  "
-            f"{(r['started_at'] or '-')[:19]:<19} {dur:>8}"
+            f"{safe((r['first_started_at'] or '-')[:19], 19):<19} {dur:>11}"
         )
     for job in jobs:
         if note := stale_note(job, pid is not None):
@@ -229,11 +232,44 @@ def wait(job_id, timeout):
     from farensed.views.status import job_exit_code
 
     q = queue()
+    live = LiveLine(q) if sys.stdout.isatty() else None  # one line redrawn on a terminal; nothing in a script
     deadline = None if timeout is None else time.monotonic() + timeout
     while not (job := q.get(job_id)).status.terminal:
         if deadline is not None and time.monotonic() > deadline:
+            if live:
+                live.end()
             click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=job.state), err=True)
             sys.exit(124)
+        if live:
+            live.show(job)
         time.sleep(0.5)
+    if live:
+        live.end()
     click.echo(f"job {job.id} ({job.name}): {job.state}")
     sys.exit(job_exit_code(job))
+
+
+class LiveLine:
+    """`wait` on a terminal: the job's state, step/total, loss and ETA on one line, redrawn in place."""
+
+    def __init__(self, q):
+        self.q, self.first, self.shown = q, None, False
+
+    def show(self, job) -> None:
+        from farensed.analysis.metrics import read_last
+        from farensed.analysis.monitor import live_line
+        from farensed.queue.job import job_run_dir
+        from farensed.queue.overnight import pause_of
+
+        last = read_last(job_run_dir(self.q.ws, job), 50) if job.state == "running" else []
+        if last and (self.first is None or self.first.get("step", 0) > last[0].get("step", 0)):
+            self.first = last[0]  # the ETA's base: the oldest record of this look (a resume rewrites the file)
+        note = pause_of(self.q, job) or job.held
+        line = live_line(f"job {job.id} ({job.name})", job.state, last[-1] if last else None, self.first, note)
+        width = shutil.get_terminal_size().columns - 1
+        click.echo("\r" + line[:width] + "\x1b[K", nl=False)
+        self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", nl=False)  # the final line replaces the live one

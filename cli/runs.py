@@ -11,17 +11,25 @@ from farensed.i18n import _
 
 RUN_HELP = (
     "RUN is a job id (all digits), a run name (checkpoints_qlora/<name>) or a path to a run folder (anything with "
-    "a '/'); a seed-era folder with only training_metrics.json is read-only. An all-digit RUN is always a job id: "
-    "name a run called '2' by its folder, checkpoints_qlora/2. Default: the running job, else the latest."
+    "a '/'); a metrics-only folder (just training_metrics.json, e.g. a backup) is read-only. An all-digit RUN is "
+    "always a job id: "
+    "name a run called '2' by its folder, checkpoints_qlora/2."
 )
+RUN_DEFAULT = " Default: the running job, else the latest."
 
 
-def with_run_help(f):
-    """Insert the one rule for naming a run into a reader's --help, before its example."""
-    doc = f.__doc__ or ""
-    head, sep, example = doc.partition("\n    \b\n    Example")
-    f.__doc__ = f"{head.rstrip()}\n\n    {RUN_HELP}\n{sep}{example}" if sep else f"{doc}\n\n    {RUN_HELP}"
-    return f
+def with_run_help(f=None, *, default: bool = True):
+    """Insert the one rule for naming a run into a reader's --help, before its example (and the default RUN, for
+    the readers whose RUN is optional)."""
+
+    def insert(f):
+        text = RUN_HELP + (RUN_DEFAULT if default else "")
+        doc = f.__doc__ or ""
+        head, sep, example = doc.partition("\n    \b\n    Example")
+        f.__doc__ = f"{head.rstrip()}\n\n    {text}\n{sep}{example}" if sep else f"{doc}\n\n    {text}"
+        return f
+
+    return insert(f) if f is not None else insert
 
 
 def resolve_run(ref):
@@ -40,7 +48,7 @@ def resolve_run(ref):
 def check(ref, criteria, as_json):
     """Check a run against its success criteria: one line per criterion, exit 0 only if all pass.
 
-    The criteria are the spec's `success` key (loss_drop, val_improves, gap_max, f1_min), else the seed's
+    The criteria are the spec's `success` key (loss_drop, val_improves, gap_max, f1_min), else the defaults
     (loss_drop 0.6, val_improves, gap_max 0.15, f1_min 0.93).
 
     \b
@@ -65,7 +73,8 @@ def check(ref, criteria, as_json):
     else:
         chosen, own = criteria_of(run.spec_dict())
     chosen = {k: v for k, v in chosen.items() if v is not None}
-    items = verdicts(chosen, run.records(), run.read("evaluation_report.json"))
+    evaluable = not run.seed_era and run.spec_dict() is not None  # what `farensectl eval` can evaluate
+    items = verdicts(chosen, run.records(), run.read("evaluation_report.json"), evaluable)
     passed = all(v.passed for v in items)
     if as_json:
         print_json(
@@ -81,6 +90,6 @@ def check(ref, criteria, as_json):
     else:
         click.echo(run.heading())
         if not own:
-            click.echo(_("(sem 'success' na spec: critérios do seed)"))
+            click.echo(_("(sem 'success' na spec: critérios por omissão)"))
         click.echo(format_verdicts(items))
     sys.exit(0 if passed else 1)

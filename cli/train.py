@@ -57,7 +57,7 @@ def demo(prepare):
 def plot(ref, output):
     """(Re)draw a run's training_v2_results.png and print its path; early stopping is marked where it fired.
 
-    The PNG goes into the run folder; for a seed-era folder (read-only) into the current directory as
+    The PNG goes into the run folder; for a metrics-only folder (read-only) into the current directory as
     <name>-training_v2_results.png, unless --output says where.
 
     \b
@@ -80,7 +80,11 @@ def plot(ref, output):
     )
     summary = run.read("training_summary.json") or {}
     stop = summary.get("steps_run") if summary.get("stop_reason") == "early_stopping" else None
-    click.echo(plot_training(records, path, title=f"{run.name} — loss, val_loss e gap", early_stop_step=stop))
+    click.echo(
+        plot_training(
+            records, path, title=_("{name} — loss, val_loss e gap").format(name=run.name), early_stop_step=stop
+        )
+    )
 
 
 @cli.command(name="eval")
@@ -104,14 +108,14 @@ def eval_job(ref, one_by_one, force, as_json):
     import contextlib
 
     from farensed.engine.runner import evaluate_spec
-    from farensed.errors import FarenseError
+    from farensed.errors import SpecError
     from farensed.spec.jobspec import parse_spec
 
     run = resolve_run(ref)
     raw = run.spec_dict()
     if run.seed_era or raw is None:
-        raise FarenseError(
-            _("{run_dir}: sem spec da corrida (pasta do seed, só leitura): eval não é possível").format(
+        raise SpecError(
+            _("{run_dir}: pasta só com métricas, só leitura: sem spec (modelo, dados), não se avalia").format(
                 run_dir=run.run_dir
             )
         )

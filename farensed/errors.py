@@ -1,4 +1,14 @@
-"""Errors farense reports to a user as one line (the CLI maps them to click.ClickException)."""
+"""Errors farense reports to a user as one line: `Erro: …` / `Error: …`, in the chosen language."""
+
+# The one-line error's prefix in either language: the daemon finds a child's reason by it (queue/outcome.py).
+ERROR_PREFIXES = ("Error: ", "Erro: ")
+
+
+def error_line(exc: BaseException) -> str:
+    """How a FarenseError is printed (the CLI, the training child, a rank)."""
+    from farensed.i18n import _
+
+    return _("Erro: {message}").format(message=exc)
 
 
 class FarenseError(Exception):

@@ -74,20 +74,25 @@ def sources() -> list[Path]:
     return sorted(Path(__file__).parent.rglob("*.py")) + sorted(cli.rglob("*.py"))
 
 
-def msgids(files: list[Path] | None = None) -> dict[str, str]:
-    """Every literal `_("...")` and `N_("...")` msgid in the package's code, with where it first appears."""
-    found: dict[str, str] = {}
+def _literal(node) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def msgids(files: list[Path] | None = None) -> dict[str | tuple[str, str], str]:
+    """Every literal `_("...")`, `N_("...")` and `ngettext("...", "...", n)` msgid in the package's code (a plural
+    as its (singular, plural) pair), with where it first appears."""
+    found: dict[str | tuple[str, str], str] = {}
     for path in files if files is not None else sources():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id in ("_", "N_")
-                and node.args
-            ):
-                arg = node.args[0]
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    found.setdefault(arg.value, f"{path.parent.name}/{path.name}:{node.lineno}")
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+                continue
+            where = f"{path.parent.name}/{path.name}:{node.lineno}"
+            if node.func.id in ("_", "N_") and (text := _literal(node.args[0])) is not None:
+                found.setdefault(text, where)
+            elif node.func.id == "ngettext" and len(node.args) >= 2:
+                singular, plural = _literal(node.args[0]), _literal(node.args[1])
+                if singular is not None and plural is not None:
+                    found.setdefault((singular, plural), where)
     return found
 
 
@@ -112,11 +117,13 @@ def update_catalog(po: Path = PO_FILE) -> list[str]:
     with po.open("rb") as f:
         catalog = read_po(f)
     used = msgids()
-    new = [m for m in used if m not in catalog]
+    key = {(m[0] if isinstance(m, tuple) else m): m for m in used}  # babel keys a plural by its singular
+    new = [m for m in used if (m[0] if isinstance(m, tuple) else m) not in catalog]
     for msgid in new:
-        catalog.add(msgid, "", locations=[tuple(used[msgid].rsplit(":", 1))])
+        catalog.add(msgid, ("", "") if isinstance(msgid, tuple) else "", locations=[tuple(used[msgid].rsplit(":", 1))])
     for message in list(catalog):
-        if message.id and message.id not in used:
+        singular = message.id[0] if isinstance(message.id, tuple) else message.id
+        if message.id and key.get(singular) != message.id:
             catalog.delete(message.id)
     with po.open("wb") as f:
         write_po(f, catalog, width=120, omit_header=False, sort_output=True, include_lineno=False)

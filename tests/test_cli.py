@@ -131,7 +131,7 @@ def test_submit_invalid_spec_is_one_line_and_queues_nothing(spec_workspace):
 )
 def test_unknown_job_is_one_line_exit_4(spec_workspace, args):
     result = invoke(spec_workspace, *args)
-    assert result.exit_code == 4 and result.output.strip() == "Error: job 7 não existe"
+    assert result.exit_code == 4 and result.output.strip() == "Erro: job 7 não existe"
 
 
 def test_empty_queue_defaults(spec_workspace):

@@ -74,8 +74,9 @@ def test_three_jobs_run_by_priority_each_exactly_once(workspace):
     jobs = {j.name: j for j in queue(workspace).jobs()}
     assert all(j.state == "done" and j.attempts == 1 and j.recoveries == 0 for j in jobs.values())
     order = sorted(jobs.values(), key=lambda j: j.started_at + f"{j.id:09d}")
-    started = [line for line in proc.stdout.splitlines() if "iniciado" in line]
-    assert [f"job {ids[n]} ({n})" in s for n, s in zip(("high", "mid", "low"), started)] == [True] * 3
+    started = [line for line in proc.stdout.splitlines() if " event=started " in line]
+    expected = [f"job={ids[n]} event=started attempt=1 " for n in ("high", "mid", "low")]
+    assert [want in line for want, line in zip(expected, started)] == [True] * 3
     assert len(started) == 3 and {j.name for j in order} == {"low", "mid", "high"}
     for name, job_id in ids.items():
         log = (workspace / "jobs" / str(job_id) / "log").read_text()
@@ -94,6 +95,7 @@ def test_kill9_daemon_mid_job_new_daemon_adopts_the_same_child(workspace):
     assert process_alive(child.pid, child.pid_create_time)  # the child trains on without its daemon
     proc = run_burst(workspace)
     assert proc.returncode == 0, proc.stdout[-2000:]
+    assert f"job={job_id} event=adopted pid={child.pid} · " in proc.stdout
     assert f"processo {child.pid} vivo, adotado" in proc.stdout
     job = queue(workspace).get(job_id)
     assert (job.state, job.attempts, job.recoveries) == ("done", 1, 0)

@@ -79,16 +79,22 @@ def test_bad_data_and_a_bad_spec_fail_on_their_line(spec_workspace):
     assert result.exit_code == 1 and "epocs" in lines_named(result.output, "spec")[0]
 
 
-def test_json_is_one_document_with_every_check(spec_workspace):
-    result = doctor(spec_workspace, str(write_spec(spec_workspace, spec_with(model="models/absent"))), "--json")
+def test_json_is_one_document_with_every_check(spec_workspace, monkeypatch):
+    workspace = spec_workspace
+    spec = str(write_spec(workspace, spec_with(model="models/absent")))
+    result = doctor(workspace, spec, "--json")
     assert result.exit_code == 1
     report = orjson.loads(result.output)
     assert report["ok"] is False and report["failed"] == 1
     by_name = {c["name"]: c for c in report["checks"]}
-    assert by_name["modelo"]["status"] == "fail" and by_name["modelo"]["fix"]
-    assert by_name["disco"]["data"]["free_bytes"] > 0
+    assert by_name["model"]["status"] == "fail" and by_name["model"]["fix"]
+    assert by_name["disk"]["data"]["free_bytes"] > 0
     assert by_name["mlx"]["data"]["device"].startswith(("Device(cpu", "Device(gpu"))
-    assert {"python", "pacotes", "serviço", "repouso", "cache HF", "data.train", "data.valid"} <= set(by_name)
+    assert {"python", "packages", "service", "sleep", "hf_cache", "data.train", "data.valid"} <= set(by_name)
+    monkeypatch.setenv("FARENSE_LANG", "en")  # a script's keys do not move with the language; the words do
+    english = orjson.loads(doctor(workspace, spec, "--json").output)
+    assert [c["name"] for c in english["checks"]] == [c["name"] for c in report["checks"]]
+    assert english["checks"][0]["detail"] == report["checks"][0]["detail"]  # python: no words to translate
 
 
 def test_estimates_come_from_a_similar_earlier_run(workspace):
@@ -105,9 +111,9 @@ def test_estimates_come_from_a_similar_earlier_run(workspace):
     result = doctor(workspace, str(write_spec(workspace, TEST_SPEC)), "--json")  # batch_size 4: 40 steps × 2 epochs
     assert result.exit_code == 0, result.output
     by_name = {c["name"]: c for c in orjson.loads(result.output)["checks"]}
-    assert by_name["tempo"]["data"]["seconds"] == pytest.approx(0.5 * 2 * 80)  # s/step × batch ratio × steps
-    assert "medidos em v1, batch_size 2 nessa run" in by_name["tempo"]["detail"]
-    peak = by_name["memória por step"]["data"]["peak_memory_gb"]
+    assert by_name["time"]["data"]["seconds"] == pytest.approx(0.5 * 2 * 80)  # s/step × batch ratio × steps
+    assert "medidos em v1, batch_size 2 nessa run" in by_name["time"]["detail"]
+    peak = by_name["memory_per_step"]["data"]["peak_memory_gb"]
     assert 2.9 < peak < 3.0  # the weights (a few MB) once, what grows with the batch twice
 
 

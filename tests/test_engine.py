@@ -113,7 +113,7 @@ def test_changed_spec_is_refused_and_fresh_moves_the_old_run_aside(workspace):
     proc = run_cli(workspace, "run", str(changed))
     assert proc.returncode != 0
     assert "Traceback" not in proc.stdout
-    assert proc.stdout.strip().splitlines()[-1].startswith("Error: ")
+    assert proc.stdout.strip().splitlines()[-1].startswith("Erro: ")
     assert "lora.rank: 4 → 8" in proc.stdout and "--fresh" in proc.stdout
     before = sorted(p.name for p in (workspace / RUN).iterdir())
     proc = run_cli(workspace, "run", str(changed), "--fresh")
@@ -219,6 +219,7 @@ def test_demo_prepare_builds_inputs_and_trains_nothing(isolated_home, tiny_model
     spec = orjson.loads((isolated_home / "jobs/examples/demo.json").read_bytes())
     assert spec["model"] == "models/tiny-mistral-4bit" and spec["early_stopping"]["patience"] == 5
     assert not (isolated_home / "checkpoints_qlora").exists()
+    assert (isolated_home / "jobs/examples/v1.json").is_file() and (isolated_home / "jobs/examples/v2.json").is_file()
 
 
 def test_sequences_longer_than_max_seq_length_are_truncated_and_counted(workspace):

@@ -111,7 +111,7 @@ def test_messages_data_on_a_gguf_without_chat_template_is_refused_at_submit_with
     assert "q.gguf não tem chat template" in result.output and "prompt/completion" in result.output
     assert not list((isolated_home / "jobs" / "pending").glob("*"))  # nothing queued
     doctor = CliRunner().invoke(cli, ["--home", str(isolated_home), "doctor", str(spec), "--json"])
-    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "modelo")
+    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "model")
     assert check["status"] == "fail" and "chat template" in check["detail"]
     with_template = metadata(**{"tokenizer.chat_template": "{{ messages[0]['content'] }}"})
     write_gguf(isolated_home / "models" / "q.gguf", with_template, tensors())

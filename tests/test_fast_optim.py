@@ -74,3 +74,43 @@ def test_optimizer_config_is_passed_through_and_bad_arguments_are_one_line():
     spec = parse_spec(dict(BASE, lr_schedule={"name": "cosine_decay", "arguments": [1e-3, 10, 0, 5, 9]}))
     with pytest.raises(SpecError, match="lr_schedule: cosine_decay"):
         build_optimizer(spec)
+    with pytest.raises(SpecError, match="lr_schedule: cosine_decay"):
+        build_optimizer(spec, check_only=True)  # submit's check: the same one line
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        SCHEDULE,
+        {"name": "cosine_decay", "arguments": [1e-3, 20]},
+        {"name": "linear_schedule", "arguments": [0.0, 1e-3, 10], "warmup": 3},
+        {"name": "exponential_decay", "arguments": [1e-3, 0.9]},
+        {"name": "step_decay", "arguments": [1e-3, 0.5, 4], "warmup": 2},
+    ],
+)
+def test_submits_schedule_check_gives_mlx_lms_learning_rates(schedule):
+    """The check that spares submit mlx-lm's import builds what mlx_lm.tuner.utils.build_schedule builds."""
+    import mlx.core as mx
+    from mlx_lm.tuner.utils import build_schedule
+
+    from farensed.engine.optim import schedule_without_mlx_lm
+
+    ours, theirs = schedule_without_mlx_lm(schedule), build_schedule(schedule)
+    for step in range(0, 25):
+        assert ours(mx.array(step)).item() == theirs(mx.array(step)).item(), step
+
+
+def test_submit_checks_a_schedule_without_importing_mlx_lm(tmp_path):
+    """A YAML or JSON spec with lr_schedule: submit's check never imports mlx-lm or transformers (~1.5 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from farensed.engine.optim import build_optimizer\n"
+        "from farensed.spec.jobspec import parse_spec\n"
+        f"build_optimizer(parse_spec({dict(BASE, lr_schedule=SCHEDULE)!r}), check_only=True)\n"
+        "print(sorted(m for m in ('mlx_lm', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

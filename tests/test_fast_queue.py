@@ -110,7 +110,7 @@ def test_dependency_done_releases_failed_or_cancelled_fails_the_dependent(q):
 )
 def test_settle_every_outcome(q, daemon, code, changes, expected):
     job = add(q, state="running", pid=123, **changes)
-    q.log_path(job.id).write_text("linha 1\nError: data.valid: ficheiro não encontrado\n")
+    q.log_path(job.id).write_text("linha 1\nErro: data.valid: ficheiro não encontrado\n")
     settled = daemon.settle(job.id, code)
     assert (settled.state, settled.recoveries) == expected
     assert settled.pid is None and settled.exit_code == code

@@ -65,7 +65,9 @@ def test_check_command_on_a_seed_era_folder(isolated_home, tmp_path):
     doc = orjson.loads(bad.stdout)
     assert bad.exit_code == 1 and doc["passed"] is False and doc["verdicts"][0]["value"] == pytest.approx(0.1)
     seed = runner.invoke(cli, ["check", str(folder)])  # no spec: the seed's criteria, said so; F1 missing fails
-    assert seed.exit_code == 1 and "critérios do seed" in seed.output and "❌ f1_min" in seed.output
+    assert seed.exit_code == 1 and "critérios por omissão" in seed.output and "❌ f1_min" in seed.output
+    # the F1 line tells the same story as `eval` on that folder: not evaluable, not "run farensectl eval"
+    assert "pasta só com métricas, só leitura" in seed.output and "farensectl eval" not in seed.output
     typo = runner.invoke(cli, ["check", str(folder), "--success", '{"gap_mx": 0.1}'])
     assert typo.exit_code == 2 and "gap_max" in typo.output
 
@@ -82,7 +84,7 @@ def test_readers_take_a_seed_folder_read_only(isolated_home, tmp_path):
     )
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written into the seed's folder
     tail = runner.invoke(cli, ["tail", str(folder), "--no-follow", "-n", "5"])
-    assert tail.exit_code == 0 and "pasta do seed" in tail.output
+    assert tail.exit_code == 0 and "pasta só com métricas" in tail.output
     assert [line.rsplit("melhor ", 1)[-1] for line in tail.output.splitlines()[2:]] == [
         "3.5000",
         "3.5000",
@@ -90,7 +92,7 @@ def test_readers_take_a_seed_folder_read_only(isolated_home, tmp_path):
         "1.9000",
     ]
     ev = runner.invoke(cli, ["eval", str(folder)])
-    assert ev.exit_code == 1 and "só leitura" in ev.output
+    assert ev.exit_code == 2 and "pasta só com métricas, só leitura" in ev.output  # bad input: exit 2
     logs = runner.invoke(cli, ["logs", str(folder)])
     assert logs.exit_code == 4 and "sem log" in logs.output
 
@@ -110,7 +112,8 @@ def test_run_references_resolve_one_documented_way(spec_workspace):
     with pytest.raises(QueueError, match="não é um id de job, um nome de corrida"):
         resolve(ws, "nope")
     result = CliRunner().invoke(cli, ["gap", "--help"])
-    assert "An all-digit RUN is always a job id" in result.output and "Example" in result.output
+    text = " ".join(result.output.split())  # as read, whatever the terminal's wrapping
+    assert "An all-digit RUN is always a job id" in text and "Example" in result.output
     job = orjson.loads((spec_workspace / "jobs" / str(first.id) / "job.json").read_bytes())
     assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved spec_workspace keeps working
 

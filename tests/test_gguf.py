@@ -89,7 +89,7 @@ def test_spec_naming_a_gguf_imports_once_and_trains(workspace, tiny_file):
     assert len(losses) >= 5 and losses[-1] < losses[0]
 
     doctor = CliRunner().invoke(cli, ["--home", str(workspace), "doctor", str(spec), "--json"])
-    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "modelo")
+    check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "model")
     assert check["status"] == "ok" and "GGUF llama" in check["detail"] and "tiny.gguf.mlx" in check["detail"]
 
     from farensed.engine.gguf import model_path

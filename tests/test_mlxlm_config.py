@@ -61,7 +61,7 @@ def _yaml(workspace: Path, text: str) -> Path:
 
 
 BAD_YAML = [
-    ("report-to-wandb", "report_to: wandb\n", "report_to: 'wandb' não é suportado"),
+    ("report-to-swanlab", "report_to: swanlab\n", "report_to: 'swanlab' desconhecido"),  # wandb only
     ("unknown-key", "learning_rat: 1e-4\n", "chave desconhecida 'learning_rat' (quis dizer 'learning_rate'?)"),
     ("unknown-lora-key", None, "lora_parameters: chave desconhecida 'rnak'"),
     ("unreadable", "model: [unclosed\n", "YAML inválido na linha"),

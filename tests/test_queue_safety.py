@@ -137,7 +137,7 @@ def test_disk_full_stops_with_one_line_and_keeps_the_previous_checkpoint(workspa
     assert proc.returncode == 1, out[-2000:]
     said = [line for line in out.splitlines() if "sem espaço em disco" in line]
     assert len(said) == 1 and "Traceback" not in out, out[-2000:]
-    last = said[0][said[0].index("Error: sem espaço em disco") :]  # the progress bar may share its line
+    last = said[0][said[0].index("Erro: sem espaço em disco") :]  # the progress bar may share its line
     kept = re.search(r"continua a ser (checkpoint_epoch\d+_step(\d+))", last)
     assert kept and int(kept.group(2)) >= 16, last
     assert newest_valid(run_dir, print)[0].path.name == kept.group(1)  # no half folder taken for valid

@@ -166,6 +166,8 @@ def test_eval_json_is_one_document_says_what_it_evaluates_reuses_and_force(refer
     assert "também escolheu os adapters" in report["config"]["note"]
     again = ev()
     assert again.returncode == 0 and "já foram avaliados com estes dados: resultados reutilizados" in again.stdout
+    said = again.stdout + again.stderr  # reused at once: no model loaded, no empty progress bars, the same numbers
+    assert "Avaliação (base)" not in said and f"F1 {report['adapters']['f1_mean']:.4f}" in said
     spec["data"]["test"] = "small.jsonl"
     spec_file.write_bytes(orjson.dumps(spec))
     forced = ev("--force", "--json")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-from farensed.analysis.gap import analyse
+from farensed.analysis.gap import analyse, band_label
 from farensed.analysis.success import run_verdicts
-from farensed.i18n import N_
+from farensed.i18n import N_, _
 
 # The comparison's rows, for every view of it (farensectl compare, the morning report): label (translated where it
 # is shown), column key, number format.
@@ -28,6 +28,20 @@ ROWS = [
     (N_("F1"), "f1", ".4f"),
     (N_("exact match"), "exact_match", ".4f"),
 ]
+
+
+def cell(value, spec: str | None = ".4f", key: str | None = None) -> str:
+    """One value of the table for a person: a number in its format, yes/no in the reader's language, '-' for none
+    (never a Python literal such as False or None)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return _("sim") if value else _("não")
+    if key == "status":
+        return band_label(value)  # a gap band, as it reads in the chosen language
+    if spec and isinstance(value, (int, float)):
+        return format(value, spec)
+    return str(value)
 
 
 def training_time_s(records: list[dict]) -> float | None:

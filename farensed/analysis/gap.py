@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from farensed.i18n import _
+from farensed.i18n import N_, _
 
 # The one table of the seed's bands: (upper bound, band, icon, terminal colour); the last has no upper bound.
 BANDS = [
@@ -16,6 +16,17 @@ BANDS = [
 BAND_LIMITS = {name: f"gap < {limit:.2f}" for limit, name, _i, _c in BANDS[:-1]} | {
     "CRÍTICO": f"gap ≥ {BANDS[-2][0]:.2f}"
 }
+
+
+# How a band reads on screen (its JSON value stays the Portuguese name above, in every language).
+BAND_LABELS = {"EXCELENTE": N_("EXCELENTE"), "BOM": N_("BOM"), "MODERADO": N_("MODERADO"), "CRÍTICO": N_("CRÍTICO")}
+
+
+def band_label(name: str | None) -> str:
+    """A band as a person reads it, in the chosen language ('-' for none)."""
+    if not name:
+        return "-"
+    return _(BAND_LABELS[name]) if name in BAND_LABELS else str(name)
 
 
 def band(gap: float) -> str:
@@ -89,7 +100,7 @@ def format_analysis(analysis: dict, per_validation: bool = False) -> str:
     out.append(
         _("Status: {icon} {status} ({limits}, no melhor modelo: step {step}, gap {gap:.4f})").format(
             icon=icon(status),
-            status=status,
+            status=band_label(status),
             limits=BAND_LIMITS[status],
             step=analysis["best_step"],
             gap=analysis["best_gap"],
@@ -103,7 +114,7 @@ def format_analysis(analysis: dict, per_validation: bool = False) -> str:
         out.append(f"{'step':>7} {_('época'):>5} {'loss':>8} {'val_loss':>9} {'gap':>8}  " + _("banda"))
         for r in analysis["validations"]:
             out.append(
-                f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {r['band']}"
+                f"{r['step']:>7} {r['epoch'] + 1:>5} {r['loss']:>8.4f} {r['val_loss']:>9.4f} {r['gap']:>8.4f}  {band_label(r['band'])}"
             )
     out.append(line)
     return "\n".join(out)

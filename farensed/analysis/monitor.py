@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from farensed.analysis.gap import band_label
 from farensed.analysis.metrics import JSONL_NAME
 from farensed.i18n import _
 from farensed.storage.jsonl import parse_lines
@@ -24,6 +25,21 @@ def _eta(record: dict, first: dict | None) -> str | None:
     )
 
 
+def live_line(head: str, state: str, record: dict | None, first: dict | None, note: str | None = None) -> str:
+    """`wait`'s one live line: the job, its state, step/total, loss, ETA (what is known so far)."""
+    parts = [f"{head}: {state}"]
+    if note:
+        parts.append(note)
+    if record:
+        total = record.get("total_steps")
+        parts.append(f"step {record.get('step')}" + (f"/{total}" if total else ""))
+        if isinstance(record.get("loss"), (int, float)):
+            parts.append(f"loss {record['loss']:.4f}")
+        if (eta := _eta(record, first)) is not None:
+            parts.append(f"ETA {eta}")
+    return " · ".join(parts)
+
+
 def format_record(record: dict, best: float | None, first: dict | None = None, colour=lambda text, band: text) -> str:
     """One line: step, epoch, loss, val_loss, gap+band, tok/s, memory, ETA, best so far."""
     total = record.get("total_steps")
@@ -34,7 +50,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
     ]
     if record.get("val_loss") is not None:
         parts.append(f"val_loss {record['val_loss']:.4f}")
-        parts.append(colour(f"gap {record['gap']:+.4f} {record['band']}", record["band"]))
+        parts.append(colour(f"gap {record['gap']:+.4f} {band_label(record['band'])}", record["band"]))
     if record.get("tokens_per_second"):
         parts.append(f"{record['tokens_per_second']:,.0f} tok/s")
     if record.get("peak_memory_gb") is not None:

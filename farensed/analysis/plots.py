@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from farensed.analysis.gap import BANDS
+from farensed.analysis.gap import BANDS, band_label
+from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_with
 
 PLOT_NAME = "training_v2_results.png"
@@ -36,7 +37,7 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
     train = [r for r in records if r.get("loss") is not None]
     vals = [r for r in records if r.get("val_loss") is not None]
     fig, (ax_loss, ax_gap) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="loss (treino)", alpha=0.6)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=_("loss (treino)"), alpha=0.6)
     if vals:
         ax_loss.plot([r["step"] for r in vals], [r["val_loss"] for r in vals], "o-", label="val_loss")
         best = min(vals, key=lambda r: r["val_loss"])
@@ -47,12 +48,12 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
             markersize=18,
             color="gold",
             markeredgecolor="black",
-            label=f"melhor (step {best['step']}: {best['val_loss']:.4f})",
+            label=_("melhor (step {step}: {val_loss:.4f})").format(step=best["step"], val_loss=best["val_loss"]),
         )
         ax_gap.plot([r["step"] for r in vals], [r["gap"] for r in vals], "o-", color="purple", label="gap")
-        for limit, name, *_ in BANDS[:-1]:
+        for limit, name, *_rest in BANDS[:-1]:  # not `*_`: that would hide the gettext function here
             ax_gap.axhline(limit, linestyle="--", linewidth=0.8, color="gray")
-            ax_gap.text(vals[0]["step"], limit, f" {name} < {limit}", fontsize=8, va="bottom", color="gray")
+            ax_gap.text(vals[0]["step"], limit, f" {band_label(name)} < {limit}", fontsize=8, va="bottom", color="gray")
         ax_gap.axvline(best["step"], color="gold", linewidth=1)
         ax_loss.axvline(best["step"], color="gold", linewidth=1)
     if early_stop_step is not None:
@@ -60,7 +61,7 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
             ax.axvline(early_stop_step, color="red", linestyle=":", linewidth=1.5, label=None)
         ax_loss.plot([], [], color="red", linestyle=":", label=f"early stopping (step {early_stop_step})")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title(title or "Treino")
+    ax_loss.set_title(title or _("Treino"))
     ax_loss.legend()
     ax_gap.set_ylabel("gap = val_loss − loss")
     ax_gap.set_xlabel("step")
@@ -77,15 +78,18 @@ def plot_evaluation(report: dict, folder: Path) -> list[Path]:
 
     paths = []
     for key, name, label in (
-        ("f1", "evaluation_f1.png", "F1 por exemplo"),
-        ("loss", "evaluation_loss.png", "loss da resposta por exemplo"),
+        ("f1", "evaluation_f1.png", _("F1 por exemplo")),
+        ("loss", "evaluation_loss.png", _("loss da resposta por exemplo")),
     ):
         fig, ax = plt.subplots(figsize=(8, 5))
         for tag, colour in (("base", "gray"), ("adapters", "tab:blue")):
             values = [ex[tag][key] for ex in report["examples"]]
-            ax.hist(values, bins=20, alpha=0.6, color=colour, label=f"{tag} (média {sum(values) / len(values):.3f})")
+            mean = sum(values) / len(values)
+            ax.hist(
+                values, bins=20, alpha=0.6, color=colour, label=_("{tag} (média {mean:.3f})").format(tag=tag, mean=mean)
+            )
         ax.set_xlabel(label)
-        ax.set_ylabel("exemplos")
+        ax.set_ylabel(_("exemplos"))
         ax.set_title(f"{report['config']['name']} — {label}")
         ax.legend()
         fig.tight_layout()

@@ -45,8 +45,9 @@ def _first_last_loss(records: list[dict]) -> tuple[float | None, float | None]:
     return (train[0] if train else None), last
 
 
-def verdicts(criteria: dict, records: list[dict], evaluation: dict | None) -> list[Verdict]:
-    """Measure each criterion on a run's metrics (and its evaluation report)."""
+def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evaluable: bool = True) -> list[Verdict]:
+    """Measure each criterion on a run's metrics (and its evaluation report); `evaluable` False: a run that
+    `farensectl eval` cannot evaluate (a seed-era folder: no spec, read-only), said as such."""
     analysis = analyse(records)
     vals = analysis["validations"]
     out = []
@@ -89,6 +90,8 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None) -> li
                 _("F1 {value:.4f} (≥ {target:g})").format(value=value, target=target)
                 if value is not None
                 else _("F1: sem avaliação (farensectl eval)")
+                if evaluable
+                else _("F1: sem avaliação (pasta só com métricas, só leitura: sem spec, não se avalia)")
             )
         else:
             continue
@@ -104,4 +107,5 @@ def format_verdicts(items: list[Verdict]) -> str:
 def run_verdicts(run) -> tuple[list[Verdict], bool]:
     """Verdicts of a `runref.Run` with its own criteria (else the seed's)."""
     criteria, own = criteria_of(run.spec_dict())
-    return verdicts(criteria, run.records(), run.read("evaluation_report.json")), own
+    evaluable = not run.seed_era and run.spec_dict() is not None
+    return verdicts(criteria, run.records(), run.read("evaluation_report.json"), evaluable), own

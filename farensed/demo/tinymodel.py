@@ -89,6 +89,18 @@ def _train_tokenizer(folder: Path):
     return fast
 
 
+def _progress(steps: int):
+    """The pre-training's steps with a progress bar: the first build takes minutes and must not look hung."""
+    import os
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        range(steps), desc=_("Pré-treino"), unit="step", mininterval=0.5 if os.isatty(1) else 10, file=sys.stdout
+    )
+
+
 def _pretrain(model, tokenizer) -> float:
     """A few hundred steps of full training on the demo text, so QLoRA has a base to adapt."""
     import mlx.core as mx
@@ -109,7 +121,7 @@ def _pretrain(model, tokenizer) -> float:
 
     step = nn.value_and_grad(model, loss_fn)
     loss = float("nan")
-    for _step in range(p["steps"]):
+    for _step in _progress(p["steps"]):
         starts = rng.integers(0, len(stream) - p["seq_len"] - 1, size=p["batch_size"])
         batch = np.stack([stream[s : s + p["seq_len"] + 1] for s in starts])
         x, y = mx.array(batch[:, :-1]), mx.array(batch[:, 1:])
@@ -130,7 +142,12 @@ def build_tiny_model(target: Path, force: bool = False, log=print) -> Path:
     from mlx_lm.convert import convert
     from mlx_lm.models import llama
 
-    log(_("A construir o modelo pequeno em {target} ...").format(target=target))
+    log(
+        _(
+            "A construir o modelo pequeno em {target}: tokenizer, {steps} passos de pré-treino e conversão a 4 bits "
+            "(só da primeira vez)..."
+        ).format(target=target, steps=RECIPE["pretrain"]["steps"])
+    )
     mx.random.seed(RECIPE["seed"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
@@ -150,9 +167,17 @@ def build_tiny_model(target: Path, force: bool = False, log=print) -> Path:
             move_aside(target)
         shutil.move(str(q_dir), str(target))
         fsync_dir(target.parent)
-    log(
-        _("✅ Modelo pronto: {target} (perda de pré-treino {final_loss:.3f})").format(
-            target=target, final_loss=final_loss
-        )
-    )
+    log(_("✅ Modelo pronto: {target}").format(target=target))
+    log(about_the_model(final_loss, q["bits"], q["group_size"]))
     return target
+
+
+def about_the_model(final_loss: float, bits: int, group_size: int) -> str:
+    """What the build's numbers mean: the pre-training loss is not the demo's scale, and mlx-lm's 'bits per
+    weight' counts more than the 4-bit layers."""
+    return _(
+        "ℹ  Loss de pré-treino {final_loss:.3f}, em texto corrido; o treino do demo mede outra coisa (só as respostas, "
+        "em formato de chat), por isso começa mais alto. Os 'bits per weight' que o mlx-lm indica acima "
+        "passam de {bits}: contam também a escala e o bias de cada grupo de {group_size} pesos e as camadas que "
+        "ficam em float, que num modelo tão pequeno pesam muito."
+    ).format(final_loss=final_loss, bits=bits, group_size=group_size)

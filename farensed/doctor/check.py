@@ -24,25 +24,30 @@ class Check:
     data: dict = field(default_factory=dict)
 
 
-# the checks' names (JSON values, Portuguese); the console shows them translated
-NAMES = [
-    N_("cache HF"),
-    N_("disco"),
-    N_("estimativa"),
-    N_("memória"),
-    N_("memória por step"),
-    N_("modelo"),
-    N_("pacotes"),
-    N_("passos"),
-    N_("repouso"),
-    N_("serviço"),
-    N_("tempo"),
-]
+# The checks' names: identifiers, the same in every language (`doctor --json`'s `name`); the console shows the label.
+LABELS = {
+    "python": N_("python"),
+    "packages": N_("pacotes"),
+    "mlx": N_("mlx"),
+    "disk": N_("disco"),
+    "service": N_("serviço"),
+    "sleep": N_("repouso"),
+    "memory": N_("memória"),
+    "hf_cache": N_("cache HF"),
+    "spec": N_("spec"),
+    "model": N_("modelo"),
+    "tokenizer": N_("tokenizer"),
+    "steps": N_("passos"),
+    "run": N_("corrida"),
+    "estimate": N_("estimativa"),
+    "time": N_("tempo"),
+    "memory_per_step": N_("memória por step"),
+}
 
 
 def format_check(check: Check) -> str:
-    """`✅ name: detail` (+ `→ fix`), one line."""
-    name = _(check.name) if check.name in NAMES else check.name
+    """`✅ label: detail` (+ `→ fix`), one line, in the chosen language."""
+    name = _(LABELS[check.name]) if check.name in LABELS else check.name  # data.train, data.valid: as in the spec
     line = f"{ICONS[check.status]} {name}: {check.detail}"
     return safe(f"{line} → {check.fix}" if check.fix else line, 2000)  # spec values and paths shown, never obeyed
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
-from farensed.i18n import _
+from farensed.i18n import _, ngettext
 from farensed.storage.workspace import Workspace
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
@@ -49,13 +49,13 @@ def check_packages() -> Check:
     missing = [n for n in REQUIRED if versions[n] is None]
     if missing:
         return Check(
-            "pacotes",
+            "packages",
             FAIL,
             _("em falta: {items} ({text})").format(items=", ".join(missing), text=text),
             "pip install -e .",
             versions,
         )
-    return Check("pacotes", OK, text, data=versions)
+    return Check("packages", OK, text, data=versions)
 
 
 def probe_mlx(timeout: float = 120.0) -> dict:
@@ -113,10 +113,10 @@ def check_disk(ws: Workspace) -> Check:
     text = _("{gb} livres em {target}").format(gb=gb(free), target=target)
     data = {"free_bytes": free, "path": str(target)}
     if free < 1 * GB:
-        return Check("disco", FAIL, text, _("liberte espaço: cada checkpoint guarda adapters e otimizador"), data)
+        return Check("disk", FAIL, text, _("liberte espaço: cada checkpoint guarda adapters e otimizador"), data)
     if free < 10 * GB:
-        return Check("disco", WARN, text, _("menos de 10 GB: liberte espaço antes de uma run longa"), data)
-    return Check("disco", OK, text, data=data)
+        return Check("disk", WARN, text, _("menos de 10 GB: liberte espaço antes de uma run longa"), data)
+    return Check("disk", OK, text, data=data)
 
 
 def _process_type(unit_path: Path) -> str | None:
@@ -137,7 +137,7 @@ def check_service(ws: Workspace) -> Check:
         where += f", ProcessType {info['process_type'] or _('em falta')}"
         if info["process_type"] != "Interactive":
             return Check(
-                "serviço",
+                "service",
                 WARN,
                 _(
                     "o LaunchAgent não tem ProcessType Interactive: o launchd limita CPU e I/O do treino ({where})"
@@ -147,27 +147,30 @@ def check_service(ws: Workspace) -> Check:
             )
     if info["running"] and info["installed"]:
         return Check(
-            "serviço", OK, _("farensed a correr (pid {pid}; {where})").format(pid=info["pid"], where=where), data=info
+            "service", OK, _("farensed a correr (pid {pid}; {where})").format(pid=info["pid"], where=where), data=info
         )
+    hint = service.persistence_hint(ws) if m.kind == "process" else None  # `daemon install` cannot help here
     if info["running"]:
         return Check(
-            "serviço",
+            "service",
             WARN,
             _("farensed a correr em segundo plano (pid {pid}; {where}): não volta após reiniciar").format(
                 pid=info["pid"], where=where
             ),
-            "farensectl daemon install",
+            hint or "farensectl daemon install",
             info,
         )
     if info["installed"]:
         return Check(
-            "serviço", WARN, _("farensed parado ({where})").format(where=where), "farensectl daemon start", info
+            "service", WARN, _("farensed parado ({where})").format(where=where), "farensectl daemon start", info
         )
     return Check(
-        "serviço",
+        "service",
         WARN,
         _("farensed não está a correr ({where}); a fila não avança").format(where=where),
-        _("farensectl daemon install (ou farensectl run SPEC, sem fila)"),
+        _("farensectl daemon start; {hint}").format(hint=hint)
+        if hint
+        else _("farensectl daemon install (ou farensectl run SPEC, sem fila)"),
         info,
     )
 
@@ -195,7 +198,7 @@ def sleep_check_macos(pmset: str, batt: str | None) -> Check:
     data = {"pmset": settings, "on_battery": bool(batt and "Battery Power" in batt)}
     if data["on_battery"]:
         return Check(
-            "repouso",
+            "sleep",
             WARN,
             _("a bateria: caffeinate -s só impede o repouso na corrente; o Mac pode adormecer a meio"),
             _("ligue o carregador para uma run longa"),
@@ -203,7 +206,7 @@ def sleep_check_macos(pmset: str, batt: str | None) -> Check:
         )
     if settings.get("lowpowermode") == "1":
         return Check(
-            "repouso",
+            "sleep",
             WARN,
             _("modo de baixo consumo ativo: o treino fica mais lento"),
             _("desligue-o em Definições > Bateria (ou sudo pmset -a lowpowermode 0)"),
@@ -218,23 +221,21 @@ def sleep_check_macos(pmset: str, batt: str | None) -> Check:
     text += _(
         "; durante um job farensed usa caffeinate -i -s; com a tampa fechada adormece e o job continua ao acordar"
     )
-    return Check("repouso", OK, text, data=data)
+    return Check("sleep", OK, text, data=data)
 
 
 def check_sleep() -> Check:
     if sys.platform == "darwin":
         pmset = _run_text(["pmset", "-g"])
         if pmset is None:
-            return Check("repouso", WARN, _("pmset -g não respondeu"), _("verifique em Definições > Bateria"))
+            return Check("sleep", WARN, _("pmset -g não respondeu"), _("verifique em Definições > Bateria"))
         return sleep_check_macos(pmset, _run_text(["pmset", "-g", "batt"]))
     if shutil.which("systemd-inhibit"):
         works = _run_text(["systemd-inhibit", "--what=sleep:idle", "--who=farense", "--why=doctor", "true"])
         if works is not None:
-            return Check("repouso", OK, _("systemd-inhibit impede a suspensão enquanto um job corre"))
-        return Check(
-            "repouso", INFO, _("systemd-inhibit sem logind aqui: nada impede a suspensão (servidor/contentor?)")
-        )
-    return Check("repouso", INFO, _("sem caffeinate nem systemd-inhibit: nada impede a suspensão durante um job"))
+            return Check("sleep", OK, _("systemd-inhibit impede a suspensão enquanto um job corre"))
+        return Check("sleep", INFO, _("systemd-inhibit sem logind aqui: nada impede a suspensão (servidor/contentor?)"))
+    return Check("sleep", INFO, _("sem caffeinate nem systemd-inhibit: nada impede a suspensão durante um job"))
 
 
 def check_memory() -> Check:
@@ -248,13 +249,13 @@ def check_memory() -> Check:
     data = {"available_mb": reading.available_mb, "total_mb": reading.total_mb, "signal": verdict.signal}
     if verdict.action is Action.STOP:
         return Check(
-            "memória",
+            "memory",
             WARN,
             _("pressão alta agora ({text})").format(text=text),
             _("feche aplicações antes de treinar"),
             data,
         )
-    return Check("memória", OK, text, data=data)
+    return Check("memory", OK, text, data=data)
 
 
 def _hf_cache_dir() -> Path:
@@ -283,16 +284,15 @@ def check_hf_cache() -> Check:
     offline = _(" (HF_HUB_OFFLINE: sem rede)") if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
     if not cache.is_dir():
         return Check(
-            "cache HF",
+            "hf_cache",
             INFO,
             _("{cache} não existe{offline}: os modelos vêm de pastas locais").format(cache=cache, offline=offline),
         )
     repos = sorted(p.name.split("--", 1)[1].replace("--", "/") for p in cache.glob("models--*"))
     size = _tree_size(cache)
-    text = _("{cache}: {n_repos} modelos, {gb}{offline}").format(
-        cache=cache, n_repos=len(repos), gb=gb(size), offline=offline
-    )
-    return Check("cache HF", OK, text, data={"path": str(cache), "models": repos, "bytes": size})
+    models = ngettext("{count} modelo", "{count} modelos", len(repos)).format(count=len(repos))
+    text = _("{cache}: {models}, {gb}{offline}").format(cache=cache, models=models, gb=gb(size), offline=offline)
+    return Check("hf_cache", OK, text, data={"path": str(cache), "models": repos, "bytes": size})
 
 
 def machine_checks(ws: Workspace, probe: dict) -> list[Check]:

@@ -9,7 +9,7 @@ import orjson
 from farensed.analysis.metrics import JSON_NAME, read_all
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration, gb
 from farensed.errors import SpecError
-from farensed.i18n import _
+from farensed.i18n import _, ngettext
 from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.load import check_inputs, read_spec_file
@@ -46,7 +46,7 @@ def describe_model(model: Path) -> tuple[str, dict]:
     }
     parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else _("sem quantização")]
     if data["layers"]:
-        parts.append(f"{data['layers']} camadas")
+        parts.append(ngettext("{count} camada", "{count} camadas", data["layers"]).format(count=data["layers"]))
     parts.append(_("{size} de pesos").format(size=gb(data["weights_bytes"])))
     return f"{model}: {', '.join(parts)}", data
 
@@ -60,13 +60,13 @@ def _check_gguf(path: Path, formats: set[str]) -> Check:
         check_chat_template(info, formats, "model")
     except SpecError as exc:
         fix = _("farensectl model info {file} diz o que falta").format(file=path)
-        return Check("modelo", FAIL, str(exc), fix)
+        return Check("model", FAIL, str(exc), fix)
     imported = path.with_name(path.name + ".mlx")
     when = _("importado em {folder}") if imported.is_dir() else _("importado na primeira execução para {folder}")
     detail = _("GGUF {architecture} ({file}); {when}").format(
         architecture=info.architecture, file=path.name, when=when.format(folder=imported.name)
     )
-    return Check("modelo", OK, detail, data={"gguf": str(path)})
+    return Check("model", OK, detail, data={"gguf": str(path)})
 
 
 def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
@@ -79,7 +79,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         fix = _("farensectl submit/run descarrega-o para a cache do Hugging Face ({repo})").format(
             repo=hub_id(spec.model, ws)
         )
-        return [Check("modelo", WARN, str(exc), fix)]
+        return [Check("model", WARN, str(exc), fix)]
     if model.suffix.lower() == ".gguf":
         return [_check_gguf(model, formats)]
     try:
@@ -89,10 +89,10 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
             fix = _(
                 "coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
             ).format(model=model)
-            return [Check("modelo", FAIL, str(exc), fix)]
+            return [Check("model", FAIL, str(exc), fix)]
         text, data = describe_model(model)
         fix = _("copie tokenizer.json (ou tokenizer.model) do modelo original para {model}").format(model=model)
-        return [Check("modelo", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
+        return [Check("model", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
     text, data = describe_model(model)
     found = next((name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file()), "tokenizer")
     chat = has_chat_template(model)
@@ -106,7 +106,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         tokenizer.status = FAIL  # submit refuses it too: mlx-lm cannot apply 'messages' without a template
         tokenizer.detail += _(": os exemplos 'messages' precisam de um chat_template")
         tokenizer.fix = _("use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion")
-    return [Check("modelo", OK, text, data=data), tokenizer]
+    return [Check("model", OK, text, data=data), tokenizer]
 
 
 def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int], set[str]]:
@@ -133,7 +133,11 @@ def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int
             Check(
                 f"data.{key}",
                 OK,
-                _("{path}: {value} exemplos, formato {fmt}").format(path=path, value=counts[key], fmt=fmt),
+                _("{path}: {examples}, formato {fmt}").format(
+                    path=path,
+                    examples=ngettext("{count} exemplo", "{count} exemplos", counts[key]).format(count=counts[key]),
+                    fmt=fmt,
+                ),
                 data={"count": counts[key], "format": fmt},
             )
         )
@@ -145,14 +149,25 @@ def total_steps(spec: JobSpec, n_train: int) -> int:
     return (n_train // spec.batch_size) * spec.epochs
 
 
+def epochs_text(epochs: int) -> str:
+    return ngettext("{count} época", "{count} épocas", epochs).format(count=epochs)
+
+
 def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
     per_epoch = counts["train"] // spec.batch_size
     updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
     total = total_steps(spec, counts["train"])
+    validations = total // spec.eval_every
     text = _(
-        "{per_epoch} steps por época × {epochs} épocas = {total} steps ({updates} atualizações do otimizador, {value} validações)"
-    ).format(per_epoch=per_epoch, epochs=spec.epochs, total=total, updates=updates, value=total // spec.eval_every)
-    return Check("passos", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
+        "{per_epoch} steps por época × {epochs} = {total} steps ({updates} atualizações do otimizador, {validations})"
+    ).format(
+        per_epoch=per_epoch,
+        epochs=epochs_text(spec.epochs),
+        total=total,
+        updates=updates,
+        validations=ngettext("{count} validação", "{count} validações", validations).format(count=validations),
+    )
+    return Check("steps", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
 
 
 def check_run_folder(ws: Workspace, spec: JobSpec) -> Check | None:
@@ -227,13 +242,13 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
         text = _(
             "sem run anterior com este modelo e max_seq_length {max_seq_length}: a primeira run mede memória e tempo (os pesos ocupam {gb})"
         ).format(max_seq_length=spec.max_seq_length, gb=gb(weights))
-        return [Check("estimativa", INFO, text)]
+        return [Check("estimate", INFO, text)]
     ratio = spec.batch_size / (fp.get("batch_size") or spec.batch_size)
     scaled = "" if ratio == 1 else f", batch_size {fp.get('batch_size')} nessa run (escalado ×{ratio:g})"
     steps = total_steps(spec, counts["train"])
     seconds = figures["step_s"] * ratio * steps
     time_check = Check(
-        "tempo",
+        "time",
         OK,
         _("≈ {duration} ({step_s:.2f} s/step medidos em {name}{scaled} × {steps} steps)").format(
             duration=duration(seconds), step_s=figures["step_s"], name=run_dir.name, scaled=scaled, steps=steps
@@ -247,7 +262,7 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
     text = _("≈ {gb} por step (pico medido em {name}{scaled})").format(
         gb=gb(peak_gb * 1e9), name=run_dir.name, scaled=scaled
     )
-    memory_check = Check("memória por step", OK, text, data={"peak_memory_gb": peak_gb})
+    memory_check = Check("memory_per_step", OK, text, data={"peak_memory_gb": peak_gb})
     limit = probe.get("info", {}).get("max_recommended_working_set_size")
     if limit and peak_gb * 1e9 > limit:
         memory_check.status = WARN
@@ -263,10 +278,10 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
         spec = parse_spec(read_spec_file(spec_path), label)
     except SpecError as exc:
         return [Check("spec", FAIL, str(exc), _("corrija a spec (farensectl submit valida o mesmo)"))]
-    text = _("{spec_path}: '{name}', {epochs} épocas, batch_size {batch_size}, max_seq_length {max_seq_length}").format(
+    text = _("{spec_path}: '{name}', {epochs}, batch_size {batch_size}, max_seq_length {max_seq_length}").format(
         spec_path=spec_path,
         name=spec.name,
-        epochs=spec.epochs,
+        epochs=epochs_text(spec.epochs),
         batch_size=spec.batch_size,
         max_seq_length=spec.max_seq_length,
     )
@@ -277,7 +292,7 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
     try:
         check_inputs(spec, ws, label)  # the cross-checks submit makes (e.g. enough examples for one batch)
     except SpecError as exc:
-        return [*checks, Check("passos", FAIL, str(exc), _("reduza batch_size ou junte exemplos"))]
+        return [*checks, Check("steps", FAIL, str(exc), _("reduza batch_size ou junte exemplos"))]
     checks.append(check_steps(spec, counts))
     if (run := check_run_folder(ws, spec)) is not None:
         checks.append(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from farensed.analysis.metrics import MetricsLog
@@ -79,15 +80,21 @@ class Callbacks(TrainingCallback):
 
 class ConsoleProgress(TrainingCallback):
     """The seed's console: epoch headers, the tqdm bar (its clock restarted after the compile), validation blocks,
-    checkpoint lines, and how an interrupted run comes back."""
+    checkpoint lines, and how an interrupted run comes back. MLX's one-time kernel compile is said while it happens
+    (engine/jit.py) and kept out of the bar's rate and ETA."""
 
     def __init__(self):
         self.bar = None
         self.compiled = False  # this process's first step holds the JIT compile: kept out of the ETA
+        self.watch = None
 
     def on_train_begin(self, trainer, progress) -> None:
+        from farensed.engine.jit import CompileWatch, cpu_cache_dir
+
         self.trainer = trainer
         console.say(console.heading(_("INICIANDO TREINO - {name}").format(name=trainer.spec.name)))
+        self.watch = CompileWatch(cpu_cache_dir(), lambda folder: console.say(console.compiling(folder))).start()
+        self.first_tic = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, start_index: int) -> None:
         from tqdm import tqdm
@@ -103,10 +110,14 @@ class ConsoleProgress(TrainingCallback):
         )
 
     def on_step_end(self, step: int, seconds: float) -> None:
-        self.bar.update(1)
-        if not self.compiled:
-            console.restart_clock(self.bar)
-            self.compiled = True
+        if self.compiled:
+            self.bar.update(1)
+            return
+        self.bar.n += 1  # not update(): it would draw a rate and an ETA measured on the compile
+        console.restart_clock(self.bar)
+        self.compiled = True
+        if self.watch is not None and self.watch.fired:
+            console.say(console.compiled(time.monotonic() - self.first_tic))
 
     def on_train_loss_report(self, info: dict) -> None:
         self.bar.set_postfix(loss=f"{info['loss']:.4f}")
@@ -125,15 +136,17 @@ class ConsoleProgress(TrainingCallback):
         self._close()
 
     def on_interrupt(self, signum: int) -> None:
-        self._close()
+        self._close(end=True)
         console.say(console.interrupted(signum))
 
     def on_train_end(self, stop_reason: str) -> None:
-        self._close()
+        self._close(end=True)
         if stop_reason == "early_stopping":
             console.say(console.early_stop_block(self.trainer.stopper))
 
-    def _close(self) -> None:
+    def _close(self, end: bool = False) -> None:
+        if end and self.watch is not None:
+            self.watch.stop()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

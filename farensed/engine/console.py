@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 from farensed.analysis.gap import icon
-from farensed.i18n import N_, _
+from farensed.i18n import N_, _, ngettext
 
 LINE = "=" * 80
 THIN = "─" * 76
@@ -77,7 +77,11 @@ def early_stop_block(stopper) -> str:
         [
             "",
             _("  EARLY STOPPING ATIVADO!"),
-            _("   Sem melhoria por {patience} validações consecutivas").format(patience=stopper.patience),
+            ngettext(
+                "   Sem melhoria por {patience} validação",
+                "   Sem melhoria por {patience} validações consecutivas",
+                stopper.patience,
+            ).format(patience=stopper.patience),
             _("   Melhor modelo: Época {epoch}, Step {step}").format(
                 epoch=stopper.best_epoch + 1, step=stopper.best_step
             ),
@@ -94,6 +98,19 @@ def restart_clock(bar) -> None:
     bar.reset(total=bar.total)  # zero, clocks and rate averages restarted
     bar.n = bar.last_print_n = bar.initial = done
     bar.refresh()
+
+
+def compiling(folder) -> str:
+    """MLX's CPU back end is compiling kernels (seen in its cache folder): once per machine and shape."""
+    return _(
+        "⏳ O MLX está a compilar kernels para esta máquina (uma vez; ficam em {path}): o primeiro passo demora mais"
+    ).format(path=folder)
+
+
+def compiled(seconds: float) -> str:
+    from farensed.engine.jit import seconds_text
+
+    return _("✓ Kernels compilados; primeiro passo em {duration} (fora do ETA)").format(duration=seconds_text(seconds))
 
 
 def interrupted(signum: int) -> str:

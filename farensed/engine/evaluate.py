@@ -132,7 +132,8 @@ class Evaluator:
         todo = sum(1 for tag in MODELS for e in examples if (tag, e.index) not in done)
         if not todo:
             self.log(_("ℹ  Estes adapters já foram avaliados com estes dados: resultados reutilizados (--force refaz)"))
-        elif done:
+            return self._reuse(examples, done, fingerprint)  # nothing to load: no model, no progress bars
+        if done:
             self.log(
                 _("↻ A retomar a avaliação: {n_done} de {value} já feitas").format(
                     n_done=len(done), value=2 * len(examples)
@@ -251,6 +252,20 @@ class Evaluator:
         ]
         return report
 
+    def _reuse(self, examples: list[Example], done: dict, fingerprint: dict) -> dict:
+        """Every example is scored already: the report on disk when it is these results, else written from them."""
+        try:
+            report = orjson.loads((self.run_dir / REPORT).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            report = None
+        config = report.get("config") if isinstance(report, dict) else None
+        if not isinstance(config, dict) or any(config.get(k) != v for k, v in fingerprint.items()):
+            report = self._report(examples, done, fingerprint)
+            self._write(report)
+        else:
+            self._say(report)
+        return report
+
     def _write(self, report: dict) -> None:
         atomic_write_json(self.run_dir / REPORT, report)
         buf = io.StringIO()
@@ -262,6 +277,9 @@ class Evaluator:
         from farensed.analysis.plots import plot_evaluation
 
         plot_evaluation(report, self.run_dir)
+        self._say(report)
+
+    def _say(self, report: dict) -> None:
         a, b = report["adapters"], report["base"]
         self.log(
             _(

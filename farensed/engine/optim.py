@@ -13,12 +13,19 @@ from farensed.i18n import _
 OPTIMIZER_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adafactor": "Adafactor", "muon": "Muon"}
 
 
-def learning_rate(spec):
-    """A constant learning rate, or mlx-lm's schedule (mlx_lm.tuner.utils.build_schedule) from `lr_schedule`."""
+def learning_rate(spec, check_only: bool = False):
+    """A constant learning rate, or mlx-lm's schedule (mlx_lm.tuner.utils.build_schedule) from `lr_schedule`.
+
+    `check_only`: the same calls on mlx.optimizers' schedulers without importing mlx-lm (whose tuner utilities
+    import transformers, ~1.5 s): what `submit` runs to refuse a wrong schedule at once. tests/test_fast_optim.py
+    checks that it gives mlx-lm's learning rates.
+    """
     if not spec.lr_schedule:
         return spec.learning_rate
-    from mlx_lm.tuner.utils import build_schedule
-
+    if check_only:
+        build_schedule = schedule_without_mlx_lm
+    else:
+        from mlx_lm.tuner.utils import build_schedule
     try:
         return build_schedule(spec.lr_schedule)
     except (TypeError, ValueError, KeyError) as exc:
@@ -27,13 +34,27 @@ def learning_rate(spec):
         ) from None
 
 
-def build_optimizer(spec):
-    """The spec's optimizer with its `optimizer_config` entry passed through, as mlx-lm does."""
+def schedule_without_mlx_lm(config: dict):
+    """mlx_lm.tuner.utils.build_schedule's calls (scheduler, optional linear warmup joined before it), on
+    mlx.optimizers alone."""
+    import mlx.optimizers as optim
+
+    arguments = config["arguments"]
+    schedule = getattr(optim.schedulers, config["name"])(*arguments)
+    if warmup := config.get("warmup", 0):
+        ramp = optim.schedulers.linear_schedule(config.get("warmup_init", 0.0), arguments[0], warmup)
+        return optim.schedulers.join_schedules([ramp, schedule], [warmup + 1])
+    return schedule
+
+
+def build_optimizer(spec, check_only: bool = False):
+    """The spec's optimizer with its `optimizer_config` entry passed through, as mlx-lm does (`check_only`: for
+    submit's check, the schedule built without importing mlx-lm)."""
     import mlx.optimizers as optim
 
     cls = getattr(optim, OPTIMIZER_CLASSES[spec.optimizer])
     kwargs = (spec.optimizer_config or {}).get(spec.optimizer, {})
-    lr = learning_rate(spec)
+    lr = learning_rate(spec, check_only)
     try:
         return cls(learning_rate=lr, **kwargs)
     except TypeError as exc:

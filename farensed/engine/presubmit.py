@@ -1,8 +1,8 @@
 """What `submit` and `run` do with a spec before it is queued or trained, in the user's own process.
 
 A Hub model is brought into the HF cache (with a progress bar), and an `optimizer_config` or `lr_schedule` is built
-once with mlx-lm's own code, so that a wrong argument is one line now rather than a failed job later (mlx is imported
-only for such specs; the daemon never calls this).
+once with mlx.optimizers (mlx-lm's calls, without importing mlx-lm and transformers), so that a wrong argument is one
+line now rather than a failed job later (mlx is imported only for such specs; the daemon never calls this).
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ def prepare(spec_path: Path, ws, say) -> None:
         spec = parse_spec(raw, str(spec_path))
     except SpecError:
         return  # reported, with the same words, by the full validation that follows
+    if spec.report_to:
+        from farensed.engine.reporting import check_installed
+
+        check_installed(spec.report_to, str(spec_path))  # before the job waits in the queue
     if spec.optimizer_config or spec.lr_schedule:
         from farensed.engine.optim import build_optimizer
 
         try:
-            build_optimizer(spec)
+            build_optimizer(spec, check_only=True)  # mlx.optimizers only: no mlx-lm, no transformers
         except SpecError as exc:
             raise SpecError(f"{spec_path}: {exc}") from None

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 
 from farensed.engine.distributed import peer_lost
-from farensed.errors import FarenseError
+from farensed.errors import FarenseError, error_line
 from farensed.storage.exitfile import write_exit_code
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
         code = run_spec(Path(args.spec), args.home)
     except FarenseError as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        print(error_line(exc), file=sys.stderr, flush=True)
         code = exc.exit_code
     except BaseException as exc:  # noqa: BLE001
         traceback.print_exc()

@@ -49,10 +49,12 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
 def _train(spec, ws: Workspace, fresh: bool) -> int:
     """Train (and evaluate when the spec asks) in this process; a full disk is one line, not a traceback."""
     from farensed.engine.diskfull import disk_full_error, is_disk_full
+    from farensed.engine.reporting import reporting_callbacks
     from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
 
+    report = reporting_callbacks(spec, ws.run_dir(spec.name), os.environ.get("MLX_RANK", "0") == "0")
     try:
-        trainer = Trainer(spec, ws, fresh=fresh)
+        trainer = Trainer(spec, ws, fresh=fresh, callbacks=report)
         code = trainer.run()
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):

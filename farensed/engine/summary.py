@@ -64,7 +64,9 @@ def finish_run(
     summary = build_summary(name, records, stop_reason, total_steps, checkpoint_seconds)
     atomic_write_json(run_dir / SUMMARY_NAME, summary)
     stop = summary["steps_run"] if stop_reason == "early_stopping" else None
-    plot_training(records, run_dir / PLOT_NAME, title=f"{name} — loss, val_loss e gap", early_stop_step=stop)
+    plot_training(
+        records, run_dir / PLOT_NAME, title=_("{name} — loss, val_loss e gap").format(name=name), early_stop_step=stop
+    )
     out = ws.output_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     for fname in ("adapters.safetensors", "adapter_config.json"):

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from farensed import EXIT_RESUMABLE
-from farensed.errors import FarenseError
+from farensed.errors import FarenseError, error_line
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_json
 from farensed.storage.exitfile import EXIT_FILE, write_exit_code
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)
         with contextlib.suppress(OSError):  # the log itself may be on the full disk
-            print(f"Error: {exc}", flush=True)
+            print(error_line(exc), flush=True)
     except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
         traceback.print_exc()
         sys.stdout.flush()

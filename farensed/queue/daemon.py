@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from farensed import EXIT_RESUMABLE
 from farensed.errors import FarenseError, QueueError
 from farensed.i18n import _
-from farensed.queue import backoff
+from farensed.queue import backoff, events
 from farensed.queue.adopt import find_child
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.job import Job, JobStatus, now_iso
@@ -29,7 +29,7 @@ from farensed.queue.jobs import Queue
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.mishaps import Mishaps
 from farensed.queue.outcome import ending, failure_line, last_lines
-from farensed.queue.overnight import Overnight
+from farensed.queue.overnight import Overnight, resumes_after_pause
 from farensed.queue.pidfile import daemon_pid, mark_ready, record_daemon
 from farensed.queue.pressure import Action, MemoryGuard
 from farensed.queue.wake import Waker, watch_folder
@@ -132,7 +132,7 @@ class Daemon:
             pid, started = found
             if pid != job.pid:
                 self.queue.update(job.id, pid=pid, pid_create_time=started)
-            self.log(f"job {job.id} ({job.name}): processo {pid} vivo, adotado")
+            self.log(events.adopted(job, pid))
             self.current = Running(
                 job.id, pid, awake=keep_awake(pid, self.log), create_time=started, oom_before=oom_kills()
             )
@@ -140,7 +140,18 @@ class Daemon:
         code = self.queue.read_exit(job.id)
         if code is None:
             kill_orphans(job.pid, str(self.ws.root))  # ranks of a launcher that died with the daemon must not train on
-        self.settle(job.id, code, reason=None if code is not None else _("perdido enquanto o farensed não corria"))
+        reason = None if code is not None else _("perdido enquanto o farensed não corria")
+        self.settle(job.id, code, reason=reason, ended=self._last_written(job.id))
+
+    def _last_written(self, job_id: int) -> str | None:
+        """When a child that ended while no daemon watched last wrote its log: the end of its run time."""
+        import datetime as dt
+
+        try:
+            mtime = self.queue.log_path(job_id).stat().st_mtime
+        except OSError:
+            return None
+        return dt.datetime.fromtimestamp(mtime).astimezone().isoformat(timespec="seconds")
 
     # ---- one job ---------------------------------------------------------------------------------------
     def start(self, job: Job) -> bool:
@@ -150,10 +161,13 @@ class Daemon:
         if exit_file.exists():
             os.replace(exit_file, job_dir / "exit.prev.json")
         fresh = job.fresh and not (job_dir / FRESH_DONE).exists()  # until the child has started over
+        resuming = resumes_after_pause(self.queue, job)  # an overnight stop's resume continues its attempt
+        now = now_iso()
         job = self.queue.claim(
             job.id,
-            attempts=job.attempts + 1,
-            started_at=now_iso(),
+            attempts=job.attempts + (0 if resuming else 1),
+            started_at=now,
+            first_started_at=job.first_started_at or now,
             ended_at=None,
             exit_code=None,
             error=None,
@@ -162,7 +176,7 @@ class Daemon:
         if job is None:
             return False  # cancelled (or held) between the choice and now: the user's decision wins
         log = open(self.queue.log_path(job.id), "ab")
-        log.write(f"\n=== farensed: job {job.id}, tentativa {job.attempts}, {now_iso()} ===\n".encode())
+        log.write(events.attempt_frame(job, resuming, now).encode())
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         popen = subprocess.Popen(
@@ -186,7 +200,7 @@ class Daemon:
         self.current = Running(
             job.id, popen.pid, popen, keep_awake(popen.pid, self.log), create_time=started, oom_before=oom_kills()
         )
-        self.log(f"job {job.id} ({job.name}) iniciado, pid {popen.pid}")
+        self.log(events.started(job, resuming, popen.pid))
         return True
 
     @staticmethod
@@ -197,7 +211,7 @@ class Daemon:
         except OSError:
             pass  # it died already; poll_current settles it
 
-    def settle(self, job_id: int, code: int | None, reason: str | None = None) -> Job:
+    def settle(self, job_id: int, code: int | None, reason: str | None = None, ended: str | None = None) -> Job:
         """Record how a child ended: done, back to pending (resumable or lost), failed or cancelled."""
         job = self.queue.get(job_id)
         failure = None
@@ -205,10 +219,9 @@ class Daemon:
             failure = read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE) or failure_line(
                 last_lines(self.queue.log_path(job_id), 40)
             )
-        changes = ending(job, code, reason, failure, self.recovery_backoff)
+        changes = ending(job, code, reason, failure, self.recovery_backoff, ended)
         job = self.queue.update(job_id, **changes)
-        why = f", {changes['loss_reason']}" if code is None else ""
-        self.log(f"job {job_id} ({job.name}): {job.state} (código {code}, recuperações {job.recoveries}{why})")
+        self.log(events.ended(job, code, changes.get("loss_reason") if code is None else None))
         if job.status.terminal:
             notify("farense", f"job {job_id} ({job.name}): {job.state}")
         return job
@@ -261,10 +274,9 @@ class Daemon:
                         job_id=self.current.job_id, reason=reason
                     )
                 )
-                with open(self.queue.log_path(self.current.job_id), "ab") as fh:
-                    fh.write(
-                        f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode()
-                    )
+                job = self.queue.get(self.current.job_id)
+                with open(self.queue.log_path(job.id), "ab") as fh:
+                    fh.write(events.stop_frame(job.id, job.attempts, now_iso(), reason).encode())
                 self.signal_child(signal.SIGTERM)
         return verdict.may_start
 
@@ -282,7 +294,7 @@ class Daemon:
         self.waker = Waker(self.ws.jobs)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.log(_("farensed a vigiar {inbox} (pid {pid})").format(inbox=self.queue.inbox, pid=os.getpid()))
+        self.log(events.watching(os.getpid(), self.queue.inbox))
         observer = watch_folder(self.queue.inbox, self.waker)
         try:
             self.recover()
@@ -311,11 +323,11 @@ class Daemon:
 
     def _ingest(self) -> None:
         for job in self.queue.ingest_inbox(on_reject=self._rejected):
-            self.log(f"job {job.id} ({job.name}) recebido de jobs/pending/{job.source}")
+            self.log(events.received(job))
 
     def _rejected(self, name: str, reason: str, exc: Exception) -> None:
         """An inbox file moved to jobs/failed/: one line in the log (and the traceback when it was a bug of ours)."""
-        self.log(_("jobs/pending/{file} recusado → jobs/failed/: {reason}").format(file=safe(name, 120), reason=reason))
+        self.log(events.rejected(safe(name, 120), reason))
         if not isinstance(exc, FarenseError):
             self.mishaps.record(exc, f"jobs/pending/{safe(name, 120)}", slow=False)
 
@@ -374,7 +386,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Forward the stop to the child, wait for its checkpoint, leave the job pending."""
         if self.current is None:
-            self.log("farensed parado")
+            self.log(events.stopped(os.getpid()))
             return
         self.log(
             _("a parar: SIGTERM ao job {job_id} (pid {pid}), à espera do checkpoint").format(
@@ -395,4 +407,4 @@ class Daemon:
             )
         else:
             self.log(_("job {job_id} não parou a tempo; o próximo farensed adota-o").format(job_id=self.current.job_id))
-        self.log("farensed parado")
+        self.log(events.stopped(os.getpid()))

@@ -68,11 +68,14 @@ class Job:
     world_size: int = 1
     submitted_at: str = field(default_factory=now_iso)
     source: str | None = None
-    attempts: int = 0
+    attempts: int = 0  # starts of the training child, but a resume after an overnight stop continues its attempt
     recoveries: int = 0
     pid: int | None = None
     pid_create_time: float | None = None
-    started_at: str | None = None
+    started_at: str | None = None  # the latest start of the child
+    first_started_at: str | None = None  # the first start of the first attempt
+    ran_s: float = 0.0  # seconds the child ran, over every start that has ended (pauses and waits not counted)
+    last_ran_s: float | None = None  # seconds of the latest start that has ended
     ended_at: str | None = None
     exit_code: int | None = None
     error: str | None = None
@@ -136,6 +139,16 @@ class Job:
         for key in TIMES:
             if getattr(self, key) is not None:
                 parse_time(getattr(self, key))
+
+
+def seconds_since(stamp: str | None, end: str | None = None) -> float | None:
+    """Seconds from an ISO time to `end` (else now); None when there is no start or it cannot be read."""
+    try:  # aware times (a naive one is local time): a hand-edited job.json may mix both
+        start = parse_time(stamp) if stamp else None
+        stop = parse_time(end) if end else dt.datetime.now().astimezone()
+    except ValueError:
+        return None
+    return None if start is None else max((stop - start).total_seconds(), 0.0)
 
 
 def job_run_dir(ws: Workspace, job: Job) -> Path:

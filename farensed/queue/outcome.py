@@ -9,10 +9,10 @@ from pathlib import Path
 from farensed import EXIT_RESUMABLE
 from farensed.i18n import _
 from farensed.queue import backoff
-from farensed.queue.job import Job, JobStatus, now_iso
+from farensed.queue.job import Job, JobStatus, now_iso, seconds_since
 from farensed.storage.jsonl import tail_lines
 
-FAILURE_RE = re.compile(r"(?:^|\])Error: (.+)$")  # what the child prints for a FarenseError
+FAILURE_RE = re.compile(r"(?:^|\])(?:Error|Erro): (.+)$")  # the child's FarenseError line, in either language
 
 
 def last_lines(path: Path, n: int = 10) -> str:
@@ -34,9 +34,12 @@ def failure_line(text: str) -> str:
     return "\n".join(text.splitlines()[-10:])
 
 
-def ending(job: Job, code: int | None, reason: str | None, failure: str | None, schedule) -> dict:
-    """The changes to a job whose child ended with `code` (None: lost, `reason` says how)."""
+def ending(
+    job: Job, code: int | None, reason: str | None, failure: str | None, schedule, ended: str | None = None
+) -> dict:
+    """The changes to a job whose child ended with `code` (None: lost, `reason` says how) at `ended` (else now)."""
     changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
+    changes.update(ran_time(job, ended))
     if job.held and code == EXIT_RESUMABLE:
         changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)
     if code is None:
@@ -52,6 +55,15 @@ def ending(job: Job, code: int | None, reason: str | None, failure: str | None, 
         error = failure or _("código de saída {code}").format(code=code)
         changes.update(state=JobStatus.FAILED.value, ended_at=now_iso(), error=error)
     return changes
+
+
+def ran_time(job: Job, ended: str | None = None) -> dict:
+    """The time the child just ended ran, added to the job's total (pauses and waits between starts not counted)."""
+    ran = seconds_since(job.started_at, ended)
+    if ran is None:
+        return {}
+    total = job.ran_s if isinstance(job.ran_s, (int, float)) and job.ran_s >= 0 else 0.0
+    return {"last_ran_s": round(ran, 1), "ran_s": round(total + ran, 1)}
 
 
 def _lost(job: Job, loss_reason: str, schedule) -> dict:

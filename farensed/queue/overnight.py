@@ -17,8 +17,9 @@ import signal
 import subprocess
 from collections.abc import Callable
 
+from farensed import EXIT_RESUMABLE
 from farensed.i18n import _
-from farensed.queue import power
+from farensed.queue import events, power
 from farensed.queue.child import CHILD_FILE
 from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
@@ -107,6 +108,16 @@ def pause_history(queue: Queue, job_id: int) -> list[dict]:
     return (_read(queue.job_dir(job_id) / JOB_PAUSE_FILE) or {}).get("history", [])
 
 
+def resumes_after_pause(queue: Queue, job: Job) -> bool:
+    """Whether starting `job` now resumes an attempt that an overnight stop (window, power, queue pause) ended: its
+    child was checkpoint-stopped for it (exit 75), nothing was lost since and no `retry` came in between. Such a
+    resume is not a new attempt."""
+    stopping = (_read(queue.job_dir(job.id) / JOB_PAUSE_FILE) or {}).get("stopping")
+    if not isinstance(stopping, dict) or job.attempts < 1 or job.exit_code != EXIT_RESUMABLE:
+        return False
+    return stopping.get("recoveries", job.recoveries) == job.recoveries
+
+
 def child_ready(job_dir, pid: int) -> bool:
     """True once the child `pid` has recorded itself in child.json: it installs its stop handler before that, so a
     SIGTERM from then on is a checkpoint-stop (or a clean exit 75 before training), never a lost child."""
@@ -165,15 +176,12 @@ class Overnight:
         return lambda job: is_open(windows_of(job_window_text(self.queue, job, default)), now)
 
     def started(self, job: Job) -> None:
-        """A job just started: resuming after an overnight stop is not a new attempt."""
+        """A job just started: its overnight stop, if any, is over (the daemon counted no new attempt for it)."""
         path = self.queue.job_dir(job.id) / JOB_PAUSE_FILE
         record = _read(path)
         if not record or not record.get("stopping"):
             return
-        stopping = record.pop("stopping")
-        job = self.queue.get(job.id)
-        if job.recoveries == stopping.get("recoveries", job.recoveries):  # a lost child is a real recovery
-            self.queue.update(job.id, attempts=max(job.attempts - 1, 1))
+        record.pop("stopping")
         if record.get("history"):
             record["history"][-1]["resumed_at"] = now_iso()
         atomic_write_json(path, record)
@@ -210,7 +218,7 @@ class Overnight:
             _("job {id} ({name}): {reason}; a parar com checkpoint").format(id=job.id, name=job.name, reason=reason)
         )
         with open(self.queue.log_path(job.id), "ab") as fh:
-            fh.write(f"\n=== farensed: {_('{reason}; a parar com checkpoint').format(reason=reason)} ===\n".encode())
+            fh.write(events.stop_frame(job.id, job.attempts, now_iso(), reason).encode())
         self.stop_sent = daemon.current.pid
         daemon.signal_child(signal.SIGTERM)
 

@@ -94,7 +94,32 @@ def install(ws: Workspace) -> str:
         _run(["systemctl", "--user", "enable", "--now", UNIT])
         return _("unidade systemd instalada: {unit_path}").format(unit_path=m.unit_path)
     pid = start_background(ws)
-    return _("sem launchd/systemd utilizável aqui: farensed a correr em segundo plano (pid {pid})").format(pid=pid)
+    return (
+        _(
+            "⚠  Sem launchd nem systemd utilizável aqui: farensed a correr em segundo plano (pid {pid}), mas NÃO volta "
+            "depois de reiniciar a máquina."
+        ).format(pid=pid)
+        + "\n"
+        + persistence_hint(ws)
+    )
+
+
+def persistence_hint(ws: Workspace) -> str:
+    """How to make farensed come back after a reboot where `daemon install` could not use a service manager."""
+    import getpass
+    import shlex
+
+    log = ws.jobs / "farensed.log"
+    cron = (
+        f"@reboot {shlex.quote(sys.executable)} -m farensed.queue.main --home {shlex.quote(str(ws.root))} "
+        f">> {shlex.quote(str(log))} 2>&1"
+    )
+    if sys.platform.startswith("linux") and shutil.which("systemctl"):
+        return _(
+            "Para que volte: loginctl enable-linger {user} (o systemd do utilizador passa a arrancar sem sessão) e "
+            "farensectl daemon install outra vez; ou, no crontab -e: {cron}"
+        ).format(user=getpass.getuser(), cron=cron)
+    return _("Para que volte: no crontab -e, {cron} (ou um serviço do sistema com o mesmo comando)").format(cron=cron)
 
 
 def uninstall(ws: Workspace) -> str:
@@ -225,10 +250,12 @@ def stop(ws: Workspace, timeout: float = 330.0) -> str:
 def status(ws: Workspace) -> dict:
     pid = daemon_pid(ws)
     m = manager()
+    installed = bool(m.unit_path and m.unit_path.exists())
     return {
         "running": pid is not None,
         "pid": pid,
         "manager": m.kind,
-        "installed": bool(m.unit_path and m.unit_path.exists()),
+        "installed": installed,
+        "survives_reboot": installed,  # a background process (manager "process") does not come back
         "home": str(ws.root),
     }

@@ -105,6 +105,8 @@ class JobSpec:
     clear_cache_threshold: int = 0
     fuse: Any = False
     val_batch_size: int | None = None  # None: automatic (engine/data.py: validation_batches)
+    report_to: str | None = None  # mlx-lm's --report-to: "wandb" (engine/reporting.py)
+    project_name: str | None = None  # mlx-lm's --project-name: the W&B project
     # queue keys
     priority: int = 0
     not_before: str | None = None

@@ -41,14 +41,13 @@ MLX_DEFAULTS = {
 RENAMED = {"steps_per_eval": "eval_every", "grad_accumulation_steps": "grad_accumulation"}
 SAME = (
     "model fine_tune_type optimizer optimizer_config seed batch_size iters val_batches learning_rate save_every "
-    "test_batches max_seq_length grad_checkpoint clear_cache_threshold lr_schedule mask_prompt resume_adapter_file"
+    "test_batches max_seq_length grad_checkpoint clear_cache_threshold lr_schedule mask_prompt resume_adapter_file "
+    "report_to project_name"
 ).split()
 # keys whose mlx-lm meaning farense already covers, or that only shape mlx-lm's own console/launch
 ACCEPTED = ("train", "test", "data", "num_layers", "lora_parameters", "adapter_path", "steps_per_report", "config")
 # key -> the only values farense can honour (mlx-lm's defaults), and why
 ONLY = {
-    "report_to": ((None, ""), N_("as métricas ficam em training_metrics.jsonl; wandb/swanlab não são suportados")),
-    "project_name": ((None, ""), N_("só serve a report_to")),
     "trust_remote_code": ((False,), N_("o farense não executa código do repositório do modelo")),
     "training_mode": (("normal",), N_("só o treino supervisionado normal (não DPO/ORPO)")),
 }

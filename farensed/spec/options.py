@@ -110,7 +110,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+REPORT_TO = ("wandb",)  # what engine/reporting.py sends to (mlx-lm's reporting callbacks)
+
+
+def _check_report_to(value: Any, where: str) -> str:
+    """mlx-lm's form: a name or a comma-separated list of names."""
+    if not isinstance(value, str):
+        raise SpecError(_("{where}: deve ser texto, como 'wandb'").format(where=where))
+    for name in [item.strip().lower() for item in value.split(",") if item.strip()]:
+        _choice(REPORT_TO)(name, where)
+    return value
+
+
 CUSTOM = {
+    "report_to": _check_report_to,
     "fine_tune_type": _choice(FINE_TUNE_TYPES),
     "optimizer": _choice(OPTIMIZERS),
     "optimizer_config": _check_optimizer_config,

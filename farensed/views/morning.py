@@ -13,18 +13,20 @@ import re
 import tempfile
 from pathlib import Path
 
-from farensed.analysis.compare import ROWS, column
+from farensed.analysis.compare import ROWS, cell, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
-from farensed.i18n import _
+from farensed.i18n import _, language, ngettext
+from farensed.queue import events
 from farensed.queue.job import Job, job_run_dir, parse_time
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json
 from farensed.views.runref import Run
-from farensed.views.status import duration_s
+from farensed.views.status import duration_s, format_duration, total_duration_s
 
 REPORTS_DIR = "reports"
-EVENT_RE = re.compile(r"^=== farensed: (.*?) ===$")
+REPORT_NAME_RE = re.compile(r"farense-\d{8}-\d{6}\.html")  # the name write_report gives a report
+KEEP_REPORTS = 20  # reports/ keeps the newest ones (FARENSE_KEEP_REPORTS); one is written at every drain
 
 
 def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
@@ -62,12 +64,13 @@ def in_period(job: Job, since: dt.datetime) -> bool:
 
 
 def job_events(queue: Queue, job: Job) -> list[str]:
-    """What farensed wrote into the job's log: each attempt, each stop and why."""
+    """What farensed wrote into the job's log — each attempt, each resume after a pause, each stop and why — said
+    in the reader's language (farensed.queue.events)."""
     try:
         text = queue.log_path(job.id).read_text(errors="replace")
     except OSError:
         return []
-    return [m.group(1) for line in text.splitlines() if (m := EVENT_RE.match(line.strip()))]
+    return [events.describe(fields, human) for fields, human in events.job_events(text)]
 
 
 def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -> list[dict] | None:
@@ -78,12 +81,19 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
     try:
         from farensed.analysis.success import verdicts
     except ImportError:
-        return [{"criterion": k, "passed": None, "text": f"{k}: {v} (sem verificador)"} for k, v in criteria.items()]
+        return [
+            {
+                "criterion": k,
+                "passed": None,
+                "text": _("{criterion}: {value} (sem verificador)").format(criterion=k, value=v),
+            }
+            for k, v in criteria.items()
+        ]
     try:
         chosen = {k: v for k, v in criteria.items() if v is not None}
         return [v.to_dict() for v in verdicts(chosen, records, evaluation)]
     except (TypeError, ValueError, KeyError) as exc:
-        return [{"criterion": "success", "passed": None, "text": f"critérios ilegíveis ({exc})"}]
+        return [{"criterion": "success", "passed": None, "text": _("critérios ilegíveis ({error})").format(error=exc)}]
 
 
 def job_data(queue: Queue, job: Job) -> dict:
@@ -98,6 +108,7 @@ def job_data(queue: Queue, job: Job) -> dict:
         "model": spec.get("model"),
         "max_seq_length": spec.get("max_seq_length"),
         "duration_s": duration_s(job),
+        "total_duration_s": total_duration_s(job),
         "events": job_events(queue, job),
         "pauses": (_read(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
         "analysis": analysis,
@@ -166,11 +177,7 @@ pre.analysis{white-space:pre;overflow-x:auto}ul{padding-left:1.2em}.pass{color:#
 
 
 def _fmt(value, spec: str = ".4f") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "sim" if value else "não"
-    return format(value, spec) if isinstance(value, (int, float)) and spec else str(value)
+    return cell(value, spec)
 
 
 def _table(rows: list[tuple], head: tuple | None = None) -> str:
@@ -182,43 +189,41 @@ def _table(rows: list[tuple], head: tuple | None = None) -> str:
     return "".join(out) + "</table></div>"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, sec = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
-
-
 def _job_html(item: dict, png: bytes | None) -> str:
     esc = html.escape
+    attempts = ngettext("{count} tentativa", "{count} tentativas", item["attempts"]).format(count=item["attempts"])
     parts = [
         f'<section class="job" id="job-{item["id"]}" data-job="{item["id"]}">',
         f'<h2>#{item["id"]} {esc(item["name"])} <span class="state {esc(item["state"])}">{esc(item["state"])}</span>'
         "</h2>",
         _table(
             [
-                ("modelo", item["model"] or "-"),
-                ("tentativas", item["attempts"]),
-                ("recuperações", item["recoveries"]),
-                ("duração (última tentativa)", _duration(item["duration_s"])),
-                ("tempo de treino", _duration((item["summary"] or {}).get("elapsed_s"))),
-                ("pausas", len(item["pauses"])),
-                ("início", (item["started_at"] or "-")[:19]),
-                ("fim", (item["ended_at"] or "-")[:19]),
+                (_("modelo"), item["model"] or "-"),
+                (_("tentativas"), item["attempts"]),
+                (_("recuperações"), item["recoveries"]),
+                (_("duração (total, {attempts})").format(attempts=attempts), format_duration(item["total_duration_s"])),
+                (_("duração (último arranque)"), format_duration(item["duration_s"])),
+                (_("tempo de treino (steps)"), format_duration((item["summary"] or {}).get("elapsed_s"))),
+                (_("pausas"), len(item["pauses"])),
+                (_("primeiro início"), (item.get("first_started_at") or item["started_at"] or "-")[:19]),
+                (_("fim"), (item["ended_at"] or "-")[:19]),
             ]
         ),
     ]
     if item["error"]:
-        parts.append(f"<p><b>motivo:</b></p><pre>{esc(item['error'])}</pre>")
-    reasons = item["events"] + [f"pausa: {p['reason']} ({p['at'][11:19]})" for p in item["pauses"]]
+        parts.append(f"<p><b>{esc(_('motivo:'))}</b></p><pre>{esc(item['error'])}</pre>")
+    reasons = item["events"] + [
+        _("pausa: {reason} ({time})").format(reason=p.get("reason"), time=str(p.get("at", ""))[11:19])
+        for p in item["pauses"]
+    ]
     if reasons:
-        parts.append("<p><b>tentativas, recuperações e pausas:</b></p><ul>")
+        parts.append(f"<p><b>{esc(_('tentativas, recuperações e pausas:'))}</b></p><ul>")
         parts += [f"<li>{esc(r)}</li>" for r in reasons]
         parts.append("</ul>")
     if png:
-        parts.append(_img(png, f"curvas do job {item['id']}", f"curves-{item['id']}"))
+        parts.append(_img(png, _("curvas do job {id}").format(id=item["id"]), f"curves-{item['id']}"))
     else:
-        parts.append("<p>sem métricas</p>")
+        parts.append(f"<p>{esc(_('sem métricas'))}</p>")
     parts.append(f'<pre class="analysis" data-analysis="{item["id"]}">{esc(format_analysis(item["analysis"]))}</pre>')
     if item["evaluation"]:
         ev = item["evaluation"]
@@ -232,7 +237,7 @@ def _job_html(item: dict, png: bytes | None) -> str:
             for label, k in (("F1", "f1_mean"), ("EM", "em_mean"), ("loss", "loss_mean"))
         ]
         parts.append(
-            f'<div data-evaluation="{item["id"]}">' + _table(rows, ("", "adapters", "base", "ganho")) + "</div>"
+            f'<div data-evaluation="{item["id"]}">' + _table(rows, ("", "adapters", "base", _("ganho"))) + "</div>"
         )
     if item["success"]:
         parts.append(f'<ul data-success="{item["id"]}">')
@@ -247,38 +252,54 @@ def _job_html(item: dict, png: bytes | None) -> str:
 def _comparison_html(comparison: dict) -> str:
     cols = comparison["jobs"]
     head = ("", *(f"#{c['id']} {c['name']}" for c in cols))
-    rows = [(_(label), *(_fmt(c.get(key), spec) for c in cols)) for label, key, spec in ROWS if key != "name"]
+    rows = [(_(label), *(cell(c.get(key), spec, key) for c in cols)) for label, key, spec in ROWS if key != "name"]
     return f'<div data-compare="{html.escape(comparison["model"])}"><h3>{html.escape(comparison["model"])}</h3>' + (
         _table(rows, head) + "</div>"
     )
 
 
 def render(data: dict, figures: dict[int, bytes | None]) -> str:
-    """The whole report as one HTML document."""
+    """The whole report as one HTML document, in the reader's language."""
     counts: dict[str, int] = {}
     for item in data["jobs"]:
         counts[item["state"]] = counts.get(item["state"], 0) + 1
     overview = _table(
         [
-            (f"#{i['id']}", i["name"], i["state"], i["attempts"], i["recoveries"], _duration(i["duration_s"]))
+            (
+                f"#{i['id']}",
+                i["name"],
+                i["state"],
+                i["attempts"],
+                i["recoveries"],
+                format_duration(i["total_duration_s"]),
+            )
             for i in data["jobs"]
         ],
-        ("job", "nome", "estado", "tent.", "rec.", "duração"),
+        ("job", _("nome"), _("estado"), _("tent."), _("rec."), _("duração total")),
     )
+    jobs = ngettext("{count} job", "{count} jobs", len(data["jobs"])).format(count=len(data["jobs"]))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    title = _("farense — relatório da manhã")
     body = [
         "<!DOCTYPE html>",
-        '<html lang="pt"><head><meta charset="utf-8">',
+        f'<html lang="{language()}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>farense — relatório {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
-        f"<h1>farense — relatório da manhã</h1><p>{data['generated_at'][:16].replace('T', ' ')} · desde "
-        f"{data['since'][:16].replace('T', ' ')} · {len(data['jobs'])} jobs ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + ")</p>",
+        f"<title>{html.escape(title)} {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p>"
+        + html.escape(
+            _("{generated} · desde {since} · {jobs} ({states})").format(
+                generated=data["generated_at"][:16].replace("T", " "),
+                since=data["since"][:16].replace("T", " "),
+                jobs=jobs,
+                states=states or "-",
+            )
+        )
+        + "</p>",
         overview,
     ]
     body += [_job_html(item, figures.get(item["id"])) for item in data["jobs"]]
     if data["comparisons"]:
-        body.append("<h2>Comparação (V1 vs V2) por modelo</h2>")
+        body.append(f"<h2>{html.escape(_('Comparação (V1 vs V2) por modelo'))}</h2>")
         body += [_comparison_html(c) for c in data["comparisons"]]
     body.append("</body></html>")
     return "\n".join(body)
@@ -288,10 +309,33 @@ def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = N
     """Collect, draw and write the report atomically; return its path (default reports/farense-<time>.html)."""
     data = collect(queue, since)
     figures = {item["id"]: curves_png(queue, queue.get(item["id"])) for item in data["jobs"]}
-    if output is None:
+    default = output is None
+    if default:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = queue.ws.root / REPORTS_DIR / f"farense-{stamp}.html"
     path = queue.ws.resolve(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, render(data, figures).encode())
+    if default:
+        prune_reports(path.parent, keep_reports())
     return path
+
+
+def keep_reports() -> int:
+    """How many reports reports/ keeps: $FARENSE_KEEP_REPORTS (at least 1), else KEEP_REPORTS."""
+    import os
+
+    try:
+        return max(int(os.environ.get("FARENSE_KEEP_REPORTS", KEEP_REPORTS)), 1)
+    except ValueError:
+        return KEEP_REPORTS
+
+
+def prune_reports(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` reports farense named itself (a file named by `--output` is never touched).
+    A report is a view of files farense keeps (jobs/, the run folders): `farensectl report --since` draws it again."""
+    reports = sorted(p for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name) and p.is_file())
+    old = reports[: max(len(reports) - keep, 0)]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 
 import orjson
@@ -10,8 +9,9 @@ import orjson
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
+from farensed.errors import ERROR_PREFIXES
 from farensed.i18n import _
-from farensed.queue.job import Job, JobStatus, job_run_dir, parse_time
+from farensed.queue.job import Job, JobStatus, job_run_dir, seconds_since
 from farensed.queue.jobs import Queue
 from farensed.queue.pidfile import daemon_pid
 from farensed.storage.atomic import read_json
@@ -44,13 +44,31 @@ def _num(value) -> float | None:
 
 
 def duration_s(job: Job) -> float | None:
-    if not job.started_at:
-        return None
-    try:
-        end = parse_time(job.ended_at) if job.ended_at else dt.datetime.now().astimezone()
-        return (end - parse_time(job.started_at)).total_seconds()
-    except ValueError:
-        return None
+    """Seconds of the child's latest start: until now while it runs, else as long as that start ran."""
+    if job.status is JobStatus.RUNNING:
+        return seconds_since(job.started_at)
+    if isinstance(job.last_ran_s, (int, float)):
+        return float(job.last_ran_s)
+    return seconds_since(job.started_at, job.ended_at) if job.ended_at else None  # a job from before last_ran_s
+
+
+def format_duration(seconds: float | None) -> str:
+    """`7m05s`, `2h03m`; `-` for none."""
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
+
+
+def total_duration_s(job: Job) -> float | None:
+    """Seconds the child ran over all attempts (and resumes), the one running now included; pauses and waits
+    between starts are not counted."""
+    total = float(job.ran_s) if isinstance(job.ran_s, (int, float)) and job.ran_s > 0 else 0.0
+    if job.status is JobStatus.RUNNING:
+        total += seconds_since(job.started_at) or 0.0
+    elif not total and not isinstance(job.last_ran_s, (int, float)):
+        return duration_s(job)  # a job from before ran_s: its last start is all that is known
+    return total if job.started_at or total else None
 
 
 def progress(queue: Queue, job: Job) -> dict:
@@ -122,8 +140,11 @@ def row(queue: Queue, job: Job) -> dict:
         "best_val_loss": p["best_val_loss"],
         "band": p["band"],
         "recoveries": job.recoveries,
+        "attempts": job.attempts,
         "started_at": job.started_at,
+        "first_started_at": job.first_started_at or job.started_at,
         "duration_s": duration_s(job),
+        "total_duration_s": total_duration_s(job),
         "priority": job.priority,
         "world_size": job.world_size,
         "held": job.held,
@@ -145,6 +166,7 @@ def full_status(queue: Queue, job: Job) -> dict:
         "daemon_running": daemon_running,
         "note": stale_note(job, daemon_running),
         "duration_s": duration_s(job),
+        "total_duration_s": total_duration_s(job),
         "progress": progress(queue, job),
         "run_dir": str(run_dir),
         "output_dir": str(output) if output else None,
@@ -171,8 +193,8 @@ def error_reason(error: str | None) -> str | None:
     if not error:
         return None
     lines = [line.strip() for line in error.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    return (errors[-1].removeprefix("Error:").strip() if errors else lines[-1]) if lines else None
+    errors = [line for line in lines if line.startswith(ERROR_PREFIXES)]
+    return (errors[-1].split(":", 1)[1].strip() if errors else lines[-1]) if lines else None
 
 
 def run_status(run) -> dict:
