@@ -20,7 +20,7 @@ def unknown_key(key: str, known: list[str], where: str) -> SpecError:
     hint = (
         _(" (quis dizer '{key}'?)").format(key=close[0])
         if close
-        else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
+        else _(" (chaves válidas: {keys})").format(keys=safe(", ".join(known), 300))  # one short line, however many
     )
     return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
