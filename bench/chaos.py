@@ -2,10 +2,14 @@
 
 Submits rounds of 6 jobs (priorities, an `after` chain, one cancelled midway) and, for N minutes, kills at random
 moments: kill -9 of the daemon, kill -9 of the training child, SIGTERM of either, two SIGTERMs to the daemon;
-the daemon is restarted after each. Then it lets the queue drain and checks: every job ended exactly once in the
-state it should (daemon logs and attempt log), each finished job's adapters tensor-identical to an uninterrupted
-reference, no orphan processes, no temp files, and — from a watcher sampling processes all along — never two
-trainers at once. `--write-results` puts the figures into bench/RESULTS.md.
+the daemon is restarted after each. With every kill a poison file (tests/hostile.py: deep nesting, alias bombs,
+`!!binary`, integer keys, duplicate keys, a year-9999 `not_before`, escape sequences, garbage bytes…) lands in
+jobs/pending/. Then it lets the queue drain and checks: every job ended exactly once in the state it should (daemon
+logs and attempt log), each finished job's adapters tensor-identical to an uninterrupted reference, every poison
+file refused into jobs/failed/ with its reason and a line in the daemon's log (and none became a job), no daemon
+exit it did not cause, no orphan processes, no temp files, and — from a watcher sampling processes all along —
+never two trainers at once and never two morning reports at once. `--write-results` puts the figures into
+bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import orjson
 import psutil
 
 from bench.chaos_watch import Watcher
+from tests.hostile import POISON, drop
 
 REPO = Path(__file__).resolve().parents[1]
 # Two configurations (the name does not enter the computation: jobs of one config end with the same tensors).
@@ -101,6 +106,8 @@ class Soak:
     expected: dict[int, tuple[str, str]] = field(default_factory=dict)  # job id → (config, expected state)
     cancel_target: int | None = None
     cancelled_directly: set = field(default_factory=set)  # cancelled while pending: no daemon ever ended them
+    poison: list[str] = field(default_factory=list)  # files dropped into jobs/pending/ that must be refused
+    unexpected_exits: int = 0  # daemon exits the soak did not cause
 
     def queue(self):
         from farensed.queue.jobs import Queue
@@ -116,11 +123,19 @@ class Soak:
         cmd += ["--rescan", "1", "--recovery-backoff", "0.5,1,2", "--stop-timeout", "60"]
         self.daemon = subprocess.Popen(cmd, stdout=open(path, "wb"), stderr=subprocess.STDOUT, env=env())
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "a vigiar" not in path.read_text(errors="replace"):
+        while time.monotonic() < deadline and not self._ready(self.daemon.pid):  # whatever the log's language
             if self.daemon.poll() is not None:  # e.g. the previous one still held the queue: try again
                 time.sleep(0.2)
                 return self.start_daemon()
             time.sleep(0.02)
+
+    def _ready(self, pid: int) -> bool:
+        """The daemon `pid` serves the queue: it recovered its jobs and read jobs/pending/ once (daemon.pid)."""
+        from farensed.queue.pidfile import daemon_info
+        from farensed.storage.workspace import Workspace
+
+        info = daemon_info(Workspace(self.root)) or {}
+        return info.get("pid") == pid and bool(info.get("ready_at"))
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 120) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -167,7 +182,14 @@ class Soak:
         return None
 
     # ---- chaos ------------------------------------------------------------------------------------------
+    def drop_poison(self, rng: random.Random) -> None:
+        name = rng.choice(sorted(POISON))
+        target = f"p{len(self.poison):03d}-{name}"
+        drop(self.root / "jobs" / "pending", target, POISON[name])
+        self.poison.append(target)
+
     def strike(self, rng: random.Random) -> None:
+        self.drop_poison(rng)
         action = rng.choice(ACTIONS)
         child = self.child()
         if action.endswith("child") and child is None:
@@ -204,6 +226,10 @@ class Soak:
         next_strike = tic + rng.uniform(*interval)
         while time.monotonic() - tic < self.minutes * 60:
             self.maybe_cancel()
+            if self.daemon.poll() is not None:  # not killed by us: a poison file or a bug must never do this
+                self.unexpected_exits += 1
+                self.log(f"{time.strftime('%H:%M:%S')} daemon exited by itself (code {self.daemon.returncode})")
+                self.start_daemon()
             if self.all_ended():
                 rounds += 1
                 self.submit_round(rounds)
@@ -231,6 +257,9 @@ class Soak:
         # the daemon's lifecycle lines: fixed fields before ` · ` (farensed/queue/events.py), whatever the language
         ends = re.findall(r"job=(\d+) event=ended state=(done|failed|cancelled) ", logs)
         for job in self.queue().jobs():
+            if job.id not in self.expected:
+                problems.append(f"job {job.id} ({job.name}) came from a poison file: {job.source}")
+                continue
             config, want = self.expected[job.id]
             n_ends = sum(1 for i, _ in ends if int(i) == job.id) + (job.id in self.cancelled_directly)
             finished_first = want == "cancelled" and job.state == "done" and job.exit_code == 0  # cancel came late
@@ -246,6 +275,10 @@ class Soak:
             # the header skips a number: an attempt without a child, never a second one).
             if tries != sorted(set(tries)) or (tries[-1:] or [0])[0] != job.attempts:
                 problems.append(f"job {job.id}: attempt log {tries} ≠ 1..{job.attempts}")
+        problems += self.verify_poison(logs)
+        problems += [f"{self.unexpected_exits} daemon exits the soak did not cause"] if self.unexpected_exits else []
+        if watcher.max_reports > 1:
+            problems.append(f"{watcher.max_reports} morning reports at once")
         divergences, compared = self.compare_adapters()
         problems += divergences
         leftovers = [p for p in self.root.rglob("*") if ".tmp-" in p.name]
@@ -271,12 +304,30 @@ class Soak:
             "recoveries": sum(j.recoveries for j in jobs),
             "adapters_compared": compared,
             "divergences": len(divergences),
+            "poison_files": len(self.poison),
+            "poison_refused": sum((self.root / "jobs" / "failed" / f"{n}.reason.txt").is_file() for n in self.poison),
+            "unexpected_daemon_exits": self.unexpected_exits,
+            "max_reports_at_once": watcher.max_reports,
             "max_trainers_at_once": watcher.max_trainers,
             "watcher_samples": watcher.samples,
             "orphans": len(orphans),
             "temp_files": len(leftovers),
             "problems": problems,
         }
+
+    def verify_poison(self, logs: str) -> list[str]:
+        """Every poison file in jobs/failed/ with a one-line reason, and named in a daemon's log."""
+        problems = []
+        failed = self.root / "jobs" / "failed"
+        for name in self.poison:
+            reason = failed / f"{name}.reason.txt"
+            if not (failed / name).exists() or not reason.is_file():
+                problems.append(f"poison file {name} not set aside in jobs/failed/")
+            elif reason.read_text().count("\n") != 1 or len(reason.read_text()) > 301:
+                problems.append(f"poison file {name}: reason not one short line")
+            if f"jobs/pending/{name} " not in logs:  # `… recusado → jobs/failed/: …` (or its translation)
+                problems.append(f"poison file {name}: no line in the daemon's log")
+        return problems
 
     def _job_log(self, job_id: int) -> str:
         path = self.root / "jobs" / str(job_id) / "log"
@@ -342,10 +393,14 @@ def write_results(figures: dict) -> None:
         f"Date: {dt.date.today()}, seed {figures.get('seed', 0)}. {figures['kills_total']} kills survived "
         f"(kill -9 daemon {k['kill9-daemon']}, kill -9 child {k['kill9-child']}, SIGTERM daemon "
         f"{k['sigterm-daemon']}, two SIGTERMs to the daemon {k['double-sigterm-daemon']}, SIGTERM child "
-        f"{k['sigterm-child']}); {figures['daemons_started']} daemons started. Machine: {machine()}.\n"
+        f"{k['sigterm-child']}); {figures['daemons_started']} daemons started. With each kill a poison file in "
+        f"jobs/pending/ (tests/hostile.py): {figures['poison_files']} dropped, {figures['poison_refused']} set aside "
+        f"in jobs/failed/ with their reason, {figures['unexpected_daemon_exits']} daemon exits not caused by a kill, "
+        f"at most {figures['max_reports_at_once']} morning report at once. Machine: {machine()}.\n"
         f"Problems found: {len(figures['problems'])} (each job ended exactly once in the daemon logs, in its expected "
         "state, attempt log increasing; done jobs' adapters equal, tensor for tensor, to an uninterrupted run of "
-        "the same configuration; a watcher sampled the workspace's processes all along).\n\n"
+        "the same configuration; every poison file refused, logged, never a job; a watcher sampled the workspace's "
+        "processes all along).\n\n"
         "| jobs | done | cancelled | attempts | recoveries | adapters compared | divergences | "
         "max trainers at once | orphans | temp files |\n|---|---|---|---|---|---|---|---|---|---|\n"
         f"| {figures['jobs']} | {figures['done']} | {figures['cancelled']} | {figures['attempts']} | "
@@ -355,7 +410,7 @@ def write_results(figures: dict) -> None:
     )
     if RESULTS_START in text:
         head, rest = text.split(RESULTS_START, 1)
-        text = head + section + rest.split(RESULTS_END, 1)[1].lstrip("\n")
+        text = head + section + "\n" + rest.split(RESULTS_END, 1)[1].lstrip("\n")
     else:
         head, sep, tail = text.partition("<!-- table -->")
         text = head + section + "\n" + sep + tail

@@ -17,15 +17,21 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = str(root), interval
         self.max_trainers, self.samples, self.violations = 0, 0, []
+        self.max_reports = 0  # morning reports (`farensectl report --notify`) of this workspace alive at once
         self.started: set[tuple[int, float]] = set()
         self.stop_event = threading.Event()
 
     def _children(self) -> list[psutil.Process]:
-        found = []
+        found, reports = [], 0
         for proc in psutil.process_iter(["cmdline", "status"]):
             cmd = proc.info["cmdline"] or []
-            if "farensed.queue.child" in cmd and self.root in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if self.root not in cmd or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if "farensed.queue.child" in cmd:
                 found.append(proc)
+            elif "report" in cmd and "--notify" in cmd:
+                reports += 1
+        self.max_reports = max(self.max_reports, reports)
         return found
 
     def _is_trainer(self, proc: psutil.Process, cmd: list[str]) -> bool:

@@ -15,11 +15,19 @@ class FarenseGroup(click.Group):
     code."""
 
     def invoke(self, ctx):
+        from farensed.terminal import safe
+
         try:
             return super().invoke(ctx)
         except FarenseError as exc:
-            click.echo(error_line(exc), err=True)
+            click.echo(safe(error_line(exc), 2000), err=True)  # a value from a user's file never reaches it raw
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a file the command needs cannot be read or written: one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 2000), err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from farensed.cli.app import cli, print_json, workspace
 from farensed.i18n import _
+
+NOT_RUNNING = 3  # LSB: "program is not running"
 
 
 @cli.group()
@@ -37,7 +41,10 @@ def stop():
 @daemon.command(name="status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def daemon_status(as_json):
-    """Is farensed running, with which pid and service manager."""
+    """Is farensed running, with which pid and service manager.
+
+    Exit code 0 when farensed is running, 3 when it is not (as LSB init scripts' `status`).
+    """
     from farensed.queue import service
 
     info = service.status(workspace())
@@ -55,6 +62,8 @@ def daemon_status(as_json):
 
             click.echo(_("⚠  Sem gestor de serviços aqui: farensed não volta depois de reiniciar a máquina."))
             click.echo(persistence_hint(workspace()))
+    if not info["running"]:
+        sys.exit(NOT_RUNNING)
 
 
 @daemon.command()

@@ -11,6 +11,7 @@ from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import N_, _, ngettext
 from farensed.queue.job import JobStatus
+from farensed.terminal import safe
 
 # `status`'s lines: the JSON key (fixed) -> its label on screen (translated)
 STATUS_LABELS = {
@@ -75,7 +76,12 @@ def status(ref, as_json):
     p = info["progress"]
     for key, label in STATUS_LABELS.items():
         if info.get(key) not in (None, [], ""):
-            click.echo(f"{_(label) + ':':<14}{status_value(info[key])}")
+            value = status_value(info[key])
+            if key == "pid" and info.get("pid_alive") is False:
+                value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
+            click.echo(f"{_(label) + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
+    if info.get("note"):
+        click.echo(f"{_('nota:'):<14}{info['note']}")
     if info.get("total_duration_s") is not None:
         from farensed.views.status import format_duration
 
@@ -105,11 +111,11 @@ def status(ref, as_json):
             ).format(
                 step=p["step"],
                 total_steps=p["total_steps"] or "?",
-                epoch=p["epoch"] + 1,
+                epoch=p["epoch"] + 1 if p["epoch"] is not None else "?",
                 loss=fmt_number(p["loss"]),
                 val_loss=fmt_number(p["val_loss"]),
                 best=fmt_number(p["best_val_loss"]),
-                band=band_label(p["band"]),
+                band=safe(band_label(p["band"]), 20),
             )
         )
     if (adapters := info.get("adapters")) and "error" not in adapters:
@@ -126,10 +132,10 @@ def status(ref, as_json):
             )
         )
     if info.get("reason"):
-        click.echo(f"{_('erro:'):<14}{info['reason']}")
+        click.echo(f"{_('erro:'):<14}{safe(info['reason'], 400)}")
         click.echo(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
     elif info.get("error"):
-        click.echo(f"{_('nota:'):<14}{info['error']}")
+        click.echo(f"{_('nota:'):<14}{safe(info['error'], 400)}")
 
 
 @cli.command()
@@ -169,11 +175,15 @@ def tail(ref, lines, follow, refresh):
     if job is not None:
         click.echo(
             _("job {id} ({name}): {state}, recuperações {recoveries}, hosts {world_size}").format(
-                id=job.id, name=job.name, state=job.state, recoveries=job.recoveries, world_size=job.world_size
+                id=job.id,
+                name=safe(job.name, 80),
+                state=job.state,
+                recoveries=job.recoveries,
+                world_size=job.world_size,
             )
         )
     else:
-        click.echo(run.heading())
+        click.echo(safe(run.heading(), 400))
     for record, best in zip(records[start:], bests[start:]):
         click.echo(record_line(record, best, first))
     if not follow:
@@ -182,7 +192,7 @@ def tail(ref, lines, follow, refresh):
 
             click.echo(
                 _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
-                    error_reason=error_reason(job.error), id=job.id
+                    error_reason=safe(error_reason(job.error), 400), id=job.id
                 )
             )
         return
@@ -231,7 +241,7 @@ def gap(ref, as_json):
     if as_json:
         print_json(report)
     else:
-        click.echo(run.heading())
+        click.echo(safe(run.heading(), 400))
         click.echo(format_analysis(report, per_validation=True))
 
 
@@ -248,15 +258,18 @@ def logs(ref, lines):
     """
     from farensed.errors import QueueError
     from farensed.storage.jsonl import tail_lines
+    from farensed.storage.regular import read_regular
+    from farensed.terminal import terminal_text
 
     run = resolve_run(ref)
     if run.job is None:
         raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
     path = run.queue.log_path(run.job.id)
+    # colours pass; any other escape sequence (window title, clipboard write, cursor moves) never reaches the terminal
     if lines:
-        click.echo(b"\n".join(tail_lines(path, lines)).decode(errors="replace"))
+        click.echo(terminal_text(b"\n".join(tail_lines(path, lines)).decode(errors="replace")))
     else:
-        click.echo(path.read_text(errors="replace") if path.exists() else "", nl=False)
+        click.echo(terminal_text(read_regular(path).decode(errors="replace")) if path.exists() else "", nl=False)
 
 
 @cli.command()
@@ -287,7 +300,7 @@ def compare(refs, as_json):
 
     rows = [(_(label), key, spec) for label, key, spec in ROWS]
     w = max([22] + [len(c["label"]) + 2 for c in cols])
-    click.echo(f"{'':<18}" + "".join(f"{c['label']:>{w}}" for c in cols))
+    click.echo(f"{'':<18}" + "".join(f"{safe(c['label'], w - 1):>{w}}" for c in cols))
     for label, key, spec in rows:
         cells = [cell(c[key], spec, key) for c in cols]
         click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))

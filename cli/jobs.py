@@ -11,6 +11,7 @@ import click
 from farensed.cli.app import cli, colour_band, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
 from farensed.queue.job import JobStatus
+from farensed.terminal import safe
 
 
 def _final(q, job) -> int:
@@ -20,11 +21,11 @@ def _final(q, job) -> int:
     from farensed.views.status import error_reason, gap_report, job_exit_code
 
     job = q.get(job.id)
-    click.echo(f"\njob {job.id} ({job.name}): {job.state}")
+    click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {job.state}")
     if job.status is JobStatus.FAILED:
         click.echo(
             _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
-                error_reason=error_reason(job.error), id=job.id
+                error_reason=safe(error_reason(job.error), 400), id=job.id
             )
         )
     else:
@@ -116,20 +117,33 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
 def list_jobs(as_json):
     """List jobs: id, name, state, step/total, best val_loss, gap band, recoveries.
 
+    Below the table: files refused from jobs/pending/ (still in jobs/failed/), and whether farensed runs.
+    --json prints {"jobs": [...], "rejected": [...], "farensed": {"running", "pid"}}.
+
     \b
     Example:
-      farensectl list --json | jq '.[] | select(.state == "running")'
+      farensectl list --json | jq '.jobs[] | select(.state == "running")'
     """
     from farensed.analysis.gap import band_label
-    from farensed.views.status import format_duration, row
+    from farensed.queue.pidfile import daemon_pid
+    from farensed.views.status import format_duration, row, stale_note
 
     q = queue()
-    rows = [row(q, job) for job in q.jobs()]
+    jobs = q.jobs()
+    rows = [row(q, job) for job in jobs]
     from farensed.cli.overnight import annotate
 
     overnight = annotate(q, rows)  # adds pause and ETA to each row; the lines under the table
+    pid = daemon_pid(q.ws)
+    rejected = q.rejected()
     if as_json:
-        print_json(rows)
+        print_json(
+            {
+                "jobs": rows,
+                "rejected": [r.to_dict() for r in rejected],
+                "farensed": {"running": pid is not None, "pid": pid},
+            }
+        )
         return
     click.echo(
         f"{'id':>4}  {_('nome'):<28} {_('estado'):<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
@@ -140,14 +154,39 @@ def list_jobs(as_json):
         total = r["total_duration_s"]
         dur = format_duration(total)
         epoch = str(r["epoch"] + 1) if r["epoch"] is not None else "-"
-        band = colour_band(f"{band_label(r['band']):<9}", r["band"])
+        band = colour_band(f"{safe(band_label(r['band']), 9):<9}", r["band"])
         click.echo(
-            f"{r['id']:>4}  {r['name'][:28]:<28} {r['state']:<9} {step:>11} {epoch:>5} "
+            f"{r['id']:>4}  {safe(r['name'], 28):<28} {r['state']:<9} {step:>11} {epoch:>5} "
             f"{fmt_number(r['best_val_loss']):>10} {band} {r['recoveries']:>3}  "
-            f"{(r['first_started_at'] or '-')[:19]:<19} {dur:>11}"
+            f"{safe((r['first_started_at'] or '-')[:19], 19):<19} {dur:>11}"
         )
+    for job in jobs:
+        if note := stale_note(job, pid is not None):
+            click.echo(f"{job.id:>4}  {note}")
     for line in overnight:
         click.echo(line)
+    _list_rejected(q, rejected)
+    if pid is None:
+        click.echo(_("farensed não está a correr: a fila não avança (farensectl daemon start)"), err=True)
+
+
+def _list_rejected(q, rejected, shown: int = 10) -> None:
+    """The files refused from jobs/pending/ that still wait in jobs/failed/, and what to do with them."""
+    if not rejected:
+        return
+    from farensed.queue.inbox import count_rejected
+
+    total = count_rejected(q.failed_inbox)
+    click.echo(
+        _(
+            "jobs/failed/ tem ficheiros recusados (total: {count}); corrija cada um e mova-o de volta para "
+            "jobs/pending/, ou apague-o com o seu .reason.txt:"
+        ).format(count=total)
+    )
+    for item in rejected[:shown]:
+        click.echo(f"  {item.name}: {item.reason}")
+    if total > shown:
+        click.echo(_("  … e mais {count}").format(count=total - shown))
 
 
 @cli.command()

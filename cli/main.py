@@ -7,6 +7,9 @@ from farensed.cli.app import cli
 
 
 def main() -> None:
+    from farensed.storage.workspace import private_by_default
+
+    private_by_default()
     cli(prog_name="farensectl")
 
 

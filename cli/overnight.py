@@ -93,7 +93,13 @@ def pause_line(q, job) -> str | None:
 @click.option("--open", "open_", is_flag=True, help="Open it in the browser.")
 @click.option("--notify", is_flag=True, help="Send a desktop notification when written (what farensed does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's data as one JSON document.")
-def report(since, output, open_, notify, as_json):
+@click.option(
+    "--time-limit",
+    type=click.IntRange(min=1),
+    hidden=True,
+    help="Give up after this many seconds (what farensed uses).",
+)
+def report(since, output, open_, notify, as_json, time_limit):
     """The morning report: one self-contained HTML file (images inline) for every job of the period.
 
     \b
@@ -102,6 +108,10 @@ def report(since, output, open_, notify, as_json):
     """
     from farensed.views.morning import collect, parse_since, write_report
 
+    if time_limit:
+        import signal
+
+        signal.alarm(time_limit)  # SIGALRM's default action ends this process: a report never runs for hours
     q = queue()
     start = parse_since(since)
     if as_json:

@@ -138,11 +138,12 @@ def test_empty_queue_defaults(spec_workspace):
     result = invoke(spec_workspace, "status")
     assert result.exit_code == 4 and "não há jobs na fila" in result.output
     assert invoke(spec_workspace, "list").exit_code == 0
-    assert orjson.loads(invoke(spec_workspace, "list", "--json").stdout) == []
+    listed = orjson.loads(invoke(spec_workspace, "list", "--json").stdout)
+    assert listed["jobs"] == [] and listed["rejected"] == [] and listed["farensed"]["running"] is False
 
 
 def test_list_status_and_gap_of_finished_jobs(done_ws):
-    rows = orjson.loads(invoke(done_ws, "list", "--json").stdout)
+    rows = orjson.loads(invoke(done_ws, "list", "--json").stdout)["jobs"]
     assert [(r["id"], r["name"], r["state"]) for r in rows] == [(1, "v1", "done"), (2, "v2", "done")]
     assert all(r["step"] == r["total_steps"] == 40 and r["best_val_loss"] > 0 for r in rows)
     text = invoke(done_ws, "list").output

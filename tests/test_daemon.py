@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import plistlib
@@ -193,7 +194,8 @@ def test_crashing_child_fails_with_last_log_lines_and_retry_resumes(workspace):
 
 def test_dependencies_and_not_before(workspace):
     first = submit(workspace, spec_with(name="first", epochs=1))
-    later = submit(workspace, spec_with(name="later", epochs=1), not_before="2999-01-01T00:00:00+00:00")
+    in_a_year = (dt.datetime.now().astimezone() + dt.timedelta(days=365)).isoformat(timespec="seconds")
+    later = submit(workspace, spec_with(name="later", epochs=1), not_before=in_a_year)  # (at most 3 years ahead)
     dependent = submit(workspace, spec_with(name="dep", epochs=1), after=[first])
     queue(workspace).cancel(first)
     assert run_burst(workspace).returncode == 0
@@ -225,7 +227,7 @@ def test_service_files_parse_and_render_with_absolute_paths(workspace):
     assert rendered["ProgramArguments"][0] == sys.executable
     assert rendered["ProgramArguments"][-1] == str(workspace) and rendered["ExitTimeOut"] >= 300
     unit = render("farensed.service", Workspace(workspace))
-    assert f"ExecStart={sys.executable} -m farensed.queue.main --home {workspace}" in unit
+    assert f'ExecStart="{sys.executable}" "-m" "farensed.queue.main" "--home" "{workspace}"' in unit  # quoted
     assert "TimeoutStopSec=330" in unit and "KillMode=process" in unit
     if shutil.which("systemd-analyze"):
         path = workspace / "farensed.service"

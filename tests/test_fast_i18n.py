@@ -168,12 +168,12 @@ def test_console_in_portuguese_as_the_seed(monkeypatch):
         (
             "en",
             "spec: unknown key 'lerning_rate' (did you mean 'learning_rate'?)",
-            'spec: batch_size: must be an integer, not "4"',
+            "spec: batch_size: must be an integer, not '4'",
         ),
         (
             "pt",
             "spec: chave desconhecida 'lerning_rate' (quis dizer 'learning_rate'?)",
-            'spec: batch_size: deve ser inteiro, não "4"',
+            "spec: batch_size: deve ser inteiro, não '4'",
         ),
     ],
 )

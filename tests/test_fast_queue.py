@@ -358,7 +358,7 @@ def test_unreadable_job_json_fails_that_job_only_and_list_carries_on(q, ws, dama
     assert len(kept) == 1 and kept[0].read_bytes() == damage
     assert jobs[0].name == "bad"  # from its spec.json
     listed = CliRunner().invoke(cli, ["--home", str(ws.root), "list", "--json"])
-    assert listed.exit_code == 0 and [r["state"] for r in orjson.loads(listed.output)] == ["failed", "pending"]
+    assert listed.exit_code == 0 and [r["state"] for r in orjson.loads(listed.output)["jobs"]] == ["failed", "pending"]
     assert q.next_runnable().id == good.id
     assert q.retry(bad.id).state == "pending"
 

@@ -148,7 +148,7 @@ def test_the_readme_day_in_english_says_nothing_in_portuguese(workspace, english
     finally:
         say("daemon", "stop")
     seen.append(("farensed.log", (workspace / "jobs" / "farensed.log").read_text()))
-    jobs = {j["name"]: j for j in orjson.loads(say("list", "--json", shown=False))}
+    jobs = {j["name"]: j for j in orjson.loads(say("list", "--json", shown=False))["jobs"]}
     assert jobs["v1"]["state"] == jobs["v2"]["state"] == "done" and jobs["v2"]["attempts"] == 1
     assert f"job={second} event=ended state=done exit_code=0 recoveries=0 · " in seen[-1][1]  # farensed.log
     if dump := os.environ.get("FARENSE_NEWCOMER_DUMP"):  # to read the day by eye

@@ -180,13 +180,13 @@ def test_queue_eta_from_measured_step_times_windows_and_unknowns(workspace, refe
     night = f"{opens:%H:%M}-{opens + dt.timedelta(hours=1):%H:%M}"
     submit(root, spec_with(name="u", window=night))  # never ran: same model and length as "t"
     other = submit(root, spec_with(name="v", max_seq_length=64))  # no run of this length: unknown
-    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))}
+    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))["jobs"]}
     assert rows["u"]["pause"] == f"em pausa até {format_clock(opens)}"
     assert rows["v"]["eta_start"] is not None and rows["v"]["eta_end"] is None  # starts now, runs for '?'
     assert rows["u"]["eta_start"] is None  # after a job of unknown length
     assert "fila termina às ?" in farensectl(root, "list")
     queue(root).cancel(other)
-    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))}
+    rows = {r["name"]: r for r in orjson.loads(farensectl(root, "list", "--json"))["jobs"]}
     start, end = (dt.datetime.fromisoformat(rows["u"][k]) for k in ("eta_start", "eta_end"))
     per_step = orjson.loads((reference_run / "checkpoints_qlora/t/training_summary.json").read_bytes())["step_s_mean"]
     assert start == opens and abs((end - start).total_seconds() - 80 * per_step) < 1

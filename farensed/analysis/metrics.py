@@ -79,10 +79,16 @@ class MetricsLog:
 
 
 def read_all(folder: Path) -> list[dict]:
-    """Every record, from the .jsonl (skipping a torn last line)."""
-    return read_jsonl(Path(folder) / JSONL_NAME)
+    """Every record, from the .jsonl (skipping a torn last line); [] when it cannot be read (absent, not a file)."""
+    try:
+        return read_jsonl(Path(folder) / JSONL_NAME)
+    except OSError:
+        return []
 
 
 def read_last(folder: Path, n: int) -> list[dict]:
     """The last `n` records, reading the .jsonl backwards (cost independent of the file's length)."""
-    return parse_lines(tail_lines(Path(folder) / JSONL_NAME, n + 1))[-n:] if n > 0 else []
+    try:
+        return parse_lines(tail_lines(Path(folder) / JSONL_NAME, n + 1))[-n:] if n > 0 else []
+    except OSError:
+        return []

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from farensed.i18n import N_, _
+from farensed.terminal import safe
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 ICONS = {OK: "✅", WARN: "⚠ ", FAIL: "❌", INFO: "ℹ "}
@@ -48,7 +49,7 @@ def format_check(check: Check) -> str:
     """`✅ label: detail` (+ `→ fix`), one line, in the chosen language."""
     name = _(LABELS[check.name]) if check.name in LABELS else check.name  # data.train, data.valid: as in the spec
     line = f"{ICONS[check.status]} {name}: {check.detail}"
-    return f"{line} → {check.fix}" if check.fix else line
+    return safe(f"{line} → {check.fix}" if check.fix else line, 2000)  # spec values and paths shown, never obeyed
 
 
 def summary(checks: list[Check], spec: Path | None) -> dict:

@@ -13,16 +13,17 @@ from farensed.i18n import _, ngettext
 from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.load import check_inputs, read_spec_file
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, has_chat_template
 from farensed.storage.atomic import read_json
+from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
 
 STATE_NAME = "training_state.json"
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
 def _json(path: Path) -> dict:
-    try:
-        data = orjson.loads(path.read_bytes())
+    try:  # a regular file only, bounded: a FIFO planted in a model or run folder never blocks the doctor
+        data = orjson.loads(read_regular(path, MAX_CONFIG_BYTES))
     except (OSError, orjson.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -48,12 +49,6 @@ def describe_model(model: Path) -> tuple[str, dict]:
         parts.append(ngettext("{count} camada", "{count} camadas", data["layers"]).format(count=data["layers"]))
     parts.append(_("{size} de pesos").format(size=gb(data["weights_bytes"])))
     return f"{model}: {', '.join(parts)}", data
-
-
-def _has_chat_template(model: Path) -> bool:
-    return bool(_json(model / "tokenizer_config.json").get("chat_template")) or any(
-        (model / name).is_file() for name in CHAT_TEMPLATE_FILES
-    )
 
 
 def _check_gguf(path: Path, formats: set[str]) -> Check:
@@ -100,7 +95,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         return [Check("model", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
     text, data = describe_model(model)
     found = next((name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file()), "tokenizer")
-    chat = _has_chat_template(model)
+    chat = has_chat_template(model)
     tokenizer = Check(
         "tokenizer",
         OK,
@@ -108,7 +103,7 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         data={"chat_template": chat},
     )
     if "messages" in formats and not chat:
-        tokenizer.status = WARN
+        tokenizer.status = FAIL  # submit refuses it too: mlx-lm cannot apply 'messages' without a template
         tokenizer.detail += _(": os exemplos 'messages' precisam de um chat_template")
         tokenizer.fix = _("use o modelo -Instruct (traz o template) ou converta os dados para prompt/completion")
     return [Check("model", OK, text, data=data), tokenizer]
@@ -199,7 +194,10 @@ def _records(run_dir: Path) -> list[dict]:
     records = read_all(run_dir)
     if records:
         return records
-    data = (run_dir / JSON_NAME).is_file() and orjson.loads((run_dir / JSON_NAME).read_bytes())
+    try:
+        data = read_json(run_dir / JSON_NAME)
+    except (OSError, ValueError):
+        return []
     return data if isinstance(data, list) else []
 
 

@@ -38,7 +38,7 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
 
     if in_rank():
         return _train(spec, ws, fresh)
-    with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),)):
+    with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),), within=ws.root):
         if fresh:  # only under the lock: a run someone else trains is never moved from under them
             start_over(ws, spec.name, job_id=job_id, say=console.say)
         if spec.distributed:
@@ -157,7 +157,8 @@ def evaluate_spec(
     from farensed.storage.runlock import hold_run
 
     # A rank's evaluation runs under the lock of the process that started mlx.launch.
-    lock = contextlib.nullcontext() if in_rank() else hold_run(run_dir or ws.run_dir(spec.name), what="avaliação")
+    run = run_dir or ws.run_dir(spec.name)
+    lock = contextlib.nullcontext() if in_rank() else hold_run(run, what="avaliação", within=ws.root)
     with lock:
         evaluator = Evaluator(spec, ws, batched=batched, log=console.say, run_dir=run_dir, should_stop=should_stop)
         console.say(console.heading(_("AVALIAÇÃO - {name}").format(name=spec.name)))

@@ -21,7 +21,7 @@ ALLOW_PATTERNS += ["*.jsonl", "*.jinja"]
 
 def hub_id(model: str, ws) -> str | None:
     """The Hub id `model` names (ORG/NAME where not even ORG is a folder of the workspace), else None."""
-    if not isinstance(model, str) or not HUB_ID.match(model) or ws.resolve(model).parent.exists():
+    if not isinstance(model, str) or not HUB_ID.fullmatch(model) or ws.resolve(model).parent.exists():
         return None
     return model
 

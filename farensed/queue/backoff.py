@@ -23,8 +23,8 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
         raise ValueError(
             _("'{text}' não é uma lista de segundos separados por vírgulas (ex.: 10,30,120)").format(text=text)
         ) from None
-    if not values or any(v < 0 for v in values):
-        raise ValueError(_("'{text}': os segundos devem ser ≥ 0").format(text=text))
+    if not values or any(not 0 <= v <= 86_400 for v in values):  # NaN and inf fail this too
+        raise ValueError(_("'{text}': os segundos devem estar entre 0 e 86400").format(text=text))
     return values
 
 
@@ -47,6 +47,7 @@ def seconds_left(retry_at: str | None, now: dt.datetime | None = None) -> float:
         return 0.0
     now = now or dt.datetime.now().astimezone()
     try:
-        return max(0.0, (dt.datetime.fromisoformat(retry_at) - now).total_seconds())
-    except ValueError:
+        when = dt.datetime.fromisoformat(retry_at)
+        return max(0.0, ((when if when.tzinfo else when.astimezone()) - now).total_seconds())
+    except (ValueError, TypeError, OverflowError, OSError):
         return 0.0

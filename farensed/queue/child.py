@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(job_dir / "spec.json", ws)
         check_own_run(ws, spec, job_dir, args.fresh)
         try:
-            with hold_run(ws.run_dir(spec.name), job_id=int(job_dir.name), sweep=(ws.output_dir(spec.name),)):
+            with hold_run(
+                ws.run_dir(spec.name), job_id=int(job_dir.name), sweep=(ws.output_dir(spec.name),), within=ws.root
+            ):
                 code = train(spec, ws, job_dir, args)
                 if code is None:
                     return 0

@@ -6,6 +6,7 @@ stays small, and a daemon killed with -9 leaves its child training; the next dae
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from farensed import EXIT_RESUMABLE
-from farensed.errors import QueueError
+from farensed.errors import FarenseError, QueueError
 from farensed.i18n import _
 from farensed.queue import backoff, events
 from farensed.queue.adopt import find_child
@@ -26,15 +27,17 @@ from farensed.queue.child import FRESH_DONE
 from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
 from farensed.queue.keepawake import keep_awake, notify, release
+from farensed.queue.mishaps import Mishaps
 from farensed.queue.outcome import ending, failure_line, last_lines
 from farensed.queue.overnight import Overnight, resumes_after_pause
-from farensed.queue.pidfile import daemon_pid, record_daemon
+from farensed.queue.pidfile import daemon_pid, mark_ready, record_daemon
 from farensed.queue.pressure import Action, MemoryGuard
-from farensed.queue.wake import Waker
+from farensed.queue.wake import Waker, watch_folder
 from farensed.storage.exitfile import EXIT_FILE, read_exit_error
 from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
 from farensed.storage.runlock import holder, sweep_temps
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 
 MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
 
@@ -85,9 +88,11 @@ class Daemon:
         self.waker: Waker | None = None
         self.logger = log or logging.getLogger("farensed")
         self.overnight = overnight or Overnight(ws, log=self.log)  # windows, power, queue pause, morning report
+        self.mishaps = Mishaps(self.logger)  # an unexpected exception: logged, its job set aside, the loop goes on
+        self.handling: int | None = None  # the job the loop is working on now (what a mishap sets aside)
 
     def log(self, msg: str) -> None:
-        self.logger.info(msg)
+        self.logger.info(safe(msg))  # one line whatever a file or job name holds
 
     # ---- start-up ------------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -108,27 +113,35 @@ class Daemon:
         """
         with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept
             for folder in [self.ws.jobs, *(self.queue.job_dir(i) for i in self.queue.ids())]:
-                sweep_temps(folder)
+                with contextlib.suppress(OSError):  # a folder that vanished or cannot be listed: nothing to sweep
+                    sweep_temps(folder, self.ws.root)
         for job in self.queue.jobs():
             if job.status is not JobStatus.RUNNING:
                 continue
-            found = find_child(self.queue, job)
-            if found:
-                pid, started = found
-                if pid != job.pid:
-                    self.queue.update(job.id, pid=pid, pid_create_time=started)
-                self.log(events.adopted(job, pid))
-                self.current = Running(
-                    job.id, pid, awake=keep_awake(pid, self.log), create_time=started, oom_before=oom_kills()
-                )
-                continue
-            code = self.queue.read_exit(job.id)
-            if code is None:
-                kill_orphans(
-                    job.pid, str(self.ws.root)
-                )  # ranks of a launcher that died with the daemon must not train on
-            reason = None if code is not None else _("perdido enquanto o farensed não corria")
-            self.settle(job.id, code, reason=reason, ended=self._last_written(job.id))
+            try:
+                self.handling = job.id
+                self._recover_one(job)
+                self.handling = None
+            except Exception as exc:  # noqa: BLE001 - one job must not keep the daemon from starting
+                self._mishap(exc, slow=False)
+
+    def _recover_one(self, job: Job) -> None:
+        """Adopt the running job's live child, or settle the job as its process left it."""
+        found = find_child(self.queue, job)
+        if found:
+            pid, started = found
+            if pid != job.pid:
+                self.queue.update(job.id, pid=pid, pid_create_time=started)
+            self.log(events.adopted(job, pid))
+            self.current = Running(
+                job.id, pid, awake=keep_awake(pid, self.log), create_time=started, oom_before=oom_kills()
+            )
+            return
+        code = self.queue.read_exit(job.id)
+        if code is None:
+            kill_orphans(job.pid, str(self.ws.root))  # ranks of a launcher that died with the daemon must not train on
+        reason = None if code is not None else _("perdido enquanto o farensed não corria")
+        self.settle(job.id, code, reason=reason, ended=self._last_written(job.id))
 
     def _last_written(self, job_id: int) -> str | None:
         """When a child that ended while no daemon watched last wrote its log: the end of its run time."""
@@ -225,6 +238,7 @@ class Daemon:
         if code is None:
             signal_group(run.pid, signal.SIGKILL)  # ranks orphaned by a killed launcher must not train on
         self.current = None
+        self.handling = run.job_id
         self.settle(run.job_id, code, reason=describe_loss(rc, run.oom_before) if code is None else None)
 
     def forward_cancel(self) -> None:
@@ -274,22 +288,6 @@ class Daemon:
         if self.waker is not None:
             self.waker.set()
 
-    def _watch(self):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        daemon = self
-
-        class Inbox(FileSystemEventHandler):
-            def on_any_event(self, event):
-                daemon.waker.set()
-
-        observer = Observer()
-        observer.schedule(Inbox(), str(self.queue.inbox), recursive=False)
-        observer.daemon = True
-        observer.start()
-        return observer
-
     def work(self, burst: bool = False) -> int:
         """Run until SIGTERM/SIGINT (or, with burst, until nothing is left to run); return the exit code."""
         self.acquire()
@@ -297,32 +295,24 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.log(events.watching(os.getpid(), self.queue.inbox))
-        observer = self._watch()
+        observer = watch_folder(self.queue.inbox, self.waker)
         try:
             self.recover()
-            last_scan, woken = 0.0, True
+            last_scan, woken, ready = 0.0, True, False
             while not self.stopping:
-                if woken or time.monotonic() - last_scan >= self.rescan_interval:
-                    last_scan = time.monotonic()
-                    for job in self.queue.ingest_inbox():
-                        self.log(events.received(job))
-                if self.current is not None:
-                    self.poll_current()
-                    self.forward_cancel()
-                memory_ok = self.guard_memory()
-                allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start
-                if (
-                    self.current is None
-                    and memory_ok
-                    and allowed
-                    and not self.stopping
-                    and (job := self._pick(allowed))
-                ):
-                    if self.start(job):
-                        self.overnight.started(job)
-                if burst and self.current is None and not self._waiting():
-                    break
-                woken = self.waker.wait(self.poll_interval)
+                try:
+                    if woken or time.monotonic() - last_scan >= self.rescan_interval:
+                        last_scan = time.monotonic()
+                        self._ingest()
+                    if self._tick(burst):
+                        break
+                    self.mishaps.clean_tick()
+                except Exception as exc:  # noqa: BLE001 - rq's rule: log it, set its item aside, keep serving
+                    self._mishap(exc)
+                if not ready:
+                    ready = True
+                    mark_ready(self.ws)  # `daemon start` waits for this: the first tick (ingestion) is behind us
+                woken = self.waker.wait(self.mishaps.pause() or self.poll_interval)
             if self.stopping:
                 self.shutdown()
         finally:
@@ -331,9 +321,44 @@ class Daemon:
             self.singleton.release()
         return 0
 
+    def _ingest(self) -> None:
+        for job in self.queue.ingest_inbox(on_reject=self._rejected):
+            self.log(events.received(job))
+
+    def _rejected(self, name: str, reason: str, exc: Exception) -> None:
+        """An inbox file moved to jobs/failed/: one line in the log (and the traceback when it was a bug of ours)."""
+        self.log(events.rejected(safe(name, 120), reason))
+        if not isinstance(exc, FarenseError):
+            self.mishaps.record(exc, f"jobs/pending/{safe(name, 120)}", slow=False)
+
+    def _tick(self, burst: bool = False) -> bool:
+        """Watch the child, the memory, the overnight policy; start the next job. True: a burst has nothing left."""
+        self.handling = None
+        if self.current is not None:
+            self.poll_current()
+            self.forward_cancel()
+        self.handling = None
+        memory_ok = self.guard_memory()
+        allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start
+        if self.current is None and memory_ok and allowed and not self.stopping and (job := self._pick(allowed)):
+            self.handling = job.id  # a failure from here on sets this job aside
+            if self.start(job):
+                self.overnight.started(job)
+        self.handling = None
+        return burst and self.current is None and not self._waiting()
+
+    def _mishap(self, exc: Exception, slow: bool = True) -> None:
+        """An unexpected exception: logged with its traceback, the job being handled set aside, the loop slowed."""
+        job_id, self.handling = self.handling, None
+        self.mishaps.record(exc, f"job {job_id}" if job_id is not None else _("ciclo do farensed"), slow=slow)
+        if job_id is not None:
+            run = self.current
+            alive = run is not None and run.job_id == job_id and not run.exit_status()[0]
+            self.mishaps.set_aside(self.queue, job_id, exc, alive)
+
     def _pick(self, allow=None) -> Job | None:
         """The next runnable job (that `allow` lets start) whose run folder nobody else trains or evaluates now."""
-        busy: set[int] = set()
+        busy: set[int] = set(self.mishaps.broken)
         while job := self.queue.next_runnable(allow=allow, exclude=busy):
             info = holder(self.ws.run_dir(job.name))  # the folder its child will lock and train
             if info is None:

@@ -105,6 +105,12 @@ def received(job) -> str:
     return line({"job": job.id, "event": "received", "source": job.source}, human)
 
 
+def rejected(name: str, reason: str) -> str:
+    """An inbox file set aside in jobs/failed/ (its name and reason already made safe and short)."""
+    human = _("jobs/pending/{file} recusado → jobs/failed/: {reason}").format(file=name, reason=reason)
+    return line({"event": "rejected", "file": name}, human)
+
+
 def started(job, resuming: bool, pid: int) -> str:
     said = (
         _("job {id} ({name}) retomado depois da pausa: tentativa {attempt}, pid {pid}")

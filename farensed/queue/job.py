@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from farensed.i18n import _
 from farensed.storage.workspace import Workspace
+from farensed.terminal import excerpt
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 SCHEMA_VERSION = 1  # job.json's layout; readers keep unknown keys and default missing ones
@@ -28,6 +30,28 @@ class JobStatus(str, enum.Enum):
 
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO time from job.json as an aware datetime (a naive one is local time); ValueError if it is not one."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+        return when if when.tzinfo else when.astimezone()
+    except (TypeError, OverflowError, OSError):
+        raise ValueError(_("{text} não é uma hora ISO").format(text=excerpt(text))) from None
+
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # what job.json's integers may be (pids, counters, codes, priorities)
+NON_NEGATIVE = ("max_recoveries", "attempts", "recoveries")
+TIMES = ("not_before", "retry_at", "started_at", "ended_at", "submitted_at")
+KINDS = {
+    "int": lambda v: type(v) is int,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+}
 
 
 @dataclass
@@ -82,28 +106,47 @@ class Job:
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("id", job_id)
         values.setdefault("name", "?")
-        if not isinstance(values["id"], int) or (job_id is not None and values["id"] != job_id):
-            raise ValueError(_("id {id!r} não corresponde à pasta {job_id}").format(id=values["id"], job_id=job_id))
-        if values.get("state", JobStatus.PENDING.value) not in {s.value for s in JobStatus}:
-            raise ValueError(_("estado desconhecido {state!r}").format(state=values["state"]))
+        if type(values["id"]) is not int or (job_id is not None and values["id"] != job_id):
+            raise ValueError(
+                _("id {id} não corresponde à pasta {job_id}").format(id=excerpt(values["id"]), job_id=job_id)
+            )
+        state = values.get("state", JobStatus.PENDING.value)
+        if not isinstance(state, str) or state not in {s.value for s in JobStatus}:
+            raise ValueError(_("estado desconhecido {state}").format(state=excerpt(state)))
         job = cls(**values, extra={k: v for k, v in data.items() if k not in known and k != "extra"})
-        if not isinstance(job.after, list):
-            raise ValueError(_("'after' não é uma lista"))
-        for key in ("priority", "max_recoveries", "world_size", "attempts", "recoveries"):
-            if type(getattr(job, key)) is not int:
-                raise ValueError(_("'{key}' não é um inteiro").format(key=key))
-        for key in ("not_before", "retry_at", "started_at"):
-            if getattr(job, key) is not None:
-                dt.datetime.fromisoformat(getattr(job, key))  # ValueError / TypeError name the bad value
+        job._check_values()
         return job
+
+    def _check_values(self) -> None:
+        """Every field of the type and range its readers rely on (a hand-edited job.json may hold anything)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kinds = str(f.type).split(" | ")
+            if f.name == "extra" or (value is None and "None" in kinds):
+                continue
+            if not KINDS[kinds[0]](value):
+                if kinds[0] == "int":
+                    raise ValueError(_("'{key}' não é um inteiro").format(key=f.name))
+                raise ValueError(_("'{key}' tem o tipo errado ({value})").format(key=f.name, value=excerpt(value)))
+            if kinds[0] == "int" and not INT_MIN <= value <= INT_MAX:
+                raise ValueError(_("'{key}' = {value} fora do intervalo").format(key=f.name, value=excerpt(value)))
+        if any(getattr(self, key) < 0 for key in NON_NEGATIVE) or self.world_size < 1 or self.id < 1:
+            raise ValueError(_("contadores negativos ou world_size < 1"))
+        if self.pid is not None and self.pid < 1:
+            raise ValueError(_("'pid' = {value} fora do intervalo").format(value=self.pid))
+        if not all(type(dep) is int and 1 <= dep <= INT_MAX for dep in self.after):
+            raise ValueError(_("'after' deve ser uma lista de ids de jobs"))
+        for key in TIMES:
+            if getattr(self, key) is not None:
+                parse_time(getattr(self, key))
 
 
 def seconds_since(stamp: str | None, end: str | None = None) -> float | None:
     """Seconds from an ISO time to `end` (else now); None when there is no start or it cannot be read."""
-    try:
-        start = dt.datetime.fromisoformat(stamp) if stamp else None
-        stop = dt.datetime.fromisoformat(end) if end else dt.datetime.now().astimezone()
-    except (TypeError, ValueError):
+    try:  # aware times (a naive one is local time): a hand-edited job.json may mix both
+        start = parse_time(stamp) if stamp else None
+        stop = parse_time(end) if end else dt.datetime.now().astimezone()
+    except ValueError:
         return None
     return None if start is None else max((stop - start).total_seconds(), 0.0)
 

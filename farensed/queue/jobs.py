@@ -9,23 +9,50 @@ jobs/
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
-import time
 from pathlib import Path
 
 from filelock import FileLock
 
-from farensed.errors import QueueError, SpecError
+from farensed.errors import FarenseError, QueueError, SpecError
 from farensed.i18n import _
-from farensed.queue.job import JOB_FILE, LOG_FILE, SPEC_FILE, Job, JobStatus, job_run_dir, now_iso, relative_to_ws
+from farensed.queue.inbox import Rejected, identity, not_a_file, reason_of, reject, rejected, settled_entries
+from farensed.queue.job import (
+    JOB_FILE,
+    LOG_FILE,
+    SPEC_FILE,
+    Job,
+    JobStatus,
+    job_run_dir,
+    now_iso,
+    parse_time,
+    relative_to_ws,
+)
 from farensed.queue.jobfile import salvage
 from farensed.spec.hosts import check_batch_size, world_size
-from farensed.spec.jobspec import parse_not_before
-from farensed.spec.load import load_spec, spec_bytes
+from farensed.spec.jobspec import check_not_before
+from farensed.spec.load import load_spec_file
 from farensed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from farensed.storage.exitfile import EXIT_FILE, read_exit_code
 from farensed.storage.workspace import Workspace
+
+
+def _private_folder(folder: Path) -> None:
+    """jobs/ and its inboxes exist and are 0700; a folder made read-only on purpose stays so (readers still work)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = folder.stat().st_mode
+        if mode & 0o077:
+            os.chmod(folder, mode & 0o700 | 0o700)
+    except OSError as exc:
+        if not folder.is_dir():
+            raise QueueError(
+                _("{path}: não foi possível criar a pasta da fila ({strerror})").format(
+                    path=folder, strerror=exc.strerror
+                )
+            ) from None
 
 
 class Queue:
@@ -37,9 +64,9 @@ class Queue:
         self.inbox = self.root / "pending"
         self.failed_inbox = self.root / "failed"
         for folder in (self.root, self.inbox, self.failed_inbox):
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)
+            _private_folder(folder)
         self.lock = FileLock(str(self.root / ".queue.lock"))
+        self.stuck: set[tuple] = set()  # inbox entries that could not even be moved to failed/ (skipped, said once)
 
     # ---- reading ---------------------------------------------------------------------------------------
     def job_dir(self, job_id: int) -> Path:
@@ -122,7 +149,7 @@ class Queue:
             if value is not None and key != "not_before":
                 setattr(job, key, value)
         if not_before:
-            job.not_before = parse_not_before(not_before).isoformat(timespec="seconds")
+            job.not_before = check_not_before(not_before, source).isoformat(timespec="seconds")
         for dep in job.after:
             if not self.job_dir(dep).is_dir():
                 raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
@@ -135,44 +162,55 @@ class Queue:
         fsync_dir(self.root)
         return job
 
-    def ingest(self, path: Path, overrides: dict | None = None) -> Job | None:
-        """Turn one inbox file into a job (or move it to failed/ with its reason). Holds the lock."""
+    def ingest(self, path: Path, overrides: dict | None = None, on_reject=None) -> Job | None:
+        """Turn one inbox entry into a job, or move it to failed/ with its reason — whatever goes wrong. Holds the lock.
+
+        `on_reject(name, reason, exc)` hears of each refusal (the daemon logs it). From `submit` (overrides given)
+        the refusal is raised as one line after the file is set aside.
+        """
         with self.lock:
-            if not path.exists():
+            if not os.path.lexists(path):
                 return None  # someone else ingested it first
             try:
-                spec = load_spec(path, self.ws)
-                job = self._create(spec_bytes(path), spec, path.name, overrides or {})
-            except SpecError as exc:
-                self._reject(path, str(exc))
+                if (kind := not_a_file(path)) is not None:
+                    raise SpecError(_("{path}: é {kind}, não um ficheiro de spec").format(path=path.name, kind=kind))
+                spec, data = load_spec_file(path, self.ws)
+                job = self._create(data, spec, path.name, overrides or {})
+                os.replace(path, self.job_dir(job.id) / "submitted.json")
+                fsync_dir(self.inbox)
+                return job
+            except Exception as exc:  # noqa: BLE001 - one file must never stop the queue: set it aside, say why
+                reason = reason_of(exc)
+                self._set_aside(path, reason, exc, on_reject)
                 if overrides is not None:
-                    raise
+                    if isinstance(exc, FarenseError):
+                        raise
+                    raise QueueError(reason) from exc
                 return None
-            os.replace(path, self.job_dir(job.id) / "submitted.json")
-            fsync_dir(self.inbox)
-            return job
 
-    def _reject(self, path: Path, reason: str) -> None:
-        target = self.failed_inbox / path.name
-        n = 1
-        while target.exists():
-            target = self.failed_inbox / f"{path.stem}.{n}{path.suffix}"
-            n += 1
-        os.replace(path, target)
-        atomic_write_bytes(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
+    def _set_aside(self, path: Path, reason: str, exc: Exception, on_reject) -> None:
+        try:
+            reject(self.failed_inbox, path, reason)
+        except OSError as move_error:  # failed/ unwritable, the entry vanished...: remember it, say it once
+            with contextlib.suppress(OSError):
+                self.stuck.add(identity(os.lstat(path), path.name))
+            reason = _("{reason} (e não foi possível movê-lo para jobs/failed/: {strerror})").format(
+                reason=reason, strerror=move_error.strerror or type(move_error).__name__
+            )
+        if on_reject is not None:
+            on_reject(path.name, reason, exc)
 
-    def ingest_inbox(self) -> list[Job]:
-        """Every spec file waiting in jobs/pending/, oldest first."""
-        settled = time.time() - 0.3  # a file copied in by hand may still be being written
-        files = sorted(
-            (
-                p
-                for p in self.inbox.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime < settled
-            ),
-            key=lambda p: (p.stat().st_mtime_ns, p.name),
-        )
-        return [job for job in map(self.ingest, files) if job]
+    def ingest_inbox(self, on_reject=None) -> list[Job]:
+        """Every settled entry waiting in jobs/pending/, oldest first; refusals go to failed/ (and `on_reject`)."""
+        jobs = []
+        for path in settled_entries(self.inbox, self.stuck):
+            if job := self.ingest(path, on_reject=on_reject):
+                jobs.append(job)
+        return jobs
+
+    def rejected(self, limit: int = 50) -> list[Rejected]:
+        """Files refused by the inbox still waiting in jobs/failed/ (newest first)."""
+        return rejected(self.failed_inbox, limit)
 
     def submit(self, spec_path: Path, check=None, **overrides) -> Job:
         """Validate a spec fully, write it into the inbox atomically and make it a job; return the job.
@@ -181,15 +219,21 @@ class Queue:
         engine's mlx-free resume check, so a run that cannot resume is refused now rather than when it starts).
         """
         spec_path = Path(spec_path)
-        spec = load_spec(spec_path, self.ws)  # every error before anything is written
+        spec, data = load_spec_file(spec_path, self.ws)  # every error before anything is written
         self._check_overrides(spec_path, spec, overrides)
         if check is not None:
             check(spec, self.ws)
-        data = spec_bytes(spec_path)  # a YAML config is queued as its JSON spec
-        name = f".submit-{os.getpid()}-{spec_path.stem}.json"
-        with self.lock:
-            atomic_write_bytes(self.inbox / name, data)
-            job = self.ingest(self.inbox / name, overrides)
+        name = f".submit-{os.getpid()}-{spec_path.stem[:100]}.json"  # a YAML config is queued as its JSON spec
+        try:
+            with self.lock:
+                atomic_write_bytes(self.inbox / name, data)
+                job = self.ingest(self.inbox / name, overrides)
+        except OSError as exc:  # a read-only or full jobs/: one line, nothing half-written
+            raise QueueError(
+                _("{path}: não foi possível escrever na fila ({strerror})").format(
+                    path=exc.filename or self.root, strerror=exc.strerror or type(exc).__name__
+                )
+            ) from None
         from farensed.queue.wake import nudge
 
         nudge(self.root)  # an idle daemon starts it now, not at its next poll
@@ -197,14 +241,7 @@ class Queue:
 
     def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
         if overrides.get("not_before"):
-            try:
-                parse_not_before(overrides["not_before"])
-            except ValueError as exc:
-                raise SpecError(
-                    _("{source}: not_before '{not_before}' não é hora ISO nem HH:MM ({exc})").format(
-                        source=source, not_before=overrides["not_before"], exc=exc
-                    )
-                ) from None
+            check_not_before(overrides["not_before"], "--not-before")
         for dep in overrides.get("after") or spec.after:
             if not self.job_dir(dep).is_dir():
                 raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
@@ -222,9 +259,9 @@ class Queue:
                 continue
             if allow is not None and not allow(job):
                 continue
-            if job.not_before and dt.datetime.fromisoformat(job.not_before) > now:
+            if job.not_before and parse_time(job.not_before) > now:
                 continue
-            if job.retry_at and dt.datetime.fromisoformat(job.retry_at) > now:
+            if job.retry_at and parse_time(job.retry_at) > now:
                 continue
             deps = [jobs.get(d) for d in job.after]
             broken = [
@@ -261,7 +298,7 @@ class Queue:
             if job.status is JobStatus.PENDING:
                 return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
             job = self.update(job_id, cancel_requested=True)
-        if process_alive(job.pid, job.pid_create_time):
+        if job.pid_create_time is not None and process_alive(job.pid, job.pid_create_time):  # that very process
             signal_group(job.pid)
         return job
 

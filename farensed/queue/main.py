@@ -8,14 +8,16 @@ import sys
 import click
 
 from farensed.errors import FarenseError
-from farensed.storage.workspace import Workspace
+from farensed.storage.workspace import Workspace, private_by_default
+from farensed.terminal import SafeFormatter, safe
 
 
 def configure_logging() -> None:
-    """One timestamped line per event on stdout (launchd/systemd keep it; `farensectl daemon` tails it)."""
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stdout
-    )
+    """One timestamped line per event on stdout (launchd/systemd keep it; `farensectl daemon` tails it); every
+    message made one safe line (a file name cannot forge a line or send escapes to whoever reads the log)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(SafeFormatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,6 +116,7 @@ def cli(
         schedule = parse_schedule(recovery_backoff)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--recovery-backoff") from None
+    private_by_default()  # the children inherit it: every run folder, output and report is 0600/0700
     configure_logging()
     ws = Workspace.at(home)
     log = logging.getLogger("farensed").info
@@ -127,19 +130,19 @@ def cli(
         )
     )
     log(guard.describe())
-    daemon = Daemon(
-        ws,
-        poll_interval=poll,
-        rescan_interval=rescan,
-        memory_guard=guard,
-        stop_timeout=stop_timeout,
-        overnight=Overnight(ws, window=window, battery_min=battery_min, log=log),
-        recovery_backoff=schedule,
-    )
     try:
+        daemon = Daemon(
+            ws,
+            poll_interval=poll,
+            rescan_interval=rescan,
+            memory_guard=guard,
+            stop_timeout=stop_timeout,
+            overnight=Overnight(ws, window=window, battery_min=battery_min, log=log),
+            recovery_backoff=schedule,
+        )
         sys.exit(daemon.work(burst=burst))
     except FarenseError as exc:
-        click.echo(f"farensed: {exc}", err=True)
+        click.echo(f"farensed: {safe(exc, 2000)}", err=True)
         sys.exit(exc.exit_code)
 
 

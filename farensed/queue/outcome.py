@@ -17,7 +17,11 @@ FAILURE_RE = re.compile(r"(?:^|\])(?:Error|Erro): (.+)$")  # the child's Farense
 
 def last_lines(path: Path, n: int = 10) -> str:
     """The last `n` non-blank lines of a log, each as its last progress-bar redraw (after the final \\r)."""
-    lines = [line.split(b"\r")[-1].decode(errors="replace") for line in tail_lines(path, 4 * n)]
+    try:
+        raw = tail_lines(path, 4 * n)
+    except OSError:
+        return ""
+    lines = [line.split(b"\r")[-1].decode(errors="replace") for line in raw]
     return "\n".join([line for line in lines if line.strip()][-n:])
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 
 from farensed import EXIT_RESUMABLE
@@ -24,6 +23,7 @@ from farensed.queue import events, power
 from farensed.queue.child import CHILD_FILE
 from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
+from farensed.queue.reporter import start_report
 from farensed.spec.window import Window, format_clock, is_open, next_open, open_until, parse_windows
 from farensed.storage.atomic import atomic_write_json, read_json
 from farensed.storage.workspace import Workspace
@@ -230,11 +230,5 @@ class Overnight:
         busy = current is not None or any(not j.status.terminal for j in jobs)
         if self.busy and not busy and jobs and self.report:
             self.log(_("fila terminada: a escrever o relatório"))
-            self.reporter = subprocess.Popen(
-                [sys.executable, "-m", "farensed.cli.main", "--home", str(self.ws.root), "report", "--notify"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=self.ws.root,
-            )
+            self.reporter = start_report(self.ws, self.log) or self.reporter  # one at a time, since the last one
         self.busy = busy

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.pidfile import daemon_pid
+from farensed.queue.pidfile import daemon_info, daemon_pid
+from farensed.queue.servicefile import launch_agent, systemd_unit
 from farensed.storage.atomic import atomic_write_bytes
+from farensed.storage.jsonl import tail_lines
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 
 TEMPLATES = Path(importlib.util.find_spec("farensed.systemd_launchd").origin).parent  # systemd_launchd/ at the root
 LABEL = "com.farense.farensed"
@@ -43,8 +46,10 @@ def template(name: str) -> str:
 
 
 def render(name: str, ws: Workspace) -> str:
-    """A service file with absolute paths for this Python and this workspace."""
-    return template(name).replace("@PYTHON@", sys.executable).replace("@HOME@", str(ws.root))
+    """A service file with absolute paths for this Python and this workspace, built (farensed.queue.servicefile)."""
+    if name.endswith(".plist"):
+        return launch_agent(template(name), ws).decode()
+    return systemd_unit(template(name), ws)
 
 
 def _systemd_usable() -> bool:
@@ -132,12 +137,52 @@ def uninstall(ws: Workspace) -> str:
     return _("nenhum serviço instalado; farensed parado")
 
 
-def start_background(ws: Workspace, timeout: float = 10.0) -> int:
-    """Start `farensed --home ROOT` detached, logging to jobs/farensed.log; return its pid."""
+LOG_NAME = "farensed.log"
+
+
+def last_log_line(ws: Workspace) -> str:
+    """The last line farensed wrote to jobs/farensed.log (what a failed start shows), safe and short."""
+    try:
+        lines = [line for line in tail_lines(ws.jobs / LOG_NAME, 20) if line.strip()]
+    except OSError:
+        return ""
+    return safe(lines[-1].decode(errors="replace").strip(), 300) if lines else ""
+
+
+def await_ready(ws: Workspace, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> int | None:
+    """Wait until the daemon has recovered its jobs and read the inbox once (jobs/daemon.pid's `ready_at`).
+
+    A daemon that dies meanwhile (a poison file, a broken install) is one line with the log's last line; one that
+    is alive but still reading a long inbox after `timeout` is returned as running.
+    """
+    deadline = time.monotonic() + timeout
+    pid = None
+    while time.monotonic() < deadline:
+        info = daemon_info(ws)
+        if info is not None and (proc is None or info["pid"] == proc.pid):
+            pid = info["pid"]
+            if info.get("ready_at"):
+                return pid
+        elif proc is not None and proc.poll() is not None:
+            raise QueueError(
+                _("farensed terminou ao arrancar (código {returncode}): {line}; ver {path}").format(
+                    returncode=proc.returncode, line=last_log_line(ws) or "-", path=ws.jobs / LOG_NAME
+                )
+            )
+        elif proc is None and pid is not None:
+            raise QueueError(
+                _("farensed (pid {pid}) terminou ao arrancar: {line}").format(pid=pid, line=last_log_line(ws) or "-")
+            )
+        time.sleep(0.05)
+    return pid
+
+
+def start_background(ws: Workspace, timeout: float = 30.0) -> int:
+    """Start `farensed --home ROOT` detached, logging to jobs/farensed.log; return its pid once it serves."""
     if (pid := daemon_pid(ws)) is not None:
         return pid
     ws.jobs.mkdir(parents=True, exist_ok=True)
-    log = open(ws.jobs / "farensed.log", "ab")
+    log = open(ws.jobs / LOG_NAME, "ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "farensed.queue.main", "--home", str(ws.root)],
@@ -149,33 +194,35 @@ def start_background(ws: Workspace, timeout: float = 10.0) -> int:
         start_new_session=True,
     )
     log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon_pid(ws) == proc.pid:
-            return proc.pid
-        if proc.poll() is not None:
-            raise QueueError(
-                _("farensed terminou ao arrancar (código {returncode}); ver {value}").format(
-                    returncode=proc.returncode, value=ws.jobs / "farensed.log"
-                )
-            )
-        time.sleep(0.05)
-    raise QueueError(
-        _("farensed não arrancou em {timeout:.0f} s; ver {value}").format(
-            timeout=timeout, value=ws.jobs / "farensed.log"
+    pid = await_ready(ws, proc, timeout)
+    if pid is None:
+        raise QueueError(
+            _("farensed não arrancou em {timeout:.0f} s; ver {value}").format(timeout=timeout, value=ws.jobs / LOG_NAME)
         )
-    )
+    return pid
 
 
 def start(ws: Workspace) -> str:
     m = manager()
     if m.kind == "launchd" and m.unit_path.exists():
         _run(["launchctl", "kickstart", f"gui/{os.getuid()}/{LABEL}"])
+        _started_by_manager(ws, _("ver {path}").format(path=ws.jobs / LOG_NAME))
         return _("farensed iniciado (launchd)")
     if m.kind == "systemd" and m.unit_path.exists():
         _run(["systemctl", "--user", "start", UNIT])
+        _started_by_manager(ws, f"journalctl --user -u {UNIT} -n 20")
         return _("farensed iniciado (systemd)")
     return _("farensed a correr (pid {pid})").format(pid=start_background(ws))
+
+
+def _started_by_manager(ws: Workspace, where: str, timeout: float = 30.0) -> None:
+    """After launchctl/systemctl started it: the daemon serves, or one line saying it died and where to look."""
+    if await_ready(ws, timeout=timeout) is None:
+        raise QueueError(
+            _("farensed não está a correr {timeout:.0f} s depois de arrancar; {where}").format(
+                timeout=timeout, where=where
+            )
+        )
 
 
 def stop(ws: Workspace, timeout: float = 330.0) -> str:

@@ -65,3 +65,19 @@ class Waker:
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+def watch_folder(folder: Path, waker: Waker):
+    """A watchdog observer that wakes the daemon on any change in `folder` (a file dropped into jobs/pending/)."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Changed(FileSystemEventHandler):
+        def on_any_event(self, event):
+            waker.set()
+
+    observer = Observer()
+    observer.schedule(Changed(), str(folder), recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer

@@ -8,6 +8,9 @@ import orjson
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.spec.modelcheck import check_model_folder
+from farensed.storage.regular import NotRegularFile, open_regular
+from farensed.terminal import excerpt
 
 
 def _format_of(record: dict, where: str) -> str:
@@ -36,7 +39,7 @@ def _format_of(record: dict, where: str) -> str:
         if not isinstance(record["text"], str) or not record["text"]:
             raise SpecError(_("{where}: 'text' deve ser texto não vazio").format(where=where))
         return "text"
-    keys = ", ".join(sorted(record)) or "nenhuma"
+    keys = excerpt(sorted(record)[:20], 80) if record else _("nenhuma")
     raise SpecError(
         _("{where}: formato desconhecido (chaves: {keys}); use 'messages', 'prompt'/'completion' ou 'text'").format(
             where=where, keys=keys
@@ -46,11 +49,27 @@ def _format_of(record: dict, where: str) -> str:
 
 def check_data_file(path: Path, label: str) -> int:
     """Check one JSONL file line by line; return its number of examples."""
-    if not path.is_file():
-        raise SpecError(_("{label}: ficheiro de dados não encontrado: {path}").format(label=label, path=path))
+    return scan_data_file(path, label)[0]
+
+
+def _open_data(path: Path, label: str):
+    try:
+        return open_regular(path)
+    except NotRegularFile as exc:
+        raise SpecError(f"{label}: {exc}") from None
+    except (FileNotFoundError, ValueError):  # ValueError: a NUL byte in the path
+        raise SpecError(_("{label}: ficheiro de dados não encontrado: {path}").format(label=label, path=path)) from None
+    except OSError as exc:
+        raise SpecError(
+            _("{label}: não foi possível ler {path} ({strerror})").format(label=label, path=path, strerror=exc.strerror)
+        ) from None
+
+
+def scan_data_file(path: Path, label: str) -> tuple[int, str]:
+    """Check one JSONL file line by line (a regular file only: a FIFO never blocks); its examples and format."""
     fmt = None
     count = 0
-    with open(path, "rb") as fh:
+    with _open_data(path, label) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -73,7 +92,7 @@ def check_data_file(path: Path, label: str) -> int:
             count += 1
     if count == 0:
         raise SpecError(_("{label}: ficheiro de dados vazio: {path}").format(label=label, path=path))
-    return count
+    return count, fmt
 
 
 def check_model_dir(path: Path, label: str):
@@ -92,28 +111,13 @@ def check_model_dir(path: Path, label: str):
                     "{label}: {path} é um GGUF sem a extensão .gguf (um blob do Ollama?); dê-lhe esse nome com uma ligação: ln -s {path} models/NOME.gguf, e ponha models/NOME.gguf no model"
                 ).format(label=label, path=path)
             )
-    if not path.is_dir():
-        raise SpecError(_("{label}: pasta do modelo não encontrada: {path}").format(label=label, path=path))
-    if not (path / "config.json").is_file():
-        raise SpecError(_("{label}: {path} não tem config.json").format(label=label, path=path))
-    try:
-        orjson.loads((path / "config.json").read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise SpecError(
-            _("{label}: {value} não é JSON válido ({exc})").format(label=label, value=path / "config.json", exc=exc)
-        ) from None
-    if not any(path.glob("*.safetensors")):
-        raise SpecError(_("{label}: {path} não tem pesos (*.safetensors)").format(label=label, path=path))
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        raise SpecError(
-            _("{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)").format(label=label, path=path)
-        )
+    check_model_folder(path, label)  # as mlx-lm reads it (spec/modelcheck.py)
     return None
 
 
 def file_format(path: Path) -> str:
     """The format of a data file that `check_data_file` accepted: that of its first example."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if raw.strip():
                 return _format_of(orjson.loads(raw), f"{path}:{lineno}")

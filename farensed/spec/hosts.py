@@ -6,6 +6,8 @@ import orjson
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.storage.regular import read_regular
+from farensed.terminal import safe
 
 
 def hosts_of(spec, ws) -> list[str]:
@@ -14,11 +16,11 @@ def hosts_of(spec, ws) -> list[str]:
     if d.hostfile:
         path = ws.resolve(d.hostfile)
         try:
-            text = path.read_text()
-        except OSError as exc:
+            text = read_regular(path, 64 * 1024).decode("utf-8", "replace")  # a FIFO never blocks submit
+        except (OSError, ValueError) as exc:
             raise SpecError(
                 _("distributed.hostfile: não foi possível ler {path} ({strerror})").format(
-                    path=path, strerror=exc.strerror
+                    path=path, strerror=getattr(exc, "strerror", None) or safe(exc, 80)
                 )
             ) from None
         try:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from farensed.errors import SpecError
 from farensed.i18n import N_, _
+from farensed.spec.decode import check_bounds
 from farensed.spec.options import CUSTOM, exclusive_keys, unknown_key
+from farensed.terminal import excerpt, safe
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -163,35 +164,41 @@ SECTIONS = {
     "success": SuccessConfig,
 }
 
-# key -> (check, description); every number is range-checked here, in one place
+# key -> (check, description); every number is range-checked here, in one place. Every range has an upper bound a
+# machine can honour (and that keeps arithmetic on it finite): a typo of three extra zeros is refused, not queued.
+STEPS_MAX = 10_000_000  # steps of one run (iters, eval_every, save_every): weeks at 10 steps/s
 RANGES = {
-    "lora.rank": (lambda v: v >= 1, "≥ 1"),
-    "lora.alpha": (lambda v: v > 0, "> 0"),
+    "lora.rank": (lambda v: 1 <= v <= 4096, "1 ≤ rank ≤ 4096"),
+    "lora.alpha": (lambda v: 0 < v <= 10_000, "0 < alpha ≤ 10000"),
     "lora.dropout": (lambda v: 0 <= v < 1, "0 ≤ dropout < 1"),
-    "lora.layers": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todas)")),
-    "batch_size": (lambda v: v >= 1, "≥ 1"),
-    "grad_accumulation": (lambda v: v >= 1, "≥ 1"),
+    "lora.layers": (lambda v: 1 <= v <= 1024 or v == -1, N_("1 ≤ layers ≤ 1024 (ou -1 para todas)")),
+    "batch_size": (lambda v: 1 <= v <= 1024, "1 ≤ batch_size ≤ 1024"),
+    "grad_accumulation": (lambda v: 1 <= v <= 1024, "1 ≤ grad_accumulation ≤ 1024"),
     "learning_rate": (lambda v: 0 < v < 1, "0 < lr < 1"),
-    "epochs": (lambda v: v >= 1, "≥ 1"),
-    "max_seq_length": (lambda v: v >= 8, "≥ 8"),
+    "epochs": (lambda v: 1 <= v <= 10_000, "1 ≤ epochs ≤ 10000"),
+    "max_seq_length": (lambda v: 8 <= v <= 2**20, "8 ≤ max_seq_length ≤ 1048576"),
     "seed": (lambda v: 0 <= v < 2**32, "0 ≤ seed < 2^32"),
-    "eval_every": (lambda v: v >= 1, "≥ 1"),
-    "save_every": (lambda v: v >= 1, "≥ 1"),
-    "keep_checkpoints": (lambda v: v >= 1, "≥ 1"),
-    "early_stopping.patience": (lambda v: v >= 1, "≥ 1"),
-    "early_stopping.min_delta": (lambda v: v >= 0, "≥ 0"),
-    "val_samples": (lambda v: v >= 1, "≥ 1"),
-    "val_batch_size": (lambda v: v >= 1, "≥ 1"),
-    "max_recoveries": (lambda v: v >= 0, "≥ 0"),
+    "eval_every": (lambda v: 1 <= v <= STEPS_MAX, "1 ≤ eval_every ≤ 10000000"),
+    "save_every": (lambda v: 1 <= v <= STEPS_MAX, "1 ≤ save_every ≤ 10000000"),
+    "keep_checkpoints": (lambda v: 1 <= v <= 1000, "1 ≤ keep_checkpoints ≤ 1000"),
+    "early_stopping.patience": (lambda v: 1 <= v <= 10_000, "1 ≤ patience ≤ 10000"),
+    "early_stopping.min_delta": (lambda v: 0 <= v <= 100, "0 ≤ min_delta ≤ 100"),
+    "val_samples": (lambda v: 1 <= v <= STEPS_MAX, "1 ≤ val_samples ≤ 10000000"),
+    "val_batch_size": (lambda v: 1 <= v <= 1024, "1 ≤ val_batch_size ≤ 1024"),
+    "max_recoveries": (lambda v: 0 <= v <= 1000, "0 ≤ max_recoveries ≤ 1000"),
+    "priority": (lambda v: -1_000_000 <= v <= 1_000_000, "-1000000 ≤ priority ≤ 1000000"),
     "success.loss_drop": (lambda v: 0 <= v < 1, "0 ≤ loss_drop < 1"),
-    "success.gap_max": (lambda v: v > 0, "> 0"),
+    "success.gap_max": (lambda v: 0 < v <= 100, "0 < gap_max ≤ 100"),
     "success.f1_min": (lambda v: 0 <= v <= 1, "0 ≤ f1_min ≤ 1"),
-    "lora.scale": (lambda v: v > 0, "> 0"),
-    "iters": (lambda v: v >= 1, "≥ 1"),
-    "val_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
-    "test_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
-    "clear_cache_threshold": (lambda v: v >= 0, N_("≥ 0 (bytes)")),
+    "lora.scale": (lambda v: 0 < v <= 10_000, "0 < scale ≤ 10000"),
+    "iters": (lambda v: 1 <= v <= STEPS_MAX, "1 ≤ iters ≤ 10000000"),
+    "val_batches": (lambda v: 1 <= v <= 1_000_000 or v == -1, N_("1 ≤ val_batches ≤ 1000000 (ou -1 para todos)")),
+    "test_batches": (lambda v: 1 <= v <= 1_000_000 or v == -1, N_("1 ≤ test_batches ≤ 1000000 (ou -1 para todos)")),
+    "clear_cache_threshold": (lambda v: 0 <= v <= 2**50, N_("0 ≤ clear_cache_threshold ≤ 2^50 (bytes)")),
 }
+NOT_BEFORE_MAX = dt.timedelta(days=3 * 366)  # a start date years away is a typo, not a plan
+HOST_RE = re.compile(r"[A-Za-z0-9_.:@\[\]%-]{1,253}")  # a name, an IPv4/IPv6 address, user@host
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 TYPE_NAMES = {
     int: N_("inteiro"),
@@ -217,9 +224,11 @@ def _check_type(value: Any, typ: type, where: str) -> Any:
     if not ok:
         raise SpecError(
             _("{where}: deve ser {value}, não {decode}").format(
-                where=where, value=_(TYPE_NAMES[typ]), decode=orjson.dumps(value).decode()
+                where=where, value=_(TYPE_NAMES[typ]), decode=excerpt(value)
             )
         )
+    if typ is float and not math.isfinite(value):
+        raise SpecError(_("{where}: deve ser um número finito").format(where=where))
     return value
 
 
@@ -262,24 +271,68 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
 
 
 def parse_not_before(value: str, now: dt.datetime | None = None) -> dt.datetime:
-    """ISO time, or `HH:MM` meaning the next such local time."""
+    """ISO time, or `HH:MM` meaning the next such local time; ValueError for anything else (or off the calendar)."""
     now = now or dt.datetime.now().astimezone()
     m = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
     if m:
         hour, minute = int(m.group(1)), int(m.group(2))
         if hour > 23 or minute > 59:
-            raise ValueError(_("hora inválida '{value}'").format(value=value))
+            raise ValueError(_("hora inválida '{value}'").format(value=safe(value, 40)))
         when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
         return when if when > now else when + dt.timedelta(days=1)
-    when = dt.datetime.fromisoformat(value.strip())
-    return when if when.tzinfo else when.astimezone()
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+        return when if when.tzinfo else when.astimezone()
+    except (OverflowError, OSError):  # year 1 or 9999 in a time zone that pushes it off the calendar
+        raise ValueError(_("data fora do calendário")) from None
+
+
+def check_not_before(value: str, label: str, now: dt.datetime | None = None) -> dt.datetime:
+    """A spec's or `--not-before`'s time, parsed, at most NOT_BEFORE_MAX ahead; one SpecError line otherwise."""
+    now = now or dt.datetime.now().astimezone()
+    try:
+        when = parse_not_before(value, now)
+    except ValueError as exc:
+        raise SpecError(
+            _("{label}: not_before '{not_before}' não é hora ISO nem HH:MM ({exc})").format(
+                label=label, not_before=safe(value, 60), exc=safe(exc, 120)
+            )
+        ) from None
+    if when - now > NOT_BEFORE_MAX:
+        raise SpecError(
+            _("{label}: not_before '{not_before}' está a mais de {years} anos no futuro").format(
+                label=label, not_before=safe(value, 60), years=NOT_BEFORE_MAX.days // 366
+            )
+        )
+    return when
+
+
+def _paths(spec: JobSpec) -> dict[str, str | None]:
+    """The spec's file paths by key (each must be a usable path: not blank, no control characters)."""
+    return {
+        "model": spec.model,
+        "data.train": spec.data.train,
+        "data.valid": spec.data.valid,
+        "data.test": spec.data.test,
+        "resume_adapter_file": spec.resume_adapter_file,
+        "distributed.hostfile": spec.distributed.hostfile if spec.distributed else None,
+    }
 
 
 def _cross_checks(spec: JobSpec, label: str) -> None:
-    if not NAME_RE.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):  # fullmatch: "abc\n" would make a folder named with a newline
         raise SpecError(
-            _("{label}: name '{name}' deve usar só letras, dígitos, '.', '_' e '-'").format(label=label, name=spec.name)
+            _("{label}: name '{name}' deve usar só letras, dígitos, '.', '_' e '-'").format(
+                label=label, name=safe(spec.name, 80)
+            )
         )
+    for key, value in _paths(spec).items():
+        if isinstance(value, str) and (not value.strip() or CONTROL_RE.search(value)):
+            raise SpecError(
+                _("{label}: {key} {path} não é um caminho utilizável (vazio ou com caracteres de controlo)").format(
+                    label=label, key=key, path=excerpt(value)
+                )
+            )
     if spec.save_every % spec.grad_accumulation:
         raise SpecError(
             _(
@@ -287,44 +340,49 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
             ).format(label=label, save_every=spec.save_every, grad_accumulation=spec.grad_accumulation)
         )
     if spec.not_before is not None:
-        try:
-            parse_not_before(spec.not_before)
-        except ValueError as exc:
-            raise SpecError(
-                _("{label}: not_before '{not_before}' não é hora ISO nem HH:MM ({exc})").format(
-                    label=label, not_before=spec.not_before, exc=exc
-                )
-            ) from None
+        check_not_before(spec.not_before, label)
     if spec.window is not None:
         from farensed.spec.window import parse_windows
 
         try:
             parse_windows(spec.window)
         except ValueError as exc:
-            raise SpecError(f"{label}: window: {exc}") from None
+            raise SpecError(f"{label}: window: {safe(exc, 200)}") from None
     for i, dep in enumerate(spec.after):
-        if isinstance(dep, bool) or not isinstance(dep, int) or dep < 1:
+        if isinstance(dep, bool) or not isinstance(dep, int) or not 1 <= dep < 2**31:
             raise SpecError(_("{label}: after[{i}] deve ser o id (inteiro ≥ 1) de um job").format(label=label, i=i))
     if spec.distributed is not None:
-        d = spec.distributed
-        if not d.hosts and not d.hostfile:
-            raise SpecError(_("{label}: distributed precisa de 'hosts' ou 'hostfile'").format(label=label))
-        if d.backend not in ("ring", "mpi"):
+        _check_distributed(spec, label)
+
+
+def _check_distributed(spec: JobSpec, label: str) -> None:
+    d = spec.distributed
+    for i, host in enumerate(d.hosts):
+        if not isinstance(host, str) or not HOST_RE.fullmatch(host):
             raise SpecError(
-                _("{label}: distributed.backend '{backend}' deve ser 'ring' ou 'mpi'").format(
-                    label=label, backend=d.backend
+                _("{label}: distributed.hosts[{i}] {host} não é um nome de host").format(
+                    label=label, i=i, host=excerpt(host)
                 )
             )
-        if spec.batch_size % max(len(d.hosts), 1):
-            raise SpecError(
-                _("{label}: batch_size deve ser múltiplo do número de hosts ({n_hosts})").format(
-                    label=label, n_hosts=len(d.hosts)
-                )
+    if not d.hosts and not d.hostfile:
+        raise SpecError(_("{label}: distributed precisa de 'hosts' ou 'hostfile'").format(label=label))
+    if d.backend not in ("ring", "mpi"):
+        raise SpecError(
+            _("{label}: distributed.backend '{backend}' deve ser 'ring' ou 'mpi'").format(
+                label=label, backend=safe(d.backend, 40)
             )
+        )
+    if spec.batch_size % max(len(d.hosts), 1):
+        raise SpecError(
+            _("{label}: batch_size deve ser múltiplo do número de hosts ({n_hosts})").format(
+                label=label, n_hosts=len(d.hosts)
+            )
+        )
 
 
 def parse_spec(raw: Any, label: str = "spec") -> JobSpec:
-    """Build a JobSpec from a decoded JSON object; every problem is one SpecError line."""
+    """Build a JobSpec from a decoded JSON object; every problem is one SpecError line, whatever `raw` holds."""
+    check_bounds(raw, label)  # depth, size, text keys, finite bounded numbers: before anything walks or echoes it
     exclusive_keys(raw, label)
     spec = _build(JobSpec, raw, "", label)
     if isinstance(raw.get("lora"), dict) and "scale" in raw["lora"]:

@@ -11,38 +11,36 @@ from farensed.errors import SpecError
 from farensed.i18n import _
 from farensed.models.gguf_support import check_chat_template
 from farensed.models.hub import resolve_model
-from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
+from farensed.spec.datacheck import check_model_dir, scan_data_file
+from farensed.spec.decode import decode_json, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec, parse_spec
-from farensed.spec.mlxlm import is_yaml, read_config
+from farensed.spec.mlxlm import config_to_spec, is_yaml
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_messages_template, check_safetensors
+from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
 
 GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
-def read_spec_file(path: Path) -> Any:
-    """Decode a spec file (or an mlx_lm lora YAML config), reporting malformed JSON with its line and column."""
+def read_spec(path: Path) -> tuple[Any, bytes]:
+    """A spec file (or an mlx_lm lora YAML config) decoded, and the bytes a job stores as its spec.json: the file
+    as it was read, or the JSON spec equivalent to the YAML. Read once: what is checked is what is stored."""
     path = Path(path)
+    data = read_spec_bytes(path)
     if is_yaml(path):
-        return read_config(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(
-            _("{path}: não foi possível ler ({strerror})").format(path=path, strerror=exc.strerror)
-        ) from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise SpecError(
-            _("{path}: JSON inválido na linha {lineno}, coluna {colno}: {msg}").format(
-                path=path, lineno=exc.lineno, colno=exc.colno, msg=exc.msg
-            )
-        ) from None
+        raw = config_to_spec(decode_yaml(data, str(path)), path)
+        return raw, orjson.dumps(raw, option=orjson.OPT_INDENT_2)
+    return decode_json(data, str(path)), data
+
+
+def read_spec_file(path: Path) -> Any:
+    """Decode a spec file (or an mlx_lm lora YAML config); every problem is one line naming the file."""
+    return read_spec(path)[0]
 
 
 def _model_config(model_dir: Path) -> dict:
     try:
-        config = orjson.loads((model_dir / "config.json").read_bytes())
+        config = orjson.loads(read_regular(model_dir / "config.json", MAX_CONFIG_BYTES))
     except (OSError, orjson.JSONDecodeError):
         return {}
     return config if isinstance(config, dict) else {}
@@ -51,13 +49,6 @@ def _model_config(model_dir: Path) -> dict:
 def _quantized(model_dir: Path) -> bool:
     config = _model_config(model_dir)
     return bool(config.get("quantization") or config.get("quantization_config"))
-
-
-def spec_bytes(path: Path) -> bytes:
-    """What a job stores as spec.json: the file as it is, or the JSON spec equivalent to a YAML config."""
-    if is_yaml(path):
-        return orjson.dumps(read_config(path), option=orjson.OPT_INDENT_2)
-    return Path(path).read_bytes()
 
 
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
@@ -78,19 +69,19 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
                     "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
                 ).format(label=label, model_type=model_type)
             )
-    if spec.resume_adapter_file and not ws.resolve(spec.resume_adapter_file).is_file():
-        raise SpecError(
-            _("{label}: resume_adapter_file não encontrado: {path}").format(
-                label=label, path=ws.resolve(spec.resume_adapter_file)
-            )
-        )
-    counts = {"train": check_data_file(ws.resolve(spec.data.train), f"{label}: data.train")}
-    counts["valid"] = check_data_file(ws.resolve(spec.data.valid), f"{label}: data.valid")
-    if spec.data.test:
-        counts["test"] = check_data_file(ws.resolve(spec.data.test), f"{label}: data.test")
+    if spec.resume_adapter_file:
+        path = ws.resolve(spec.resume_adapter_file)
+        if not path.exists():
+            raise SpecError(_("{label}: resume_adapter_file não encontrado: {path}").format(label=label, path=path))
+        check_safetensors(path, f"{label}: resume_adapter_file")
+    counts, formats = {}, {}
+    for key, rel in (("train", spec.data.train), ("valid", spec.data.valid), ("test", spec.data.test)):
+        if rel:
+            counts[key], formats[key] = scan_data_file(ws.resolve(rel), f"{label}: data.{key}")
     if gguf is not None:
-        files = [spec.data.train, spec.data.valid] + ([spec.data.test] if spec.data.test else [])
-        check_chat_template(gguf, {file_format(ws.resolve(f)) for f in files}, f"{label}: model")
+        check_chat_template(gguf, set(formats.values()), f"{label}: model")
+    elif chat := next((key for key, fmt in formats.items() if fmt == "messages"), None):
+        check_messages_template(model_dir, f"{label}: model", f"data.{chat}")
     if counts["train"] < spec.batch_size:
         raise SpecError(
             _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(
@@ -100,10 +91,16 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     return counts
 
 
-def load_spec(path: Path, ws: Workspace, check_files: bool = True) -> JobSpec:
-    """Load and fully validate a spec file before anything runs."""
+def load_spec_file(path: Path, ws: Workspace, check_files: bool = True) -> tuple[JobSpec, bytes]:
+    """Load and fully validate a spec file before anything runs; the spec and the bytes a job stores."""
+    raw, data = read_spec(path)
     label = str(path)
-    spec = parse_spec(read_spec_file(path), label)
+    spec = parse_spec(raw, label)
     if check_files:
         check_inputs(spec, ws, label)
-    return spec
+    return spec, data
+
+
+def load_spec(path: Path, ws: Workspace, check_files: bool = True) -> JobSpec:
+    """Load and fully validate a spec file before anything runs."""
+    return load_spec_file(path, ws, check_files)[0]

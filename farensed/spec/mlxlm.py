@@ -13,7 +13,9 @@ from typing import Any
 
 from farensed.errors import SpecError
 from farensed.i18n import N_, _
+from farensed.spec.decode import check_bounds, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec
+from farensed.terminal import excerpt, safe
 
 # mlx_lm/lora.py CONFIG_DEFAULTS (mlx-lm 0.32) for the keys farense maps; tests check them against mlx-lm's own
 MLX_DEFAULTS = {
@@ -52,53 +54,14 @@ ONLY = {
 LORA_KEYS = ("rank", "scale", "alpha", "dropout", "keys")
 
 
-def _yaml_loader():
-    """A SafeLoader that reads 1e-5 as a float, as mlx_lm/lora.py's loader does (plain YAML reads a string)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(
-            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-            |\.[0-9_]+(?:[eE][-+][0-9]+)?
-            |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-            |[-+]?\.(?:inf|Inf|INF)
-            |\.(?:nan|NaN|NAN))$""",
-            re.X,
-        ),
-        list("-+0123456789."),
-    )
-    return Loader
-
-
 def is_yaml(path: Path) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
 def read_yaml(path: Path) -> Any:
-    """Decode a YAML file; a syntax error is one line with its line and column."""
-    import yaml
-
+    """Decode a YAML file (farensed.spec.decode: bounded, one line per problem with its line and column)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(
-            _("{path}: não foi possível ler ({value})").format(path=path, value=getattr(exc, "strerror", None) or exc)
-        ) from None
-    try:
-        return yaml.load(text, _yaml_loader())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" na linha {mark.line + 1}, coluna {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(
-            _("{path}: YAML inválido{where}: {problem}").format(path=path, where=where, problem=problem)
-        ) from None
+    return decode_yaml(read_spec_bytes(path), str(path))
 
 
 def _lora(config: dict, label: str) -> dict:
@@ -133,13 +96,14 @@ def _data(config: dict, label: str) -> dict:
 def _unknown(key: str, known: list[str], where: str) -> SpecError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
-    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
 
 def to_spec(config: Any, label: str, default_name: str) -> dict:
     """Map an mlx-lm config onto an equivalent farense spec (a plain dict, before parse_spec checks it)."""
     if not isinstance(config, dict):
         raise SpecError(_("{label}: deve ser um mapa YAML de opções do mlx_lm lora").format(label=label))
+    check_bounds(config, label)  # text keys, bounded values: what follows may compare and echo them
     farense_keys = [f for f in JobSpec.__dataclass_fields__ if f not in ("lora", "data")]
     known = sorted(set(SAME) | set(RENAMED) | set(ACCEPTED) | set(ONLY) | set(farense_keys) | {"hf_dataset"})
     for key, value in config.items():
@@ -147,8 +111,8 @@ def to_spec(config: Any, label: str, default_name: str) -> dict:
             raise _unknown(key, known, label)
         if key in ONLY and value not in ONLY[key][0]:
             raise SpecError(
-                _("{label}: {key}: {value!r} não é suportado ({value2})").format(
-                    label=label, key=key, value=value, value2=_(ONLY[key][1])
+                _("{label}: {key}: {value} não é suportado ({why})").format(
+                    label=label, key=key, value=excerpt(value), why=_(ONLY[key][1])
                 )
             )
     if config.get("train") is False:
@@ -187,7 +151,12 @@ def _name(config: dict, default_name: str) -> str:
     return default_name
 
 
+def config_to_spec(config: Any, path: Path) -> dict:
+    """A decoded YAML config as the equivalent farense spec dict (the job's name defaults to the file's stem)."""
+    path = Path(path)
+    return to_spec(config, str(path), re.sub(r"[^A-Za-z0-9._-]", "-", path.stem)[:128] or "job")
+
+
 def read_config(path: Path) -> dict:
     """A YAML config file as the equivalent farense spec dict."""
-    path = Path(path)
-    return to_spec(read_yaml(path), str(path), re.sub(r"[^A-Za-z0-9._-]", "-", path.stem) or "job")
+    return config_to_spec(read_yaml(path), path)

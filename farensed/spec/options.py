@@ -7,6 +7,7 @@ from typing import Any
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.terminal import excerpt, safe
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor", "muon")
@@ -19,19 +20,22 @@ def unknown_key(key: str, known: list[str], where: str) -> SpecError:
     hint = (
         _(" (quis dizer '{key}'?)").format(key=close[0])
         if close
-        else _(" (chaves válidas: {keys})").format(keys=", ".join(known))
+        else _(" (chaves válidas: {keys})").format(keys=safe(", ".join(known), 300))  # one short line, however many
     )
-    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=key, hint=hint))
+    return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
 
 def _choice(options: tuple):
     def check(value: Any, where: str) -> str:
-        if value not in options:
-            close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        if not isinstance(value, str) or value not in options:
+            close = difflib.get_close_matches(value, options, n=1, cutoff=0.5) if isinstance(value, str) else []
             hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
             raise SpecError(
                 _("{where}: '{value}' desconhecido{hint}; valores válidos: {items}").format(
-                    where=where, value=value, hint=hint, items=", ".join(options)
+                    where=where,
+                    value=safe(value, 80) if isinstance(value, str) else excerpt(value),
+                    hint=hint,
+                    items=", ".join(options),
                 )
             )
         return value

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from farensed.storage.regular import read_regular
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry so a rename inside it survives a power loss."""
@@ -57,8 +59,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON document written by this module."""
-    return orjson.loads(Path(path).read_bytes())
+    """Read a JSON document written by this module (a FIFO or folder in its place is an OSError, never a hang)."""
+    return orjson.loads(read_regular(Path(path)))
 
 
 def append_line(path: Path, line: bytes, sync: bool = True) -> None:

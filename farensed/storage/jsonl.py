@@ -8,24 +8,28 @@ from pathlib import Path
 
 import orjson
 
+from farensed.storage.regular import open_regular, read_regular
+
 
 def parse_lines(lines: Iterable[bytes]) -> list[dict]:
-    """Decode JSONL lines, skipping blank ones and any that do not parse (the torn end of a killed writer)."""
+    """Decode JSONL lines, skipping blank ones and any that is not a JSON object (the torn end of a killed writer)."""
     records = []
     for line in lines:
         if not line.strip():
             continue
         try:
-            records.append(orjson.loads(line))
+            record = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
+        if isinstance(record, dict):  # a record is an object; anything else is damage, skipped like a torn line
+            records.append(record)
     return records
 
 
 def read_jsonl(path: Path) -> list[dict]:
     """Every record of a JSONL file ([] when it does not exist)."""
     try:
-        return parse_lines(Path(path).read_bytes().splitlines())
+        return parse_lines(read_regular(Path(path)).splitlines())
     except FileNotFoundError:
         return []
 
@@ -35,7 +39,7 @@ def tail_lines(path: Path, n: int, block: int = 65536) -> list[bytes]:
     path = Path(path)
     if n <= 0 or not path.exists():
         return []
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         fh.seek(0, os.SEEK_END)
         pos = fh.tell()
         data = b""

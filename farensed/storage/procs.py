@@ -30,10 +30,12 @@ def process_alive(pid, started) -> bool:
 
 def signal_group(pid: int, sig: int = signal.SIGTERM) -> bool:
     """Signal a child's process group (it runs in its own session); False if it is gone."""
+    if type(pid) is not int or pid <= 1 or pid == os.getpgrp():  # never init's group, never our own
+        return False
     try:
         os.killpg(pid, sig)
         return True
-    except (ProcessLookupError, PermissionError):
+    except (ProcessLookupError, PermissionError, OverflowError, TypeError, ValueError):
         return False
 
 

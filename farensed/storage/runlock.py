@@ -61,17 +61,34 @@ def busy_message(run_dir: Path, info: dict | None) -> str:
     )
 
 
-def sweep_temps(folder: Path) -> list[Path]:
-    """Remove temp files/folders left in `folder` by writers that are dead (a temp is never user data)."""
+def _inside(folder: Path, within: Path | None) -> bool:
+    """`folder` is a real folder (not a link), and lies inside `within` once every link is resolved."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if within is None:
+        return True
+    try:
+        return folder.resolve().is_relative_to(Path(within).resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def sweep_temps(folder: Path, within: Path | None = None) -> list[Path]:
+    """Remove temp files/folders left in `folder` by writers that are dead (a temp is never user data).
+
+    Never through a link: a `folder` that is a symlink, or that resolves outside `within` (the workspace), is left
+    alone, and a temp entry that is a link is unlinked itself, never followed.
+    """
     removed = []
-    if not Path(folder).is_dir():
+    if not _inside(folder, within):
         return removed
     for entry in Path(folder).iterdir():
         m = TEMP_RE.match(entry.name)
         if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)  # rmtree never follows the links inside
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry)
@@ -79,11 +96,15 @@ def sweep_temps(folder: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def hold_run(run_dir: Path, job_id: int | None = None, what: str = "treino", sweep: tuple = ()) -> Iterator[None]:
+def hold_run(
+    run_dir: Path, job_id: int | None = None, what: str = "treino", sweep: tuple = (), within: Path | None = None
+) -> Iterator[None]:
     """Hold the run's lock for the body; RunLockedError (one line, exit 4) if another process holds it.
 
-    `sweep`: folders whose stale temp files are removed once the lock is ours (the run folder is always swept).
+    `sweep`: folders whose stale temp files are removed once the lock is ours (the run folder is always swept),
+    only inside `within` (the workspace; default: the folder holding checkpoints_qlora/).
     """
+    within = Path(run_dir).parent.parent if within is None else within
     run_dir = Path(run_dir)
     lock_file, record = lock_paths(run_dir)
     key = str(lock_file)
@@ -114,7 +135,7 @@ def hold_run(run_dir: Path, job_id: int | None = None, what: str = "treino", swe
             },
         )
         for folder in (run_dir, run_dir / "adapters", *sweep):
-            sweep_temps(folder)
+            sweep_temps(folder, within)
         yield
     finally:
         del _held[key]

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def private_by_default() -> None:
+    """umask 077 on top of the user's (never looser): run folders, outputs, evaluations and reports are the owner's
+    alone, like jobs/ (a prompt, reference and prediction of every example sit in evaluation_report.json)."""
+    os.umask(os.umask(0o077) | 0o077)
+
+
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
     """`--home DIR`, else `$FARENSE_HOME`, else the current directory."""
     chosen = home or os.environ.get("FARENSE_HOME") or os.getcwd()

@@ -15,9 +15,11 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import read_last
-from farensed.queue.job import JobStatus, job_run_dir
+from farensed.queue.job import JobStatus, job_run_dir, parse_time
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
+from farensed.storage.atomic import read_json
+from farensed.storage.regular import open_regular
 
 
 @dataclass
@@ -39,7 +41,7 @@ def schedule(
     out: dict[int, dict] = {}
     free: dt.datetime | None = now
     if running is not None:
-        end = None if running.seconds is None else finish_time(running.windows, now, running.seconds)
+        end = _finish(running.windows, now, running.seconds)
         out[running.id] = {"start": None, "end": end}
         free = end
     ends = {running.id: out[running.id]["end"]} if running else {}
@@ -53,7 +55,7 @@ def schedule(
             break
         item = min((i for i in ready if starts[i.id]), key=lambda i: (starts[i.id], -i.priority, i.id))
         start = starts[item.id]
-        end = None if item.seconds is None else finish_time(item.windows, start, item.seconds)
+        end = _finish(item.windows, start, item.seconds)
         out[item.id] = {"start": start, "end": end}
         ends[item.id] = end
         free = end
@@ -63,6 +65,16 @@ def schedule(
     return out
 
 
+def _finish(windows: list[Window] | None, start: dt.datetime, seconds: float | None) -> dt.datetime | None:
+    """When the work ends; None when unknown or past the calendar's end (year 9999)."""
+    if seconds is None:
+        return None
+    try:
+        return finish_time(windows, start, seconds)
+    except (OverflowError, ValueError):
+        return None
+
+
 def _earliest(item: Item, free: dt.datetime, ends: dict) -> dt.datetime | None:
     times = [free] + ([item.not_before] if item.not_before else [])
     for dep in item.after:
@@ -70,7 +82,10 @@ def _earliest(item: Item, free: dt.datetime, ends: dict) -> dt.datetime | None:
             if ends[dep] is None:
                 return None
             times.append(ends[dep])
-    return next_open(item.windows, max(times))
+    try:
+        return next_open(item.windows, max(times))
+    except (OverflowError, ValueError):
+        return None
 
 
 def format_eta(when: dt.datetime | None, now: dt.datetime) -> str:
@@ -83,10 +98,16 @@ def format_eta(when: dt.datetime | None, now: dt.datetime) -> str:
 # ---- gathering the inputs ----------------------------------------------------------------------------------
 def _spec(queue, job) -> dict:
     try:
-        raw = orjson.loads((queue.job_dir(job.id) / "spec.json").read_bytes())
+        raw = read_json(queue.job_dir(job.id) / "spec.json")
     except (OSError, orjson.JSONDecodeError):
         return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _count(value) -> float | None:
+    """A positive finite number read from a file, else None (a hand-edited file may hold anything)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e15
+    return float(value) if ok else None
 
 
 def _default(key: str):
@@ -94,20 +115,23 @@ def _default(key: str):
 
 
 def _step_seconds(records: list[dict]) -> float | None:
-    last = next((r for r in reversed(records) if r.get("elapsed_s") and r.get("step")), None)
+    last = next((r for r in reversed(records) if _count(r.get("elapsed_s")) and _count(r.get("step"))), None)
     return last["elapsed_s"] / last["step"] if last else None
 
 
 def _total_steps(queue, spec: dict) -> int | None:
-    train = (spec.get("data") or {}).get("train")
-    if not isinstance(train, str):
+    data = spec.get("data")
+    train = data.get("train") if isinstance(data, dict) else None
+    batch = _count(spec.get("batch_size", _default("batch_size")))
+    epochs = _count(spec.get("epochs", _default("epochs")))
+    if not isinstance(train, str) or batch is None or epochs is None:
         return None
     try:
-        with open(queue.ws.resolve(train), "rb") as fh:
+        with open_regular(queue.ws.resolve(train)) as fh:  # a FIFO never blocks `list`
             examples = sum(1 for line in fh if line.strip())
-    except OSError:
+    except (OSError, ValueError):
         return None
-    return examples // spec.get("batch_size", _default("batch_size")) * spec.get("epochs", _default("epochs"))
+    return int(examples // batch * epochs)
 
 
 def _windows(spec: dict, default: str | None) -> list[Window] | None:
@@ -123,19 +147,28 @@ def measured_step_seconds(runs_root: Path) -> dict[tuple, float]:
     found = []
     for path in runs_root.glob("*/training_state.json"):
         try:
-            state = orjson.loads(path.read_bytes())
+            state = read_json(path)
             fingerprint, elapsed = state["fingerprint"], state["progress"]["elapsed_s"]
+            key = (fingerprint["model"], fingerprint["max_seq_length"])
+            hash(key)  # a list in a damaged state file cannot be a key
             if state["step"] > 0:
-                found.append(
-                    (
-                        path.stat().st_mtime,
-                        (fingerprint["model"], fingerprint["max_seq_length"]),
-                        elapsed / state["step"],
-                    )
-                )
-        except (OSError, ValueError, KeyError, TypeError):
+                found.append((path.stat().st_mtime, key, elapsed / state["step"]))
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError):
             continue
-    return {key: seconds for _, key, seconds in sorted(found, key=lambda f: f[0])}
+    return {key: seconds for _, key, seconds in sorted(found, key=lambda f: f[0]) if _count(seconds)}
+
+
+def _seconds_left(queue, job, spec: dict, records: list[dict], measured: dict) -> float | None:
+    """The job's remaining work in seconds: its own pace, else a similar run's; None when unknown."""
+    key = (spec.get("model"), spec.get("max_seq_length", _default("max_seq_length")))
+    try:
+        own = None if job.fresh and job.status is JobStatus.PENDING else _step_seconds(records)
+        per_step = own or measured.get(key)
+        total = (_count(records[-1].get("total_steps")) if records and own else None) or _total_steps(queue, spec)
+        done = (_count(records[-1].get("step")) or 0) if records and own else 0
+    except TypeError:  # an unhashable model or max_seq_length in a hand-edited spec.json
+        return None
+    return None if per_step is None or total is None else max(total - done, 0) * per_step
 
 
 def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = None, blocked: bool = False) -> dict:
@@ -148,17 +181,11 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
         if job.status.terminal:
             continue
         spec, records = specs[job.id], progress[job.id]
-        key = (spec.get("model"), spec.get("max_seq_length", _default("max_seq_length")))
-        own = None if job.fresh and job.status is JobStatus.PENDING else _step_seconds(records)
-        per_step = own or measured.get(key)
-        total = (records[-1].get("total_steps") if records and own else None) or _total_steps(queue, spec)
-        done = records[-1].get("step", 0) if records and own else 0
-        seconds = None if per_step is None or total is None else max(total - done, 0) * per_step
         item = Item(
             id=job.id,
-            seconds=seconds,
+            seconds=_seconds_left(queue, job, spec, records, measured),
             priority=job.priority,
-            not_before=dt.datetime.fromisoformat(job.not_before) if job.not_before else None,
+            not_before=parse_time(job.not_before) if job.not_before else None,
             after=list(job.after),
             windows=_windows(spec, default_window),
         )

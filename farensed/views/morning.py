@@ -18,7 +18,7 @@ from farensed.analysis.gap import analyse, format_analysis
 from farensed.analysis.metrics import read_all
 from farensed.i18n import _, language, ngettext
 from farensed.queue import events
-from farensed.queue.job import Job, job_run_dir
+from farensed.queue.job import Job, job_run_dir, parse_time
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json
 from farensed.views.runref import Run
@@ -60,7 +60,7 @@ def in_period(job: Job, since: dt.datetime) -> bool:
     if not job.status.terminal:
         return True
     stamps = [job.submitted_at, job.started_at, job.ended_at]
-    return any(s and dt.datetime.fromisoformat(s) >= since for s in stamps)
+    return any(s and parse_time(s) >= since for s in stamps)  # Job.from_dict checked they parse
 
 
 def job_events(queue: Queue, job: Job) -> list[str]:

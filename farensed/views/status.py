@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
 from farensed.errors import ERROR_PREFIXES
+from farensed.i18n import _
 from farensed.queue.job import Job, JobStatus, job_run_dir, seconds_since
 from farensed.queue.jobs import Queue
+from farensed.queue.pidfile import daemon_pid
 from farensed.storage.atomic import read_json
+from farensed.storage.procs import process_alive
 
 EXIT_CANCELLED = 130  # `wait`/`tail` exit code of a cancelled job (as for an interrupted command)
 
@@ -24,11 +29,18 @@ def job_exit_code(job: Job) -> int:
     return job.exit_code or 1
 
 
-def _read(path):
+def _read(path) -> dict | None:
     try:
-        return read_json(path)
+        data = read_json(path)
     except (OSError, orjson.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(value) -> float | None:
+    """A finite number from a run's files, else None (what `list` and `status` may format)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
 
 
 def duration_s(job: Job) -> float | None:
@@ -66,28 +78,53 @@ def progress(queue: Queue, job: Job) -> dict:
 
 def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dict:
     """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records)."""
-    summary = _read(run_dir / "training_summary.json") if finished else None
+    summary = (_read(run_dir / "training_summary.json") if finished else None) or {}
     last = read_last(run_dir, 50) if last is None else last
     latest = last[-1] if last else {}
-    vals = [r for r in last if r.get("val_loss") is not None]
+    vals = [r for r in last if _num(r.get("val_loss")) is not None]
     state = _read(run_dir / "training_state.json") or {}
-    best = (summary or {}).get("best_val_loss")
+    stopping = state.get("early_stopping") if isinstance(state.get("early_stopping"), dict) else {}
+    best = _num(summary.get("best_val_loss"))
     if best is None:
-        best = (state.get("early_stopping") or {}).get("best_val_loss")
-        candidates = [r["val_loss"] for r in vals] + ([best] if best is not None else [])
+        candidates = [r["val_loss"] for r in vals] + [b for b in [_num(stopping.get("best_val_loss"))] if b is not None]
         best = min(candidates) if candidates else None
+    band = summary.get("status") or (vals[-1].get("band") if vals else None)
+    epoch = _num(latest.get("epoch"))
     return {
-        "step": latest.get("step"),
-        "total_steps": latest.get("total_steps") or state.get("total_steps"),
-        "epoch": latest.get("epoch"),
-        "loss": latest.get("loss"),
+        "step": _num(latest.get("step")),
+        "total_steps": _num(latest.get("total_steps")) or _num(state.get("total_steps")),
+        "epoch": int(epoch) if epoch is not None and abs(epoch) < 2**31 else None,
+        "loss": _num(latest.get("loss")),
         "val_loss": vals[-1]["val_loss"] if vals else None,
-        "gap": vals[-1]["gap"] if vals else None,
-        "band": (summary or {}).get("status") or (vals[-1]["band"] if vals else None),
+        "gap": _num(vals[-1].get("gap")) if vals else None,
+        "band": band if isinstance(band, str) else None,
         "best_val_loss": best,
-        "tokens_per_second": latest.get("tokens_per_second"),
-        "peak_memory_gb": latest.get("peak_memory_gb"),
+        "tokens_per_second": _num(latest.get("tokens_per_second")),
+        "peak_memory_gb": _num(latest.get("peak_memory_gb")),
     }
+
+
+def pid_alive(job: Job) -> bool | None:
+    """For a running job: is its recorded process alive (pid and start time)? None for other states."""
+    if job.status is not JobStatus.RUNNING:
+        return None
+    return process_alive(job.pid, job.pid_create_time)
+
+
+def stale_note(job: Job, daemon_running: bool) -> str | None:
+    """What `status` and `list` add about a running job when farensed or its child is gone (never shown alive)."""
+    if job.status is not JobStatus.RUNNING:
+        return None
+    alive = pid_alive(job)
+    if not daemon_running and alive:
+        return _(
+            "farensed não está a correr: o treino continua (pid {pid}) e o farensed adota-o quando arrancar"
+        ).format(pid=job.pid)
+    if not daemon_running:
+        return _("farensed não está a correr: o job retoma quando ele arrancar (farensectl daemon start)")
+    if not alive:
+        return _("o processo de treino terminou; o farensed regista-o dentro de instantes")
+    return None
 
 
 def row(queue: Queue, job: Job) -> dict:
@@ -111,6 +148,7 @@ def row(queue: Queue, job: Job) -> dict:
         "priority": job.priority,
         "world_size": job.world_size,
         "held": job.held,
+        "pid_alive": pid_alive(job),
     }
 
 
@@ -121,8 +159,12 @@ def full_status(queue: Queue, job: Job) -> dict:
     # --fresh has its adapters in its own run folder only
     current = run_dir.resolve() == queue.ws.run_dir(job.name).resolve()
     output = queue.ws.output_dir(job.name) if current else None
+    daemon_running = daemon_pid(queue.ws) is not None
     return {
         **job.to_dict(),
+        "pid_alive": pid_alive(job),
+        "daemon_running": daemon_running,
+        "note": stale_note(job, daemon_running),
         "duration_s": duration_s(job),
         "total_duration_s": total_duration_s(job),
         "progress": progress(queue, job),

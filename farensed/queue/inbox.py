@@ -1,0 +1,146 @@
+"""jobs/pending/ as hostile ground: what is waiting there, and jobs/failed/ — the files refused, each with its reason.
+
+Anything may be dropped into jobs/pending/: a spec, a folder, a FIFO, a link, a file still being copied, a file
+dated next century, one whose name holds escape sequences. Each settled entry ends as a job or is moved to
+jobs/failed/ with `<name>.reason.txt` (one short line); an entry that cannot even be moved is remembered and
+skipped (said once), so nothing makes the daemon spin. jobs/failed/ is listed by `farensectl list` until the user
+deals with each file: fix it and move it back into jobs/pending/, or delete it and its .reason.txt.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from farensed.errors import FarenseError
+from farensed.i18n import _
+from farensed.storage.atomic import atomic_write_bytes, fsync_dir
+from farensed.storage.regular import kind_of, read_regular
+from farensed.terminal import safe
+
+REASON_SUFFIX = ".reason.txt"
+REASON_MAX = 300  # characters of a reason: one line a person reads
+NAME_MAX_BYTES = 200  # a rejected file's name, leaving room for .N and .reason.txt within NAME_MAX (255)
+SETTLE_S = 0.3  # a file modified this recently may still be being written
+SCAN_MAX = 10_000  # entries looked at per scan of a folder
+
+
+@dataclass
+class Rejected:
+    """A file in jobs/failed/ and why it was refused."""
+
+    name: str
+    reason: str
+    rejected_at: float
+
+    def to_dict(self) -> dict:
+        return {"file": self.name, "reason": self.reason, "rejected_at": self.rejected_at}
+
+
+def reason_of(exc: BaseException) -> str:
+    """One short, safe line: a FarenseError's own words, else the exception's kind and an excerpt."""
+    text = str(exc) if isinstance(exc, FarenseError) else f"{type(exc).__name__}: {exc}"
+    return safe(text, REASON_MAX)
+
+
+def settled_entries(inbox: Path, skip: set) -> list[Path]:
+    """Entries of the inbox to take now, oldest first: not hidden, not being written, not known to be stuck."""
+    now = time.time()
+    found = []
+    try:
+        with os.scandir(inbox) as entries:
+            for n, entry in enumerate(entries):
+                if n >= SCAN_MAX:
+                    break
+                if entry.name.startswith("."):
+                    continue  # submit's own temp files, editors' swap files
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                # a file written now has mtime ≈ now; one dated in the future is not being written either
+                if now - SETTLE_S <= st.st_mtime <= now + 5:
+                    continue
+                if identity(st, entry.name) in skip:
+                    continue
+                found.append((st.st_mtime_ns, entry.name, Path(entry.path)))
+    except OSError:
+        return []
+    return [path for *_, path in sorted(found)]
+
+
+def identity(st: os.stat_result, name: str) -> tuple:
+    """What makes an inbox entry the same entry at the next scan (a rewritten file is a new one)."""
+    return (name, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why an inbox entry is not a spec file (a folder, FIFO, device or socket), else None."""
+    try:
+        return kind_of(os.stat(path).st_mode)
+    except OSError:
+        return None  # a dangling link: reading it says so
+
+
+def _target_name(name: str) -> str:
+    """The name a rejected file keeps in jobs/failed/: its own, cut to fit the file system with its suffixes."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= NAME_MAX_BYTES:
+        return name
+    return raw[:NAME_MAX_BYTES].decode("utf-8", "ignore") + "…"
+
+
+def reject(failed: Path, path: Path, reason: str) -> Path:
+    """Move an inbox entry into jobs/failed/ beside `<name>.reason.txt`; nothing is deleted. Returns its new path."""
+    base = _target_name(path.name)
+    target = failed / base
+    n = 1
+    while os.path.lexists(target) or os.path.lexists(target.with_name(target.name + REASON_SUFFIX)):
+        stem, dot, suffix = base.rpartition(".")
+        target = failed / (f"{stem}.{n}.{suffix}" if dot and stem else f"{base}.{n}")
+        n += 1
+    os.replace(path, target)
+    atomic_write_bytes(target.with_name(target.name + REASON_SUFFIX), (safe(reason, REASON_MAX) + "\n").encode())
+    fsync_dir(path.parent)
+    return target
+
+
+def rejected(failed: Path, limit: int = 50) -> list[Rejected]:
+    """The files waiting in jobs/failed/ (newest first, at most `limit`), each with its reason."""
+    items = []
+    try:
+        with os.scandir(failed) as entries:
+            for n, entry in enumerate(entries):
+                if n >= SCAN_MAX:
+                    break
+                if entry.name.endswith(REASON_SUFFIX) or entry.name.startswith("."):
+                    continue
+                try:  # when it was refused: its reason's time (a move keeps the file's own mtime)
+                    when = os.stat(entry.path + REASON_SUFFIX).st_mtime
+                except OSError:
+                    try:
+                        when = entry.stat(follow_symlinks=False).st_mtime
+                    except OSError:
+                        continue
+                items.append((when, entry.name))
+    except OSError:
+        return []
+    out = []
+    for when, name in sorted(items, reverse=True)[:limit]:
+        try:
+            text = read_regular(failed / (name + REASON_SUFFIX), 4096).decode("utf-8", "replace").strip()
+        except OSError:
+            text = _("(sem motivo registado)")
+        out.append(Rejected(safe(name, 120), safe(text, REASON_MAX), when))
+    return out
+
+
+def count_rejected(failed: Path) -> int:
+    """How many files wait in jobs/failed/."""
+    try:
+        with os.scandir(failed) as entries:
+            return sum(1 for e in entries if not e.name.endswith(REASON_SUFFIX) and not e.name.startswith("."))
+    except OSError:
+        return 0

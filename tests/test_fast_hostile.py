@@ -1,0 +1,458 @@
+"""The hostile-input battery of issue #22, one case per finding, without a model (a synthetic model folder stands in
+for mlx-lm's): every refusal is one short line with a non-zero exit, nothing on disk changes, nothing hangs, the
+daemon's loop survives every file and says why it refused it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tracemalloc
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from farensed.cli.main import cli
+from farensed.queue.daemon import Daemon
+from farensed.queue.jobs import Queue
+from farensed.storage.workspace import Workspace
+from farensed.terminal import terminal_text
+from tests.hostile import (
+    ALIAS_BOMB,
+    OSC_CLIPBOARD,
+    OSC_TITLE,
+    POISON,
+    cli_subprocess,
+    drop,
+    fake_model,
+    fake_workspace,
+    one_short_line,
+    snapshot,
+    spec,
+    write,
+)
+
+
+@pytest.fixture
+def ws(isolated_home) -> Workspace:
+    fake_workspace(isolated_home)
+    Queue(Workspace(isolated_home))  # jobs/ exists before any snapshot
+    return Workspace(isolated_home)
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+def run_daemon(ws: Workspace) -> list[str]:
+    """farensed's loop in this process until nothing is left to do; the lines it logged (it must return 0)."""
+    logger = logging.getLogger(f"hostile-{id(ws)}")
+    handler = Lines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert Daemon(ws, log=logger, poll_interval=0.05).work(burst=True) == 0
+    finally:
+        logger.removeHandler(handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    return handler.lines
+
+
+def invoke(ws: Workspace, *args: str):
+    return CliRunner().invoke(cli, ["--home", str(ws.root), *args])
+
+
+def refused(ws: Workspace, *args: str, code: int = 2) -> str:
+    """Run a command that must refuse: its one short line, the exit code, and the workspace unchanged."""
+    before = snapshot(ws.root)
+    result = invoke(ws, *args)
+    assert result.exit_code == code, result.output
+    assert snapshot(ws.root) == before
+    return one_short_line(result.output)
+
+
+# ---- 1. a small file in jobs/pending/ killed farensed at every start ---------------------------------------------
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_a_poison_file_is_one_line_for_submit_and_spec_from(ws, name):
+    path = write(ws.root, name, POISON[name])
+    for args in (["spec", "--from", str(path)], ["submit", str(path)]):
+        line = refused(ws, *args)
+        assert str(path) in line
+
+
+def test_the_daemon_sets_aside_every_poison_file_says_why_and_queues_the_good_ones(ws, tmp_path):
+    pending, failed = ws.jobs / "pending", ws.jobs / "failed"
+    (pending / "a-folder.json").mkdir()
+    os.mkfifo(pending / "a-fifo.json")
+    (pending / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    for name, content in POISON.items():
+        drop(pending, name, content)
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")  # queued, not started
+    drop(pending, "good.json", orjson.dumps(spec(name="good", not_before=tomorrow)))
+    drop(pending, "future.json", orjson.dumps(spec(name="future", not_before=tomorrow)))
+    for entry in ("a-folder.json", "a-fifo.json", "dangling.json"):
+        os.utime(pending / entry, (1e9, 1e9), follow_symlinks=False)  # settled long ago
+    future = dt.datetime(2099, 1, 1).timestamp()
+    os.utime(pending / "future.json", (future, future))  # dated next century: still taken
+    logged = run_daemon(ws)  # returns: the loop survived every file
+    jobs = {j.name: j for j in Queue(ws).jobs()}
+    assert set(jobs) == {"good", "future"} and all(j.state == "pending" for j in jobs.values())
+    assert not list(pending.iterdir())
+    rejected = {p.name for p in failed.iterdir() if not p.name.endswith(".reason.txt")}
+    assert rejected == set(POISON) | {"a-folder.json", "a-fifo.json", "dangling.json"}
+    for name in POISON:
+        assert (failed / name).read_bytes() == POISON[name].encode("utf-8", "surrogateescape")  # kept as it was
+    for name in rejected:
+        reason = (failed / f"{name}.reason.txt").read_text()
+        assert reason.count("\n") == 1 and len(reason) <= 301 and "\x1b" not in reason, (name, reason)
+        assert any(f"jobs/pending/{name} recusado" in line for line in logged), (name, logged)
+    assert "FIFO" in (failed / "a-fifo.json.reason.txt").read_text()
+    listed = orjson.loads(invoke(ws, "list", "--json").stdout)
+    assert {r["file"] for r in listed["rejected"]} == rejected
+    text = invoke(ws, "list").output
+    assert "jobs/failed/ tem ficheiros recusados (total: 19)" in text and "\x1b" not in text
+
+
+# ---- the loop never dies of one tick ---------------------------------------------------------------------------
+class Flaky(Daemon):
+    """A daemon whose memory check fails three times and whose start of job `bad` raises: what a bug would do."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mishaps.first_pause = 0.01  # the real schedule doubles from 1 s; the test need not wait for it
+        self.failures_left = 3
+
+    def guard_memory(self):
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("boom")
+        return super().guard_memory()
+
+    def start(self, job):
+        if job.name == "bad":
+            self.queue.claim(job.id)  # half-started, then a bug
+            raise KeyError("the start of bad")
+        return super().start(job)
+
+
+def test_an_exception_in_a_tick_is_logged_once_its_job_set_aside_and_the_loop_goes_on(ws):
+    q = Queue(ws)
+    bad = q.submit(write(ws.root, "bad.json", orjson.dumps(spec(name="bad", priority=9))))
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    later = q.submit(write(ws.root, "later.json", orjson.dumps(spec(name="later", not_before=tomorrow))))
+    logger = logging.getLogger("flaky")
+    logger.setLevel(logging.INFO)
+    handler = Lines()
+    logger.addHandler(handler)
+    try:
+        assert Flaky(ws, log=logger, poll_interval=0.01).work(burst=True) == 0  # it returned: never died
+    finally:
+        logger.removeHandler(handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    text = "\n".join(handler.lines)
+    assert text.count("RuntimeError: boom") == 2 and text.count("Traceback") == 2  # once for boom, once for bad
+    failed = q.get(bad.id)
+    assert failed.state == "failed" and "erro interno do farensed: KeyError" in failed.error
+    assert f"farensectl retry {bad.id}" in failed.error and q.get(later.id).state == "pending"
+
+
+def test_a_repeated_error_is_counted_not_logged_again_and_slows_the_loop():
+    from farensed.queue.mishaps import MAX_PAUSE_S, Mishaps
+
+    logger = logging.getLogger("mishaps")
+    logger.setLevel(logging.INFO)
+    handler = Lines()
+    logger.addHandler(handler)
+    mishaps = Mishaps(logger)
+    pauses = []
+    for _ in range(1000):
+        try:
+            raise ValueError("the same")
+        except ValueError as exc:
+            mishaps.record(exc, "ciclo")
+        pauses.append(mishaps.pause())
+    logger.removeHandler(handler)
+    assert len(handler.lines) == 4  # the first with its traceback, then at the 10th, 100th and 1000th time
+    assert "Traceback" in handler.lines[0] and "(1000 vezes)" in handler.lines[-1]
+    assert pauses[:4] == [1.0, 2.0, 4.0, 8.0] and max(pauses) == MAX_PAUSE_S
+    mishaps.clean_tick()
+    assert mishaps.pause() == 0.0
+
+
+# ---- 2. tiny files blew up memory and disk ---------------------------------------------------------------------
+def test_an_alias_bomb_is_refused_before_it_expands(ws):
+    from farensed.errors import SpecError
+    from farensed.spec.load import read_spec_file
+
+    path = write(ws.root, "bomb.yaml", ALIAS_BOMB)
+    tracemalloc.start()
+    with pytest.raises(SpecError, match="mais de 20 aliases"):
+        read_spec_file(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5 * 2**20  # it was 1.2 GB
+
+
+@pytest.mark.parametrize("size", [60_000, 2_000_000])
+def test_a_huge_value_is_one_short_line(ws, size):
+    path = write(ws.root, "big.json", orjson.dumps(spec(epochs="x" * size)))
+    line = refused(ws, "submit", str(path))
+    assert ("64 KB" in line) if size > 64 * 1024 else ("epochs" in line and "xxx…" in line)
+
+
+# ---- 3. morning reports piled up --------------------------------------------------------------------------------
+def test_one_report_at_a_time_covering_the_jobs_since_the_last(ws):
+    from farensed.queue.reporter import REPORT_FILE, start_report
+    from farensed.storage.atomic import atomic_write_json
+    from farensed.storage.procs import create_time
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        atomic_write_json(
+            ws.jobs / REPORT_FILE, {"pid": busy.pid, "create_time": create_time(busy.pid), "started_at": "x"}
+        )
+        said = []
+        assert start_report(ws, said.append) is None and f"pid {busy.pid}" in said[0]
+    finally:
+        busy.kill()
+        busy.wait()
+    previous = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    atomic_write_json(ws.jobs / REPORT_FILE, {"pid": busy.pid, "create_time": 1.0, "started_at": previous})
+    proc = start_report(ws, print)
+    assert proc.wait(timeout=120) == 0
+    assert proc.args[-2:] == ["--since", previous] and "--time-limit" in proc.args
+    assert orjson.loads((ws.jobs / REPORT_FILE).read_bytes())["pid"] == proc.pid
+
+
+# ---- 4. a year-9999 not_before broke list for everyone -----------------------------------------------------------
+def test_readers_survive_any_job_json(ws):
+    q = Queue(ws)
+    submitted = q.submit(write(ws.root, "ok.json", orjson.dumps(spec(name="ok"))))
+    path = q.job_dir(submitted.id) / "job.json"
+    record = orjson.loads(path.read_bytes())
+    for damage in (
+        {"not_before": "9999-12-31T23:59:59+00:00"},
+        {"not_before": "0001-01-01T00:00:00"},
+        {"started_at": "2020-01-01T00:00:00", "ended_at": "2020-01-01T01:00:00+05:00"},
+        {"state": "running", "pid": 1, "pid_create_time": None},
+        {"attempts": 10**30},
+        {"pid": -5},
+        {"held": ["x"]},
+        {"name": OSC_TITLE},
+        {"after": [10**12]},
+    ):
+        path.write_text(json.dumps({**record, **damage}))  # the standard library writes any integer
+        for args in (["list"], ["list", "--json"], ["status", str(submitted.id)], ["status", "--json"]):
+            result = invoke(ws, *args)
+            assert result.exit_code == 0, (damage, args, result.output)
+            assert "\x1b" not in result.output and "Traceback" not in result.output
+        for kept in q.job_dir(submitted.id).glob("job.json.unreadable-*"):
+            kept.unlink()
+        path.write_bytes(orjson.dumps(record))
+
+
+def test_a_far_future_not_before_is_refused_with_its_bound(ws):
+    path = write(ws.root, "later.json", orjson.dumps(spec(not_before="2999-01-01T00:00")))
+    assert "a mais de 3 anos no futuro" in refused(ws, "submit", str(path))
+    good = write(ws.root, "good.json", orjson.dumps(spec()))
+    assert "a mais de 3 anos" in refused(ws, "submit", str(good), "--not-before", "9999-12-31T23:59")
+
+
+# ---- 5. terminal escapes reached the terminal ---------------------------------------------------------------------
+def test_escape_sequences_from_files_never_reach_the_terminal(ws):
+    for changes, shown in (({"name": OSC_CLIPBOARD}, "\\e]52;c;"), ({"optimizer": OSC_TITLE}, "\\e]0;pwned\\x07")):
+        assert shown in refused(ws, "submit", str(write(ws.root, "esc.json", orjson.dumps(spec(**changes)))))
+    q = Queue(ws)
+    job = q.submit(write(ws.root, "ok.json", orjson.dumps(spec(name="ok"))))
+    q.update(job.id, state="failed", error=f"Error: {OSC_TITLE}boom", loss_reason=OSC_CLIPBOARD)
+    q.log_path(job.id).write_bytes(f"\x1b[32mverde\x1b[0m {OSC_CLIPBOARD}{OSC_TITLE}\x1b[2J fim\n".encode())
+    status = invoke(ws, "status", str(job.id))
+    assert status.exit_code == 0 and "\x1b" not in status.output and "\\e]0;pwned" in status.output
+    logs = invoke(ws, "logs", str(job.id)).output  # not a terminal: click drops the colours too
+    assert logs == "verde  fim\n" and "pwned" not in logs
+    log_text = q.log_path(job.id).read_text()
+    assert terminal_text(log_text) == "\x1b[32mverde\x1b[0m  fim\n"  # on a terminal: colours kept, the rest dropped
+
+
+def test_doctor_shows_a_hostile_spec_path_escaped(ws):
+    from farensed.doctor import format_check, run_checks
+
+    path = write(ws.root, f"a{OSC_TITLE}.json", orjson.dumps(spec(epochs=0)))
+    lines = [format_check(c) for c in run_checks(ws, path, probe={})]
+    assert all("\x1b" not in line and "\n" not in line for line in lines)
+    assert any("epochs = 0 fora do intervalo" in line for line in lines)
+
+
+# ---- 7. names match whole; the sweep stays inside the workspace ---------------------------------------------------
+def test_a_name_with_a_trailing_newline_is_refused(ws):
+    assert "name 'abc\\n'" in refused(ws, "submit", str(write(ws.root, "nl.json", orjson.dumps(spec(name="abc\n")))))
+
+
+def test_the_run_lock_sweep_never_follows_a_symlinked_run_folder(ws, tmp_path):
+    from farensed.storage.runlock import hold_run
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / ".precious.tmp-999999"  # looks like a dead writer's temp file
+    victim.write_text("keep me")
+    (outside / ".folder.tmp-999999").mkdir()
+    run_dir = ws.run_dir("linked")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.symlink_to(outside, target_is_directory=True)
+    with hold_run(run_dir, within=ws.root):
+        pass
+    assert victim.read_text() == "keep me" and (outside / ".folder.tmp-999999").is_dir()
+
+
+# ---- 8. what passed submit and doctor but failed or hung at run time ----------------------------------------------
+def _model_case(ws: Workspace, case: str) -> dict:
+    model = ws.root / "models" / "m"
+    if case == "fifo-config":
+        (model / "config.json").unlink()
+        os.mkfifo(model / "config.json")
+    elif case == "fifo-tokenizer-config":
+        (model / "tokenizer_config.json").unlink()
+        os.mkfifo(model / "tokenizer_config.json")
+    elif case == "folder-named-with-bracket":
+        fake_model(ws.root / "models" / "m[1]")
+        return spec(model="models/m[1]")
+    elif case == "truncated-safetensors":
+        data = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(data[: len(data) - 10])
+    elif case == "huge-header-length":
+        (model / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    elif case == "unknown-model-type":
+        (model / "config.json").write_bytes(orjson.dumps({"model_type": "nosuchmodel"}))
+    elif case == "messages-without-chat-template":
+        fake_workspace(ws.root, messages=True)
+        (model / "chat_template.jinja").unlink()
+    elif case == "weights-not-named-model":
+        (model / "model.safetensors").rename(model / "weights.safetensors")
+    elif case == "fifo-data":
+        (ws.root / "data" / "train.jsonl").unlink()
+        os.mkfifo(ws.root / "data" / "train.jsonl")
+    elif case == "folder-as-data":
+        (ws.root / "data" / "train.jsonl").unlink()
+        (ws.root / "data" / "train.jsonl").mkdir()
+    elif case == "device-as-data":
+        return spec(data={"train": "/dev/zero", "valid": "data/valid.jsonl"})
+    return spec()
+
+
+MODEL_CASES = {
+    "fifo-config": "é um FIFO",
+    "fifo-tokenizer-config": "tokenizer_config.json é um FIFO",
+    "folder-named-with-bracket": "tem '[': o mlx-lm procura os pesos com glob",
+    "truncated-safetensors": "não é um safetensors válido",
+    "huge-header-length": "não é um safetensors válido",
+    "unknown-model-type": "model_type 'nosuchmodel' não é suportado pelo mlx-lm instalado",
+    "messages-without-chat-template": "não tem chat_template",
+    "weights-not-named-model": "não tem pesos (model*.safetensors",
+    "fifo-data": "data.train: ",  # then the path and "é um FIFO, não um ficheiro"
+    "folder-as-data": "é uma pasta, não um ficheiro",
+    "device-as-data": "é um dispositivo de caracteres",
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_submit_checks_what_run_reads(ws, case):
+    path = write(ws.root, "job.json", orjson.dumps(_model_case(ws, case)))
+    if "fifo" not in case:
+        for command in ("submit", "run"):
+            assert MODEL_CASES[case] in refused(ws, command, str(path))
+        return
+    before = snapshot(ws.root)
+    proc = cli_subprocess(ws.root, "submit", str(path))  # a FIFO read would hang: its own process, a timeout
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_short_line(proc.stdout + proc.stderr)
+    assert MODEL_CASES[case] in line and "é um FIFO, não um ficheiro" in line
+    assert snapshot(ws.root) == before
+
+
+def test_the_checks_accept_the_synthetic_model_they_refuse_broken(ws):
+    job = Queue(ws).submit(write(ws.root, "ok.json", orjson.dumps(spec())))
+    assert job.state == "pending"
+
+
+def test_doctor_never_blocks_on_a_fifo(ws):
+    _model_case(ws, "fifo-tokenizer-config")
+    _model_case(ws, "fifo-data")
+    path = write(ws.root, "job.json", orjson.dumps(spec()))
+    code = (
+        "from pathlib import Path\nfrom farensed.doctor import run_checks, format_check\n"
+        "from farensed.storage.workspace import Workspace\n"
+        f"for c in run_checks(Workspace(Path({str(ws.root)!r})), Path({str(path)!r}), probe={{}}):\n"
+        "    print(format_check(c))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "FIFO" in proc.stdout and "❌" in proc.stdout
+
+
+# ---- 9. tracebacks instead of one line -------------------------------------------------------------------------
+def test_duplicate_json_keys_name_the_key(ws):
+    path = write(ws.root, "dup.json", '{"name": "a", "model": "models/m", "model": "x", "data": {}}')
+    assert "a chave 'model' aparece mais de uma vez" in refused(ws, "submit", str(path))
+
+
+def test_a_read_only_queue_is_read_and_refuses_writes_in_one_line(ws):
+    (ws.jobs).chmod(0o500)
+    try:
+        assert invoke(ws, "list").exit_code == 0
+        assert stat.S_IMODE(ws.jobs.stat().st_mode) == 0o500  # opening the queue no longer chmods it back
+        if os.geteuid() != 0:  # root writes anyway
+            line = refused(ws, "submit", str(write(ws.root, "ok.json", orjson.dumps(spec()))), code=4)
+            assert "não foi possível escrever na fila" in line
+    finally:
+        ws.jobs.chmod(0o700)
+
+
+# ---- 10. private by default --------------------------------------------------------------------------------------
+def test_what_the_cli_and_the_daemon_write_is_private(ws):
+    proc = cli_subprocess(ws.root, "report", env={"FARENSE_HOME": str(ws.root)})
+    assert proc.returncode == 0, proc.stderr
+    report = ws.root / proc.stdout.strip()
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600 and stat.S_IMODE(report.parent.stat().st_mode) == 0o700
+    burst = subprocess.run(
+        [sys.executable, "-m", "farensed.queue.main", "--home", str(ws.root), "--burst", "--poll", "0.05"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert burst.returncode == 0
+    assert stat.S_IMODE((ws.jobs / "overnight.json").stat().st_mode) == 0o600
+
+
+# ---- 11. status and list tell the truth --------------------------------------------------------------------------
+def test_a_running_job_whose_daemon_and_child_are_gone_reads_as_such(ws):
+    q = Queue(ws)
+    job = q.submit(write(ws.root, "ok.json", orjson.dumps(spec())))
+    q.update(job.id, state="running", pid=999_999_999, pid_create_time=1.0)
+    status = invoke(ws, "status", str(job.id))
+    assert "999999999 (terminou)" in status.output
+    assert "farensed não está a correr: o job retoma quando ele arrancar" in status.output
+    info = orjson.loads(invoke(ws, "status", str(job.id), "--json").stdout)
+    assert info["pid_alive"] is False and info["daemon_running"] is False
+    listed = invoke(ws, "list")
+    assert "o job retoma quando ele arrancar" in listed.output and "a fila não avança" in listed.output
+    assert invoke(ws, "daemon", "status").exit_code == 3  # LSB: not running
+    assert invoke(ws, "daemon", "status", "--json").exit_code == 3
+
+
+def test_daemon_start_reports_a_daemon_that_dies_at_start_up(ws):
+    proc = cli_subprocess(ws.root, "daemon", "start", env={"FARENSE_WINDOW": "25:99-xx"}, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    line = one_short_line(proc.stderr)
+    assert "terminou ao arrancar" in line and "--window" in line
