@@ -84,3 +84,17 @@ def record_line(record, best, first) -> str:
     from farensed.analysis.monitor import format_record
 
     return format_record(record, best, first, colour=colour_band)
+
+
+def failure_lines(job) -> str:
+    """A failed job's reason in one line, then where its whole log is."""
+    from farensed.i18n import _
+    from farensed.terminal import safe
+    from farensed.views.status import error_reason
+
+    return "\n".join(
+        [
+            _("erro: {reason}").format(reason=safe(error_reason(job.error), 400)),
+            _("log completo: farensectl logs {id}").format(id=job.id),
+        ]
+    )

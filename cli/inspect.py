@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from farensed.cli.app import cli, fmt_number, print_json, queue, record_line
+from farensed.cli.app import cli, failure_lines, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import N_, _, ngettext
@@ -188,13 +188,7 @@ def tail(ref, lines, follow, refresh):
         click.echo(record_line(record, best, first))
     if not follow:
         if job is not None and job.status is JobStatus.FAILED:
-            from farensed.views.status import error_reason
-
-            click.echo(
-                _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
-                    error_reason=safe(error_reason(job.error), 400), id=job.id
-                )
-            )
+            click.echo(failure_lines(job))
         return
     state = {"best": bests[-1] if bests else None, "first": first}
 
@@ -211,7 +205,7 @@ def tail(ref, lines, follow, refresh):
     try:
         follow_run(run.run_dir, lambda: run.finished, emit, interval=refresh)
     except KeyboardInterrupt:
-        click.echo(_("\ndesligado"), err=True)
+        click.echo("\n" + _("desligado"), err=True)
         sys.exit(130)
     from farensed.analysis.gap import format_analysis
     from farensed.views.status import gap_report

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from farensed.cli.app import cli, colour_band, fmt_number, print_json, queue, record_line
+from farensed.cli.app import cli, colour_band, failure_lines, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
 from farensed.queue.job import JobStatus
 from farensed.terminal import safe
@@ -18,16 +18,12 @@ def _final(q, job) -> int:
     """Print how a job ended (the final analysis, or why it failed); return its exit code."""
     from farensed.analysis.gap import format_analysis
     from farensed.views.runref import resolve
-    from farensed.views.status import error_reason, gap_report, job_exit_code
+    from farensed.views.status import gap_report, job_exit_code
 
     job = q.get(job.id)
     click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {job.state}")
     if job.status is JobStatus.FAILED:
-        click.echo(
-            _("erro: {error_reason}\nlog completo: farensectl logs {id}").format(
-                error_reason=safe(error_reason(job.error), 400), id=job.id
-            )
-        )
+        click.echo(failure_lines(job))
     else:
         click.echo(format_analysis(gap_report(resolve(q.ws, str(job.id)))))
     return job_exit_code(job)
@@ -51,7 +47,7 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
     try:
         follow(job_run_dir(q.ws, job), is_over, emit, interval=interval)
     except KeyboardInterrupt:
-        click.echo(_("\ndesligado (o job continua)"), err=True)
+        click.echo("\n" + _("desligado (o job continua)"), err=True)
         return 130
     return _final(q, job)
 
@@ -186,7 +182,7 @@ def _list_rejected(q, rejected, shown: int = 10) -> None:
     for item in rejected[:shown]:
         click.echo(f"  {item.name}: {item.reason}")
     if total > shown:
-        click.echo(_("  … e mais {count}").format(count=total - shown))
+        click.echo("  " + _("… e mais {count}").format(count=total - shown))
 
 
 @cli.command()

@@ -43,7 +43,7 @@ def conversion_lines(table: dict, error: dict, sampled: bool) -> list[str]:
     )
     if not error["max_abs"]:
         total = _("Erro no total: nenhum (todos os {values} pesos exatos)").format(values=error["values"])
-    return lines + [total + (_(" (estimado numa amostra)") if sampled and error["max_abs"] else "")]
+    return lines + [total + (" " + _("(estimado numa amostra)") if sampled and error["max_abs"] else "")]
 
 
 def _describe(summary: dict) -> str:

@@ -24,7 +24,7 @@ def pause():
     record = pause_queue(ws)
     nudge(ws.jobs)
     click.echo(
-        _("fila em pausa desde {value}: o job em curso para com checkpoint").format(value=record["paused_at"][:19])
+        _("fila em pausa desde {since}: o job em curso para com checkpoint").format(since=record["paused_at"][:19])
     )
 
 

@@ -199,3 +199,14 @@ def test_cli_process_speaks_the_chosen_language(isolated_home, lang, line):
     env["FARENSE_LANG"] = lang
     proc = subprocess.run(cli_cmd(isolated_home, "status", "7"), capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 4 and proc.stderr.strip() == line
+
+
+def test_messages_carry_no_layout_and_name_their_placeholders():
+    """Layout (newlines, indentation) stays outside the msgids; placeholders say what they hold (no {value2}, {get})."""
+    import re
+
+    vague = re.compile(r"\{(?:[a-z_]+[2-9]|value\d|get|decode|x|s|v)(?=[:}!])")  # {gb2}, {value2}, {get}: say what
+    for msgid, where in i18n.msgids().items():
+        for text in msgid if isinstance(msgid, tuple) else (msgid,):
+            assert text == text.strip(" \n") and "\n" not in text, (where, text)
+            assert not vague.search(text), (where, text)

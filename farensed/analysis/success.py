@@ -58,8 +58,8 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
             value = (first - last) / first if first and last is not None else None
             ok = value is not None and value >= target
             text = (
-                _("loss de treino caiu {value:.0%} (≥ {target:.0%}; {first:.4f} → {last:.4f})").format(
-                    value=value, target=target, first=first, last=last
+                _("loss de treino caiu {drop:.0%} (≥ {target:.0%}; {first:.4f} → {last:.4f})").format(
+                    drop=value, target=target, first=first, last=last
                 )
                 if value is not None
                 else _("loss de treino: sem registos")
@@ -69,8 +69,8 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
             value = vals[0]["val_loss"] - best if vals else None
             ok = value is not None and (value > 0) == bool(target)
             text = (
-                _("val_loss melhorou {value:.4f} ({val_loss:.4f} → {best:.4f})").format(
-                    value=value, val_loss=vals[0]["val_loss"], best=best
+                _("val_loss melhorou {improvement:.4f} ({val_loss:.4f} → {best:.4f})").format(
+                    improvement=value, val_loss=vals[0]["val_loss"], best=best
                 )
                 if value is not None
                 else _("val_loss: sem validações")
@@ -79,7 +79,7 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
             value = analysis["best_gap"]
             ok = value is not None and value < target
             text = (
-                _("gap no melhor modelo {value:.4f} (< {target:g})").format(value=value, target=target)
+                _("gap no melhor modelo {gap:.4f} (< {target:g})").format(gap=value, target=target)
                 if value is not None
                 else _("gap: sem validações")
             )
@@ -87,7 +87,7 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
             value = ((evaluation or {}).get("adapters") or {}).get("f1_mean")
             ok = value is not None and value >= target
             text = (
-                _("F1 {value:.4f} (≥ {target:g})").format(value=value, target=target)
+                _("F1 {f1:.4f} (≥ {target:g})").format(f1=value, target=target)
                 if value is not None
                 else _("F1: sem avaliação (farensectl eval)")
                 if evaluable

@@ -89,8 +89,8 @@ def prepare(ws: Workspace, log=print) -> Path:
     build_tiny_model(ws.resolve(MODEL_DIR), log=log)
     paths = write_demo_data(ws.resolve(DATA_DIR))
     log(
-        _("✅ Dados de demonstração: {path}, {path2}").format(
-            path=paths["train"].relative_to(ws.root), path2=paths["valid"].relative_to(ws.root)
+        _("✅ Dados de demonstração: {train}, {valid}").format(
+            train=paths["train"].relative_to(ws.root), valid=paths["valid"].relative_to(ws.root)
         )
     )
     spec_path = ws.resolve(SPEC_PATH)

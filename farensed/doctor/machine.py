@@ -78,7 +78,7 @@ def check_mlx(probe: dict) -> Check:
         return Check(
             "mlx",
             FAIL,
-            _("mlx não carrega: {get}").format(get=probe.get("error")),
+            _("mlx não carrega: {error}").format(error=probe.get("error")),
             _("pip install -e . (no venv deste Python)"),
         )
     info = probe.get("info", {})
@@ -243,8 +243,8 @@ def check_memory() -> Check:
 
     reading = PressureReader().read()
     verdict = decide(reading, Thresholds(), holding=False)
-    text = _("{value:.1f} GB disponíveis de {value2:.0f} GB; {detail}").format(
-        value=reading.available_mb / 1024, value2=reading.total_mb / 1024, detail=verdict.detail
+    text = _("{available_gb:.1f} GB disponíveis de {total_gb:.0f} GB; {detail}").format(
+        available_gb=reading.available_mb / 1024, total_gb=reading.total_mb / 1024, detail=verdict.detail
     )
     data = {"available_mb": reading.available_mb, "total_mb": reading.total_mb, "signal": verdict.signal}
     if verdict.action is Action.STOP:
@@ -281,7 +281,7 @@ def _tree_size(path: Path) -> int:
 
 def check_hf_cache() -> Check:
     cache = _hf_cache_dir()
-    offline = _(" (HF_HUB_OFFLINE: sem rede)") if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    offline = " " + _("(HF_HUB_OFFLINE: sem rede)") if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
     if not cache.is_dir():
         return Check(
             "hf_cache",

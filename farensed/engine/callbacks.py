@@ -130,7 +130,7 @@ class ConsoleProgress(TrainingCallback):
         )
 
     def on_checkpoint(self, path: Path, seconds: float) -> None:
-        console.say(_("\n✓ Checkpoint guardado em: {path}").format(path=path.relative_to(self.trainer.ws.root)))
+        console.say("\n" + _("✓ Checkpoint guardado em: {path}").format(path=path.relative_to(self.trainer.ws.root)))
 
     def on_epoch_end(self) -> None:
         self._close()

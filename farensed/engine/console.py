@@ -62,13 +62,15 @@ def epoch_header(epoch: int, epochs: int) -> str:
 def validation_block(step: int, val_loss: float, gap: float, band: str, improved: bool, stopper) -> str:
     lines = [f"\n✅ Val Loss (step {step}): {val_loss:.4f}", "", _("Análise de Validação:")]
     if improved:
-        lines.append(_("  ✅ Melhor Val Loss: {val_loss:.4f}").format(val_loss=val_loss))
+        lines.append("  " + _("✅ Melhor Val Loss: {val_loss:.4f}").format(val_loss=val_loss))
     if band == "MODERADO":
-        lines.append(_("  {icon}  Overfitting moderado (gap={gap:.4f})").format(icon=icon(band), gap=gap))
+        lines.append("  " + _("{icon}  Overfitting moderado (gap={gap:.4f})").format(icon=icon(band), gap=gap))
     elif band == "CRÍTICO":
-        lines.append(_("  {icon} Overfitting crítico (gap={gap:.4f})").format(icon=icon(band), gap=gap))
+        lines.append("  " + _("{icon} Overfitting crítico (gap={gap:.4f})").format(icon=icon(band), gap=gap))
     if stopper.patience is not None and not improved:  # an improvement is said once, by the line above
-        lines.append(_("  ℹ  Sem melhoria ({wait}/{patience})").format(wait=stopper.wait, patience=stopper.patience))
+        lines.append(
+            "  " + _("ℹ  Sem melhoria ({wait}/{patience})").format(wait=stopper.wait, patience=stopper.patience)
+        )
     return "\n".join(lines)
 
 
@@ -76,16 +78,18 @@ def early_stop_block(stopper) -> str:
     return "\n".join(
         [
             "",
-            _("  EARLY STOPPING ATIVADO!"),
-            ngettext(
-                "   Sem melhoria por {patience} validação",
-                "   Sem melhoria por {patience} validações consecutivas",
+            "  " + _("EARLY STOPPING ATIVADO!"),
+            "   "
+            + ngettext(
+                "Sem melhoria por {patience} validação",
+                "Sem melhoria por {patience} validações consecutivas",
                 stopper.patience,
             ).format(patience=stopper.patience),
-            _("   Melhor modelo: Época {epoch}, Step {step}").format(
+            "   "
+            + _("Melhor modelo: Época {epoch}, Step {step}").format(
                 epoch=stopper.best_epoch + 1, step=stopper.best_step
             ),
-            _("   Melhor Val Loss: {best_val_loss:.4f}").format(best_val_loss=stopper.best_val_loss),
+            "   " + _("Melhor Val Loss: {best_val_loss:.4f}").format(best_val_loss=stopper.best_val_loss),
             "",
             _("Treino terminado por Early Stopping"),
         ]
@@ -116,5 +120,5 @@ def compiled(seconds: float) -> str:
 def interrupted(signum: int) -> str:
     """How a signal-stopped run says the way back: the same command, or (from the queue) what the child adds."""
     if os.environ.get("FARENSE_JOB_ID"):
-        return _("\n⏸  Interrompido (sinal {signum}); checkpoint guardado.").format(signum=signum)
-    return _("\n⏸  Interrompido (sinal {signum}); retoma com o mesmo comando.").format(signum=signum)
+        return "\n" + _("⏸  Interrompido (sinal {signum}); checkpoint guardado.").format(signum=signum)
+    return "\n" + _("⏸  Interrompido (sinal {signum}); retoma com o mesmo comando.").format(signum=signum)

@@ -42,7 +42,7 @@ def _real_name(path: Path) -> str:
 def disk_full_error(exc: BaseException, run_dir: Path) -> DiskFullError:
     """The one line a user sees: what failed, which checkpoint the next run resumes from."""
     what = (
-        _(" ao gravar {name}").format(name=_real_name(exc.filename))
+        " " + _("ao gravar {name}").format(name=_real_name(exc.filename))
         if isinstance(exc, OSError) and exc.filename
         else ""
     )

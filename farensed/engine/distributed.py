@@ -54,8 +54,8 @@ def check_hosts(spec, ws, paths: list[Path]) -> None:
             ) from None
         if proc.returncode == 255:
             raise SpecError(
-                _("distributed.hosts: {host} inacessível por ssh ({value})").format(
-                    host=host, value=proc.stderr.strip()[-200:]
+                _("distributed.hosts: {host} inacessível por ssh ({error})").format(
+                    host=host, error=proc.stderr.strip()[-200:]
                 )
             )
         if proc.returncode != 0:

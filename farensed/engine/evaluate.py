@@ -135,8 +135,8 @@ class Evaluator:
             return self._reuse(examples, done, fingerprint)  # nothing to load: no model, no progress bars
         if done:
             self.log(
-                _("↻ A retomar a avaliação: {n_done} de {value} já feitas").format(
-                    n_done=len(done), value=2 * len(examples)
+                _("↻ A retomar a avaliação: {n_done} de {total} já feitas").format(
+                    n_done=len(done), total=2 * len(examples)
                 )
             )
         from mlx_lm import load
@@ -282,16 +282,17 @@ class Evaluator:
     def _say(self, report: dict) -> None:
         a, b = report["adapters"], report["base"]
         self.log(
-            _(
-                "\nAvaliação ({examples} exemplos): F1 {f1_mean:.4f} (base {f1_mean2:.4f}), EM {em_mean:.4f} (base {em_mean2:.4f}), perplexidade {perplexity:.2f} (base {perplexity2:.2f})"
+            "\n"
+            + _(
+                "Avaliação ({examples} exemplos): F1 {f1:.4f} (base {base_f1:.4f}), EM {em:.4f} (base {base_em:.4f}), perplexidade {perplexity:.2f} (base {base_perplexity:.2f})"
             ).format(
                 examples=report["config"]["examples"],
-                f1_mean=a["f1_mean"],
-                f1_mean2=b["f1_mean"],
-                em_mean=a["em_mean"],
-                em_mean2=b["em_mean"],
+                f1=a["f1_mean"],
+                base_f1=b["f1_mean"],
+                em=a["em_mean"],
+                base_em=b["em_mean"],
                 perplexity=a["perplexity"],
-                perplexity2=b["perplexity"],
+                base_perplexity=b["perplexity"],
             )
         )
         self.log(_("✓ Relatório: {path}").format(path=(self.run_dir / REPORT).relative_to(self.ws.root)))

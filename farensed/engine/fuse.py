@@ -46,7 +46,7 @@ def fuse_job(spec, ws, say) -> Path | None:
         shutil.rmtree(stale)
     tmp = out / f".{FUSED_DIR}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
-    say(_("\nA fundir os adapters no modelo base (mlx-lm fuse) → {path}").format(path=target.relative_to(ws.root)))
+    say("\n" + _("A fundir os adapters no modelo base (mlx-lm fuse) → {path}").format(path=target.relative_to(ws.root)))
     from farensed.engine.gguf import model_path  # a .gguf: its import <file>.mlx/
 
     _fuse_into(tmp, model_path(resolve_model(spec.model, ws), log=say), out, fuse_options(spec))

@@ -192,7 +192,7 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
     digest = digest or sha256_of(src)
     if dest.exists():
         if imported_digest(dest) == digest:
-            log(_("✅ {dest} já contém este GGUF importado (sha256 {value})").format(dest=dest, value=digest[:12]))
+            log(_("✅ {dest} já contém este GGUF importado (sha256 {sha256})").format(dest=dest, sha256=digest[:12]))
             return dict(read_json(dest / MARKER)["summary"], already=True)
         raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
     tokenizer = _tokenizer(info)  # before the weights: a bad vocabulary is refused in a second, not minutes
@@ -258,7 +258,7 @@ def model_path(path: Path, log=print) -> Path:
     except OSError as exc:  # a read-only folder, a full disk, …
         raise SpecError(
             _(
-                "{path}: não foi possível importar para {name} ao lado do GGUF ({value}); use farensectl model import-gguf FILE DEST e ponha DEST no model do spec"
-            ).format(path=path, name=cache.name, value=exc.strerror or exc)
+                "{path}: não foi possível importar para {name} ao lado do GGUF ({error}); use farensectl model import-gguf FILE DEST e ponha DEST no model do spec"
+            ).format(path=path, name=cache.name, error=exc.strerror or exc)
         ) from None
     return cache

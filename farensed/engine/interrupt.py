@@ -28,14 +28,14 @@ def resume_point(run_dir: Path) -> str | None:
 
 
 def first_interrupt_line() -> str:
-    return _("\n⏸  Ctrl-C: a parar no fim desta atualização, com checkpoint (outro Ctrl-C para parar já)")
+    return "\n" + _("⏸  Ctrl-C: a parar no fim desta atualização, com checkpoint (outro Ctrl-C para parar já)")
 
 
 def stop_now(run_dir: Path) -> None:
     """Exit immediately (75): what the checkpoint being written holds is lost, the previous one is intact."""
     point = resume_point(run_dir)
     where = _("retoma de {point}").format(point=point) if point else _("começa do início (ainda não há checkpoint)")
-    sys.stdout.write(_("\n⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.\n").format(where=where))
+    sys.stdout.write("\n" + _("⏹  Segundo Ctrl-C: parado já; a próxima execução {where}.").format(where=where) + "\n")
     sys.stdout.flush()
     os._exit(EXIT_RESUMABLE)
 

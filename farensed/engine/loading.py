@@ -21,10 +21,10 @@ def tokenizer_of(model_path: Path, model_config: dict):
 
 def load_datasets(spec, ws, model_path: Path, model_config: dict, clock) -> tuple[TokenizedSet, TokenizedSet, dict]:
     """The training and validation sets (from the token cache when it has them) and the data files' digests."""
-    console.say(_("\nA carregar datasets..."))
+    console.say("\n" + _("A carregar datasets..."))
     train_path, valid_path = ws.resolve(spec.data.train), ws.resolve(spec.data.valid)
     digests = {"train": sha256_file(train_path), "valid": sha256_file(valid_path)}
-    console.say(_("\nA tokenizar..."))
+    console.say("\n" + _("A tokenizar..."))
     settings = {"max_seq_length": spec.max_seq_length, "mask_prompt": spec.mask_prompt}  # what changes the tokens
     cache_ = TokenCache(ws.root / "checkpoints_qlora" / CACHE_DIR, model_path, settings)
 

@@ -104,8 +104,8 @@ def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> Non
         except (OSError, orjson.JSONDecodeError) as exc:
             problem = _("ilegível ({exc})").format(exc=exc)
         warn(
-            _("⚠  {name} da pasta do treino {problem}; reconstruído a partir de {name2}").format(
-                name=name, problem=problem, name2=ckpt.path.name
+            _("⚠  {name} da pasta do treino {problem}; reconstruído a partir de {checkpoint}").format(
+                name=name, problem=problem, checkpoint=ckpt.path.name
             )
         )
         if name == STATE_NAME:

@@ -29,8 +29,8 @@ def device_line() -> str:
     name = info.get("device_name") or info.get("architecture") or "?"
     gpu_mem = f", {gb(info['memory_size'])}" if kind == "gpu" and info.get("memory_size") else ""
     vm = psutil.virtual_memory()
-    return _("Dispositivo: {kind} ({name}{gpu_mem}) | memória: {gb} livres de {gb2}").format(
-        kind=kind, name=name, gpu_mem=gpu_mem, gb=gb(vm.available), gb2=gb(vm.total)
+    return _("Dispositivo: {kind} ({name}{gpu_mem}) | memória: {free} livres de {total}").format(
+        kind=kind, name=name, gpu_mem=gpu_mem, free=gb(vm.available), total=gb(vm.total)
     )
 
 
@@ -55,11 +55,17 @@ def check_disk(folder: Path, trainable_bytes: int, keep: int) -> str:
     if free < need:
         raise FarenseError(
             _(
-                "espaço em disco insuficiente em {where}: {gb} livres, são precisos ~{gb2} ({keep} checkpoints de {gb3} + margem); liberte espaço ou baixe keep_checkpoints"
-            ).format(where=where, gb=gb(free), gb2=gb(need), keep=keep, gb3=gb(checkpoint_bytes(trainable_bytes)))
+                "espaço em disco insuficiente em {where}: {free} livres, são precisos ~{needed} ({keep} checkpoints de {checkpoint_size} + margem); liberte espaço ou baixe keep_checkpoints"
+            ).format(
+                where=where,
+                free=gb(free),
+                needed=gb(need),
+                keep=keep,
+                checkpoint_size=gb(checkpoint_bytes(trainable_bytes)),
+            )
         )
-    return _("Disco: {gb} livres em {where} (precisos ~{gb2} para {keep} checkpoints + margem)").format(
-        gb=gb(free), where=where, gb2=gb(need), keep=keep
+    return _("Disco: {free} livres em {where} (precisos ~{needed} para {keep} checkpoints + margem)").format(
+        free=gb(free), where=where, needed=gb(need), keep=keep
     )
 
 

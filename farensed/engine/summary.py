@@ -74,8 +74,9 @@ def finish_run(
         atomic_write_with(out / fname, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if announce_best and summary["best_step"] is not None:
         console.say(
-            _("\nMelhor modelo: Época {value}, Step {best_step} (val_loss {best_val_loss:.4f})").format(
-                value=summary["best_epoch"] + 1, best_step=summary["best_step"], best_val_loss=summary["best_val_loss"]
+            "\n"
+            + _("Melhor modelo: Época {epoch}, Step {best_step} (val_loss {best_val_loss:.4f})").format(
+                epoch=summary["best_epoch"] + 1, best_step=summary["best_step"], best_val_loss=summary["best_val_loss"]
             )
         )
     console.say(_("Adapters finais: {path}").format(path=out.relative_to(ws.root)))

@@ -42,7 +42,7 @@ def evaluate_test_set(trainer) -> dict:
         from farensed.storage.atomic import read_json
 
         return read_json(target)
-    console.say(_("\nA avaliar o conjunto de teste (data.test)..."))
+    console.say("\n" + _("A avaliar o conjunto de teste (data.test)..."))
     trainer.model.load_weights(str(run_dir / "adapters" / "adapters.safetensors"), strict=False)
     data = tokenize_file(
         trainer.ws.resolve(spec.data.test),

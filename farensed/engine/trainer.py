@@ -76,7 +76,7 @@ class Trainer:
         self._prepare()
         start, cont = self._decide_start()
         if start.resuming and start.state.get("finished") and not cont.reopen:
-            console.say(_("\nTreino já terminado; nada a fazer."))
+            console.say("\n" + _("Treino já terminado; nada a fazer."))
             return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
         self.progress = self._restore(start)
         cont.apply(self.progress, self.stopper)
@@ -204,7 +204,7 @@ class Trainer:
         set_wired_limit()
         console.say(console.banner(spec))
         console.say(startup.device_line())
-        console.say(_("\nA carregar modelo e dados..."))
+        console.say("\n" + _("A carregar modelo e dados..."))
         console.say(_(console.LOADING_MODEL).format(model=spec.model))
         self.model, self.model_config = load_model(Path(self.model_path))  # the tokenizer only if tokens are needed
         self.clock.mark("model_loaded")
@@ -255,7 +255,8 @@ class Trainer:
             self.stopper = EarlyStopping.from_dict(state["early_stopping"])
             records = read_json(path / "training_metrics.json") if self.world.is_main else []
             console.say(
-                _("\n↻ A retomar de {name} (step {step}/{total_steps})").format(
+                "\n"
+                + _("↻ A retomar de {name} (step {step}/{total_steps})").format(
                     name=path.name, step=progress.step, total_steps=self.total_steps
                 )
             )

@@ -230,7 +230,7 @@ def read_header(path: Path) -> GgufInfo:
             seen.add(raw[-1][0])
         align = info.metadata.get("general.alignment", 32)
         if not isinstance(align, int) or not 0 < align <= MAX_ALIGNMENT or align & (align - 1):
-            raise r.bad(_("general.alignment {value}").format(value=shown(align)))
+            raise r.bad(_("general.alignment {alignment}").format(alignment=shown(align)))
         start = -(-r.pos // align) * align
     for name, dims, ggml_type, offset in raw:
         _place(r, info, name, dims, ggml_type, offset, start, align)

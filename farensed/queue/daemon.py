@@ -101,7 +101,7 @@ class Daemon:
             self.singleton.acquire(timeout=0)
         except Timeout:
             raise QueueError(
-                _("farensed já está a correr nesta fila (pid {value})").format(value=daemon_pid(self.ws) or "?")
+                _("farensed já está a correr nesta fila (pid {pid})").format(pid=daemon_pid(self.ws) or "?")
             ) from None
         record_daemon(self.ws)
 
@@ -368,8 +368,8 @@ class Daemon:
             if job.id not in self._busy_logged:
                 self._busy_logged.add(job.id)
                 self.log(
-                    _("job {id} ({name}) à espera: pasta em uso pelo pid {get}").format(
-                        id=job.id, name=job.name, get=info.get("pid")
+                    _("job {id} ({name}) à espera: pasta em uso pelo pid {pid}").format(
+                        id=job.id, name=job.name, pid=info.get("pid")
                     )
                 )
         return None

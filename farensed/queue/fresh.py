@@ -15,7 +15,7 @@ def start_over(ws: Workspace, name: str, job_id: int | None = None, say=print) -
     for kind, folder in (("run", ws.run_dir(name)), ("output", ws.output_dir(name))):
         if folder.exists():
             moved[kind] = move_aside(folder)
-            say(_("--fresh: a pasta anterior foi guardada em {value}").format(value=moved[kind]))
+            say(_("--fresh: a pasta anterior foi guardada em {path}").format(path=moved[kind]))
     if "run" in moved and ws.jobs.is_dir():
         from farensed.queue.jobs import Queue
 

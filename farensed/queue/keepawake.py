@@ -49,8 +49,8 @@ def keep_awake(pid: int, log) -> subprocess.Popen | None:
     time.sleep(0.1)
     if proc.poll() is not None:
         log(
-            _("{value} não está disponível aqui (código {returncode}): a máquina pode adormecer").format(
-                value=cmd[0], returncode=proc.returncode
+            _("{command} não está disponível aqui (código {returncode}): a máquina pode adormecer").format(
+                command=cmd[0], returncode=proc.returncode
             )
         )
         _unavailable.add(cmd[0])

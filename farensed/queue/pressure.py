@@ -53,7 +53,7 @@ class Reading:
         """Swap use and activity, for the log line."""
         if not self.swap_used_mb and not self.swap_out_mb_s:
             return _("sem swap em uso")
-        text = _("swap {value:.1f} GB em uso").format(value=self.swap_used_mb / 1024)
+        text = _("swap {swap_gb:.1f} GB em uso").format(swap_gb=self.swap_used_mb / 1024)
         if self.swap_out_mb_s:
             text += f", a escrever {self.swap_out_mb_s:.0f} MB/s"
         return text
@@ -233,10 +233,10 @@ class MemoryGuard:
             return _("guarda de memória desligada (--no-memory-guard)")
         r = self.read()
         if r.level is not None:
-            return _("guarda de memória: {MACOS_SYSCTL} ≥ {macos_stop_level} ({value}) para o job").format(
-                MACOS_SYSCTL=MACOS_SYSCTL,
+            return _("guarda de memória: {sysctl} ≥ {macos_stop_level} ({level_name}) para o job").format(
+                sysctl=MACOS_SYSCTL,
                 macos_stop_level=t.macos_stop_level,
-                value=_(LEVEL_NAMES_PT[t.macos_stop_level]),
+                level_name=_(LEVEL_NAMES_PT[t.macos_stop_level]),
             )
         floor = _("memória disponível < {floor:.0f} MB de {total:.0f} GB").format(
             floor=t.floor_mb(r.total_mb), total=r.total_mb / 1024

@@ -74,8 +74,8 @@ def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise QueueError(
-            _("{items} falhou: {value}").format(
-                items=" ".join(cmd), value=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            _("{command} falhou: {error}").format(
+                command=" ".join(cmd), error=(proc.stderr or proc.stdout).strip().splitlines()[-1:]
             )
         )
 
@@ -197,7 +197,7 @@ def start_background(ws: Workspace, timeout: float = 30.0) -> int:
     pid = await_ready(ws, proc, timeout)
     if pid is None:
         raise QueueError(
-            _("farensed não arrancou em {timeout:.0f} s; ver {value}").format(timeout=timeout, value=ws.jobs / LOG_NAME)
+            _("farensed não arrancou em {timeout:.0f} s; ver {log}").format(timeout=timeout, log=ws.jobs / LOG_NAME)
         )
     return pid
 

@@ -178,7 +178,9 @@ def decode_yaml(data: bytes, label: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = (
-            _(" na linha {line}, coluna {column}").format(line=mark.line + 1, column=mark.column + 1) if mark else ""
+            " " + _("na linha {line}, coluna {column}").format(line=mark.line + 1, column=mark.column + 1)
+            if mark
+            else ""
         )
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SpecError(

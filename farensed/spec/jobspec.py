@@ -223,8 +223,8 @@ def _check_type(value: Any, typ: type, where: str) -> Any:
         return float(value)
     if not ok:
         raise SpecError(
-            _("{where}: deve ser {value}, não {decode}").format(
-                where=where, value=_(TYPE_NAMES[typ]), decode=excerpt(value)
+            _("{where}: deve ser {expected}, não {got}").format(
+                where=where, expected=_(TYPE_NAMES[typ]), got=excerpt(value)
             )
         )
     if typ is float and not math.isfinite(value):
@@ -262,8 +262,8 @@ def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
             value = _check_type(value, _base_type(str(f.type)), f"{label}: {key}")
             if key in RANGES and not RANGES[key][0](value):
                 raise SpecError(
-                    _("{label}: {key} = {value} fora do intervalo ({value2})").format(
-                        label=label, key=key, value=value, value2=_(RANGES[key][1])
+                    _("{label}: {key} = {value} fora do intervalo ({allowed})").format(
+                        label=label, key=key, value=value, allowed=_(RANGES[key][1])
                     )
                 )
             kwargs[name] = value

@@ -95,7 +95,7 @@ def _data(config: dict, label: str) -> dict:
 
 def _unknown(key: str, known: list[str], where: str) -> SpecError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
+    hint = " " + _("(quis dizer '{key}'?)").format(key=close[0]) if close else ""
     return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
 

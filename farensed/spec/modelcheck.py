@@ -39,7 +39,7 @@ def read_json_file(path: Path, label: str, limit: int = MAX_CONFIG_BYTES) -> obj
         raise SpecError(f"{label}: {exc}") from None
     except orjson.JSONDecodeError as exc:
         raise SpecError(
-            _("{label}: {value} não é JSON válido ({exc})").format(label=label, value=path, exc=safe(exc, 120))
+            _("{label}: {path} não é JSON válido ({error})").format(label=label, path=path, error=safe(exc, 120))
         ) from None
     except OSError as exc:
         raise SpecError(

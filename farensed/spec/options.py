@@ -18,9 +18,10 @@ def unknown_key(key: str, known: list[str], where: str) -> SpecError:
     """One line naming an unknown key and the nearest valid one."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = (
-        _(" (quis dizer '{key}'?)").format(key=close[0])
+        " " + _("(quis dizer '{key}'?)").format(key=close[0])
         if close
-        else _(" (chaves válidas: {keys})").format(keys=safe(", ".join(known), 300))  # one short line, however many
+        else " "
+        + _("(chaves válidas: {keys})").format(keys=safe(", ".join(known), 300))  # one short line, however many
     )
     return SpecError(_("{where}: chave desconhecida '{key}'{hint}").format(where=where, key=safe(key, 40), hint=hint))
 
@@ -29,7 +30,7 @@ def _choice(options: tuple):
     def check(value: Any, where: str) -> str:
         if not isinstance(value, str) or value not in options:
             close = difflib.get_close_matches(value, options, n=1, cutoff=0.5) if isinstance(value, str) else []
-            hint = _(" (quis dizer '{key}'?)").format(key=close[0]) if close else ""
+            hint = " " + _("(quis dizer '{key}'?)").format(key=close[0]) if close else ""
             raise SpecError(
                 _("{where}: '{value}' desconhecido{hint}; valores válidos: {items}").format(
                     where=where,

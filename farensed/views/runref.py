@@ -51,7 +51,7 @@ class Run:
     def heading(self) -> str:
         if self.job:
             return f"job {self.job.id} ({self.job.name}): {self.job.state}"
-        seed = _(" — pasta só com métricas, só leitura") if self.seed_era else ""
+        seed = " " + _("— pasta só com métricas, só leitura") if self.seed_era else ""
         return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
 
     def records(self) -> list[dict]:
