@@ -9,43 +9,9 @@ import click
 from farensed.cli.app import cli, failure_lines, fmt_number, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
-from farensed.i18n import N_, _, ngettext
+from farensed.i18n import _
 from farensed.queue.job import JobStatus
 from farensed.terminal import safe
-
-# `status`'s lines: the JSON key (fixed) -> its label on screen (translated)
-STATUS_LABELS = {
-    "id": N_("id"),
-    "name": N_("nome"),
-    "state": N_("estado"),
-    "finished": N_("terminada"),
-    "priority": N_("prioridade"),
-    "attempts": N_("tentativas"),
-    "recoveries": N_("recuperações"),
-    "world_size": N_("hosts"),
-    "submitted_at": N_("submetido"),
-    "first_started_at": N_("primeiro início"),
-    "started_at": N_("último início"),
-    "ended_at": N_("fim"),
-    "not_before": N_("não antes de"),
-    "after": N_("depois de"),
-    "pid": N_("pid"),
-    "exit_code": N_("código de saída"),
-    "held": N_("retido"),
-    "pause": N_("pausa"),
-    "loss_reason": N_("última paragem"),
-    "run_dir": N_("pasta"),
-    "log": N_("log"),
-}
-
-
-def status_value(value) -> str:
-    """A value as a person reads it: yes/no, a list as `1, 2`, never a Python literal."""
-    from farensed.analysis.compare import cell
-
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return cell(value, None)
 
 
 @cli.command()
@@ -61,8 +27,8 @@ def status(ref, as_json):
     Example:
       farensectl status 3 --json | jq .progress
     """
-    from farensed.analysis.gap import band_label
     from farensed.views.status import run_status
+    from farensed.views.statustext import status_lines
 
     info = run_status(resolve_run(ref))
     if info.get("id") is not None:
@@ -73,69 +39,8 @@ def status(ref, as_json):
     if as_json:
         print_json(info)
         return
-    p = info["progress"]
-    for key, label in STATUS_LABELS.items():
-        if info.get(key) not in (None, [], ""):
-            value = status_value(info[key])
-            if key == "pid" and info.get("pid_alive") is False:
-                value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
-            click.echo(f"{_(label) + ':':<14}{safe(value, 400)}")  # a value from a file never reaches the terminal raw
-    if info.get("note"):
-        click.echo(f"{_('nota:'):<14}{info['note']}")
-    if info.get("total_duration_s") is not None:
-        from farensed.views.status import format_duration
-
-        click.echo(
-            f"{_('duração:'):<14}"
-            + _("{total} no total ({attempts}); último arranque {latest}").format(
-                total=format_duration(info["total_duration_s"]),
-                attempts=ngettext("{count} tentativa", "{count} tentativas", info["attempts"]).format(
-                    count=info["attempts"]
-                ),
-                latest=format_duration(info.get("duration_s")),
-            )
-        )
-    if info["state"] == JobStatus.PENDING.value and info.get("retry_at"):
-        from farensed.queue.backoff import seconds_left
-
-        if left := seconds_left(info["retry_at"]):
-            click.echo(
-                f"{_('retoma às:'):<14}"
-                + _("{time} (daqui a {left:.0f} s)").format(time=info["retry_at"][11:19], left=left)
-            )
-    if p["step"] is not None:
-        click.echo(
-            f"{_('progresso:'):<14}"
-            + _(
-                "step {step}/{total_steps}, época {epoch}, loss {loss}, val_loss {val_loss}, melhor {best}, banda {band}"
-            ).format(
-                step=p["step"],
-                total_steps=p["total_steps"] or "?",
-                epoch=p["epoch"] + 1 if p["epoch"] is not None else "?",
-                loss=fmt_number(p["loss"]),
-                val_loss=fmt_number(p["val_loss"]),
-                best=fmt_number(p["best_val_loss"]),
-                band=safe(band_label(p["band"]), 20),
-            )
-        )
-    if (adapters := info.get("adapters")) and "error" not in adapters:
-        click.echo(
-            f"{'adapters:':<14}"
-            + _("{tensors}, {parameters} ({path})").format(
-                tensors=ngettext("{count} tensor", "{count} tensores", adapters["tensors"]).format(
-                    count=adapters["tensors"]
-                ),
-                parameters=ngettext("{count:,} parâmetro", "{count:,} parâmetros", adapters["parameters"]).format(
-                    count=adapters["parameters"]
-                ),
-                path=adapters["path"],
-            )
-        )
-    if info.get("reason"):
-        click.echo(f"{_('erro:'):<14}{safe(info['reason'], 400)}")
-        click.echo(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
-    elif info.get("error"):
-        click.echo(f"{_('nota:'):<14}{safe(info['error'], 400)}")
+    for line in status_lines(info):
+        click.echo(line)
 
 
 @cli.command()

@@ -131,7 +131,7 @@ def test_lost_child_backs_off_10_30_120_capped_and_records_why(q, daemon):
         assert "SIGKILL" in settled.error
     assert waits == [10, 30, 120, 120]
     assert q.next_runnable() is None  # still waiting
-    assert daemon._waiting()  # burst mode keeps the daemon for it
+    assert daemon.queue.work_ahead()  # burst mode keeps the daemon for it
     assert backoff.parse_schedule("1, 2,5") == (1.0, 2.0, 5.0) and backoff.delay(7, (1.0, 2.0)) == 2.0
     with pytest.raises(ValueError):
         backoff.parse_schedule("10,x")

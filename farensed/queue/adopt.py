@@ -1,6 +1,10 @@
-"""Which live process is training a `running` job: asked before a job is ever called lost (never a second trainer)."""
+"""The child a daemon watches (`Running`), and which live process is training a `running` job: asked before a job is
+ever called lost (never a second trainer)."""
 
 from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
 
 from farensed.queue.child import CHILD_FILE
 from farensed.storage.atomic import read_json
@@ -24,3 +28,23 @@ def find_child(queue, job) -> tuple[int, float] | None:
         if pid and started is not None and process_alive(pid, started):
             return pid, started
     return None
+
+
+@dataclass
+class Running:
+    """The child being watched: our own Popen, or a process adopted from an earlier daemon."""
+
+    job_id: int
+    pid: int
+    popen: subprocess.Popen | None = None
+    awake: subprocess.Popen | None = None
+    create_time: float | None = None
+    oom_before: int | None = None  # the kernel's OOM-kill count when we started watching
+    cancel_sent: bool = False
+
+    def exit_status(self) -> tuple[bool, int | None]:
+        """(finished, return code if known)."""
+        if self.popen is not None:
+            rc = self.popen.poll()
+            return rc is not None, rc
+        return not process_alive(self.pid, self.create_time), None

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import psutil
 from filelock import FileLock, Timeout
@@ -22,7 +21,7 @@ from farensed import EXIT_RESUMABLE
 from farensed.errors import FarenseError, QueueError
 from farensed.i18n import _
 from farensed.queue import backoff, events
-from farensed.queue.adopt import find_child
+from farensed.queue.adopt import Running, find_child
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
@@ -34,32 +33,12 @@ from farensed.queue.pidfile import daemon_pid, mark_ready, record_daemon
 from farensed.queue.pressure import Action, MemoryGuard
 from farensed.queue.wake import Waker, watch_folder
 from farensed.storage.exitfile import EXIT_FILE, read_exit_error
-from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, process_alive, signal_group
+from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, signal_group
 from farensed.storage.runlock import holder, sweep_temps
 from farensed.storage.workspace import Workspace
 from farensed.terminal import safe
 
 MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
-
-
-@dataclass
-class Running:
-    """The child being watched: our own Popen, or a process adopted from an earlier daemon."""
-
-    job_id: int
-    pid: int
-    popen: subprocess.Popen | None = None
-    awake: subprocess.Popen | None = None
-    create_time: float | None = None
-    oom_before: int | None = None  # the kernel's OOM-kill count when we started watching
-    cancel_sent: bool = False
-
-    def exit_status(self) -> tuple[bool, int | None]:
-        """(finished, return code if known)."""
-        if self.popen is not None:
-            rc = self.popen.poll()
-            return rc is not None, rc
-        return not process_alive(self.pid, self.create_time), None
 
 
 class Daemon:
@@ -333,8 +312,8 @@ class Daemon:
 
     def _tick(self, burst: bool = False) -> bool:
         """Watch the child, the memory, the overnight policy; start the next job. True: a burst has nothing left."""
-        self.handling = None
         if self.current is not None:
+            self.handling = self.current.job_id  # a failure while watching or settling it sets this job aside
             self.poll_current()
             self.forward_cancel()
         self.handling = None
@@ -345,7 +324,7 @@ class Daemon:
             if self.start(job):
                 self.overnight.started(job)
         self.handling = None
-        return burst and self.current is None and not self._waiting()
+        return burst and self.current is None and not self.queue.work_ahead()
 
     def _mishap(self, exc: Exception, slow: bool = True) -> None:
         """An unexpected exception: logged with its traceback, the job being handled set aside, the loop slowed."""
@@ -373,15 +352,6 @@ class Daemon:
                     )
                 )
         return None
-
-    def _waiting(self) -> bool:
-        """Something will be runnable without outside help: a runnable job, or one waiting for its back-off."""
-        if self.queue.next_runnable() is not None:
-            return True
-        return any(
-            j.status is JobStatus.PENDING and not j.held and backoff.seconds_left(j.retry_at) > 0
-            for j in self.queue.jobs()
-        )
 
     def shutdown(self) -> None:
         """Forward the stop to the child, wait for its checkpoint, leave the job pending."""

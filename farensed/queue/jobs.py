@@ -279,6 +279,14 @@ class Queue:
                 ready.append(job)
         return min(ready, key=lambda j: (-j.priority, j.id)) if ready else None
 
+    def work_ahead(self) -> bool:
+        """Something will be runnable without outside help: a runnable job, or one waiting for its back-off."""
+        from farensed.queue.backoff import seconds_left
+
+        if self.next_runnable() is not None:
+            return True
+        return any(j.status is JobStatus.PENDING and not j.held and seconds_left(j.retry_at) > 0 for j in self.jobs())
+
     def claim(self, job_id: int, **changes) -> Job | None:
         """Pending → running under the lock, only if it is still pending and free (a cancel may have just won)."""
         with self.lock:
