@@ -255,7 +255,7 @@ class Soak:
         problems: list[str] = []
         logs = "".join(p.read_text(errors="replace") for p in self.daemon_logs)
         # the daemon's lifecycle lines: fixed fields before ` · ` (farensed/queue/events.py), whatever the language
-        ends = re.findall(r"job=(\d+) event=ended state=(done|failed|cancelled) ", logs)
+        ends = re.findall(r"(?m)^(?:\[[^\]]*\] )?job=(\d+) event=ended state=(done|failed|cancelled) ", logs)
         for job in self.queue().jobs():
             if job.id not in self.expected:
                 problems.append(f"job {job.id} ({job.name}) came from a poison file: {job.source}")

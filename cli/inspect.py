@@ -32,10 +32,10 @@ def status(ref, as_json):
 
     info = run_status(resolve_run(ref))
     if info.get("id") is not None:
-        from farensed.cli.overnight import pause_line
+        from farensed.queue.overnight import pause_of
 
         q = queue()
-        info["pause"] = pause_line(q, q.get(info["id"]))
+        info["pause"] = pause_of(q, q.get(info["id"]))
     if as_json:
         print_json(info)
         return

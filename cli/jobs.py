@@ -109,7 +109,7 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
 
 
 @cli.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document: jobs, refused inbox files, the daemon.")
 def list_jobs(as_json):
     """List jobs: id, name, state, step/total, best val_loss, gap band, recoveries.
 
@@ -241,7 +241,7 @@ def wait(job_id, timeout):
         time.sleep(0.5)
     if live:
         live.end()
-    click.echo(f"job {job.id} ({job.name}): {job.state}")
+    click.echo(f"job {job.id} ({safe(job.name, 80)}): {job.state}")
     sys.exit(job_exit_code(job))
 
 
@@ -257,11 +257,13 @@ class LiveLine:
         from farensed.queue.job import job_run_dir
         from farensed.queue.overnight import pause_of
 
-        last = read_last(job_run_dir(self.q.ws, job), 50) if job.state == "running" else []
+        last = read_last(job_run_dir(self.q.ws, job), 50) if job.status is JobStatus.RUNNING else []
         if last and (self.first is None or self.first.get("step", 0) > last[0].get("step", 0)):
             self.first = last[0]  # the ETA's base: the oldest record of this look (a resume rewrites the file)
-        note = pause_of(self.q, job) or job.held
-        line = live_line(f"job {job.id} ({job.name})", job.state, last[-1] if last else None, self.first, note)
+        note = safe(pause_of(self.q, job) or job.held or "", 200) or None  # values from files: never raw
+        line = live_line(
+            f"job {job.id} ({safe(job.name, 80)})", job.state, last[-1] if last else None, self.first, note
+        )
         width = shutil.get_terminal_size().columns - 1
         click.echo("\r" + line[:width] + "\x1b[K", nl=False)
         self.shown = True

@@ -80,13 +80,6 @@ def _iso(when) -> str | None:
     return None if when is None else when.isoformat(timespec="seconds")
 
 
-def pause_line(q, job) -> str | None:
-    """`em pausa até 23:00` for `status`, or None."""
-    from farensed.queue.overnight import pause_of
-
-    return pause_of(q, job)
-
-
 @cli.command()
 @click.option("--since", metavar="TIME", help="Jobs active since this ISO time or HH:MM (default: the last 24 hours).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here (default: reports/<time>.html).")
@@ -117,7 +110,7 @@ def report(since, output, open_, notify, as_json, time_limit):
     if as_json:
         print_json(collect(q, start))
         return
-    path = write_report(q, start, output)
+    path = write_report(q, start, output, auto=notify)
     click.echo(str(path))
     if notify:
         from farensed.queue.keepawake import notify as send

@@ -114,26 +114,29 @@ def test_daemon_install_without_a_service_manager_says_it_will_not_survive_a_reb
 
 
 def test_reports_are_kept_to_a_bounded_number(isolated_home, monkeypatch):
-    """One report is written at every drain of the queue: reports/ keeps the newest (FARENSE_KEEP_REPORTS); a file
-    named by the user is never touched."""
+    """One report is written at every drain of the queue: reports/ keeps the newest of those (FARENSE_KEEP_REPORTS);
+    a report a person asked for (`farensectl report`, `--output`) is never touched."""
     import datetime as dt
 
     from farensed.queue.jobs import Queue
-    from farensed.views.morning import write_report
+    from farensed.views.morning import AUTO_MARK, write_report
 
     reports = isolated_home / "reports"
     reports.mkdir()
     old = [reports / f"farense-202601{day:02d}-070000.html" for day in range(1, 8)]
     for path in old:
-        path.write_text("old")
+        path.write_text(f"<html><head>{AUTO_MARK}</head></html>")
+    asked = reports / "farense-20251231-070000.html"  # written by `farensectl report`: no mark
+    asked.write_text("<html><head></head></html>")
     (reports / "mine.html").write_text("mine")
     monkeypatch.setenv("FARENSE_KEEP_REPORTS", "3")
     q = Queue(Workspace(isolated_home))
-    newest = write_report(q, dt.datetime.now().astimezone() - dt.timedelta(hours=24))
+    newest = write_report(q, dt.datetime.now().astimezone() - dt.timedelta(hours=24), auto=True)
     kept = sorted(p.name for p in reports.iterdir())
-    assert kept == sorted([old[-2].name, old[-1].name, newest.name, "mine.html"])
+    assert kept == sorted([old[-2].name, old[-1].name, newest.name, asked.name, "mine.html"])
+    by_hand = write_report(q, dt.datetime.now().astimezone())  # `farensectl report`: prunes nothing
     custom = write_report(q, dt.datetime.now().astimezone(), output=isolated_home / "reports" / "farense-x.html")
-    assert custom.exists() and len(list(reports.iterdir())) == 5  # --output: nothing pruned
+    assert by_hand.exists() and custom.exists() and len(list(reports.iterdir())) == 7
 
 
 def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated_home):

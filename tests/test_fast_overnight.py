@@ -179,3 +179,82 @@ def test_a_child_is_ready_for_a_stop_once_it_recorded_itself(tmp_path):
     assert not child_ready(tmp_path, 4242)
     atomic_write_json(tmp_path / CHILD_FILE, {"pid": 4242, "attempt": 2})
     assert child_ready(tmp_path, 4242)
+
+
+def test_eta_pace_leaves_out_the_first_records_compile():
+    """A first step of 53 s (MLX's one-time compile) then 0.5 s a step: the queue's ETA paces at 0.5 s, not 1.5."""
+    from farensed.views.eta import _step_seconds
+
+    records = [{"step": 2, "elapsed_s": 53.5}] + [{"step": s, "elapsed_s": 53.5 + 0.5 * (s - 2)} for s in (4, 40)]
+    assert _step_seconds(records) == 0.5
+    assert _step_seconds(records[:1]) == 53.5 / 2  # one record: all that is known
+    assert _step_seconds([{"step": "x", "elapsed_s": None}]) is None
+
+
+def _daemon_with_running_child(tmp_path):
+    """A daemon (never started: its loop is ticked by hand) watching a real child process of job 1."""
+    import logging
+    import subprocess
+
+    import psutil
+
+    from farensed.queue.adopt import Running
+    from farensed.queue.daemon import Daemon
+    from farensed.queue.job import Job
+    from farensed.storage.atomic import atomic_write_json
+    from farensed.storage.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    daemon = Daemon(ws, log=logging.getLogger("test"))
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    started = psutil.Process(child.pid).create_time()
+    daemon.queue.job_dir(1).mkdir(parents=True)
+    daemon.queue.save(Job(id=1, name="a", state="running", attempts=1, pid=child.pid, pid_create_time=started))
+    atomic_write_json(daemon.queue.job_dir(1) / "child.json", {"pid": child.pid, "create_time": started})
+    daemon.current = Running(1, child.pid, child, create_time=started)
+    return daemon, child
+
+
+def _ticks(daemon, n: int) -> None:
+    for _ in range(n):
+        try:
+            daemon._tick()
+            daemon.mishaps.clean_tick()
+        except Exception as exc:  # what the loop does with a tick's failure
+            daemon._mishap(exc)
+
+
+def test_a_hand_edited_pause_record_never_keeps_a_job_from_its_overnight_stop(tmp_path):
+    from farensed.queue.overnight import pause_queue
+    from farensed.storage.atomic import atomic_write_json
+
+    daemon, child = _daemon_with_running_child(tmp_path)
+    try:
+        atomic_write_json(daemon.queue.job_dir(1) / "pause.json", {"note": "no history here"})
+        pause_queue(daemon.ws)
+        _ticks(daemon, 2)
+        assert child.wait(timeout=10) == -15  # the queue pause reached the child (SIGTERM)
+    finally:
+        child.kill()
+
+
+def test_a_report_that_cannot_be_recorded_is_not_started_again_at_every_tick(tmp_path):
+    import logging
+
+    import psutil
+
+    from farensed.queue.daemon import Daemon
+    from farensed.queue.job import Job
+    from farensed.storage.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    daemon = Daemon(ws, log=logging.getLogger("test"))
+    daemon.queue.job_dir(1).mkdir(parents=True)
+    daemon.queue.save(Job(id=1, name="a", state="done"))
+    (ws.jobs / "report.json").mkdir()  # jobs/report.json cannot be written (as on a full disk)
+    daemon.overnight.busy = True  # the previous tick saw the queue busy: now it has drained
+    _ticks(daemon, 4)
+    mine = [p for p in psutil.process_iter(["cmdline"]) if str(ws.root) in " ".join(p.info["cmdline"] or [])]
+    assert len(mine) <= 1  # the one whose record failed (terminated), never one per tick
+    _gone, alive = psutil.wait_procs(mine, timeout=10)
+    assert not alive

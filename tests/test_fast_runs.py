@@ -97,6 +97,21 @@ def test_readers_take_a_seed_folder_read_only(isolated_home, tmp_path):
     assert logs.exit_code == 4 and "sem log" in logs.output
 
 
+def test_a_damaged_seed_folder_is_read_without_a_traceback(isolated_home, tmp_path):
+    """Values that are not numbers (a hand edit, another tool's file) are left out; the readers still answer."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    records = [{"step": 1, "loss": "3.1"}, {"step": 2, "loss": 2.0}, {"step": "x", "loss": 1.5, "val_loss": [1]}]
+    (folder / "training_metrics.json").write_bytes(orjson.dumps(records + [{"step": 4, "loss": 1.0, "val_loss": 1.2}]))
+    runner = CliRunner()
+    for args in (["gap", str(folder)], ["tail", str(folder), "--no-follow"], ["compare", str(folder), str(folder)]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (args, result.output)
+    assert orjson.loads(runner.invoke(cli, ["gap", str(folder), "--json"]).stdout)["gap_max"] == pytest.approx(
+        1.2 - 1.5
+    )  # window: 2.0, 1.5, 1.0
+
+
 def test_run_references_resolve_one_documented_way(spec_workspace):
     ws = Workspace(spec_workspace)
     q = Queue(ws)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import orjson
@@ -30,7 +31,8 @@ def seed_records(raw: list[dict]) -> list[dict]:
     definition), unless the record carries its own `train_loss`/`gap`.
     """
     out, window = [], []
-    for i, r in enumerate(x for x in raw if isinstance(x, dict)):
+    cleaned = (_clean(x) for x in raw if isinstance(x, dict))
+    for i, r in enumerate(r for r in cleaned if "loss" in r or "train_loss" in r or "val_loss" in r):
         rec = dict(r)
         rec["step"] = r.get("step", r.get("iteration", r.get("iter", i + 1)))
         rec["epoch"] = r.get("epoch", 0)
@@ -50,3 +52,16 @@ def seed_records(raw: list[dict]) -> list[dict]:
             window = []
         out.append(rec)
     return out
+
+
+NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
+
+
+def _clean(record: dict) -> dict:
+    """A seed-era record with its numbers checked: a value that is not a finite number (a hand edit, another tool's
+    file) is left out, never passed on to arithmetic or a terminal."""
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return {k: v for k, v in record.items() if k not in NUMBERS or number(v)}

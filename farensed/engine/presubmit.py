@@ -24,10 +24,6 @@ def prepare(spec_path: Path, ws, say) -> None:
         spec = parse_spec(raw, str(spec_path))
     except SpecError:
         return  # reported, with the same words, by the full validation that follows
-    if spec.report_to:
-        from farensed.engine.reporting import check_installed
-
-        check_installed(spec.report_to, str(spec_path))  # before the job waits in the queue
     if spec.optimizer_config or spec.lr_schedule:
         from farensed.engine.optim import build_optimizer
 

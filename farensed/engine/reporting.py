@@ -10,34 +10,15 @@ the run locally, under the run folder's `wandb/`.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 from pathlib import Path
 
 from farensed.engine.callbacks import TrainingCallback
-from farensed.errors import SpecError
-from farensed.i18n import _
+from farensed.spec.options import check_report_installed
 from farensed.storage.atomic import atomic_write_json, read_json
 
-SUPPORTED = ("wandb",)
 ID_FILE = "report_to.json"
-
-
-def destinations(report_to: str | None) -> list[str]:
-    """mlx-lm's form: a comma-separated list, case and spaces ignored."""
-    return [item.strip().lower() for item in (report_to or "").split(",") if item.strip()]
-
-
-def check_installed(report_to: str | None, label: str) -> None:
-    """At submit and before training: a destination whose package is missing is one line with the fix."""
-    for name in destinations(report_to):
-        if importlib.util.find_spec(name) is None:
-            raise SpecError(
-                _("{label}: report_to: {name} não está instalado (pip install 'farense[{name}]')").format(
-                    label=label, name=name
-                )
-            )
 
 
 def run_id(run_dir: Path) -> str:
@@ -66,7 +47,7 @@ class Reporting(TrainingCallback):
     def on_train_begin(self, trainer, progress) -> None:
         from mlx_lm.tuner.callbacks import get_reporting_callbacks
 
-        check_installed(self.spec.report_to, "spec")
+        check_report_installed(self.spec.report_to, "spec")
         saved = {k: os.environ.get(k) for k in ("WANDB_RUN_ID", "WANDB_RESUME")}
         os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = run_id(self.run_dir), "allow"
         try:  # mlx-lm's callback calls wandb.init(project, name, dir, config); the id comes from the environment

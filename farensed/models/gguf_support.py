@@ -53,6 +53,7 @@ def mlx_form(t: TensorInfo) -> MlxForm:
 
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")  # decoder-only Llama family; qwen2 = llama + q/k/v biases, NEOX rope
+MLX_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # the mlx-lm model each one becomes
 PERMUTED_QK = ("llama", "mistral")  # llama.cpp interleaves their q/k rows for its rope; qwen2 is stored as is
 TOKENIZERS = ("gpt2", "llama")  # byte-level BPE with merges; SentencePiece
 # tokenizer.ggml.pre: how text is split before byte-level BPE
@@ -272,3 +273,12 @@ def check_chat_template(info: GgufInfo, formats: set, label: str) -> None:
                 "{label}: {path} não tem chat template (tokenizer.chat_template) e os dados são 'messages'; use o GGUF -Instruct do mesmo modelo (traz o template), converta os dados para prompt/completion ou text, ou importe-o (farensectl model import-gguf), junte um chat_template ao tokenizer_config.json da pasta e ponha essa pasta no model"
             ).format(label=label, path=info.path)
         )
+
+
+def imported_config(info: GgufInfo) -> dict:
+    """What the imported folder's config.json will say that submit-time checks need, read from the header alone:
+    its mlx-lm `model_type`, and `quantization` when any matrix stays quantized."""
+    config = {"model_type": MLX_MODEL_TYPES.get(info.architecture, info.architecture)}
+    if any(t.type_name in MLX_FORMS and mlx_form(t).bits is not None for t in info.tensors.values()):
+        config["quantization"] = True
+    return config

@@ -38,8 +38,6 @@ from farensed.storage.runlock import holder, sweep_temps
 from farensed.storage.workspace import Workspace
 from farensed.terminal import safe
 
-MEMORY_HOLD = "memória sob pressão"  # how the memory guard's holds begin (job.held)
-
 
 class Daemon:
     """The worker loop; `work(burst=True)` returns once nothing is left to run (for tests)."""
@@ -111,10 +109,9 @@ class Daemon:
             pid, started = found
             if pid != job.pid:
                 self.queue.update(job.id, pid=pid, pid_create_time=started)
+            self.current = Running(job.id, pid, create_time=started, oom_before=oom_kills())  # watched first
+            self.current.awake = keep_awake(pid, self.log)
             self.log(events.adopted(job, pid))
-            self.current = Running(
-                job.id, pid, awake=keep_awake(pid, self.log), create_time=started, oom_before=oom_kills()
-            )
             return
         code = self.queue.read_exit(job.id)
         if code is None:
@@ -170,15 +167,15 @@ class Daemon:
             start_new_session=True,  # own process group: survives the daemon, gets signals only from us
         )
         log.close()
+        # Watched from its first instant: whatever fails after this line, the child is never left unwatched.
+        self.current = Running(job.id, popen.pid, popen, oom_before=oom_kills())
         try:
-            started = create_time(popen.pid)
+            self.current.create_time = create_time(popen.pid)
         except psutil.Error:
-            started = None  # it could not even start Python; poll_current settles it
-        self.queue.update(job.id, pid=popen.pid, pid_create_time=started)
+            pass  # it could not even start Python; poll_current settles it
+        self.queue.update(job.id, pid=popen.pid, pid_create_time=self.current.create_time)
         self._go(popen)  # only now may the child touch the run: its pid is on disk
-        self.current = Running(
-            job.id, popen.pid, popen, keep_awake(popen.pid, self.log), create_time=started, oom_before=oom_kills()
-        )
+        self.current.awake = keep_awake(popen.pid, self.log)
         self.log(events.started(job, resuming, popen.pid))
         return True
 
@@ -192,14 +189,14 @@ class Daemon:
 
     def settle(self, job_id: int, code: int | None, reason: str | None = None, ended: str | None = None) -> Job:
         """Record how a child ended: done, back to pending (resumable or lost), failed or cancelled."""
-        job = self.queue.get(job_id)
         failure = None
         if code not in (None, 0, EXIT_RESUMABLE):
             failure = read_exit_error(self.queue.job_dir(job_id) / EXIT_FILE) or failure_line(
                 last_lines(self.queue.log_path(job_id), 40)
             )
-        changes = ending(job, code, reason, failure, self.recovery_backoff, ended)
-        job = self.queue.update(job_id, **changes)
+        with self.queue.lock:  # read, decide, write as one: a cancel landing meanwhile is never lost
+            changes = ending(self.queue.get(job_id), code, reason, failure, self.recovery_backoff, ended)
+            job = self.queue.update(job_id, **changes)
         self.log(events.ended(job, code, changes.get("loss_reason") if code is None else None))
         if job.status.terminal:
             notify("farense", f"job {job_id} ({job.name}): {job.state}")
@@ -210,14 +207,14 @@ class Daemon:
         finished, rc = run.exit_status()
         if not finished:
             return
+        self.current = None  # first: whatever fails below, this child is settled at most once
+        self.handling = run.job_id
         release(run.awake)
         code = self.queue.read_exit(run.job_id)
         if code is None and rc is not None and rc > 0:
             code = rc  # failed on its own without exit.json (e.g. could not start Python)
         if code is None:
             signal_group(run.pid, signal.SIGKILL)  # ranks orphaned by a killed launcher must not train on
-        self.current = None
-        self.handling = run.job_id
         self.settle(run.job_id, code, reason=describe_loss(rc, run.oom_before) if code is None else None)
 
     def forward_cancel(self) -> None:
@@ -236,7 +233,7 @@ class Daemon:
     # ---- memory guard ----------------------------------------------------------------------------------
     def guard_memory(self) -> bool:
         """False while memory pressure forbids starting a job: checkpoint-stop the child and hold its job."""
-        held = [job for job in self.queue.jobs() if job.held and job.held.startswith(MEMORY_HOLD)]
+        held = [job for job in self.queue.jobs() if job.held]  # only the memory guard holds jobs
         verdict = self.memory_guard.check(holding=bool(held))
         if verdict.action is Action.RELEASE:
             for job in held:
@@ -246,7 +243,9 @@ class Daemon:
                 )
         elif verdict.action is Action.STOP and self.current is not None:
             if not self.queue.get(self.current.job_id).held:
-                reason = f"{MEMORY_HOLD} (sinal: {verdict.signal}; {verdict.detail})"
+                reason = _("memória sob pressão (sinal: {signal}; {detail})").format(
+                    signal=verdict.signal, detail=verdict.detail
+                )
                 self.queue.update(self.current.job_id, held=reason)
                 self.log(
                     _("job {job_id}: {reason}; a parar com checkpoint").format(
@@ -274,9 +273,12 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.log(events.watching(os.getpid(), self.queue.inbox))
-        observer = watch_folder(self.queue.inbox, self.waker)
+        observer = watch_folder(self.queue.inbox, self.waker, self.log)
         try:
-            self.recover()
+            try:
+                self.recover()
+            except Exception as exc:  # noqa: BLE001 - a failed recovery is logged; the loop still serves the queue
+                self._mishap(exc)
             last_scan, woken, ready = 0.0, True, False
             while not self.stopping:
                 try:
@@ -290,12 +292,16 @@ class Daemon:
                     self._mishap(exc)
                 if not ready:
                     ready = True
-                    mark_ready(self.ws)  # `daemon start` waits for this: the first tick (ingestion) is behind us
+                    try:
+                        mark_ready(self.ws)  # `daemon start` waits for this: the first tick (ingestion) is behind us
+                    except OSError as exc:  # a full disk: `daemon start` says it did not see it; we serve anyway
+                        self._mishap(exc)
                 woken = self.waker.wait(self.mishaps.pause() or self.poll_interval)
             if self.stopping:
                 self.shutdown()
         finally:
-            observer.stop()
+            if observer is not None:
+                observer.stop()
             self.waker.close()
             self.singleton.release()
         return 0
@@ -332,13 +338,19 @@ class Daemon:
         self.mishaps.record(exc, f"job {job_id}" if job_id is not None else _("ciclo do farensed"), slow=slow)
         if job_id is not None:
             run = self.current
-            alive = run is not None and run.job_id == job_id and not run.exit_status()[0]
+            ours = run is not None and run.job_id == job_id
+            alive = ours and not run.exit_status()[0]
+            if ours and not alive:
+                self.current = None  # its end is recorded by set_aside below: never settled a second time
             self.mishaps.set_aside(self.queue, job_id, exc, alive)
+
+    def _dependency_failed(self, job: Job) -> None:
+        self.log(events.ended_by_farensed(job, "dependency", job.error or ""))
 
     def _pick(self, allow=None) -> Job | None:
         """The next runnable job (that `allow` lets start) whose run folder nobody else trains or evaluates now."""
         busy: set[int] = set(self.mishaps.broken)
-        while job := self.queue.next_runnable(allow=allow, exclude=busy):
+        while job := self.queue.next_runnable(allow=allow, exclude=busy, on_end=self._dependency_failed):
             info = holder(self.ws.run_dir(job.name))  # the folder its child will lock and train
             if info is None:
                 self._busy_logged.discard(job.id)

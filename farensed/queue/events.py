@@ -18,6 +18,7 @@ from farensed.i18n import _, ngettext
 
 SEPARATOR = " · "
 FRAME_RE = re.compile(r"^=== farensed: (.*?) ===$")
+LOG_PREFIX_RE = re.compile(r"^\[[^\]]*\] ")  # the daemon log's `[2026-05-01 23:00:01] `
 FIELD_RE = re.compile(r"^[a-z_]+=\S+$")
 OLD_ATTEMPT_RE = re.compile(r"^job (\d+), tentativa (\d+), (\S+)$")  # the frame before this format
 
@@ -47,7 +48,7 @@ def frame(fields: dict, human: str) -> str:
 
 def parse(text: str) -> tuple[dict, str] | None:
     """(fields, human text) of a daemon log line or a frame's inside; None when it is neither."""
-    text = text.strip()
+    text = LOG_PREFIX_RE.sub("", text.strip(), count=1)
     if m := FRAME_RE.match(text):
         text = m.group(1)
     head, sep, human = text.partition(SEPARATOR)
@@ -138,6 +139,14 @@ def ended(job, code: int | None, lost: str | None) -> str:
             id=job.id, name=job.name, state=job.state, code=code, recoveries=recoveries
         )
     fields = {"job": job.id, "event": "ended", "state": job.state, "exit_code": code, "recoveries": job.recoveries}
+    return line(fields, human)
+
+
+def ended_by_farensed(job, why: str, reason: str) -> str:
+    """A job the daemon itself ended (`why`: `dependency`, `internal_error`, `unreadable`): the same fixed
+    `event=ended` fields as a child's end, so every end of a job has one line."""
+    human = _("job {id} ({name}): {state}: {reason}").format(id=job.id, name=job.name, state=job.state, reason=reason)
+    fields = {"job": job.id, "event": "ended", "state": job.state, "exit_code": None, "by": why}
     return line(fields, human)
 
 

@@ -43,7 +43,7 @@ def parse_time(text: str) -> dt.datetime:
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # what job.json's integers may be (pids, counters, codes, priorities)
 NON_NEGATIVE = ("max_recoveries", "attempts", "recoveries")
-TIMES = ("not_before", "retry_at", "started_at", "ended_at", "submitted_at")
+TIMES = ("not_before", "retry_at", "started_at", "first_started_at", "ended_at", "submitted_at")
 KINDS = {
     "int": lambda v: type(v) is int,
     "str": lambda v: isinstance(v, str),

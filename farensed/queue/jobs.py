@@ -248,13 +248,18 @@ class Queue:
 
     # ---- scheduling ------------------------------------------------------------------------------------
     def next_runnable(
-        self, now: dt.datetime | None = None, allow=None, exclude: set | frozenset = frozenset()
+        self, now: dt.datetime | None = None, allow=None, exclude: set | frozenset = frozenset(), on_end=None
     ) -> Job | None:
-        """Highest priority, then oldest, among pending jobs whose time, back-off, dependencies (and `allow`) allow it."""
+        """Highest priority, then oldest, among pending jobs whose time, back-off, dependencies (and `allow`) allow it.
+
+        A job whose dependency failed or was cancelled fails here; `on_end(job)` is told (the daemon logs it)."""
         now = now or dt.datetime.now().astimezone()
         jobs = {j.id: j for j in self.jobs()}
         ready = []
         for job in jobs.values():
+            if job.status is JobStatus.PENDING and job.cancel_requested:  # a cancel that met the child's end
+                self.update(job.id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
+                continue
             if job.status is not JobStatus.PENDING or job.held or job.id in exclude:
                 continue
             if allow is not None and not allow(job):
@@ -268,12 +273,14 @@ class Queue:
                 d for d, j in zip(job.after, deps) if j is None or j.status in (JobStatus.FAILED, JobStatus.CANCELLED)
             ]
             if broken:
-                self.update(
+                failed = self.update(
                     job.id,
                     state=JobStatus.FAILED.value,
                     ended_at=now_iso(),
                     error=_("dependência {dep} falhou ou foi cancelada").format(dep=broken[0]),
                 )
+                if on_end is not None:
+                    on_end(failed)
                 continue
             if all(j.status is JobStatus.DONE for j in deps):
                 ready.append(job)

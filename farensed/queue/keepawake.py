@@ -37,7 +37,10 @@ def inhibit_command(pid: int, platform: str = sys.platform, which=shutil.which) 
 
 
 def keep_awake(pid: int, log) -> subprocess.Popen | None:
-    """Keep the machine awake while PID (a started or an adopted child) runs; None (and a log line) where impossible."""
+    """Keep the machine awake while PID (a started or an adopted child) runs; None (and a log line) where impossible.
+
+    Best effort: it never raises, so a failure here can never lose the child it was asked to cover.
+    """
     if _unavailable:
         return None
     cmd = inhibit_command(pid)
@@ -45,7 +48,12 @@ def keep_awake(pid: int, log) -> subprocess.Popen | None:
         log(_("sem caffeinate nem systemd-inhibit: a máquina pode adormecer durante o treino"))
         _unavailable.add("all")
         return None
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        log(_("{command} não arrancou ({error}): a máquina pode adormecer").format(command=cmd[0], error=exc))
+        _unavailable.add(cmd[0])
+        return None
     time.sleep(0.1)
     if proc.poll() is not None:
         log(
@@ -59,9 +67,14 @@ def keep_awake(pid: int, log) -> subprocess.Popen | None:
 
 
 def release(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
+    """End a keep-awake helper (never raises: a stuck helper is killed)."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
         proc.terminate()
         proc.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
 
 
 def _applescript_string(text: str) -> str:

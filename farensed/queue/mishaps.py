@@ -12,6 +12,7 @@ import logging
 import traceback
 
 from farensed.i18n import _
+from farensed.queue import events
 from farensed.queue.inbox import reason_of
 from farensed.queue.job import JobStatus, now_iso
 
@@ -61,7 +62,7 @@ class Mishaps:
             job = queue.get(job_id)
             if job.status.terminal:
                 return
-            queue.update(
+            job = queue.update(
                 job_id,
                 state=JobStatus.FAILED.value,
                 ended_at=now_iso(),
@@ -70,7 +71,8 @@ class Mishaps:
                     "erro interno do farensed: {reason} (traceback no log do farensed); farensectl retry {id}"
                 ).format(reason=reason_of(exc), id=job_id),
             )
-            self.logger.info(_("job {id}: posto de parte (failed) por um erro inesperado").format(id=job_id))
+            reason = _("posto de parte por um erro inesperado")
+            self.logger.info(events.ended_by_farensed(job, "internal_error", reason))
         except Exception:  # noqa: BLE001 - its job.json cannot even be written: skip it for this daemon's life
             self.broken.add(job_id)
 

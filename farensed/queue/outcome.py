@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 
 from farensed import EXIT_RESUMABLE
+from farensed.errors import ERROR_PREFIXES
 from farensed.i18n import _
 from farensed.queue import backoff
 from farensed.queue.job import Job, JobStatus, now_iso, seconds_since
 from farensed.storage.jsonl import tail_lines
 
-FAILURE_RE = re.compile(r"(?:^|\])(?:Error|Erro): (.+)$")  # the child's FarenseError line, in either language
+# the child's FarenseError line, in either language (after an unfinished progress bar's `]`, if any)
+FAILURE_RE = re.compile(r"(?:^|\])(?:" + "|".join(re.escape(p) for p in ERROR_PREFIXES) + r")(.+)$")
 
 
 def last_lines(path: Path, n: int = 10) -> str:

@@ -25,18 +25,10 @@ from farensed.queue.job import Job, JobStatus, now_iso
 from farensed.queue.jobs import Queue
 from farensed.queue.reporter import start_report
 from farensed.spec.window import Window, format_clock, is_open, next_open, open_until, parse_windows
-from farensed.storage.atomic import atomic_write_json, read_json
+from farensed.storage.atomic import atomic_write_json, read_json_dict
 from farensed.storage.workspace import Workspace
 
 PAUSED_FILE, SETTINGS_FILE, JOB_PAUSE_FILE = "paused.json", "overnight.json", "pause.json"
-
-
-def _read(path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def local_now() -> dt.datetime:
@@ -46,7 +38,7 @@ def local_now() -> dt.datetime:
 # ---- queue pause ---------------------------------------------------------------------------------------
 def queue_paused(ws: Workspace) -> dict | None:
     """The pause record when the queue is paused, else None."""
-    return _read(ws.jobs / PAUSED_FILE)
+    return read_json_dict(ws.jobs / PAUSED_FILE)
 
 
 def pause_queue(ws: Workspace) -> dict:
@@ -67,19 +59,22 @@ def resume_queue(ws: Workspace) -> bool:
 
 # ---- what a job's window is ----------------------------------------------------------------------------
 def settings(ws: Workspace) -> dict:
-    """The daemon's overnight settings as it last wrote them ({} before any daemon ran)."""
-    return _read(ws.jobs / SETTINGS_FILE) or {}
+    """The daemon's overnight settings as it last wrote them ({} before any daemon ran); a value of the wrong type
+    (a hand edit, a torn file) reads as absent."""
+    raw = read_json_dict(ws.jobs / SETTINGS_FILE) or {}
+    kinds = {"window": str, "power_wait": str, "battery_min": (int, float)}
+    return {k: v for k, v in raw.items() if k in kinds and isinstance(v, kinds[k]) and not isinstance(v, bool)}
 
 
 def job_window_text(queue: Queue, job: Job, default: str | None) -> str | None:
     """The job's own `window` from its spec.json, else the daemon's default."""
-    spec = _read(queue.job_dir(job.id) / "spec.json") or {}
+    spec = read_json_dict(queue.job_dir(job.id) / "spec.json") or {}
     own = spec.get("window")
     return own if isinstance(own, str) and own.strip() else default
 
 
 def windows_of(text: str | None) -> list[Window] | None:
-    if not text:
+    if not text or not isinstance(text, str):
         return None
     try:
         return parse_windows(text)
@@ -103,16 +98,11 @@ def pause_of(queue: Queue, job: Job, now: dt.datetime | None = None, conf: dict 
     return None
 
 
-def pause_history(queue: Queue, job_id: int) -> list[dict]:
-    """Every overnight stop of a job: when, why, until when (for the report)."""
-    return (_read(queue.job_dir(job_id) / JOB_PAUSE_FILE) or {}).get("history", [])
-
-
 def resumes_after_pause(queue: Queue, job: Job) -> bool:
     """Whether starting `job` now resumes an attempt that an overnight stop (window, power, queue pause) ended: its
     child was checkpoint-stopped for it (exit 75), nothing was lost since and no `retry` came in between. Such a
     resume is not a new attempt."""
-    stopping = (_read(queue.job_dir(job.id) / JOB_PAUSE_FILE) or {}).get("stopping")
+    stopping = (read_json_dict(queue.job_dir(job.id) / JOB_PAUSE_FILE) or {}).get("stopping")
     if not isinstance(stopping, dict) or job.attempts < 1 or job.exit_code != EXIT_RESUMABLE:
         return False
     return stopping.get("recoveries", job.recoveries) == job.recoveries
@@ -121,7 +111,7 @@ def resumes_after_pause(queue: Queue, job: Job) -> bool:
 def child_ready(job_dir, pid: int) -> bool:
     """True once the child `pid` has recorded itself in child.json: it installs its stop handler before that, so a
     SIGTERM from then on is a checkpoint-stop (or a clean exit 75 before training), never a lost child."""
-    record = _read(job_dir / CHILD_FILE)
+    record = read_json_dict(job_dir / CHILD_FILE)
     return bool(record) and record.get("pid") == pid
 
 
@@ -178,12 +168,13 @@ class Overnight:
     def started(self, job: Job) -> None:
         """A job just started: its overnight stop, if any, is over (the daemon counted no new attempt for it)."""
         path = self.queue.job_dir(job.id) / JOB_PAUSE_FILE
-        record = _read(path)
+        record = read_json_dict(path)
         if not record or not record.get("stopping"):
             return
         record.pop("stopping")
-        if record.get("history"):
-            record["history"][-1]["resumed_at"] = now_iso()
+        history = record.get("history")
+        if isinstance(history, list) and history and isinstance(history[-1], dict):
+            history[-1]["resumed_at"] = now_iso()
         atomic_write_json(path, record)
 
     # ---- decisions --------------------------------------------------------------------------------------
@@ -209,18 +200,20 @@ class Overnight:
         return None
 
     def _stop(self, daemon, job: Job, reason: str, now: dt.datetime) -> None:
+        # The stop first: whatever happens to the bookkeeping below, the job leaves its window or the battery.
+        self.stop_sent = daemon.current.pid
+        daemon.signal_child(signal.SIGTERM)
         path = self.queue.job_dir(job.id) / JOB_PAUSE_FILE
-        record = _read(path) or {"history": []}
+        record = read_json_dict(path) or {}
+        history = record.get("history") if isinstance(record.get("history"), list) else []
         record["stopping"] = {"reason": reason, "at": now_iso(), "recoveries": job.recoveries}
-        record["history"].append({"at": now_iso(), "reason": reason})
+        record["history"] = [*history, {"at": now_iso(), "reason": reason}]
         atomic_write_json(path, record)
         self.log(
             _("job {id} ({name}): {reason}; a parar com checkpoint").format(id=job.id, name=job.name, reason=reason)
         )
         with open(self.queue.log_path(job.id), "ab") as fh:
             fh.write(events.stop_frame(job.id, job.attempts, now_iso(), reason).encode())
-        self.stop_sent = daemon.current.pid
-        daemon.signal_child(signal.SIGTERM)
 
     # ---- the morning report ---------------------------------------------------------------------------
     def _check_drained(self, current) -> None:
@@ -228,7 +221,8 @@ class Overnight:
             self.reporter = None
         jobs = self.queue.jobs()
         busy = current is not None or any(not j.status.terminal for j in jobs)
-        if self.busy and not busy and jobs and self.report:
+        drained = self.busy and not busy and jobs and self.report
+        self.busy = busy  # first: a report that fails to start is not tried again at every tick
+        if drained:
             self.log(_("fila terminada: a escrever o relatório"))
             self.reporter = start_report(self.ws, self.log) or self.reporter  # one at a time, since the last one
-        self.busy = busy

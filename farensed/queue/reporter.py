@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from farensed.i18n import _
 from farensed.queue.job import now_iso, parse_time
-from farensed.storage.atomic import atomic_write_json, read_json
+from farensed.storage.atomic import atomic_write_json, read_json_dict
 from farensed.storage.procs import create_time, process_alive
 from farensed.storage.workspace import Workspace
 
@@ -25,11 +25,7 @@ REPORT_TIME_LIMIT_S = 600
 
 def last_report(ws: Workspace) -> dict:
     """jobs/report.json ({} before the first report)."""
-    try:
-        record = read_json(ws.jobs / REPORT_FILE)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_json_dict(ws.jobs / REPORT_FILE) or {}
 
 
 def report_running(ws: Workspace) -> int | None:
@@ -65,7 +61,11 @@ def start_report(ws: Workspace, log: Callable[[str], None]) -> subprocess.Popen 
         started = create_time(proc.pid)
     except Exception:  # noqa: BLE001 - psutil: it ended already; recorded without a start time
         started = None
-    atomic_write_json(
-        ws.jobs / REPORT_FILE, {"pid": proc.pid, "create_time": started, "started_at": now_iso(), "since": since}
-    )
+    try:
+        atomic_write_json(
+            ws.jobs / REPORT_FILE, {"pid": proc.pid, "create_time": started, "started_at": now_iso(), "since": since}
+        )
+    except OSError:  # unrecorded, a report could be started again next tick: none at all rather than two
+        proc.terminate()
+        raise
     return proc

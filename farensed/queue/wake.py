@@ -8,6 +8,8 @@ import socket
 import threading
 from pathlib import Path
 
+from farensed.i18n import _
+
 SOCKET_NAME = ".wake.sock"
 
 
@@ -67,8 +69,9 @@ class Waker:
                 pass
 
 
-def watch_folder(folder: Path, waker: Waker):
-    """A watchdog observer that wakes the daemon on any change in `folder` (a file dropped into jobs/pending/)."""
+def watch_folder(folder: Path, waker: Waker, log=None):
+    """A watchdog observer that wakes the daemon on any change in `folder` (a file dropped into jobs/pending/); None
+    when the system refuses one (e.g. its inotify limit): the daemon's periodic rescan still finds every file."""
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
@@ -77,7 +80,12 @@ def watch_folder(folder: Path, waker: Waker):
             waker.set()
 
     observer = Observer()
-    observer.schedule(Changed(), str(folder), recursive=False)
-    observer.daemon = True
-    observer.start()
+    try:
+        observer.schedule(Changed(), str(folder), recursive=False)
+        observer.daemon = True
+        observer.start()
+    except OSError as exc:
+        if log is not None:
+            log(_("sem vigia de ficheiros ({error}): jobs/pending/ é lido a cada poucos segundos").format(error=exc))
+        return None
     return observer

@@ -16,6 +16,7 @@ from farensed.spec.decode import decode_json, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import config_to_spec, is_yaml
 from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_messages_template, check_safetensors
+from farensed.spec.options import check_report_installed
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
 
@@ -38,7 +39,12 @@ def read_spec_file(path: Path) -> Any:
     return read_spec(path)[0]
 
 
-def _model_config(model_dir: Path) -> dict:
+def _model_config(model_dir: Path, gguf=None) -> dict:
+    """The model's config.json (for a .gguf: what its import will write, from the header)."""
+    if gguf is not None:
+        from farensed.models.gguf_support import imported_config
+
+        return imported_config(gguf)
     try:
         config = orjson.loads(read_regular(model_dir / "config.json", MAX_CONFIG_BYTES))
     except (OSError, orjson.JSONDecodeError):
@@ -46,29 +52,26 @@ def _model_config(model_dir: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def _quantized(model_dir: Path) -> bool:
-    config = _model_config(model_dir)
-    return bool(config.get("quantization") or config.get("quantization_config"))
-
-
 def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     """Check the model folder and data files exist and parse; return example counts."""
     model_dir = resolve_model(spec.model, ws, f"{label}: model")  # a Hub id: its snapshot in the HF cache
     gguf = check_model_dir(model_dir, f"{label}: model")  # a .gguf: its header (GgufInfo)
-    if spec.fine_tune_type == "full" and _quantized(model_dir):
+    config = _model_config(model_dir, gguf)
+    if spec.fine_tune_type == "full" and (config.get("quantization") or config.get("quantization_config")):
         raise SpecError(
             _(
                 "{label}: fine_tune_type 'full' precisa de um modelo não quantizado ({model} é quantizado); use lora/dora, ou um modelo em float (mlx_lm convert -d)"
             ).format(label=label, model=spec.model)
         )
     if isinstance(spec.fuse, dict) and spec.fuse.get("export_gguf"):
-        model_type = _model_config(model_dir).get("model_type")
+        model_type = config.get("model_type")
         if model_type not in GGUF_EXPORT_TYPES:
             raise SpecError(
                 _(
                     "{label}: fuse.export_gguf: o mlx-lm só exporta GGUF de llama/mixtral/mistral, não {model_type}"
                 ).format(label=label, model_type=model_type)
             )
+    check_report_installed(spec.report_to, label)  # before the job waits in the queue
     if spec.resume_adapter_file:
         path = ws.resolve(spec.resume_adapter_file)
         if not path.exists():

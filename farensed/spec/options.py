@@ -114,13 +114,31 @@ def _is_number(value: Any) -> bool:
 REPORT_TO = ("wandb",)  # what engine/reporting.py sends to (mlx-lm's reporting callbacks)
 
 
+def report_destinations(report_to: str | None) -> list[str]:
+    """mlx-lm's form: a comma-separated list, case and spaces ignored."""
+    return [item.strip().lower() for item in (report_to or "").split(",") if item.strip()]
+
+
 def _check_report_to(value: Any, where: str) -> str:
     """mlx-lm's form: a name or a comma-separated list of names."""
     if not isinstance(value, str):
         raise SpecError(_("{where}: deve ser texto, como 'wandb'").format(where=where))
-    for name in [item.strip().lower() for item in value.split(",") if item.strip()]:
+    for name in report_destinations(value):
         _choice(REPORT_TO)(name, where)
     return value
+
+
+def check_report_installed(report_to: str | None, label: str) -> None:
+    """A destination whose package is missing is one line with the fix (at submit, at ingestion, before training)."""
+    import importlib.util
+
+    for name in report_destinations(report_to):
+        if importlib.util.find_spec(name) is None:
+            raise SpecError(
+                _("{label}: report_to: {name} não está instalado (pip install 'farense[{name}]')").format(
+                    label=label, name=name
+                )
+            )
 
 
 CUSTOM = {

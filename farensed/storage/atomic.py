@@ -63,6 +63,15 @@ def read_json(path: Path) -> Any:
     return orjson.loads(read_regular(Path(path)))
 
 
+def read_json_dict(path: Path) -> dict | None:
+    """A JSON object from a state file, or None when it is absent, unreadable, not JSON or not an object."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def append_line(path: Path, line: bytes, sync: bool = True) -> None:
     """Append one line (and fsync unless the caller syncs at its own durable points)."""
     with open(path, "ab") as fh:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
-
-from farensed.storage.atomic import atomic_write_json
+from farensed.storage.atomic import atomic_write_json, read_json
 
 EXIT_FILE = "exit.json"
 
@@ -26,7 +24,7 @@ def write_exit_code(path: Path, code: int, error: str | None = None) -> None:
 def read_exit_code(path: Path) -> int | None:
     """The recorded exit code, or None when there is none (the process was lost)."""
     try:
-        return int(orjson.loads(Path(path).read_bytes())["code"])
+        return int(read_json(Path(path))["code"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -34,7 +32,7 @@ def read_exit_code(path: Path) -> int | None:
 def read_exit_error(path: Path) -> str | None:
     """The one-line error a failed training process recorded, if any."""
     try:
-        error = orjson.loads(Path(path).read_bytes()).get("error")
+        error = read_json(Path(path)).get("error")
     except (OSError, ValueError, AttributeError):
         return None
     return error if isinstance(error, str) else None

@@ -85,11 +85,3 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(path, limit)
     return data
-
-
-def is_regular(path: Path) -> bool:
-    """A regular file is there (following links); False for anything else, absent or unreachable."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False

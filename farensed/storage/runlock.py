@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.storage.atomic import atomic_write_json
+from farensed.storage.atomic import atomic_write_json, read_json
 from farensed.storage.procs import process_alive
 
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
@@ -44,7 +44,7 @@ def holder(run_dir: Path) -> dict | None:
     """Who holds the run's lock now ({pid, create_time, job_id, what, since}), or None."""
     _, record = lock_paths(run_dir)
     try:
-        info = orjson.loads(record.read_bytes())
+        info = read_json(record)  # a FIFO or folder in its place reads as no holder, never a hang
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(info, dict) or not process_alive(info.get("pid"), info.get("create_time")):

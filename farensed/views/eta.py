@@ -12,13 +12,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from farensed.analysis.metrics import read_last
 from farensed.queue.job import JobStatus, job_run_dir, parse_time
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
-from farensed.storage.atomic import read_json
+from farensed.storage.atomic import read_json, read_json_dict
 from farensed.storage.regular import open_regular
 
 
@@ -97,11 +95,7 @@ def format_eta(when: dt.datetime | None, now: dt.datetime) -> str:
 
 # ---- gathering the inputs ----------------------------------------------------------------------------------
 def _spec(queue, job) -> dict:
-    try:
-        raw = read_json(queue.job_dir(job.id) / "spec.json")
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
+    return read_json_dict(queue.job_dir(job.id) / "spec.json") or {}
 
 
 def _count(value) -> float | None:
@@ -115,8 +109,15 @@ def _default(key: str):
 
 
 def _step_seconds(records: list[dict]) -> float | None:
-    last = next((r for r in reversed(records) if _count(r.get("elapsed_s")) and _count(r.get("step"))), None)
-    return last["elapsed_s"] / last["step"] if last else None
+    """Seconds per step: the pace since the first record (whose time holds MLX's one-time compile, up to a minute
+    on a cold CPU cache), else the only record's."""
+    timed = [r for r in records if _count(r.get("elapsed_s")) and _count(r.get("step"))]
+    if not timed:
+        return None
+    first, last = timed[0], timed[-1]
+    if last["step"] > first["step"] and last["elapsed_s"] > first["elapsed_s"]:
+        return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
+    return last["elapsed_s"] / last["step"]
 
 
 def _total_steps(queue, spec: dict) -> int | None:
@@ -137,7 +138,7 @@ def _total_steps(queue, spec: dict) -> int | None:
 def _windows(spec: dict, default: str | None) -> list[Window] | None:
     text = spec.get("window") if isinstance(spec.get("window"), str) else default
     try:
-        return parse_windows(text) if text else None
+        return parse_windows(text) if isinstance(text, str) and text else None
     except ValueError:
         return None
 

@@ -20,13 +20,15 @@ from farensed.i18n import _, language, ngettext
 from farensed.queue import events
 from farensed.queue.job import Job, job_run_dir, parse_time
 from farensed.queue.jobs import Queue
-from farensed.storage.atomic import atomic_write_bytes, read_json
+from farensed.storage.atomic import atomic_write_bytes, read_json_dict
+from farensed.storage.regular import open_regular
 from farensed.views.runref import Run
 from farensed.views.status import duration_s, format_duration, total_duration_s
 
 REPORTS_DIR = "reports"
-REPORT_NAME_RE = re.compile(r"farense-\d{8}-\d{6}\.html")  # the name write_report gives a report
-KEEP_REPORTS = 20  # reports/ keeps the newest ones (FARENSE_KEEP_REPORTS); one is written at every drain
+REPORT_NAME_RE = re.compile(r"farense-\d{8}-\d{6}(?:-\d+)?\.html")  # the name write_report gives a report
+KEEP_REPORTS = 20  # reports/ keeps the newest ones farensed wrote itself (FARENSE_KEEP_REPORTS); one at every drain
+AUTO_MARK = '<meta name="generator" content="farensed: the queue drained">'  # such reports are the pruned ones
 
 
 def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime:
@@ -47,14 +49,6 @@ def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime
     return when if when.tzinfo else when.astimezone()
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def in_period(job: Job, since: dt.datetime) -> bool:
     """A job belongs to the report if it is unfinished or was submitted, started or ended since `since`."""
     if not job.status.terminal:
@@ -67,10 +61,11 @@ def job_events(queue: Queue, job: Job) -> list[str]:
     """What farensed wrote into the job's log — each attempt, each resume after a pause, each stop and why — said
     in the reader's language (farensed.queue.events)."""
     try:
-        text = queue.log_path(job.id).read_text(errors="replace")
+        with open_regular(queue.log_path(job.id)) as fh:  # line by line, keeping the frames only: any size of log
+            frames = [line.decode(errors="replace") for line in fh if line.startswith(b"=== farensed:")]
     except OSError:
         return []
-    return [events.describe(fields, human) for fields, human in events.job_events(text)]
+    return [events.describe(fields, human) for fields, human in events.job_events("\n".join(frames[-200:]))]
 
 
 def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -> list[dict] | None:
@@ -99,9 +94,9 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
 def job_data(queue: Queue, job: Job) -> dict:
     """Everything the report shows about one job."""
     run_dir = job_run_dir(queue.ws, job)
-    spec = _read(queue.job_dir(job.id) / "spec.json") or {}
+    spec = read_json_dict(queue.job_dir(job.id) / "spec.json") or {}
     records = read_all(run_dir)
-    evaluation = _read(run_dir / "evaluation_report.json")
+    evaluation = read_json_dict(run_dir / "evaluation_report.json")
     analysis = analyse(records)
     return {
         **job.to_dict(),
@@ -110,9 +105,9 @@ def job_data(queue: Queue, job: Job) -> dict:
         "duration_s": duration_s(job),
         "total_duration_s": total_duration_s(job),
         "events": job_events(queue, job),
-        "pauses": (_read(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
+        "pauses": (read_json_dict(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
         "analysis": analysis,
-        "summary": _read(run_dir / "training_summary.json"),
+        "summary": read_json_dict(run_dir / "training_summary.json"),
         "evaluation": None
         if not evaluation
         else {k: evaluation.get(k) for k in ("adapters", "base", "uplift") if isinstance(evaluation.get(k), dict)},
@@ -284,6 +279,7 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
         "<!DOCTYPE html>",
         f'<html lang="{language()}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        AUTO_MARK if data.get("auto") else "",
         f"<title>{html.escape(title)} {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p>"
         + html.escape(
@@ -305,18 +301,23 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
     return "\n".join(body)
 
 
-def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = None) -> Path:
-    """Collect, draw and write the report atomically; return its path (default reports/farense-<time>.html)."""
-    data = collect(queue, since)
+def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = None, auto: bool = False) -> Path:
+    """Collect, draw and write the report atomically; return its path (default reports/farense-<time>.html).
+
+    `auto`: written by farensed when the queue drained; only such reports are ever pruned (keep_reports)."""
+    data = dict(collect(queue, since), auto=auto)
     figures = {item["id"]: curves_png(queue, queue.get(item["id"])) for item in data["jobs"]}
     default = output is None
     if default:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output = queue.ws.root / REPORTS_DIR / f"farense-{stamp}.html"
+        n = 1
+        while output.exists():  # two reports in one second: the second never replaces the first
+            output, n = output.with_name(f"farense-{stamp}-{n}.html"), n + 1
     path = queue.ws.resolve(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, render(data, figures).encode())
-    if default:
+    if default and auto:
         prune_reports(path.parent, keep_reports())
     return path
 
@@ -331,10 +332,21 @@ def keep_reports() -> int:
         return KEEP_REPORTS
 
 
+def _auto(path: Path) -> bool:
+    """Whether a report was written by farensed at a drain (its head carries AUTO_MARK)."""
+    try:
+        with open_regular(path) as fh:
+            return AUTO_MARK.encode() in fh.read(4096)
+    except OSError:
+        return False
+
+
 def prune_reports(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` reports farense named itself (a file named by `--output` is never touched).
-    A report is a view of files farense keeps (jobs/, the run folders): `farensectl report --since` draws it again."""
-    reports = sorted(p for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name) and p.is_file())
+    """Delete all but the newest `keep` reports that farensed wrote by itself at a drain; a report a person asked
+    for (`farensectl report`, `--output`) is never touched. A report is a view of files farense keeps (jobs/, the
+    run folders): `farensectl report --since` draws it again."""
+    found = [p for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name) and _auto(p)]
+    reports = sorted(found, key=lambda p: (p.name[:23], p.stat().st_mtime_ns))  # by its stamp, then when written
     old = reports[: max(len(reports) - keep, 0)]
     for path in old:
         path.unlink(missing_ok=True)

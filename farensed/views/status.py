@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import orjson
-
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
@@ -14,7 +12,7 @@ from farensed.i18n import _
 from farensed.queue.job import Job, JobStatus, job_run_dir, seconds_since
 from farensed.queue.jobs import Queue
 from farensed.queue.pidfile import daemon_pid
-from farensed.storage.atomic import read_json
+from farensed.storage.atomic import read_json_dict
 from farensed.storage.procs import process_alive
 
 EXIT_CANCELLED = 130  # `wait`/`tail` exit code of a cancelled job (as for an interrupted command)
@@ -27,14 +25,6 @@ def job_exit_code(job: Job) -> int:
     if job.status is JobStatus.CANCELLED:
         return EXIT_CANCELLED
     return job.exit_code or 1
-
-
-def _read(path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _num(value) -> float | None:
@@ -78,11 +68,11 @@ def progress(queue: Queue, job: Job) -> dict:
 
 def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dict:
     """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records)."""
-    summary = (_read(run_dir / "training_summary.json") if finished else None) or {}
+    summary = (read_json_dict(run_dir / "training_summary.json") if finished else None) or {}
     last = read_last(run_dir, 50) if last is None else last
     latest = last[-1] if last else {}
     vals = [r for r in last if _num(r.get("val_loss")) is not None]
-    state = _read(run_dir / "training_state.json") or {}
+    state = read_json_dict(run_dir / "training_state.json") or {}
     stopping = state.get("early_stopping") if isinstance(state.get("early_stopping"), dict) else {}
     best = _num(summary.get("best_val_loss"))
     if best is None:
@@ -171,7 +161,7 @@ def full_status(queue: Queue, job: Job) -> dict:
         "run_dir": str(run_dir),
         "output_dir": str(output) if output else None,
         "log": str(queue.log_path(job.id)),
-        "summary": _read(run_dir / "training_summary.json"),
+        "summary": read_json_dict(run_dir / "training_summary.json"),
         "adapters": (describe_adapters(output) if output else None) or describe_adapters(run_dir / "adapters"),
     }
 
@@ -212,5 +202,5 @@ def run_status(run) -> dict:
         "seed_era": run.seed_era,
         "run_dir": str(run.run_dir),
         "progress": run_progress(run.run_dir, run.finished, last=last),
-        "summary": _read(run.run_dir / "training_summary.json"),
+        "summary": read_json_dict(run.run_dir / "training_summary.json"),
     }

@@ -123,7 +123,7 @@ def _adapters(info: dict) -> list[str]:
                 parameters=ngettext("{count:,} parâmetro", "{count:,} parâmetros", adapters["parameters"]).format(
                     count=adapters["parameters"]
                 ),
-                path=adapters["path"],
+                path=safe(adapters["path"], 300),
             )
         )
     return lines
