@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from farensed.cli.app import cli, failure_lines, fmt_number, print_json, queue, record_line
+from farensed.cli.app import cli, failure_lines, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import _
@@ -194,21 +194,7 @@ def compare(refs, as_json):
     if as_json:
         print_json(table)
         return
-    cols = table["jobs"]
-    from farensed.analysis.compare import ROWS, cell
+    from farensed.analysis.compare import table_lines
 
-    rows = [(_(label), key, spec) for label, key, spec in ROWS]
-    w = max([22] + [len(c["label"]) + 2 for c in cols])
-    click.echo(f"{'':<18}" + "".join(f"{safe(c['label'], w - 1):>{w}}" for c in cols))
-    for label, key, spec in rows:
-        cells = [cell(c[key], spec, key) for c in cols]
-        click.echo(f"{label:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
-    criteria = []
-    for c in cols:
-        criteria += [v["criterion"] for v in c["success"] if v["criterion"] not in criteria]
-    for crit in criteria:
-        cells = []
-        for c in cols:
-            v = next((v for v in c["success"] if v["criterion"] == crit), None)
-            cells.append("-" if v is None else f"{'✅' if v['passed'] else '❌'} " + fmt_number(v["value"]))
-        click.echo(f"{crit:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
+    for line in table_lines(table):
+        click.echo(line)

@@ -91,7 +91,7 @@ def import_gguf(file, dest, compact, as_json):
     \b
     Example:
       farensectl model import-gguf mistral-7b-instruct-v0.2.Q4_K_M.gguf models/mistral-7b
-      mlx_lm generate --model models/mistral-7b --prompt "Olá"
+      mlx_lm generate --model models/mistral-7b --prompt "Hello"
     """
     from farensed.engine.gguf import import_gguf as do_import
     from farensed.engine.runner import configure_environment

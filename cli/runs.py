@@ -53,7 +53,7 @@ def check(ref, criteria, as_json):
 
     \b
     Example:
-      farensectl check 3 && echo "V2 passou"
+      farensectl check 3 && echo "V2 passed"
     """
     import orjson
 

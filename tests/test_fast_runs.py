@@ -264,3 +264,26 @@ def test_continuation_plan_names_accepted_changes_and_refuses_rewriting_the_past
         plan(new, tmp_path, ended_mid_update, 80)
     still = parse_spec(spec_with(epochs=2, early_stopping={"patience": 5, "min_delta": 0.001}))
     assert not plan(still, tmp_path, dict(stopped, step=24, step_in_epoch=24), 80).reopen  # patience 5 still stops
+
+
+def test_a_job_cancelled_before_it_ran_shows_none_of_the_run_a_later_job_trained(isolated_home):
+    """Job 1 (cancelled while pending) and job 2 share a run name; job 2 trained the run: job 1 shows nothing."""
+    from farensed.queue.job import Job
+
+    q = Queue(Workspace(isolated_home))
+    for job in (Job(id=1, name="v2", state="cancelled"), Job(id=2, name="v2", state="done", attempts=1)):
+        q.job_dir(job.id).mkdir(parents=True)
+        q.save(job)
+    run_dir = isolated_home / "checkpoints_qlora" / "v2"
+    run_dir.mkdir(parents=True)
+    records = [{"step": 8, "epoch": 0, "loss": 2.0, "total_steps": 8, "val_loss": 2.1, "gap": 0.1, "band": "BOM"}]
+    (run_dir / "training_metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    (run_dir / "training_summary.json").write_bytes(orjson.dumps({"status": "BOM", "best_val_loss": 2.1}))
+    runner = CliRunner()
+    rows = {r["id"]: r for r in orjson.loads(runner.invoke(cli, ["list", "--json"]).stdout)["jobs"]}
+    assert (rows[1]["step"], rows[1]["best_val_loss"], rows[1]["band"]) == (None, None, None)
+    assert (rows[2]["step"], rows[2]["best_val_loss"], rows[2]["band"]) == (8, 2.1, "BOM")
+    assert orjson.loads(runner.invoke(cli, ["gap", "1", "--json"]).stdout)["validations"] == []
+    status = orjson.loads(runner.invoke(cli, ["status", "1", "--json"]).stdout)
+    assert status["progress"]["step"] is None and status["summary"] is None and status["adapters"] is None
+    assert resolve(q.ws, "checkpoints_qlora/v2").job.id == 2  # the folder names the job that trained it

@@ -7,6 +7,7 @@ import statistics
 from farensed.analysis.gap import analyse, band_label
 from farensed.analysis.success import run_verdicts
 from farensed.i18n import N_, _
+from farensed.terminal import safe
 
 # The comparison's rows, for every view of it (farensectl compare, the morning report): label (translated where it
 # is shown), column key, number format.
@@ -95,3 +96,26 @@ def column(run) -> dict:
 def compare(runs: list) -> dict:
     """The table as data: one column per run (key `jobs`, as before)."""
     return {"jobs": [column(run) for run in runs]}
+
+
+def table_lines(table: dict) -> list[str]:
+    """`farensectl compare` as a person reads it: one row per ROWS entry, then one per success criterion (a run
+    without the measure shows '-', never a failure). Columns are as wide as the longest run name (up to 40)."""
+    cols = table["jobs"]
+    names = [len(str(c.get("name") or "")) for c in cols]
+    w = min(max([22] + [len(c["label"]) + 2 for c in cols] + [n + 2 for n in names]), 42)
+    lines = [f"{'':<18}" + "".join(f"{safe(c['label'], w - 1):>{w}}" for c in cols)]
+    for label, key, spec in ROWS:
+        cells = [safe(cell(c[key], spec, key), w - 1) for c in cols]
+        lines.append(f"{_(label):<18}" + "".join(f"{v:>{w}}" for v in cells))
+    criteria = []
+    for c in cols:
+        criteria += [v["criterion"] for v in c["success"] if v["criterion"] not in criteria]
+    for crit in criteria:
+        cells = []
+        for c in cols:
+            v = next((v for v in c["success"] if v["criterion"] == crit), None)
+            measured = v is not None and v.get("value") is not None
+            cells.append(f"{'✅' if v['passed'] else '❌'} " + cell(v["value"], ".4f") if measured else "-")
+        lines.append(f"{crit:<18}" + "".join(f"{v[: w - 1]:>{w}}" for v in cells))
+    return lines

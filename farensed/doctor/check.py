@@ -63,11 +63,6 @@ def summary(checks: list[Check], spec: Path | None) -> dict:
     }
 
 
-def gb(n_bytes: float) -> str:
-    """Bytes for a person: GB, or MB below 0.1 GB."""
-    return f"{n_bytes / GB:.1f} GB" if n_bytes >= 0.1 * GB else f"{n_bytes / 2**20:.0f} MB"
-
-
 def duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import orjson
 
-from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, gb
+from farensed.doctor.check import FAIL, INFO, OK, WARN, Check
 from farensed.i18n import _, ngettext
 from farensed.storage.workspace import Workspace
+from farensed.units import size as gb
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
 REQUIRED = ("mlx", "mlx-lm")

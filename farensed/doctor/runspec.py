@@ -7,16 +7,17 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.metrics import JSON_NAME, read_all
-from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration, gb
+from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration
 from farensed.errors import SpecError
 from farensed.i18n import _, ngettext
 from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.load import check_inputs, read_spec_file
-from farensed.spec.modelcheck import MAX_CONFIG_BYTES, has_chat_template
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, MissingTokenizer, has_chat_template
 from farensed.storage.atomic import read_json
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
+from farensed.units import size as gb
 
 STATE_NAME = "training_state.json"
 
@@ -84,15 +85,15 @@ def check_model(ws: Workspace, spec: JobSpec, formats: set[str]) -> list[Check]:
         return [_check_gguf(model, formats)]
     try:
         check_model_dir(model, "model")
-    except SpecError as exc:
-        if "tokenizer" not in str(exc):
-            fix = _(
-                "coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
-            ).format(model=model)
-            return [Check("model", FAIL, str(exc), fix)]
+    except MissingTokenizer as exc:
         text, data = describe_model(model)
         fix = _("copie tokenizer.json (ou tokenizer.model) do modelo original para {model}").format(model=model)
         return [Check("model", OK, text, data=data), Check("tokenizer", FAIL, str(exc), fix)]
+    except SpecError as exc:
+        fix = _(
+            "coloque o modelo em {model} (config.json, *.safetensors, tokenizer) ou corrija 'model' na spec"
+        ).format(model=model)
+        return [Check("model", FAIL, str(exc), fix)]
     text, data = describe_model(model)
     found = next((name for name in ("tokenizer.json", "tokenizer.model") if (model / name).is_file()), "tokenizer")
     chat = has_chat_template(model)

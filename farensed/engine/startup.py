@@ -8,12 +8,9 @@ from pathlib import Path
 
 from farensed.errors import FarenseError
 from farensed.i18n import _
+from farensed.units import size as gb
 
 MARGIN_MB = 256  # besides the checkpoints: metrics, summaries, plots, evaluation (override: $FARENSE_DISK_MARGIN_MB)
-
-
-def gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def device_line() -> str:

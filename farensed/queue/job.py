@@ -151,6 +151,12 @@ def seconds_since(stamp: str | None, end: str | None = None) -> float | None:
     return None if start is None else max((stop - start).total_seconds(), 0.0)
 
 
+def never_ran(job: Job) -> bool:
+    """A job that ended without ever starting (cancelled while pending, a failed dependency): it has no training of
+    its own, whatever its run folder holds now (another job of the same name may have trained it since)."""
+    return job.attempts == 0 and job.status.terminal
+
+
 def job_run_dir(ws: Workspace, job: Job) -> Path:
     """The run folder a job trains (recorded in job.json; older jobs: checkpoints_qlora/<name>)."""
     return ws.resolve(job.run_dir) if job.run_dir else ws.run_dir(job.name)

@@ -168,12 +168,20 @@ def _config(folder: Path, label: str) -> dict:
     return config
 
 
+class MissingTokenizer(SpecError):
+    """A model folder complete but for its tokenizer (the doctor says how to bring one)."""
+
+
 def check_model_folder(path: Path, label: str) -> dict:
     """A usable mlx-lm model folder: config.json (known model_type), model*.safetensors, a tokenizer; its config."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        raise SpecError(_("{label}: pasta do modelo não encontrada: {path}").format(label=label, path=path)) from None
+        raise SpecError(
+            _("{label}: pasta do modelo não encontrada: {path} (ponha lá o modelo, ou corrija 'model' na spec)").format(
+                label=label, path=path
+            )
+        ) from None
     if not stat.S_ISDIR(st.st_mode):
         raise SpecError(
             _("{label}: {path} é {kind}, não a pasta de um modelo").format(
@@ -193,7 +201,7 @@ def check_model_folder(path: Path, label: str) -> dict:
     config = _config(path, label)
     _weights(path, label)
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
-        raise SpecError(
+        raise MissingTokenizer(
             _("{label}: {path} não tem tokenizer (tokenizer.json ou tokenizer.model)").format(label=label, path=path)
         )
     return config

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from farensed.analysis.compare import ROWS, cell, column
 from farensed.analysis.gap import analyse, format_analysis
-from farensed.analysis.metrics import read_all
 from farensed.i18n import _, language, ngettext
 from farensed.queue import events
 from farensed.queue.job import Job, job_run_dir, parse_time
@@ -93,10 +92,10 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
 
 def job_data(queue: Queue, job: Job) -> dict:
     """Everything the report shows about one job."""
-    run_dir = job_run_dir(queue.ws, job)
+    run = Run(job_run_dir(queue.ws, job), job.name, job, queue)  # empty for a job that never ran
     spec = read_json_dict(queue.job_dir(job.id) / "spec.json") or {}
-    records = read_all(run_dir)
-    evaluation = read_json_dict(run_dir / "evaluation_report.json")
+    records = run.records()
+    evaluation = run.read("evaluation_report.json")
     analysis = analyse(records)
     return {
         **job.to_dict(),
@@ -107,7 +106,7 @@ def job_data(queue: Queue, job: Job) -> dict:
         "events": job_events(queue, job),
         "pauses": (read_json_dict(queue.job_dir(job.id) / "pause.json") or {}).get("history", []),  # queue.overnight
         "analysis": analysis,
-        "summary": read_json_dict(run_dir / "training_summary.json"),
+        "summary": run.read("training_summary.json"),
         "evaluation": None
         if not evaluation
         else {k: evaluation.get(k) for k in ("adapters", "base", "uplift") if isinstance(evaluation.get(k), dict)},
@@ -141,7 +140,7 @@ def curves_png(queue: Queue, job: Job) -> bytes | None:
     """loss, val_loss and gap curves of a job as PNG bytes (None without metrics)."""
     from farensed.analysis.plots import plot_training
 
-    records = read_all(job_run_dir(queue.ws, job))
+    records = Run(job_run_dir(queue.ws, job), job.name, job, queue).records()
     if not records:
         return None
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,9 +22,9 @@ from farensed.analysis.metrics import JSON_NAME, JSONL_NAME
 from farensed.analysis.records import load_records
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.job import Job, job_run_dir
+from farensed.queue.job import Job, job_run_dir, never_ran
 from farensed.queue.jobs import Queue
-from farensed.storage.atomic import read_json
+from farensed.storage.atomic import read_json, read_json_dict
 from farensed.storage.workspace import Workspace
 
 RUN_FILES = (JSONL_NAME, JSON_NAME, "training_state.json", "spec.json")
@@ -54,15 +54,18 @@ class Run:
         seed = " " + _("— pasta só com métricas, só leitura") if self.seed_era else ""
         return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
 
+    @property
+    def trained(self) -> bool:
+        """False for a job that ended without ever starting: its run folder's files are another job's."""
+        return self.job is None or not never_ran(self.job)
+
     def records(self) -> list[dict]:
         """Every metrics record (farense's .jsonl, or the seed's JSON list made comparable)."""
-        return load_records(self.run_dir)
+        return load_records(self.run_dir) if self.trained else []
 
     def read(self, fname: str) -> dict | None:
-        try:
-            return read_json(self.run_dir / fname)
-        except (OSError, orjson.JSONDecodeError):
-            return None
+        """A JSON object from the run folder (None: absent, damaged, not an object, or a job that never ran)."""
+        return read_json_dict(self.run_dir / fname) if self.trained else None
 
     def spec_dict(self) -> dict | None:
         """The spec this run was trained with: its job's spec.json, else the run folder's copy."""
@@ -117,6 +120,7 @@ def _of_job(ws: Workspace, queue: Queue, job: Job) -> Run:
 
 
 def _of_folder(ws: Workspace, queue: Queue | None, folder: Path, name: str) -> Run:
-    jobs = [j for j in queue.jobs() if job_run_dir(ws, j).resolve() == folder.resolve()] if queue else []
+    trained = [j for j in queue.jobs() if not never_ran(j)] if queue else []
+    jobs = [j for j in trained if job_run_dir(ws, j).resolve() == folder.resolve()]
     job = jobs[-1] if jobs else None
     return Run(folder, job.name if job else name, job, queue)

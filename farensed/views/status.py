@@ -9,7 +9,7 @@ from farensed.analysis.metrics import read_last
 from farensed.analysis.tensors import describe_adapters
 from farensed.errors import ERROR_PREFIXES
 from farensed.i18n import _
-from farensed.queue.job import Job, JobStatus, job_run_dir, seconds_since
+from farensed.queue.job import Job, JobStatus, job_run_dir, never_ran, seconds_since
 from farensed.queue.jobs import Queue
 from farensed.queue.pidfile import daemon_pid
 from farensed.storage.atomic import read_json_dict
@@ -62,17 +62,19 @@ def total_duration_s(job: Job) -> float | None:
 
 
 def progress(queue: Queue, job: Job) -> dict:
-    """Step/total, epoch, best val_loss and latest gap band, read cheaply from the job's run folder."""
-    return run_progress(job_run_dir(queue.ws, job), job.status.terminal)
+    """Step/total, epoch, best val_loss and latest gap band, read cheaply from the job's run folder (nothing for a
+    job that never ran)."""
+    return run_progress(None if never_ran(job) else job_run_dir(queue.ws, job), job.status.terminal)
 
 
 def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dict:
-    """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records)."""
-    summary = (read_json_dict(run_dir / "training_summary.json") if finished else None) or {}
-    last = read_last(run_dir, 50) if last is None else last
+    """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records); all
+    unknown for no run folder (None)."""
+    summary = (read_json_dict(run_dir / "training_summary.json") if finished and run_dir is not None else None) or {}
+    last = [] if run_dir is None else read_last(run_dir, 50) if last is None else last
     latest = last[-1] if last else {}
     vals = [r for r in last if _num(r.get("val_loss")) is not None]
-    state = read_json_dict(run_dir / "training_state.json") or {}
+    state = (read_json_dict(run_dir / "training_state.json") or {}) if run_dir is not None else {}
     stopping = state.get("early_stopping") if isinstance(state.get("early_stopping"), dict) else {}
     best = _num(summary.get("best_val_loss"))
     if best is None:
@@ -147,7 +149,7 @@ def full_status(queue: Queue, job: Job) -> dict:
     run_dir = job_run_dir(queue.ws, job)
     # output/<name> belongs to the run now at checkpoints_qlora/<name>: a job whose run was moved aside by a later
     # --fresh has its adapters in its own run folder only
-    current = run_dir.resolve() == queue.ws.run_dir(job.name).resolve()
+    current = run_dir.resolve() == queue.ws.run_dir(job.name).resolve() and not never_ran(job)
     output = queue.ws.output_dir(job.name) if current else None
     daemon_running = daemon_pid(queue.ws) is not None
     return {
@@ -161,8 +163,10 @@ def full_status(queue: Queue, job: Job) -> dict:
         "run_dir": str(run_dir),
         "output_dir": str(output) if output else None,
         "log": str(queue.log_path(job.id)),
-        "summary": read_json_dict(run_dir / "training_summary.json"),
-        "adapters": (describe_adapters(output) if output else None) or describe_adapters(run_dir / "adapters"),
+        "summary": None if never_ran(job) else read_json_dict(run_dir / "training_summary.json"),
+        "adapters": None
+        if never_ran(job)
+        else (describe_adapters(output) if output else None) or describe_adapters(run_dir / "adapters"),
     }
 
 
