@@ -104,6 +104,10 @@ class JobSpec:
     clear_cache_threshold: int = 0
     fuse: Any = False
     val_batch_size: int | None = None  # None: automatic (engine/data.py: validation_batches)
+    # the training step's memory (README: "Memória de um step")
+    counted_loss: bool = True  # output projection + cross-entropy on the counted positions only (engine/trainloss.py)
+    ce_chunk: int | None = None  # vocabulary rows per cross-entropy tile; 0 off; None automatic (engine/chunkce.py)
+    pack: bool = False  # several examples per row, attention kept per example (engine/packing.py)
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -150,6 +154,7 @@ FINGERPRINT_OPTIONS = (
     "resume_adapter_file",
     "val_batches",
     "grad_checkpoint",  # recomputing the forward pass draws dropout masks again: not the same numbers
+    "pack",  # other batches, other steps per epoch (counted_loss and ce_chunk change only float rounding: not here)
 )
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec)}
 
@@ -189,6 +194,7 @@ RANGES = {
     "val_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
     "test_batches": (lambda v: v >= 1 or v == -1, N_("≥ 1 (ou -1 para todos)")),
     "clear_cache_threshold": (lambda v: v >= 0, N_("≥ 0 (bytes)")),
+    "ce_chunk": (lambda v: v == 0 or 256 <= v <= 2**20, N_("0 (desligado) ou 256 … 1048576 linhas do vocabulário")),
 }
 
 TYPE_NAMES = {
@@ -283,6 +289,12 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
             _(
                 "{label}: save_every = {save_every} deve ser múltiplo de grad_accumulation ({grad_accumulation}): só se guarda no fim de uma atualização do otimizador"
             ).format(label=label, save_every=spec.save_every, grad_accumulation=spec.grad_accumulation)
+        )
+    if spec.pack and not spec.counted_loss:
+        raise SpecError(
+            _(
+                "{label}: pack = true precisa de counted_loss = true (o packing usa a loss das posições contadas)"
+            ).format(label=label)
         )
     if spec.not_before is not None:
         try:
