@@ -11,7 +11,7 @@ embeddings), on any device. The head's weights are frozen in every fine-tune typ
 
 from __future__ import annotations
 
-DEFAULT_TILE = 8192  # vocabulary rows per tile (measured: bench/RESULTS.md, "Memory of a step")
+DEFAULT_TILE = 4096  # vocabulary rows per tile (bench/RESULTS.md, "Memory of a step": 1024 and 4096 peaked alike)
 
 
 class TiledHead:
@@ -74,22 +74,6 @@ class TiledHead:
             mode=self.mode,
         )
 
-    def gather(self, arrays: tuple, index):
-        """The float rows `index` of the weight (the targets' rows)."""
-        import mlx.core as mx
-
-        if not self.quantized:
-            return arrays[0][index]
-        w, scales, biases = arrays
-        return mx.dequantize(
-            w[index],
-            scales[index],
-            None if biases is None else biases[index],
-            group_size=self.group_size,
-            bits=self.bits,
-            mode=self.mode,
-        )
-
 
 def chunked_cross_entropy(head: TiledHead, hidden, targets, tile: int = DEFAULT_TILE):
     """Per-position cross-entropy of `head(hidden)` against `targets`, computed `tile` vocabulary rows at a time.
@@ -97,39 +81,43 @@ def chunked_cross_entropy(head: TiledHead, hidden, targets, tile: int = DEFAULT_
     Equals `nn.losses.cross_entropy(head(hidden), targets)` up to float rounding; `hidden` is (positions, dims)."""
     import mlx.core as mx
 
-    arrays = head.arrays()
+    arrays = head.arrays()  # read while tracing: the frozen head's arrays enter as constants, never as primals
     vocab = arrays[0].shape[0]
     bounds = [(start, min(start + tile, vocab)) for start in range(0, vocab, tile)]
-    present = tuple(a for a in arrays if a is not None)
 
-    def unpack(flat: tuple) -> tuple:
-        it = iter(flat)
-        return tuple(None if a is None else next(it) for a in arrays)
+    def tile_logits(hidden, a: int, b: int):
+        return head.project(hidden, head.rows(arrays, a, b)).astype(mx.float32)
+
+    def tile_target(targets, a: int, b: int):
+        """Where each target falls in tile [a, b), and whether it does (the target's logit is read from the tile's
+        own logits: the same numbers as the untiled projection's)."""
+        local = targets - a
+        return mx.clip(local, 0, b - a - 1), (local >= 0) & (local < b - a)
 
     @mx.custom_function
-    def ce(hidden, targets, *weights):
-        full = unpack(weights)
-        h32 = hidden.astype(mx.float32)
-        lses = []
-        for a, b in bounds:  # each tile after the previous one's reduction: one tile of logits alive at a time
+    def ce(hidden, targets):
+        lses, picked = [], mx.zeros(targets.shape, mx.float32)
+        for a, b in bounds:  # each tile after the previous one's reduction: few tiles of logits alive at a time
             after = hidden if not lses else mx.depends(hidden, lses[-1])
-            lses.append(mx.logsumexp(head.project(after, head.rows(full, a, b)).astype(mx.float32), axis=-1))
+            logits = tile_logits(after, a, b)
+            local, inside = tile_target(targets, a, b)
+            picked = picked + mx.where(inside, mx.take_along_axis(logits, local[:, None], axis=-1)[:, 0], 0.0)
+            lses.append(mx.logsumexp(logits, axis=-1))
         lse = mx.logsumexp(mx.stack(lses, axis=-1), axis=-1)
-        picked = (h32 * head.gather(full, targets).astype(mx.float32)).sum(-1)
         return lse - picked, lse
 
     @ce.vjp
     def ce_vjp(primals, cotangents, outputs):
-        hidden, targets, *weights = primals
-        full = unpack(tuple(weights))
+        hidden, targets = primals
         grad = cotangents[0].astype(mx.float32)[:, None]
         lse = outputs[1][:, None]
-        dh = -grad * head.gather(full, targets).astype(mx.float32)
-        for a, b in bounds:  # recompute each tile's logits: softmax = exp(logits - lse)
-            rows = head.rows(full, a, b)
+        dh = mx.zeros(hidden.shape, mx.float32)
+        for a, b in bounds:  # recompute each tile's logits: softmax = exp(logits - lse), minus the target's one-hot
             after = mx.depends(hidden, dh)
-            probs = mx.exp(head.project(after, rows).astype(mx.float32) - lse) * grad
-            dh = dh + head.back(probs.astype(hidden.dtype), rows).astype(mx.float32)
-        return (dh.astype(hidden.dtype), mx.zeros_like(targets), *(mx.zeros_like(w) for w in weights))
+            local, inside = tile_target(targets, a, b)
+            onehot = (mx.arange(b - a)[None, :] == local[:, None]) & inside[:, None]
+            probs = (mx.exp(tile_logits(after, a, b) - lse) - onehot) * grad
+            dh = dh + head.back(probs.astype(hidden.dtype), head.rows(arrays, a, b)).astype(mx.float32)
+        return dh.astype(hidden.dtype), mx.zeros_like(targets)
 
-    return ce(hidden, targets, *present)[0]
+    return ce(hidden, targets)[0]

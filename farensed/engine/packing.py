@@ -199,6 +199,14 @@ class PackedLoss(CountedLoss):
         flat = self.forward(model, inputs, cache=caches)
         return self.finish(model, flat, targets.reshape(-1), index, weight)
 
+    def sample(self, batch, positions: int = 64) -> tuple:
+        """The first row's first `positions` tokens as one packed row (its own segments and positions kept)."""
+        import mlx.core as mx
+
+        inputs, targets, rope_positions, segments = (a[:1, :positions] for a in batch[:4])
+        n = inputs.shape[1]
+        return inputs, targets, rope_positions, segments, mx.arange(n, dtype=mx.int32), mx.ones((n,), mx.float32)
+
     def check(self, model, batch) -> None:
         enable_packing(model)
         super().check(model, batch)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from farensed.engine.batching import TrainBatches
-from farensed.engine.valloss import AGREE, _head, counted_index
+from farensed.engine.valloss import AGREE, CHECK_POSITIONS, _head, counted_index
 
 BUCKET = 64  # gathered positions are padded to a multiple of this
 
@@ -120,11 +120,22 @@ class CountedLoss:
 
         return TiledHead(head_module(model))
 
-    def check(self, model, batch) -> None:
-        """Keep the shortcut only if the model is body + plain head and it gives the full forward's loss on `batch`
-        (forward only, in eval mode: no dropout mask is drawn, the run's RNG is untouched)."""
+    def sample(self, batch, positions: int = CHECK_POSITIONS) -> tuple:
+        """The first row's first `positions` targets of `batch`, all counted: what `check` compares on (small, so
+        the full logits it needs never approach a step's memory)."""
         import mlx.core as mx
 
+        tokens = batch[0][:1, : positions + 1]
+        n = tokens.shape[1] - 1
+        return tokens, mx.arange(n, dtype=mx.int32), mx.ones((n,), mx.float32)
+
+    def check(self, model, batch) -> None:
+        """Keep the shortcut only if the model is body + plain head and it gives the full forward's loss on a
+        sample of `batch` (forward only, in eval mode: no dropout mask is drawn, the run's RNG is untouched)."""
+        import mlx.core as mx
+
+        if self.ce_chunk is None:
+            self.ce_chunk = auto_chunk(model)
         if self.ce_chunk and not _tileable(model):
             self.ce_chunk = 0  # a head that cannot be cut in rows (a bias, a custom layer): the plain cross-entropy
         if _head(model) is None:
@@ -132,15 +143,27 @@ class CountedLoss:
             return
         was_training = model.training
         model.eval()
+        sample = self.sample(batch)
         try:
-            full = _with(self, False)(model, *batch)[0]
-            short = _with(self, True)(model, *batch)[0]
+            full = _with(self, False)(model, *sample)[0]
+            short = _with(self, True)(model, *sample)[0]
             mx.eval(full, short)
             self.shortcut = abs(full.item() - short.item()) <= AGREE * abs(full.item())
         except Exception:  # an architecture whose body does not take the tokens alone: the full forward it is
             self.shortcut = False
         finally:
             model.train(was_training)
+
+
+def auto_chunk(model) -> int:
+    """What `ce_chunk: null` means for this model: tiles of DEFAULT_TILE rows when the vocabulary holds more than two
+    (SmolLM2's 49,152: the step's peak above the weights fell from 137 MB to 49 MB, bench/RESULTS.md), else none (a
+    small vocabulary's logits are small, and the tiles' second projection would only cost time)."""
+    from farensed.engine.chunkce import DEFAULT_TILE
+
+    module = head_module(model)
+    vocab = module["weight"].shape[0] if module is not None else 0
+    return DEFAULT_TILE if vocab > 2 * DEFAULT_TILE else 0
 
 
 def _tileable(model) -> bool:
