@@ -33,6 +33,7 @@ NAMES = [
     N_("modelo"),
     N_("pacotes"),
     N_("passos"),
+    N_("plano de memória"),
     N_("repouso"),
     N_("serviço"),
     N_("tempo"),
