@@ -300,5 +300,8 @@ def check_memory(ws: Workspace, spec: JobSpec, probe: dict) -> Check | None:
         model = model.with_name(model.name + ".mlx")  # its import; absent before the first run
         if not model.is_dir():
             return None
-    world = len(hosts_of(spec, ws)) if spec.distributed else 1
+    try:
+        world = len(hosts_of(spec, ws)) if spec.distributed else 1
+    except SpecError:  # an unreadable hostfile is the distributed check's line; plan one rank's share of nothing
+        world = 1
     return check_memory_plan(spec, model, ws.resolve(spec.data.train), probe, world)
