@@ -3,15 +3,16 @@
 mlx-lm's `default_loss` projects every position onto the vocabulary (positions x vocabulary logits, and their
 gradient), then multiplies the masked prompt and the padding by zero. Here the hidden states of the counted
 positions (the completion: from the prompt offset to the length, exactly `default_loss`'s mask) are gathered
-first, so the projection, the cross-entropy and their backward pass see only those. The number of gathered
-positions is rounded up to a bucket (a multiple of BUCKET, the extra entries weighted 0) so the compiled step sees
-few shapes. The loss and its gradients are `default_loss`'s up to float rounding (tests/test_trainloss.py), so it
-does not join the resume fingerprint.
+first, so the projection, the cross-entropy and their backward pass see only those. The gathered positions are
+padded (weight 0) to one size per batch width, the most any batch of that width counts rounded up to a multiple of
+BUCKET: the compiled step sees no shape beyond those the widths already make (a size per batch would double them on
+chat data, bench/RESULTS.md). The loss and its gradients are `default_loss`'s up to float rounding
+(tests/test_trainloss.py), so it does not join the resume fingerprint.
 
 The shortcut needs a model that is a body then a plain projection (engine/valloss.py: `_head`); `check()` keeps it
-only if it reproduces the full forward on the first batch, else the full logits are gathered instead (same batches,
-same numbers, no memory saved). With `ce_chunk` the cross-entropy runs over the vocabulary in tiles
-(engine/chunkce.py).
+only if it reproduces the full forward on a sample of the first batch, else the full logits are gathered instead
+(same batches, same numbers, no memory saved). With `ce_chunk` the cross-entropy runs over the vocabulary in tiles
+(engine/chunkce.py); unset, `auto_chunk` decides from the vocabulary.
 """
 
 from __future__ import annotations
