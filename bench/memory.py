@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--packing", action="store_true", help="the demo packed against unpacked: tokens/s")
     parser.add_argument("--fit", action="store_true", help="the planner's coefficients from the recorded steps")
     parser.add_argument("--shapes", action="store_true", help="compiled shapes per gathered-count rule")
     parser.add_argument("--mistral", action="store_true", help="the seed's V2 on Mistral-7B: the README's table")
@@ -66,6 +67,13 @@ def main() -> None:
         print(mistral_table())
     if args.shapes:
         print(shape_counts())
+    if args.packing:
+        from bench.__main__ import table
+
+        text = table(packing_figures(args.repeats + 1))
+        print(text)
+        if not args.no_write:
+            write_block("<!-- packing -->", "<!-- /packing -->", text)
     if args.compare:
         figures = compare(args.repeats)
         from bench.__main__ import table
@@ -194,20 +202,46 @@ def compare(repeats: int) -> list:
 def write_section(figures: list) -> None:
     from bench.__main__ import machine, table
 
-    begin, end = "<!-- memory -->", "<!-- /memory -->"
     text = (
-        f"{begin}\n## Memory of a step (`python -m bench.memory --compare`)\n\nMachine: {machine()}, shared with other "
-        f"jobs (15-minute load average {os.getloadavg()[2]:.1f} when written). Date: {dt.date.today()}. Median "
-        f"(min–max) of pairs measured back to back, the order alternating.\n\n{table(figures)}\n{end}"
+        f"## Memory of a step (`python -m bench.memory --compare`)\n\nMachine: {machine()}, shared with other jobs "
+        f"(15-minute load average {os.getloadavg()[2]:.1f} when written). Date: {dt.date.today()}. Median (min–max) "
+        f"of pairs measured back to back, the order alternating.\n\n{table(figures)}"
     )
+    write_block("<!-- memory -->", "<!-- /memory -->", text)
+
+
+def packing_figures(repeats: int) -> list:
+    """The demo packed against the same spec unpacked (max_seq_length 256: a row holds ~4 demo examples): tokens/s
+    and steps. Not the same schedule: packing makes fewer, fuller steps."""
+    from bench.figures import BENCH_SPEC, Figure, run_farense, workspace
+
+    spec = dict(BENCH_SPEC, max_seq_length=256)
+    packed, plain, steps = [], [], {}
+    with tempfile.TemporaryDirectory(prefix="farense-pack-") as tmp:
+        root = workspace(Path(tmp) / "ws", tiny_model())
+        for i in range(repeats):
+            for pack in (True, False) if i % 2 == 0 else (False, True):
+                summary = run_farense(root, dict(spec, pack=pack))
+                (packed if pack else plain).append(summary["tokens_per_second"])
+                steps[pack] = summary["steps_run"]
+    note = (
+        f"demo, batch 4, max_seq_length 256, 3 epochs: {steps[True]} packed steps against {steps[False]}; "
+        "the same tokens trained"
+    )
+    return [Figure("training tokens/s, pack: true", packed, plain, "tok/s", "—", "pack: false", note, False)]
+
+
+def write_block(begin: str, end: str, text: str) -> None:
+    """Replace the text between two markers of RESULTS.md (or add it before the main table)."""
     results = REPO / "bench" / "RESULTS.md"
     current = results.read_text()
+    block = f"{begin}\n{text}\n{end}"
     if begin in current:
         head, rest = current.split(begin, 1)
-        current = head + text + rest.split(end, 1)[1]
+        current = head + block + rest.split(end, 1)[1]
     else:
         head, tail = current.split("<!-- table -->", 1)
-        current = f"{head}{text}\n\n<!-- table -->{tail}"
+        current = f"{head}{block}\n\n<!-- table -->{tail}"
     results.write_text(current)
 
 
