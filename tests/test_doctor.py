@@ -138,3 +138,27 @@ def test_the_doctor_probes_mlx_without_importing_it(spec_workspace):
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = orjson.loads(proc.stdout.strip().splitlines()[-1])
     assert found["mlx"] == [] and found["device"]
+
+
+def test_the_memory_plan_sizes_the_widest_batch_the_engine_will_build(workspace, tiny_model):
+    """The doctor's plan (no mlx) tokenizes the data as the engine does: same widest batch, same counted positions."""
+    import numpy as np
+    from mlx_lm.utils import load_tokenizer
+
+    from farensed.engine.data import length_sorted_batches, padded_width, tokenize_file
+    from farensed.engine.valloss import counted_index
+
+    result = CliRunner().invoke(
+        cli, ["--home", str(workspace), "doctor", "--json", str(write_spec(workspace, TEST_SPEC))]
+    )
+    (planned,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "plano de memória"]
+    assert planned["status"] == "ok" and planned["data"]["lengths_source"] == "tokenizer"
+    data = tokenize_file(workspace / TEST_SPEC["data"]["train"], load_tokenizer(tiny_model), 128)
+    widest = max(length_sorted_batches(data, 4, drop_last=True), key=lambda g: max(len(data.tokens[i]) for i in g))
+    width = padded_width(max(len(data.tokens[i]) for i in widest), 128)
+    lengths = np.array([[data.offsets[i], min(len(data.tokens[i]), 128)] for i in widest])
+    step = planned["data"]["step"]
+    assert (step["rows"], step["width"]) == (4, width)
+    assert step["counted"] == len(counted_index(lengths, width))
+    parts = planned["data"]["parts"]
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))

@@ -42,6 +42,7 @@ LABELS = {
     "estimate": N_("estimativa"),
     "time": N_("tempo"),
     "memory_per_step": N_("memória por step"),
+    "memory_plan": N_("plano de memória"),
 }
 
 

@@ -297,4 +297,27 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
     checks.append(check_steps(spec, counts))
     if (run := check_run_folder(ws, spec)) is not None:
         checks.append(run)
+    if (memory := check_memory(ws, spec, probe)) is not None:
+        checks.append(memory)
     return checks + check_estimates(ws, spec, counts, probe)
+
+
+def check_memory(ws: Workspace, spec: JobSpec, probe: dict) -> Check | None:
+    """The memory plan of a step (doctor/memcheck.py), for a model folder (a .gguf once imported)."""
+    from farensed.doctor.memcheck import check_memory_plan
+    from farensed.models.hub import resolve_model
+    from farensed.spec.hosts import hosts_of
+
+    try:
+        model = resolve_model(spec.model, ws)
+    except SpecError:
+        return None
+    if model.suffix.lower() == ".gguf":
+        model = model.with_name(model.name + ".mlx")  # its import; absent before the first run
+        if not model.is_dir():
+            return None
+    try:
+        world = len(hosts_of(spec, ws)) if spec.distributed else 1
+    except SpecError:  # an unreadable hostfile is the distributed check's line; plan one rank's share of nothing
+        world = 1
+    return check_memory_plan(spec, model, ws.resolve(spec.data.train), probe, world)

@@ -53,8 +53,9 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
     from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
 
     report = reporting_callbacks(spec, ws.run_dir(spec.name), os.environ.get("MLX_RANK", "0") == "0")
+    loss, batches = step_collaborators(spec)
     try:
-        trainer = Trainer(spec, ws, fresh=fresh, callbacks=report)
+        trainer = Trainer(spec, ws, fresh=fresh, loss=loss, iterate_batches=batches, callbacks=report)
         code = trainer.run()
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
@@ -71,6 +72,20 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
         if spec.success is not None:
             print_success(spec, ws.run_dir(spec.name))
     return code
+
+
+def step_collaborators(spec) -> tuple:
+    """The training step's loss and batches, from the spec's memory keys: packed rows, the counted-positions loss
+    (the default), or mlx-lm's `default_loss` on length-sorted batches (`counted_loss: false`)."""
+    if spec.pack:
+        from farensed.engine.packing import PackedBatches, PackedLoss
+
+        return PackedLoss(spec.ce_chunk), PackedBatches
+    if not spec.counted_loss:
+        return None, None
+    from farensed.engine.trainloss import CountedBatches, CountedLoss
+
+    return CountedLoss(spec.ce_chunk), CountedBatches
 
 
 def _post_steps(spec, ws: Workspace, should_stop) -> bool:

@@ -81,6 +81,8 @@ class Trainer:
         self.progress = self._restore(start)
         cont.apply(self.progress, self.stopper)
         self.clock.mark("restored")
+        if check := getattr(self.loss, "check", None):  # a loss that picks its path on a real batch (trainloss.py)
+            check(self.model, next(iter(self.batches.epoch(0)))[1])
         micro_step = build_micro_step(self.model, self.optimizer, self.loss, self.world, self.spec.grad_checkpoint)
         self.callbacks.on_train_begin(self, self.progress)
         self.model.train()  # dropout on (mlx-lm loads a model in eval mode)
@@ -213,6 +215,8 @@ class Trainer:
         )
         rank, size = self.world.rank, self.world.size
         self.batches = self.iterate_batches(self.train_set, spec, rank, size)
+        if describe := getattr(self.batches, "banner_line", None):  # packing: the padding it saves
+            console.say(describe())
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = spec.iters or self.steps_per_epoch * spec.epochs
         self.epochs_total = -(-self.total_steps // self.steps_per_epoch)

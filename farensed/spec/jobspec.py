@@ -107,6 +107,10 @@ class JobSpec:
     val_batch_size: int | None = None  # None: automatic (engine/data.py: validation_batches)
     report_to: str | None = None  # mlx-lm's --report-to: "wandb" (engine/reporting.py)
     project_name: str | None = None  # mlx-lm's --project-name: the W&B project
+    # the training step's memory (README: "Memória de um step")
+    counted_loss: bool = True  # output projection + cross-entropy on the counted positions only (engine/trainloss.py)
+    ce_chunk: int | None = None  # vocabulary rows per cross-entropy tile; 0 off; None automatic (engine/chunkce.py)
+    pack: bool = False  # several examples per row, attention kept per example (engine/packing.py)
     # queue keys
     priority: int = 0
     not_before: str | None = None
@@ -153,6 +157,7 @@ FINGERPRINT_OPTIONS = (
     "resume_adapter_file",
     "val_batches",
     "grad_checkpoint",  # recomputing the forward pass draws dropout masks again: not the same numbers
+    "pack",  # other batches, other steps per epoch (counted_loss and ce_chunk change only float rounding: not here)
 )
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobSpec)}
 
@@ -195,6 +200,7 @@ RANGES = {
     "val_batches": (lambda v: 1 <= v <= 1_000_000 or v == -1, N_("1 ≤ val_batches ≤ 1000000 (ou -1 para todos)")),
     "test_batches": (lambda v: 1 <= v <= 1_000_000 or v == -1, N_("1 ≤ test_batches ≤ 1000000 (ou -1 para todos)")),
     "clear_cache_threshold": (lambda v: 0 <= v <= 2**50, N_("0 ≤ clear_cache_threshold ≤ 2^50 (bytes)")),
+    "ce_chunk": (lambda v: v == 0 or 256 <= v <= 2**20, N_("0 (desligado) ou 256 … 1048576 linhas do vocabulário")),
 }
 NOT_BEFORE_MAX = dt.timedelta(days=3 * 366)  # a start date years away is a typo, not a plan
 HOST_RE = re.compile(r"[A-Za-z0-9_.:@\[\]%-]{1,253}")  # a name, an IPv4/IPv6 address, user@host
@@ -338,6 +344,12 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
             _(
                 "{label}: save_every = {save_every} deve ser múltiplo de grad_accumulation ({grad_accumulation}): só se guarda no fim de uma atualização do otimizador"
             ).format(label=label, save_every=spec.save_every, grad_accumulation=spec.grad_accumulation)
+        )
+    if spec.pack and not spec.counted_loss:
+        raise SpecError(
+            _(
+                "{label}: pack = true precisa de counted_loss = true (o packing usa a loss das posições contadas)"
+            ).format(label=label)
         )
     if spec.not_before is not None:
         check_not_before(spec.not_before, label)

@@ -1,0 +1,188 @@
+"""The memory plan of a training step, before the first run: arithmetic on the model's config, the spec and the
+data's lengths, without loading weights (and without mlx).
+
+A step's peak is the weights, the trainable parameters with their gradient and optimizer state, and what the step
+allocates: the activations the adapted layers keep for the backward pass, their attention scores, the forward
+pass of the frozen layers below them, and the output projection's logits with the cross-entropy (all positions
+with mlx-lm's `default_loss`; the counted ones with farense's; a few tiles with `ce_chunk`). Each term is sized
+from the shapes; one coefficient per term was fitted on peaks measured with `mx.get_peak_memory()`
+(`python -m bench.memory --calibrate`: the tiny model and SmolLM2-135M, on this project's CPU machine) and is
+checked by tests/test_fast_memplan.py against those measurements. Apple GPUs allocate differently (Metal command
+buffers, float16 activations for most models): the plan is an estimate there, to be re-measured with the same bench.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+PAD_TO = 8  # the engine's batch widths (engine/data.py: padded_width), repeated: the doctor may not import engine
+BUCKET = 64  # the engine's gathered-position bucket (engine/trainloss.py)
+AUTO_TILE = 4096  # the engine's automatic ce_chunk (engine/chunkce.py: DEFAULT_TILE)
+MAX_HEADER = 64 << 20  # a safetensors header larger than this is not read
+
+# fitted coefficients (bytes of the term per byte of its shape); see bench/RESULTS.md, "Memory plan"
+COEF = {
+    "layers": 0.7684,  # activations each adapted block keeps for the backward pass
+    "attention": 0.6742,  # their attention scores (kept: MLX's attention without a fused backward on this CPU)
+    "frozen": 0.311,  # the frozen blocks' forward pass
+    "transient": 1.7731,  # one block's working set at a time (forward, backward or recomputation)
+    "head": 4.008,  # logits, their softmax and gradient (positions x vocabulary)
+    "tiles": 5.1711,  # tiled cross-entropy: positions x tile, a few tiles in flight
+    "fixed": 105906,  # bytes
+}
+
+
+@dataclass
+class ModelShape:
+    """What a step's memory depends on in a model: sizes from config.json, bytes from the weight files."""
+
+    model_type: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    weights_bytes: int
+    act_bytes: int  # bytes per activation: the float type of the unquantized tensors (norms, scales)
+
+
+@dataclass
+class StepShape:
+    """The widest batch of a run: rows, padded width (tokens + 1), positions the loss counts, gathered (bucketed)."""
+
+    rows: int
+    width: int
+    counted: int
+    gathered: int
+
+
+def _header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        if size > MAX_HEADER:
+            return {}
+        header = orjson.loads(f.read(size))
+    return header if isinstance(header, dict) else {}
+
+
+def model_shape(model_dir: Path) -> ModelShape | None:
+    """The shape of an mlx-lm model folder (config.json, safetensors headers); None when it cannot be read."""
+    model_dir = Path(model_dir)
+    try:
+        config = orjson.loads((model_dir / "config.json").read_bytes())
+        files = sorted(model_dir.glob("*.safetensors"))
+        headers = [_header(p) for p in files]
+    except (OSError, orjson.JSONDecodeError, struct.error):
+        return None
+    dtypes = {
+        v.get("dtype") for h in headers for k, v in h.items() if k.endswith("norm.weight") and isinstance(v, dict)
+    }
+    hidden, heads = int(config.get("hidden_size", 0)), int(config.get("num_attention_heads", 0) or 1)
+    try:
+        return ModelShape(
+            model_type=str(config.get("model_type", "?"))[:40],
+            layers=int(config["num_hidden_layers"]),
+            hidden=hidden,
+            intermediate=int(config["intermediate_size"]),
+            heads=heads,
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            vocab=int(config["vocab_size"]),
+            weights_bytes=sum(p.stat().st_size for p in files),
+            act_bytes=2 if dtypes & {"F16", "BF16"} else 4,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def padded_width(longest: int, max_seq_length: int) -> int:
+    return min(1 + PAD_TO * ((min(longest, max_seq_length) + PAD_TO - 1) // PAD_TO), max_seq_length)
+
+
+def bucket(count: int) -> int:
+    return max(BUCKET, -(-count // BUCKET) * BUCKET)
+
+
+def step_shape(spec, longest: list[tuple[int, int]], counted_share: float, world: int = 1) -> StepShape:
+    """The widest batch: the `batch_size` longest examples (length-sorted batches), or a packed batch of full rows."""
+    rows = max(spec.batch_size // max(world, 1), 1)
+    if spec.pack:
+        width = PAD_TO * -(-spec.max_seq_length // PAD_TO)
+        counted = min(rows * width, math.ceil(counted_share * rows * spec.max_seq_length * 1.1))
+        return StepShape(rows, width + 1, counted, bucket(counted))
+    top = longest[: spec.batch_size] or [(1, 0)]
+    width = padded_width(top[0][0], spec.max_seq_length)
+    counted = sum(max(0, min(n, width - 1) - max(o, 1) + 1) for n, o in top[:rows])
+    return StepShape(rows, width, counted, bucket(counted))
+
+
+def adapted_layers(spec, model: ModelShape) -> int:
+    return model.layers if spec.lora.layers == -1 else min(spec.lora.layers, model.layers)
+
+
+def trainable_parameters(spec, model: ModelShape) -> int:
+    """LoRA's A and B (and DoRA's magnitudes) on every linear layer of the adapted blocks, or the blocks (full)."""
+    h, i, q, kv = model.hidden, model.intermediate, model.heads * model.head_dim, model.kv_heads * model.head_dim
+    linears = {
+        "self_attn.q_proj": (h, q),
+        "self_attn.k_proj": (h, kv),
+        "self_attn.v_proj": (h, kv),
+        "self_attn.o_proj": (q, h),
+        "mlp.gate_proj": (h, i),
+        "mlp.up_proj": (h, i),
+        "mlp.down_proj": (i, h),
+    }
+    chosen = [v for k, v in linears.items() if not spec.lora.keys or k in spec.lora.keys]
+    if spec.fine_tune_type == "full":
+        per_layer = sum(a * b for a, b in linears.values()) + 2 * h
+    else:
+        per_layer = sum(spec.lora.rank * (a + b) + (b if spec.fine_tune_type == "dora" else 0) for a, b in chosen)
+    return per_layer * adapted_layers(spec, model)
+
+
+def tile_rows(spec, model: ModelShape) -> int:
+    """The cross-entropy's tile: the spec's `ce_chunk`, or the engine's automatic choice (engine/trainloss.py:
+    auto_chunk, repeated: 4096-row tiles when the vocabulary holds more than two)."""
+    if spec.ce_chunk is not None:
+        return min(spec.ce_chunk, model.vocab)
+    return AUTO_TILE if model.vocab > 2 * AUTO_TILE else 0
+
+
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "adafactor": 1, "muon": 1}
+
+
+def plan(spec, model: ModelShape, step: StepShape, coef: dict | None = None) -> dict[str, float]:
+    """Bytes of each part of a step's peak, and `total`: what `mx.get_peak_memory()` reads over that step."""
+    c = COEF if coef is None else coef
+    ab, n = model.act_bytes, adapted_layers(spec, model)
+    positions = step.rows * (step.width - 1)
+    per_token = 12 * model.hidden + 5 * model.intermediate  # what one adapted block keeps per token (llama block)
+    kept = n if not spec.grad_checkpoint else 1  # checkpointing keeps block inputs and recomputes one block
+    layers = positions * (kept * per_token + (n * model.hidden if spec.grad_checkpoint else 0)) * ab
+    attention = step.rows * model.heads * (step.width - 1) ** 2 * kept * 4
+    frozen = positions * model.hidden * model.layers * ab
+    one_layer = positions * per_token * ab + step.rows * model.heads * (step.width - 1) ** 2 * 4  # any block's pass
+    projected = step.gathered if spec.counted_loss or spec.pack else positions
+    tile = tile_rows(spec, model)
+    chunked = bool(tile) and (spec.counted_loss or spec.pack)
+    logits = projected * (tile if chunked else model.vocab) * 4
+    trainable = trainable_parameters(spec, model) * 4 * (2 + OPTIMIZER_STATES.get(spec.optimizer, 2))
+    parts = {
+        "weights": float(model.weights_bytes),
+        "trainable": float(trainable),
+        "layers": c["layers"] * layers,
+        "attention": c["attention"] * attention,
+        "frozen": c["frozen"] * frozen,
+        "transient": c["transient"] * one_layer,
+        "head": c["tiles" if chunked else "head"] * logits,
+        "fixed": c["fixed"],
+    }
+    parts["total"] = sum(parts.values())
+    return parts
