@@ -151,7 +151,7 @@ def test_the_memory_plan_sizes_the_widest_batch_the_engine_will_build(workspace,
     result = CliRunner().invoke(
         cli, ["--home", str(workspace), "doctor", "--json", str(write_spec(workspace, TEST_SPEC))]
     )
-    (planned,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "plano de memória"]
+    (planned,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "memory_plan"]
     assert planned["status"] == "ok" and planned["data"]["lengths_source"] == "tokenizer"
     data = tokenize_file(workspace / TEST_SPEC["data"]["train"], load_tokenizer(tiny_model), 128)
     widest = max(length_sorted_batches(data, 4, drop_last=True), key=lambda g: max(len(data.tokens[i]) for i in g))
