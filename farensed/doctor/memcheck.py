@@ -7,10 +7,10 @@ import copy
 from pathlib import Path
 
 from farensed.doctor.check import INFO, OK, WARN, Check
-from farensed.units import size as gb
 from farensed.doctor.lengths import data_lengths
-from farensed.doctor.memplan import ModelShape, StepShape, model_shape, plan, step_shape
+from farensed.doctor.memplan import MAX_DIM, ModelShape, StepShape, model_shape, plan, step_shape
 from farensed.i18n import _
+from farensed.units import size as gb
 
 SAFETY = 0.9  # plan within this share of the limit: the OS, the data loader and the allocator's cache need room
 TILE = 1024  # the ce_chunk the doctor suggests (bench/RESULTS.md: where tiles pay on the CPU measured)
@@ -77,7 +77,11 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
     """One line: the predicted peak per step, what it is made of, whether it fits, and the knob to turn first."""
     model = model_shape(model_dir)
     if model is None:
-        return Check("memory_plan", INFO, _("{path}: sem config.json ou pesos legíveis").format(path=model_dir))
+        text = _(
+            "{path}: o plano precisa de um config.json com hidden_size, num_attention_heads, num_hidden_layers, "
+            "intermediate_size e vocab_size inteiros de 1 a {most}"
+        ).format(path=model_dir, most=MAX_DIM)
+        return Check("memory_plan", INFO, text)
     lengths = data_lengths(train_file, model_dir, spec.mask_prompt, spec.max_seq_length)
 
     def reshape(other) -> StepShape:

@@ -1,0 +1,113 @@
+"""The memory plan on hostile model folders and data: the doctor's memory_plan line is one line whatever the config.json
+sizes, the safetensors headers, FIFOs or chat templates hold; nothing raises, nothing blocks, nothing grows without
+bound."""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from farensed.doctor.check import Check
+from farensed.doctor.memcheck import check_memory_plan
+from farensed.doctor.memplan import MAX_DIM, model_shape
+from farensed.spec.jobspec import parse_spec
+from tests.helpers import spec_with
+
+SIZES = {  # a small llama's config.json
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+}
+HOSTILE = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+PROBE = {"info": {"max_recommended_working_set_size": 8 << 30}}
+
+
+def folder(root: Path, config: dict | bytes) -> Path:
+    model = root / "m"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_bytes(config if isinstance(config, bytes) else orjson.dumps(config))
+    return model
+
+
+def train_file(root: Path) -> Path:
+    line = {"messages": [{"role": "user", "content": "olá " * 40}, {"role": "assistant", "content": "Faro " * 60}]}
+    path = root / "train.jsonl"
+    path.write_bytes((orjson.dumps(line) + b"\n") * 8)
+    return path
+
+
+def one_line(check: Check) -> None:
+    assert check.name == "memory_plan" and "\n" not in check.detail
+    if "parts" in check.data:
+        assert all(math.isfinite(v) and v >= 0 for v in check.data["parts"].values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(sorted(set(SIZES) - {"model_type"}) + ["head_dim"]), value=HOSTILE)
+def test_any_size_in_config_json_gives_one_line(key, value):
+    spec = parse_spec(spec_with(max_seq_length=512))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        check = check_memory_plan(spec, folder(root, {**SIZES, key: value}), train_file(root), PROBE)
+    one_line(check)
+    integral = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+    fallback = key in ("head_dim", "num_key_value_heads") and not value  # hidden / heads, and heads
+    if not (fallback or integral and 1 <= value <= MAX_DIM):
+        assert check.status == "info" and "parts" not in check.data
+
+
+def test_a_config_json_that_is_not_an_object_or_not_json_gives_one_line(tmp_path):
+    spec = parse_spec(spec_with())
+    for content in (b"[1, 2]", b"nul", b"\xff\xfe", b"", b'{"hidden_size": 1e400}'):
+        check = check_memory_plan(spec, folder(tmp_path, content), train_file(tmp_path), PROBE)
+        one_line(check)
+        assert check.status == "info" and "config.json" in check.detail
+
+
+def test_a_weights_header_with_odd_entries_is_read_as_text_not_objects(tmp_path):
+    model = folder(tmp_path, SIZES)
+    header = orjson.dumps({"x.norm.weight": {"dtype": [], "shape": [1], "data_offsets": [0, 4]}})
+    (model / "model-00002.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"0000")
+    (model / "model-00001.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    (model / "model-00003.safetensors").write_bytes(b"\x01")
+    half = orjson.dumps({"m.layers.0.input_layernorm.weight": {"shape": [2], "dtype": "BF16", "data_offsets": [0, 4]}})
+    shape = model_shape(model)
+    assert shape is not None and shape.act_bytes == 4
+    (model / "model-00004.safetensors").write_bytes(struct.pack("<Q", len(half)) + half + b"0000")
+    assert model_shape(model).act_bytes == 2
+
+
+def test_fifos_in_the_model_folder_never_block_the_plan(tmp_path):
+    model = folder(tmp_path, SIZES)
+    os.mkfifo(model / "model.safetensors")
+    results = []
+    reader = threading.Thread(target=lambda: results.append(model_shape(model)), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and results[0] is not None and results[0].act_bytes == 4
+    (model / "config.json").unlink()
+    os.mkfifo(model / "config.json")
+    reader = threading.Thread(target=lambda: results.append(model_shape(model)), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and results[1] is None
