@@ -30,14 +30,15 @@ SIZES = {  # a small llama's config.json
     "intermediate_size": 128,
     "vocab_size": 1000,
 }
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)  # what JSON (orjson) carries
 HOSTILE = st.one_of(
-    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    INT64,
     st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
     st.none(),
     st.text(max_size=8),
-    st.lists(st.integers(), max_size=2),
-    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    st.lists(INT64, max_size=2),
+    st.dictionaries(st.text(max_size=2), INT64, max_size=2),
 )
 PROBE = {"info": {"max_recommended_working_set_size": 8 << 30}}
 
@@ -111,3 +112,32 @@ def test_fifos_in_the_model_folder_never_block_the_plan(tmp_path):
     reader.start()
     reader.join(10)
     assert not reader.is_alive() and results[1] is None
+
+
+def _in_thread(fn, timeout: float = 20):
+    results = []
+    worker = threading.Thread(target=lambda: results.append(fn()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert not worker.is_alive(), "blocked"
+    return results[0]
+
+
+def test_a_gguf_import_folder_with_a_fifo_never_blocks_the_doctor(tmp_path, untrained_model):
+    """A .gguf model's plan reads its import (<file>.gguf.mlx/), a folder the model line never checked."""
+    import shutil
+
+    from farensed.doctor.runspec import check_memory
+    from farensed.storage.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.gguf").write_bytes(b"GGUF")
+    imported = tmp_path / "models" / "m.gguf.mlx"
+    shutil.copytree(untrained_model, imported)
+    spec = parse_spec(spec_with(model="models/m.gguf", data={"train": str(train_file(tmp_path)), "valid": "v.jsonl"}))
+    assert _in_thread(lambda: check_memory(ws, spec, PROBE)).status == "ok"
+    for name in ("chat_template.jinja", "tokenizer.json", "config.json"):
+        (imported / name).unlink()
+        os.mkfifo(imported / name)
+        assert _in_thread(lambda: check_memory(ws, spec, PROBE)) is None  # the run imports it again
