@@ -141,3 +141,69 @@ def test_a_gguf_import_folder_with_a_fifo_never_blocks_the_doctor(tmp_path, untr
         (imported / name).unlink()
         os.mkfifo(imported / name)
         assert _in_thread(lambda: check_memory(ws, spec, PROBE)) is None  # the run imports it again
+
+
+def _model_with_template(root: Path, untrained_model: Path, template: str | None) -> Path:
+    import shutil
+
+    model = root / "tokenized"
+    shutil.copytree(untrained_model, model)
+    (model / "chat_template.jinja").unlink()
+    if template is not None:
+        (model / "chat_template.jinja").write_text(template)
+    return model
+
+
+def test_a_chat_template_that_fails_on_the_data_gives_estimated_lengths(tmp_path, untrained_model):
+    """mlx-lm fails on such data too (a template that raises, or none for prompt/completion): the plan estimates."""
+    from farensed.doctor.lengths import data_lengths
+
+    data = tmp_path / "pc.jsonl"
+    data.write_bytes(b'{"prompt": "ol\\u00e1", "completion": "Faro"}\n' * 4)
+    for template in ("{{ raise_exception('roles must alternate') }}", "{{ messages[5].x.y }}", None):
+        model = _model_with_template(tmp_path, untrained_model, template)
+        for train in (data, train_file(tmp_path)):
+            lengths = data_lengths(train, model, True, 256)
+            assert lengths.source == "estimate" and lengths.examples in (4, 8) and lengths.longest
+        spec = parse_spec(spec_with(max_seq_length=256))
+        assert check_memory_plan(spec, model, data, PROBE).status == "ok"
+        import shutil
+
+        shutil.rmtree(model)
+
+
+def test_an_example_too_long_to_tokenize_quickly_is_estimated(tmp_path, untrained_model, monkeypatch):
+    import farensed.doctor.lengths as lengths
+
+    tokenized = []
+    real = lengths._tokens
+    monkeypatch.setattr(lengths, "_tokens", lambda t, r, m: tokenized.append(len(orjson.dumps(r))) or real(t, r, m))
+    data = tmp_path / "long.jsonl"
+    long = {"messages": [{"role": "user", "content": "olá"}, {"role": "assistant", "content": "Faro " * 200_000}]}
+    data.write_bytes(orjson.dumps(long) + b"\n" + train_file(tmp_path).read_bytes())
+    found = lengths.data_lengths(data, _model_with_template(tmp_path, untrained_model, "{{ messages }}"), True, 512)
+    assert found.longest[0][0] == 512 and found.examples == 9 and found.source == "estimate"
+    assert tokenized and max(tokenized) < 8 * 512 + 200  # the 1 MB example never reached the tokenizer
+
+
+def test_the_lengths_of_a_large_file_keep_no_records(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import farensed.doctor.lengths as lengths
+
+    line = {"messages": [{"role": "user", "content": "olá " * 20}, {"role": "assistant", "content": "Faro " * 30}]}
+    data = tmp_path / "big.jsonl"
+    data.write_bytes((orjson.dumps(line) + b"\n") * 60_000)
+    tracemalloc.start()
+    try:
+        found = lengths.data_lengths(data, None, True, 512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found.examples == 60_000 and found.longest[0] == (78, 34)
+    assert peak < 2 << 20, peak  # 60,000 records as Python objects: some 75 MB
+    monkeypatch.setattr(lengths, "MAX_LINE", 1000)  # a line longer than this is skipped, in pieces
+    with open(data, "ab") as f:
+        f.write(b'{"text": "' + b"x" * 300_000 + b'"}\n' + orjson.dumps(line) + b"\n")
+    found = lengths.data_lengths(data, None, True, 512)
+    assert found.examples == 60_001 and found.longest[0] == (78, 34)
