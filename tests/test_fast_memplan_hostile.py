@@ -207,3 +207,21 @@ def test_the_lengths_of_a_large_file_keep_no_records(tmp_path, monkeypatch):
         f.write(b'{"text": "' + b"x" * 300_000 + b'"}\n' + orjson.dumps(line) + b"\n")
     found = lengths.data_lengths(data, None, True, 512)
     assert found.examples == 60_001 and found.longest[0] == (78, 34)
+
+
+def test_the_tile_knob_names_the_counted_loss_it_needs():
+    """ce_chunk does nothing without counted_loss (mlx-lm's own loss then): a knob planned with both says both."""
+    from farensed.doctor.memcheck import first_knob, knobs
+    from farensed.doctor.memplan import ModelShape, StepShape, plan
+
+    model = ModelShape("mistral", 32, 4096, 14336, 32, 8, 128, 32768, 4_080_000_000, 2)
+    lora = {"rank": 8, "alpha": 16, "dropout": 0.0, "layers": 1}
+    spec = parse_spec(spec_with(max_seq_length=2048, counted_loss=False, grad_checkpoint=True, batch_size=1, lora=lora))
+
+    def step(_other):
+        return StepShape(1, 2049, 2000, 2048)
+
+    (_, counted), (_, tiled) = knobs(spec, model)[:2]
+    limit = (plan(counted, model, step(spec))["total"] + plan(tiled, model, step(spec))["total"]) / 2
+    assert first_knob(spec, model, step, limit)[0] == "counted_loss: true, ce_chunk: 1024"
+    assert first_knob(parse_spec(spec_with(lora=lora)), model, step, 1e12)[0] == "ce_chunk: 1024"

@@ -46,8 +46,9 @@ def knobs(spec, model: ModelShape) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     if not spec.counted_loss and not spec.pack:
         out.append(("counted_loss: true", _changed(spec, counted_loss=True)))
-    if not spec.ce_chunk:
-        out.append((f"ce_chunk: {TILE}", _changed(spec, counted_loss=True, ce_chunk=TILE)))
+    if not spec.ce_chunk:  # tiles need the counted loss (engine/runner.py: without it, mlx-lm's loss): both said
+        text = f"ce_chunk: {TILE}" if spec.counted_loss else f"counted_loss: true, ce_chunk: {TILE}"
+        out.append((text, _changed(spec, counted_loss=True, ce_chunk=TILE)))
     if not spec.grad_checkpoint:
         out.append(("grad_checkpoint: true", _changed(spec, grad_checkpoint=True)))
     if spec.batch_size > 1:
