@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -125,8 +126,6 @@ def _in_thread(fn, timeout: float = 20):
 
 def test_a_gguf_import_folder_with_a_fifo_never_blocks_the_doctor(tmp_path, untrained_model):
     """A .gguf model's plan reads its import (<file>.gguf.mlx/), a folder the model line never checked."""
-    import shutil
-
     from farensed.doctor.runspec import check_memory
     from farensed.storage.workspace import Workspace
 
@@ -144,8 +143,6 @@ def test_a_gguf_import_folder_with_a_fifo_never_blocks_the_doctor(tmp_path, untr
 
 
 def _model_with_template(root: Path, untrained_model: Path, template: str | None) -> Path:
-    import shutil
-
     model = root / "tokenized"
     shutil.copytree(untrained_model, model)
     (model / "chat_template.jinja").unlink()
@@ -167,8 +164,6 @@ def test_a_chat_template_that_fails_on_the_data_gives_estimated_lengths(tmp_path
             assert lengths.source == "estimate" and lengths.examples in (4, 8) and lengths.longest
         spec = parse_spec(spec_with(max_seq_length=256))
         assert check_memory_plan(spec, model, data, PROBE).status == "ok"
-        import shutil
-
         shutil.rmtree(model)
 
 
