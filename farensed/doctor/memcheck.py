@@ -7,10 +7,10 @@ import copy
 from pathlib import Path
 
 from farensed.doctor.check import INFO, OK, WARN, Check
-from farensed.units import size as gb
 from farensed.doctor.lengths import data_lengths
-from farensed.doctor.memplan import ModelShape, StepShape, model_shape, plan, step_shape
+from farensed.doctor.memplan import MAX_DIM, ModelShape, StepShape, model_shape, plan, step_shape
 from farensed.i18n import _
+from farensed.units import size as gb
 
 SAFETY = 0.9  # plan within this share of the limit: the OS, the data loader and the allocator's cache need room
 TILE = 1024  # the ce_chunk the doctor suggests (bench/RESULTS.md: where tiles pay on the CPU measured)
@@ -46,8 +46,9 @@ def knobs(spec, model: ModelShape) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     if not spec.counted_loss and not spec.pack:
         out.append(("counted_loss: true", _changed(spec, counted_loss=True)))
-    if not spec.ce_chunk:
-        out.append((f"ce_chunk: {TILE}", _changed(spec, counted_loss=True, ce_chunk=TILE)))
+    if not spec.ce_chunk:  # tiles need the counted loss (engine/runner.py: without it, mlx-lm's loss): both said
+        text = f"ce_chunk: {TILE}" if spec.counted_loss else f"counted_loss: true, ce_chunk: {TILE}"
+        out.append((text, _changed(spec, counted_loss=True, ce_chunk=TILE)))
     if not spec.grad_checkpoint:
         out.append(("grad_checkpoint: true", _changed(spec, grad_checkpoint=True)))
     if spec.batch_size > 1:
@@ -77,7 +78,11 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
     """One line: the predicted peak per step, what it is made of, whether it fits, and the knob to turn first."""
     model = model_shape(model_dir)
     if model is None:
-        return Check("memory_plan", INFO, _("{path}: sem config.json ou pesos legíveis").format(path=model_dir))
+        text = _(
+            "{path}: o plano precisa de um config.json com hidden_size, num_attention_heads, num_hidden_layers, "
+            "intermediate_size e vocab_size inteiros de 1 a {most}"
+        ).format(path=model_dir, most=MAX_DIM)
+        return Check("memory_plan", INFO, text)
     lengths = data_lengths(train_file, model_dir, spec.mask_prompt, spec.max_seq_length)
 
     def reshape(other) -> StepShape:

@@ -14,16 +14,22 @@ buffers, float16 activations for most models): the plan is an estimate there, to
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, WEIGHTS_GLOB
+from farensed.storage.regular import open_regular, read_regular
+
 PAD_TO = 8  # the engine's batch widths (engine/data.py: padded_width), repeated: the doctor may not import engine
 BUCKET = 64  # the engine's gathered-position bucket (engine/trainloss.py)
 AUTO_TILE = 4096  # the engine's automatic ce_chunk (engine/chunkce.py: DEFAULT_TILE)
 MAX_HEADER = 64 << 20  # a safetensors header larger than this is not read
+MAX_DIM = 1 << 24  # a config.json size beyond this is no model's (the largest vocabularies hold ~256k rows)
+NORM_DTYPE_RE = re.compile(rb'norm\.weight"\s*:\s*\{[^{}]*?"dtype"\s*:\s*"([A-Z0-9]{1,8})"')
 
 # fitted coefficients (bytes of the term per byte of its shape); see bench/RESULTS.md, "Memory plan"
 COEF = {
@@ -63,42 +69,58 @@ class StepShape:
     gathered: int
 
 
-def _header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        if size > MAX_HEADER:
-            return {}
-        header = orjson.loads(f.read(size))
-    return header if isinstance(header, dict) else {}
+def _half_norms(path: Path) -> bool:
+    """Whether a safetensors header lists a norm weight in float16 or bfloat16 (the activations' type). The header
+    is read bounded, from a regular file only, and searched as text: a hostile header's millions of entries are
+    never turned into Python objects (entries are flat objects: none spans a brace)."""
+    try:
+        with open_regular(path) as f:
+            prefix = f.read(8)
+            size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else MAX_HEADER + 1
+            header = f.read(size) if size <= MAX_HEADER else b""
+    except OSError:
+        return False
+    return any(m.group(1) in (b"F16", b"BF16") for m in NORM_DTYPE_RE.finditer(header))
+
+
+def _dim(config: dict, key: str, default=None) -> int:
+    """One size of config.json: an integer from 1 to MAX_DIM (ValueError otherwise)."""
+    value = config.get(key) or default
+    if isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_DIM:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+        raise ValueError(key)
+    return value
 
 
 def model_shape(model_dir: Path) -> ModelShape | None:
-    """The shape of an mlx-lm model folder (config.json, safetensors headers); None when it cannot be read."""
+    """The shape of an mlx-lm model folder (config.json, the safetensors headers of the weights mlx-lm loads); None
+    when config.json cannot be read or lacks a plausible size (an integer from 1 to MAX_DIM) the plan needs."""
     model_dir = Path(model_dir)
-    try:
-        config = orjson.loads((model_dir / "config.json").read_bytes())
-        files = sorted(model_dir.glob("*.safetensors"))
-        headers = [_header(p) for p in files]
-    except (OSError, orjson.JSONDecodeError, struct.error):
+    try:  # a regular file only, bounded: a FIFO or a huge file planted as config.json never blocks the doctor
+        config = orjson.loads(read_regular(model_dir / "config.json", MAX_CONFIG_BYTES))
+        files = sorted(model_dir.glob(WEIGHTS_GLOB))
+        weights = sum(p.stat().st_size for p in files)
+    except (OSError, orjson.JSONDecodeError):
         return None
-    dtypes = {
-        v.get("dtype") for h in headers for k, v in h.items() if k.endswith("norm.weight") and isinstance(v, dict)
-    }
-    hidden, heads = int(config.get("hidden_size", 0)), int(config.get("num_attention_heads", 0) or 1)
+    if not isinstance(config, dict):
+        return None
+    half = any(_half_norms(p) for p in files)
     try:
+        hidden, heads = _dim(config, "hidden_size"), _dim(config, "num_attention_heads")
         return ModelShape(
-            model_type=str(config.get("model_type", "?"))[:40],
-            layers=int(config["num_hidden_layers"]),
+            model_type=config["model_type"][:40] if isinstance(config.get("model_type"), str) else "?",
+            layers=_dim(config, "num_hidden_layers"),
             hidden=hidden,
-            intermediate=int(config["intermediate_size"]),
+            intermediate=_dim(config, "intermediate_size"),
             heads=heads,
-            kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            vocab=int(config["vocab_size"]),
-            weights_bytes=sum(p.stat().st_size for p in files),
-            act_bytes=2 if dtypes & {"F16", "BF16"} else 4,
+            kv_heads=_dim(config, "num_key_value_heads", heads),
+            head_dim=_dim(config, "head_dim", hidden // heads),
+            vocab=_dim(config, "vocab_size"),
+            weights_bytes=weights,
+            act_bytes=2 if half else 4,
         )
-    except (KeyError, TypeError, ValueError):
+    except ValueError:
         return None
 
 

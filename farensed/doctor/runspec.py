@@ -307,6 +307,7 @@ def check_memory(ws: Workspace, spec: JobSpec, probe: dict) -> Check | None:
     from farensed.doctor.memcheck import check_memory_plan
     from farensed.models.hub import resolve_model
     from farensed.spec.hosts import hosts_of
+    from farensed.spec.modelcheck import check_model_folder
 
     try:
         model = resolve_model(spec.model, ws)
@@ -314,7 +315,9 @@ def check_memory(ws: Workspace, spec: JobSpec, probe: dict) -> Check | None:
         return None
     if model.suffix.lower() == ".gguf":
         model = model.with_name(model.name + ".mlx")  # its import; absent before the first run
-        if not model.is_dir():
+        try:  # checked as the model line checks a folder: a FIFO or a broken file there never blocks the plan
+            check_model_folder(model, "model")
+        except SpecError:  # absent, partial or stale: the run imports it again
             return None
     try:
         world = len(hosts_of(spec, ws)) if spec.distributed else 1
