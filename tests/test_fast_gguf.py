@@ -108,7 +108,7 @@ def test_messages_data_on_a_gguf_without_chat_template_is_refused_at_submit_with
     spec = write_spec(isolated_home, _workspace_with(isolated_home, metadata(), MESSAGES))
     result = CliRunner().invoke(cli, ["--home", str(isolated_home), "submit", str(spec)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
-    assert "q.gguf não tem chat template" in result.output and "prompt/completion" in result.output
+    assert "q.gguf não tem chat template" in result.output and "os dados são 'messages'" in result.output
     assert not list((isolated_home / "jobs" / "pending").glob("*"))  # nothing queued
     doctor = CliRunner().invoke(cli, ["--home", str(isolated_home), "doctor", str(spec), "--json"])
     check = next(c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "model")
@@ -117,6 +117,10 @@ def test_messages_data_on_a_gguf_without_chat_template_is_refused_at_submit_with
     write_gguf(isolated_home / "models" / "q.gguf", with_template, tensors())
     load_spec(spec, Workspace.at(isolated_home))  # accepted: the template is in the file
     write_gguf(isolated_home / "models" / "q.gguf", metadata(), tensors())
+    for name in ("train", "valid"):  # mlx-lm lays prompt/completion out with the chat template too
+        (isolated_home / "data" / f"{name}.jsonl").write_bytes(orjson.dumps({"prompt": "a", "completion": "b"}) + b"\n")
+    with pytest.raises(SpecError, match="os dados são 'prompt/completion'"):
+        load_spec(spec, Workspace.at(isolated_home))
     (isolated_home / "data" / "train.jsonl").write_bytes(orjson.dumps({"text": "olá"}) + b"\n")
     (isolated_home / "data" / "valid.jsonl").write_bytes(orjson.dumps({"text": "olá"}) + b"\n")
     load_spec(spec, Workspace.at(isolated_home))  # plain text needs no template

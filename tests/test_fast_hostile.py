@@ -339,6 +339,14 @@ def _model_case(ws: Workspace, case: str) -> dict:
     elif case == "messages-without-chat-template":
         fake_workspace(ws.root, messages=True)
         (model / "chat_template.jinja").unlink()
+    elif case == "completion-without-chat-template":  # mlx-lm lays prompt/completion out with the template too
+        (model / "chat_template.jinja").unlink()
+        line = orjson.dumps({"prompt": "olá", "completion": "Faro"}) + b"\n"
+        for name in ("train", "valid"):
+            (ws.root / "data" / f"{name}.jsonl").write_bytes(line * 2)
+    elif case == "pack-on-an-unsupported-architecture":  # packing keeps examples apart on llama models only
+        (model / "config.json").write_bytes(orjson.dumps({"model_type": "qwen2", "num_hidden_layers": 2}))
+        return spec(pack=True)
     elif case == "weights-not-named-model":
         (model / "model.safetensors").rename(model / "weights.safetensors")
     elif case == "fifo-data":
@@ -359,7 +367,9 @@ MODEL_CASES = {
     "truncated-safetensors": "não é um safetensors válido",
     "huge-header-length": "não é um safetensors válido",
     "unknown-model-type": "model_type 'nosuchmodel' não é suportado pelo mlx-lm instalado",
-    "messages-without-chat-template": "não tem chat_template",
+    "messages-without-chat-template": "tem exemplos 'messages', que o mlx-lm formata com o chat template",
+    "completion-without-chat-template": "tem exemplos 'prompt/completion', que o mlx-lm formata com o chat template",
+    "pack-on-an-unsupported-architecture": "pack: a arquitetura 'qwen2' não é suportada (só llama, mistral)",
     "weights-not-named-model": "não tem pesos (model*.safetensors",
     "fifo-data": "data.train: ",  # then the path and "é um FIFO, não um ficheiro"
     "folder-as-data": "é uma pasta, não um ficheiro",

@@ -22,8 +22,8 @@ from farensed.engine.data import PAD_TO, TokenizedSet
 from farensed.engine.trainloss import CountedLoss, gather_plan
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.spec.options import PACKED_ARCHITECTURES
 
-PACKED_ARCHITECTURES = ("llama", "mistral")
 PAD_SEGMENT = -1  # padding attends to padding only (never an empty softmax row)
 
 

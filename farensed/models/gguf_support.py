@@ -266,12 +266,16 @@ def check_gguf_file(path: Path, label: str) -> GgufInfo:
 
 
 def check_chat_template(info: GgufInfo, formats: set, label: str) -> None:
-    """`messages` data needs a chat template; a GGUF carries it in its metadata or not at all."""
-    if "messages" in formats and not info.metadata.get("tokenizer.chat_template"):
+    """`messages` and prompt/completion data need a chat template; a GGUF carries it in its metadata or not at all."""
+    templated = sorted(formats & {"messages", "prompt/completion"})
+    if templated and not info.metadata.get("tokenizer.chat_template"):
         raise SpecError(
             _(
-                "{label}: {path} não tem chat template (tokenizer.chat_template) e os dados são 'messages'; use o GGUF -Instruct do mesmo modelo (traz o template), converta os dados para prompt/completion ou text, ou importe-o (farensectl model import-gguf), junte um chat_template ao tokenizer_config.json da pasta e ponha essa pasta no model"
-            ).format(label=label, path=info.path)
+                "{label}: {path} não tem chat template (tokenizer.chat_template) e os dados são '{data_format}', que o "
+                "mlx-lm formata com ele; use o GGUF -Instruct do mesmo modelo (traz o template), converta os dados "
+                "para text, ou importe-o (farensectl model import-gguf), junte um chat_template ao "
+                "tokenizer_config.json da pasta e ponha essa pasta no model"
+            ).format(label=label, path=info.path, data_format=templated[0])
         )
 
 

@@ -16,10 +16,11 @@ from farensed.spec.decode import decode_json, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import config_to_spec, is_yaml
 from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_messages_template, check_safetensors
-from farensed.spec.options import check_report_installed
+from farensed.spec.options import check_pack_architecture, check_report_installed
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
 
+TEMPLATED_FORMATS = ("messages", "prompt/completion")  # mlx-lm lays both out with the chat template
 GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
@@ -72,6 +73,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
                 ).format(label=label, model_type=model_type)
             )
     check_report_installed(spec.report_to, label)  # before the job waits in the queue
+    check_pack_architecture(spec.pack, config, label)
     if spec.resume_adapter_file:
         path = ws.resolve(spec.resume_adapter_file)
         if not path.exists():
@@ -83,8 +85,8 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
             counts[key], formats[key] = scan_data_file(ws.resolve(rel), f"{label}: data.{key}")
     if gguf is not None:
         check_chat_template(gguf, set(formats.values()), f"{label}: model")
-    elif chat := next((key for key, fmt in formats.items() if fmt == "messages"), None):
-        check_messages_template(model_dir, f"{label}: model", f"data.{chat}")
+    elif chat := next((key for key, fmt in formats.items() if fmt in TEMPLATED_FORMATS), None):
+        check_messages_template(model_dir, f"{label}: model", f"data.{chat}", formats[chat])
     if counts["train"] < spec.batch_size:
         raise SpecError(
             _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(

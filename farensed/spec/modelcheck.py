@@ -218,13 +218,14 @@ def has_chat_template(folder: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def check_messages_template(folder: Path, label: str, data_label: str) -> None:
-    """`messages` data needs the tokenizer's chat template: without it, mlx-lm fails at the first example."""
+def check_messages_template(folder: Path, label: str, data_label: str, data_format: str = "messages") -> None:
+    """`messages` and prompt/completion data need the tokenizer's chat template: mlx-lm lays both out with it, and
+    fails at the first example without it."""
     if not has_chat_template(folder):
         raise SpecError(
             _(
-                "{label}: {data} tem exemplos 'messages', mas o tokenizer de {path} não tem chat_template; "
-                "use o modelo -Instruct (traz o template), junte chat_template.jinja à pasta, "
-                "ou converta os dados para prompt/completion"
-            ).format(label=label, data=data_label, path=folder)
+                "{label}: {data} tem exemplos '{data_format}', que o mlx-lm formata com o chat template, mas o "
+                "tokenizer de {path} não tem chat_template; use o modelo -Instruct (traz o template), junte "
+                "chat_template.jinja à pasta, ou converta os dados para text"
+            ).format(label=label, data=data_label, data_format=data_format, path=folder)
         )

@@ -141,6 +141,23 @@ def check_report_installed(report_to: str | None, label: str) -> None:
             )
 
 
+PACKED_ARCHITECTURES = (
+    "llama",
+    "mistral",
+)  # config.json model_types mlx-lm builds as its LlamaModel (engine/packing.py)
+
+
+def check_pack_architecture(pack: bool, config: dict, label: str) -> None:
+    """`pack: true` keeps each example exact only on mlx-lm's llama models: say so at submit, not at the first step."""
+    model_type = config.get("model_type")
+    if pack and model_type not in PACKED_ARCHITECTURES:
+        raise SpecError(
+            _("{label}: pack: a arquitetura {model_type} não é suportada (só {supported}); use pack: false").format(
+                label=label, model_type=excerpt(str(model_type)), supported=", ".join(PACKED_ARCHITECTURES)
+            )
+        )
+
+
 CUSTOM = {
     "report_to": _check_report_to,
     "fine_tune_type": _choice(FINE_TUNE_TYPES),
