@@ -274,3 +274,13 @@ def test_a_gguf_whose_folder_cannot_take_the_import_is_one_line(tmp_path):
     with pytest.raises(SpecError, match="não foi possível importar para m.gguf.mlx ao lado do GGUF"):
         model_path(path)
     assert not (tmp_path / "m.gguf.mlx").exists()
+
+
+def test_doctor_on_a_gguf_spec_states_the_file_s_size_as_the_weights(isolated_home):
+    from farensed.units import size
+
+    spec = write_spec(isolated_home, _workspace_with(isolated_home, metadata(), {"text": "olá"}))
+    doctor = CliRunner().invoke(cli, ["--home", str(isolated_home), "doctor", str(spec), "--json"])
+    (estimate,) = [c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "estimate"]
+    weights = (isolated_home / "models" / "q.gguf").stat().st_size
+    assert weights > 0 and f"({size(weights)})" in estimate["detail"].replace("os pesos ocupam ", "")

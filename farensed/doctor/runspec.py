@@ -10,6 +10,7 @@ from farensed.analysis.metrics import JSON_NAME, read_all
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration
 from farensed.errors import SpecError
 from farensed.i18n import _, ngettext
+from farensed.models.hub import resolve_model
 from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.load import check_inputs, read_spec_file
@@ -31,7 +32,13 @@ def _json(path: Path) -> dict:
 
 
 def weights_bytes(model: Path) -> int:
-    return sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    """The weights' size on disk: a .gguf file's own, or a model folder's safetensors."""
+    try:
+        if model.is_file():
+            return model.stat().st_size
+        return sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    except OSError:  # a file gone between two looks: the size is advice, never a traceback
+        return 0
 
 
 def describe_model(model: Path) -> tuple[str, dict]:
@@ -236,7 +243,10 @@ def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
 
 def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe: dict) -> list[Check]:
     """Memory per step and run time, scaled from the most similar earlier run; a note when there is none."""
-    weights = weights_bytes(ws.resolve(spec.model))
+    try:
+        weights = weights_bytes(resolve_model(spec.model, ws))  # a Hub id: its snapshot in the HF cache
+    except SpecError:
+        weights = 0
     measured = ((run_dir, fp, run_figures(run_dir)) for run_dir, fp in similar_runs(ws, spec))
     run_dir, fp, figures = next((m for m in measured if m[2] is not None), (None, {}, None))
     if figures is None:
