@@ -83,3 +83,23 @@ def test_lengths_without_a_tokenizer_are_estimated_from_the_characters(tmp_path)
     assert lengths.longest[0] == (512, 0)  # the text example, truncated; text has no prompt
     assert lengths.longest[1][1] == 100 + 12  # the chat prompt: 350 characters / 3.5, plus role markers
     assert 0 < lengths.counted_share < 1
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "world", "advice"),
+    [
+        (4, 1, "batch_size: 2, grad_accumulation: 2"),
+        (6, 1, "batch_size: 3, grad_accumulation: 2"),
+        (5, 1, "batch_size: 1, grad_accumulation: 5"),  # the effective batch stays 5, never 2 × 2
+        (6, 3, "batch_size: 3, grad_accumulation: 2"),
+        (4, 2, "batch_size: 2, grad_accumulation: 2"),
+        (2, 2, None),  # one row per host already: no smaller batch keeps every host fed
+        (1, 1, None),
+    ],
+)
+def test_the_smaller_batch_advice_keeps_the_effective_batch_and_a_multiple_of_the_hosts(batch_size, world, advice):
+    from farensed.doctor.memcheck import knobs
+
+    spec = parse_spec(spec_with(batch_size=batch_size, grad_accumulation=1, grad_checkpoint=True, save_every=10))
+    texts = [text for text, _other in knobs(spec, MISTRAL_7B, world) if text.startswith("batch_size")]
+    assert texts == ([advice] if advice else [])

@@ -39,7 +39,13 @@ def _changed(spec, **changes):
     return other
 
 
-def knobs(spec, model: ModelShape) -> list[tuple[str, object]]:
+def _batch_split(batch_size: int, world: int) -> int | None:
+    """The smallest k > 1 that divides the batch into k accumulated parts, each still a multiple of the hosts (the
+    effective batch stays batch_size exactly); None when there is none (batch 1, or a prime batch over its hosts)."""
+    return next((k for k in range(2, batch_size + 1) if batch_size % k == 0 and (batch_size // k) % world == 0), None)
+
+
+def knobs(spec, model: ModelShape, world: int = 1) -> list[tuple[str, object]]:
     """Changes that shrink a step, cheapest for the result first: the first two change no number of the training;
     grad_checkpoint costs compute; a smaller batch keeps the effective batch through grad_accumulation; fewer
     adapted layers or a shorter max_seq_length change what is trained."""
@@ -51,10 +57,10 @@ def knobs(spec, model: ModelShape) -> list[tuple[str, object]]:
         out.append((text, _changed(spec, counted_loss=True, ce_chunk=TILE)))
     if not spec.grad_checkpoint:
         out.append(("grad_checkpoint: true", _changed(spec, grad_checkpoint=True)))
-    if spec.batch_size > 1:
-        half = spec.batch_size // 2
-        text = f"batch_size: {half}, grad_accumulation: {spec.grad_accumulation * spec.batch_size // half}"
-        out.append((text, _changed(spec, batch_size=half, grad_accumulation=spec.grad_accumulation * 2)))
+    if split := _batch_split(spec.batch_size, world):
+        smaller, accumulation = spec.batch_size // split, spec.grad_accumulation * split
+        text = f"batch_size: {smaller}, grad_accumulation: {accumulation}"
+        out.append((text, _changed(spec, batch_size=smaller, grad_accumulation=accumulation)))
     layers = model.layers if spec.lora.layers == -1 else min(spec.lora.layers, model.layers)
     if layers > 1:
         out.append((f"lora.layers: {layers // 2}", _changed(spec, **{"lora.layers": layers // 2})))
@@ -65,9 +71,9 @@ def knobs(spec, model: ModelShape) -> list[tuple[str, object]]:
     return out
 
 
-def first_knob(spec, model: ModelShape, reshape, limit: float) -> tuple[str, float] | None:
+def first_knob(spec, model: ModelShape, reshape, limit: float, world: int = 1) -> tuple[str, float] | None:
     """The cheapest single change whose plan fits `limit`, with its predicted peak; None when none does alone."""
-    for text, other in knobs(spec, model):
+    for text, other in knobs(spec, model, world):
         total = plan(other, model, reshape(other))["total"]
         if total <= limit:
             return text, total
@@ -114,7 +120,7 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
     detail += _("; limite {limit} {what}").format(limit=gb(limit), what=what)
     if parts["total"] <= SAFETY * limit:
         return Check("memory_plan", OK, detail, data=data)
-    knob = first_knob(spec, model, reshape, SAFETY * limit)
+    knob = first_knob(spec, model, reshape, SAFETY * limit, world)
     if knob is None:
         fix = _("não cabe com uma só mudança: reduza max_seq_length e batch_size e ligue grad_checkpoint")
     else:
