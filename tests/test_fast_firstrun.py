@@ -157,9 +157,8 @@ def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated
     records = [{"step": s, "total_steps": 40, "epoch": 0, "loss": 2.0 / s, "elapsed_s": 0.5 * s} for s in (2, 4, 6)]
     (run_dir / "training_metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     cmd = cli_cmd(isolated_home, "wait", "1", "--timeout", "1.5")
-    piped = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=60)
-    assert piped.returncode == 124 and piped.stdout == ""  # a script sees no progress line
-    main, child = pty.openpty()
+    piped = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    main, child = pty.openpty()  # both waits run side by side
     proc = subprocess.Popen(cmd, stdin=child, stdout=child, stderr=child, env=child_env())
     os.close(child)
     out = b""
@@ -173,5 +172,7 @@ def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated
         out += chunk
     assert proc.wait(timeout=60) == 124
     os.close(main)
+    stdout, _stderr = piped.communicate(timeout=60)
+    assert piped.returncode == 124 and stdout == ""  # a script sees no progress line
     line = out.decode().split("\r")
     assert any("job 1 (t): running · step 6/40 · loss 0.3333 · ETA 0m17s" in part for part in line), out
