@@ -21,7 +21,7 @@ from farensed.i18n import _
 from farensed.models.gguf_header import GgufInfo, read_header, shown
 from farensed.models.gguf_quants import Measure, conversion_table, convert, row_key, to_float32
 from farensed.models.gguf_support import PERMUTED_QK, ROPE_FREQS, check_supported, mlx_name
-from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside, read_json
+from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside, read_json_dict
 
 MARKER = "farense_gguf.json"
 CACHE_SUFFIX = ".mlx"
@@ -174,10 +174,8 @@ def _tokenizer(info: GgufInfo):
 
 def imported_digest(dest: Path) -> str | None:
     """The sha256 of the GGUF a finished import in `dest` came from (None if `dest` is not one)."""
-    try:
-        return read_json(Path(dest) / MARKER)["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    digest = (read_json_dict(Path(dest) / MARKER) or {}).get("sha256")
+    return digest if isinstance(digest, str) else None
 
 
 def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, compact: bool = False) -> dict:
@@ -193,7 +191,8 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
     if dest.exists():
         if imported_digest(dest) == digest:
             log(_("✅ {dest} já contém este GGUF importado (sha256 {sha256})").format(dest=dest, sha256=digest[:12]))
-            return dict(read_json(dest / MARKER)["summary"], already=True)
+            summary = (read_json_dict(dest / MARKER) or {}).get("summary")
+            return dict(summary if isinstance(summary, dict) else {}, already=True)
         raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
     tokenizer = _tokenizer(info)  # before the weights: a bad vocabulary is refused in a second, not minutes
     log(
@@ -230,9 +229,9 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
 
 
 def _cache_is_current(cache: Path, src: Path) -> bool:
-    try:
-        marker = read_json(cache / MARKER)
-    except (OSError, ValueError):
+    """The import beside the file is of this file; a damaged or hand-edited marker means import again."""
+    marker = read_json_dict(cache / MARKER)
+    if marker is None:
         return False
     stat = src.stat()
     if marker.get("size") == stat.st_size and marker.get("mtime_ns") == stat.st_mtime_ns:

@@ -11,6 +11,7 @@ from farensed.engine.checkpoint import STATE_NAME, Checkpoint, list_checkpoints,
 from farensed.errors import ResumeError
 from farensed.i18n import _
 from farensed.storage.atomic import move_aside, read_json
+from farensed.terminal import excerpt, safe
 
 
 @dataclass
@@ -27,13 +28,20 @@ class StartPoint:
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=str):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {a} → {b}")
+            out.append(f"{prefix}{safe(str(key), 40)}: {excerpt(a, 80)} → {excerpt(b, 80)}")  # never a Python repr
     return out
+
+
+def is_run_state(state) -> bool:
+    """training_state.json as the trainer writes it: an object with its fingerprint and data digests."""
+    return (
+        isinstance(state, dict) and isinstance(state.get("fingerprint"), dict) and isinstance(state.get("data"), dict)
+    )
 
 
 def find_start(run_dir: Path, fingerprint: dict, data_digests: dict, fresh: bool, warn) -> StartPoint:
@@ -85,8 +93,10 @@ def check_resumable(spec, ws) -> None:
         state = read_json(run_dir / STATE_NAME)
     except (OSError, ValueError):
         return  # no run yet (or nothing readable: the start decides, with the checkpoints' own states)
+    if not is_run_state(state):
+        return  # hand-edited or damaged: the start repairs it from the newest checkpoint's own state
     fingerprint = dict(spec.resume_fingerprint(), world_size=world_size(spec, ws))
-    files = {k: getattr(spec.data, k, None) for k in state.get("data", {})}  # the files the run recorded
+    files = {k: getattr(spec.data, k) for k in ("train", "valid", "test") if k in state["data"]}  # as recorded
     digests = {k: sha256_file(ws.resolve(path)) for k, path in files.items() if path}
     refuse_if_changed(run_dir, state, fingerprint, digests)
 
@@ -97,8 +107,10 @@ def _repair_run_files(run_dir: Path, ckpt: Checkpoint, state: dict, warn) -> Non
 
     for name in (STATE_NAME, "training_metrics.json"):
         try:
-            read_json(run_dir / name)
-            continue
+            found = read_json(run_dir / name)
+            if is_run_state(found) if name == STATE_NAME else isinstance(found, list):
+                continue
+            problem = _("sem a forma esperada")
         except FileNotFoundError:
             problem = _("em falta")
         except (OSError, orjson.JSONDecodeError) as exc:
