@@ -162,3 +162,51 @@ def test_the_memory_plan_sizes_the_widest_batch_the_engine_will_build(workspace,
     assert step["counted"] == len(counted_index(lengths, width))
     parts = planned["data"]["parts"]
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+
+
+DAMAGED_RUN_FILES = {
+    "state-list": ("training_state.json", b"[]"),
+    "fingerprint-text": ("training_state.json", b'{"fingerprint": "abc"}'),
+    "model-number": ("training_state.json", b'{"fingerprint": {"max_seq_length": 128, "model": 5}}'),
+    "batch-text": (
+        "training_state.json",
+        b'{"fingerprint": {"max_seq_length": 128, "model": "models/tiny-mistral-4bit", "batch_size": "4"}}',
+    ),
+    "elapsed-text": ("training_metrics.jsonl", b'{"step": 2, "elapsed_s": "abc", "peak_memory_gb": "x"}\n'),
+    "finished-text": ("training_state.json", b'{"finished": "no", "step": [1, 2]}'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_RUN_FILES))
+def test_another_run_s_damaged_files_never_break_the_doctor(spec_workspace, case):
+    """Every run folder in the workspace is read for estimates: a hand-edited one is skipped or read as unknown."""
+    name, content = DAMAGED_RUN_FILES[case]
+    other = spec_workspace / "checkpoints_qlora" / "other"
+    other.mkdir(parents=True)
+    (other / "training_state.json").write_bytes(
+        b'{"fingerprint": {"max_seq_length": 128, "model": "models/tiny-mistral-4bit", "batch_size": 2}}'
+    )
+    (other / "training_metrics.jsonl").write_bytes(b'{"step": 2, "elapsed_s": 1.0}\n')
+    (other / name).write_bytes(content)
+    if case == "finished-text":  # the spec's own run folder, hand-edited
+        other.rename(spec_workspace / "checkpoints_qlora" / TEST_SPEC["name"])
+    result = doctor(spec_workspace, "--json", str(write_spec(spec_workspace, dict(TEST_SPEC, max_seq_length=128))))
+    checks = {c["name"]: c for c in orjson.loads(result.output)["checks"]}
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    details = " ".join(c["detail"] for c in checks.values())
+    assert "[1, 2]" not in details and "terminou" not in details  # "no" is not true; a list is no step
+
+
+@pytest.mark.parametrize("change", [{"quantization": "4"}, {"quantization": [4]}, {"num_hidden_layers": "2"}])
+def test_a_model_config_of_odd_types_is_described_not_a_traceback(spec_workspace, change):
+    import shutil
+
+    model = spec_workspace / "models" / "tiny-mistral-4bit"
+    cached = model.resolve()
+    model.unlink()  # a link to the session's cached model: edit a copy, never the cache
+    shutil.copytree(cached, model)
+    config_path = model / "config.json"
+    config_path.write_bytes(orjson.dumps(dict(orjson.loads(config_path.read_bytes()), **change)))
+    result = doctor(spec_workspace, str(write_spec(spec_workspace, TEST_SPEC)))
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert lines_named(result.output, "modelo"), result.output

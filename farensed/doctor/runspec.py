@@ -18,6 +18,7 @@ from farensed.spec.modelcheck import MAX_CONFIG_BYTES, MissingTokenizer, has_cha
 from farensed.storage.atomic import read_json
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 from farensed.units import size as gb
 
 STATE_NAME = "training_state.json"
@@ -29,6 +30,18 @@ def _json(path: Path) -> dict:
     except (OSError, orjson.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _count(value, top: int = 2**40) -> int | None:
+    """A whole number from a hand-editable file, 1 … top; anything else (text, lists, bools, floats) is unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top else None
+
+
+def _positive(value) -> float | None:
+    """A finite positive number from a hand-editable file, else unknown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < 1e15 else None
 
 
 def weights_bytes(model: Path) -> int:
@@ -45,14 +58,17 @@ def describe_model(model: Path) -> tuple[str, dict]:
     """'mistral, 4 bits, 32 camadas, 3.8 GB de pesos' and the same as data."""
     config = _json(model / "config.json")
     quant = config.get("quantization") or config.get("quantization_config") or {}
+    quant = quant if isinstance(quant, dict) else {}
+    model_type = config.get("model_type")
     data = {
         "path": str(model),
-        "model_type": config.get("model_type"),
-        "bits": quant.get("bits"),
-        "layers": config.get("num_hidden_layers"),
+        "model_type": model_type if isinstance(model_type, str) else None,
+        "bits": _count(quant.get("bits"), 64),
+        "layers": _count(config.get("num_hidden_layers"), 100_000),
         "weights_bytes": weights_bytes(model),
     }
-    parts = [data["model_type"] or "?", f"{data['bits']} bits" if data["bits"] else _("sem quantização")]
+    kind = safe(data["model_type"], 40) if data["model_type"] else "?"
+    parts = [kind, f"{data['bits']} bits" if data["bits"] else _("sem quantização")]
     if data["layers"]:
         parts.append(ngettext("{count} camada", "{count} camadas", data["layers"]).format(count=data["layers"]))
     parts.append(_("{size} de pesos").format(size=gb(data["weights_bytes"])))
@@ -153,8 +169,8 @@ def check_data(ws: Workspace, spec: JobSpec) -> tuple[list[Check], dict[str, int
 
 
 def total_steps(spec: JobSpec, n_train: int) -> int:
-    """Steps of the whole run, as the trainer counts them (full batches per epoch × epochs)."""
-    return (n_train // spec.batch_size) * spec.epochs
+    """Steps of the whole run, as the trainer counts them: `iters`, else full batches per epoch × epochs."""
+    return spec.iters or (n_train // spec.batch_size) * spec.epochs
 
 
 def epochs_text(epochs: int) -> str:
@@ -163,12 +179,20 @@ def epochs_text(epochs: int) -> str:
 
 def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
     per_epoch = counts["train"] // spec.batch_size
-    updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
     total = total_steps(spec, counts["train"])
-    validations = total // spec.eval_every
-    text = _(
-        "{per_epoch} steps por época × {epochs} = {total} steps ({updates} atualizações do otimizador, {validations})"
-    ).format(
+    if spec.iters:
+        updates = -(-spec.iters // spec.grad_accumulation)
+        validations = total // spec.eval_every
+        text = _(
+            "{per_epoch} steps por época; iters = {total} steps ({updates} atualizações do otimizador, {validations})"
+        )
+    else:
+        updates = -(-per_epoch // spec.grad_accumulation) * spec.epochs
+        validations = total // spec.eval_every
+        text = _(
+            "{per_epoch} steps por época × {epochs} = {total} steps ({updates} atualizações do otimizador, {validations})"
+        )
+    text = text.format(
         per_epoch=per_epoch,
         epochs=epochs_text(spec.epochs),
         total=total,
@@ -183,9 +207,11 @@ def check_run_folder(ws: Workspace, spec: JobSpec) -> Check | None:
     if not state_path.is_file():
         return None
     state = _json(state_path)
-    step, total = state.get("step", "?"), state.get("total_steps", "?")
+    step, total = _count(state.get("step")) or "?", _count(state.get("total_steps")) or "?"
     what = (
-        _("terminou: submit/run acabam logo com os resultados") if state.get("finished") else _("submit/run retomam-na")
+        _("terminou: submit/run acabam logo com os resultados")
+        if state.get("finished") is True
+        else _("submit/run retomam-na")
     )
     return Check(
         "run",
@@ -212,16 +238,26 @@ def _records(run_dir: Path) -> list[dict]:
 def run_figures(run_dir: Path) -> dict | None:
     """Peak memory (GB) and seconds per step measured by a run, from its metrics records."""
     records = [r for r in _records(run_dir) if isinstance(r, dict)]
-    timed = [r for r in records if r.get("elapsed_s") and r.get("step")]
-    peaks = [r["peak_memory_gb"] for r in records if r.get("peak_memory_gb")]
+    timed = [
+        (elapsed, step)
+        for r in records
+        if (elapsed := _positive(r.get("elapsed_s"))) and (step := _count(r.get("step")))
+    ]
+    peaks = [peak for r in records if (peak := _positive(r.get("peak_memory_gb")))]
     if not timed:
         return None
-    last = timed[-1]
-    return {
-        "run": str(run_dir),
-        "peak_memory_gb": max(peaks) if peaks else None,
-        "step_s": last["elapsed_s"] / last["step"],
-    }
+    elapsed, step = timed[-1]
+    return {"run": str(run_dir), "peak_memory_gb": max(peaks) if peaks else None, "step_s": elapsed / step}
+
+
+def _same_model(ws: Workspace, recorded, model: Path) -> bool:
+    """The model a run's fingerprint names is this spec's (a hand-edited name that is no path is another)."""
+    if not isinstance(recorded, str) or "\0" in recorded:
+        return False
+    try:
+        return ws.resolve(recorded).resolve() == model
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name too long
+        return False
 
 
 def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
@@ -229,15 +265,17 @@ def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
     model = ws.resolve(spec.model).resolve()
     found = []
     for state_path in (ws.root / "checkpoints_qlora").glob(f"*/{STATE_NAME}"):
+        fp = _json(state_path).get("fingerprint")
+        if not isinstance(fp, dict) or fp.get("max_seq_length") != spec.max_seq_length:
+            continue
+        if not _same_model(ws, fp.get("model"), model):
+            continue
+        fp = dict(fp, batch_size=_count(fp.get("batch_size"), 1024))  # scales the estimate: a number or unknown
         try:
-            fp = read_json(state_path).get("fingerprint", {})
-        except (OSError, ValueError):
+            mtime = state_path.stat().st_mtime
+        except OSError:
             continue
-        if fp.get("max_seq_length") != spec.max_seq_length or not fp.get("model"):
-            continue
-        if ws.resolve(fp["model"]).resolve() != model:
-            continue
-        found.append((fp.get("batch_size") != spec.batch_size, -state_path.stat().st_mtime, state_path.parent, fp))
+        found.append((fp["batch_size"] != spec.batch_size, -mtime, state_path.parent, fp))
     return [(run_dir, fp) for *_, run_dir, fp in sorted(found, key=lambda item: item[:2])]
 
 
@@ -255,7 +293,13 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
         ).format(max_seq_length=spec.max_seq_length, gb=gb(weights))
         return [Check("estimate", INFO, text)]
     ratio = spec.batch_size / (fp.get("batch_size") or spec.batch_size)
-    scaled = "" if ratio == 1 else f", batch_size {fp.get('batch_size')} nessa run (escalado ×{ratio:g})"
+    scaled = (
+        ""
+        if ratio == 1
+        else _(", batch_size {batch_size} nessa run (escalado ×{ratio})").format(
+            batch_size=fp["batch_size"], ratio=f"{ratio:g}"
+        )
+    )
     steps = total_steps(spec, counts["train"])
     seconds = figures["step_s"] * ratio * steps
     time_check = Check(
@@ -278,7 +322,7 @@ def check_estimates(ws: Workspace, spec: JobSpec, counts: dict[str, int], probe:
     if limit and peak_gb * 1e9 > limit:
         memory_check.status = WARN
         memory_check.detail += _(": mais que os {memory} recomendados para a GPU").format(memory=gb(limit))
-        memory_check.fix = "reduza batch_size ou max_seq_length (e aumente grad_accumulation)"
+        memory_check.fix = _("reduza batch_size ou max_seq_length (e aumente grad_accumulation)")
     return [memory_check, time_check]
 
 
