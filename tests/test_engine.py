@@ -227,3 +227,13 @@ def test_sequences_longer_than_max_seq_length_are_truncated_and_counted(workspac
     proc = run_cli(workspace, "run", str(spec))
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "212 exemplos mais longos que max_seq_length=24 foram truncados" in proc.stdout
+
+
+def test_a_run_whose_prompts_fill_max_seq_length_is_refused_not_a_nan_success(workspace):
+    """max_seq_length 16 cuts every demo prompt before its answer: the loss would count nothing (NaN validation,
+    adapters written, exit 0). The run stops at the start with one line naming the data and the key to change."""
+    proc = run_cli(workspace, "run", str(write_spec(workspace, spec_with(name="cut", max_seq_length=16))))
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    (line,) = [x for x in proc.stdout.splitlines() if "data.train: nenhum dos 160 exemplos" in x]
+    assert "max_seq_length=16" in line and "Traceback" not in proc.stdout
+    assert not (workspace / "output" / "cut").exists()  # nothing that looks like a result

@@ -40,6 +40,19 @@ def tokenize_file(path: Path, tokenizer, max_seq_length: int, mask_prompt: bool 
     return TokenizedSet(tokens, offsets, truncated)
 
 
+def counted_targets(n_tokens: int, offset: int, max_seq_length: int) -> int:
+    """How many of an example's targets the loss counts (as engine/packing.py lays them out): from the end of the
+    masked prompt to its last token, the last one lost when the example was cut at max_seq_length."""
+    n = min(n_tokens, max_seq_length)
+    last = n - 1 if n < max_seq_length else n - 2
+    return max(last - max(offset - 1, 0) + 1, 0)
+
+
+def silent_examples(data: TokenizedSet, max_seq_length: int) -> int:
+    """Examples that give the loss nothing: the prompt fills max_seq_length."""
+    return sum(counted_targets(len(t), o, max_seq_length) == 0 for t, o in zip(data.tokens, data.offsets))
+
+
 def length_sorted_batches(data: TokenizedSet, batch_size: int, drop_last: bool) -> list[list[int]]:
     """Group examples of similar length (as mlx-lm does) so padding stays small."""
     order = sorted(range(len(data)), key=lambda i: (len(data.tokens[i]), i))

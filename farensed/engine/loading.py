@@ -6,9 +6,10 @@ from functools import cache
 from pathlib import Path
 
 from farensed.engine import console
-from farensed.engine.data import TokenizedSet, tokenize_file
+from farensed.engine.data import TokenizedSet, silent_examples, tokenize_file
 from farensed.engine.tokcache import CACHE_DIR, TokenCache
-from farensed.i18n import _
+from farensed.errors import SpecError
+from farensed.i18n import _, ngettext
 from farensed.storage.digest import sha256_file
 
 
@@ -51,4 +52,29 @@ def load_datasets(spec, ws, model_path: Path, model_config: dict, clock) -> tupl
                 truncated=truncated, max_seq_length=spec.max_seq_length
             )
         )
+    for key, data in (("train", train_set), ("valid", valid_set)):
+        _check_counted(key, data, spec.max_seq_length)
     return train_set, valid_set, digests
+
+
+def _check_counted(key: str, data: TokenizedSet, max_seq_length: int) -> None:
+    """A set whose every prompt fills max_seq_length would train on nothing and validate to NaN: refused now, before
+    a run that would 'succeed'; a few such examples are said, since they count for nothing."""
+    silent = silent_examples(data, max_seq_length)
+    if silent and silent == len(data):
+        raise SpecError(
+            _(
+                "data.{key}: nenhum dos {count} exemplos tem um token da resposta dentro de "
+                "max_seq_length={max_seq_length} (o prompt ocupa-o todo); aumente max_seq_length ou encurte os prompts"
+            ).format(key=key, count=len(data), max_seq_length=max_seq_length)
+        )
+    if silent:
+        console.say(
+            ngettext(
+                "⚠  data.{key}: {count} exemplo sem nenhum token da resposta dentro de max_seq_length={max_seq_length}"
+                " não conta para a loss",
+                "⚠  data.{key}: {count} exemplos sem nenhum token da resposta dentro de max_seq_length="
+                "{max_seq_length} não contam para a loss",
+                silent,
+            ).format(key=key, count=silent, max_seq_length=max_seq_length)
+        )
