@@ -287,3 +287,33 @@ def test_a_job_cancelled_before_it_ran_shows_none_of_the_run_a_later_job_trained
     status = orjson.loads(runner.invoke(cli, ["status", "1", "--json"]).stdout)
     assert status["progress"]["step"] is None and status["summary"] is None and status["adapters"] is None
     assert resolve(q.ws, "checkpoints_qlora/v2").job.id == 2  # the folder names the job that trained it
+
+
+def test_a_hand_edited_farense_metrics_log_is_read_by_every_reader(isolated_home, tmp_path):
+    """farense's own training_metrics.jsonl with a validation cut short, a number as text and a line of another
+    type: each reader answers (the broken validation is a plain step, the rest as written)."""
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    good = [
+        {"step": 1, "epoch": 0, "loss": 2.0, "elapsed_s": 1.0},
+        {"step": 2, "epoch": 0, "loss": 1.5, "elapsed_s": 2.0, "val_loss": 1.6, "train_loss": 1.75, "gap": -0.15},
+    ]
+    damaged = [
+        {"step": 3, "epoch": 0, "loss": 0.9, "val_loss": 0.8},  # no train_loss, no gap
+        {"step": 4, "epoch": 0, "loss": 0.8, "val_loss": "0.8", "train_loss": 0.9, "gap": "x"},
+        [1, 2],
+        {"step": "5", "loss": 0.7},
+    ]
+    (folder / "training_metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in good + damaged))
+    runner = CliRunner()
+    for args in (
+        ["gap", str(folder)],
+        ["check", str(folder)],
+        ["compare", str(folder), str(folder)],
+        ["tail", str(folder), "--no-follow"],
+        ["plot", str(folder)],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.output)
+        assert "Traceback" not in result.output and "KeyError" not in result.output, (args, result.output)
+    assert orjson.loads(runner.invoke(cli, ["gap", str(folder), "--json"]).stdout)["gap_max"] == pytest.approx(-0.15)

@@ -16,7 +16,7 @@ def load_records(run_dir: Path) -> list[dict]:
     """farense's training_metrics.jsonl, else the seed's training_metrics.json normalised (gap, band added)."""
     run_dir = Path(run_dir)
     if (run_dir / JSONL_NAME).exists():
-        return read_all(run_dir)
+        return farense_records(read_all(run_dir))
     try:
         raw = read_json(run_dir / JSON_NAME)
     except (OSError, orjson.JSONDecodeError):
@@ -55,13 +55,36 @@ def seed_records(raw: list[dict]) -> list[dict]:
 
 
 NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
+VALIDATION = ("val_loss", "train_loss", "gap")
 
 
-def _clean(record: dict) -> dict:
-    """A seed-era record with its numbers checked: a value that is not a finite number (a hand edit, another tool's
-    file) is left out, never passed on to arithmetic or a terminal."""
+def farense_records(raw: list) -> list[dict]:
+    """farense's own records as every reader may use them: a number that is not a finite number (or null) is left
+    out, a record without a step is skipped, and a validation is whole (val_loss, train_loss, gap; its band from
+    the gap) or not a validation: a hand edit or a torn write never reaches arithmetic or a terminal."""
+    out = []
+    for record in raw:
+        if not isinstance(record, dict):
+            continue
+        rec = _clean(record, allow_null=True)
+        if not isinstance(rec.get("step"), int):
+            continue
+        if any(rec.get(k) is not None for k in VALIDATION):
+            if all(rec.get(k) is not None for k in VALIDATION):
+                rec["band"] = band(rec["gap"])
+            else:
+                rec = {k: v for k, v in rec.items() if k not in (*VALIDATION, "band")}
+        out.append(rec)
+    return out
+
+
+def _clean(record: dict, allow_null: bool = False) -> dict:
+    """A record with its numbers checked: a value that is not a finite number (a hand edit, another tool's file) is
+    left out, never passed on to arithmetic or a terminal; farense's own null (a step that counted nothing) kept."""
 
     def number(value) -> bool:
+        if value is None:
+            return allow_null
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
     return {k: v for k, v in record.items() if k not in NUMBERS or number(v)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farensed.analysis.metrics import read_last
+from farensed.analysis.records import farense_records
 from farensed.queue.job import JobStatus, job_run_dir, parse_time
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
@@ -176,7 +177,9 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
     """{"jobs": {id: {"start", "end"}}, "end": when the queue is done (None: unknown)} for the non-finished jobs."""
     specs = {job.id: _spec(queue, job) for job in jobs}
     measured = measured_step_seconds(queue.ws.root / "checkpoints_qlora")
-    progress = {job.id: read_last(job_run_dir(queue.ws, job), 3) for job in jobs if not job.status.terminal}
+    progress = {
+        job.id: farense_records(read_last(job_run_dir(queue.ws, job), 3)) for job in jobs if not job.status.terminal
+    }
     items, running = [], None
     for job in jobs:
         if job.status.terminal:

@@ -6,6 +6,7 @@ import math
 
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
+from farensed.analysis.records import farense_records
 from farensed.analysis.tensors import describe_adapters
 from farensed.errors import ERROR_PREFIXES
 from farensed.i18n import _
@@ -71,7 +72,7 @@ def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dic
     """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records); all
     unknown for no run folder (None)."""
     summary = (read_json_dict(run_dir / "training_summary.json") if finished and run_dir is not None else None) or {}
-    last = [] if run_dir is None else read_last(run_dir, 50) if last is None else last
+    last = [] if run_dir is None else farense_records(read_last(run_dir, 50)) if last is None else last
     latest = last[-1] if last else {}
     vals = [r for r in last if _num(r.get("val_loss")) is not None]
     state = (read_json_dict(run_dir / "training_state.json") or {}) if run_dir is not None else {}
