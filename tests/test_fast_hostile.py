@@ -121,6 +121,7 @@ def test_the_daemon_sets_aside_every_poison_file_says_why_and_queues_the_good_on
     assert "FIFO" in (failed / "a-fifo.json.reason.txt").read_text()
     listed = orjson.loads(invoke(ws, "list", "--json").stdout)
     assert {r["file"] for r in listed["rejected"]} == rejected
+    assert all(parse_time(r["rejected_at"]).tzinfo for r in listed["rejected"])  # ISO, as every time in list --json
     text = invoke(ws, "list").output
     assert "jobs/failed/ tem ficheiros recusados (total: 19)" in text and "\x1b" not in text
 

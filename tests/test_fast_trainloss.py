@@ -100,7 +100,10 @@ def test_spec_keys_of_the_step_and_what_joins_the_fingerprint():
     spec = parse_spec(spec_with())
     assert (spec.counted_loss, spec.ce_chunk, spec.pack) == (True, None, False)
     base = spec.resume_fingerprint()
-    assert parse_spec(spec_with(counted_loss=False, ce_chunk=4096)).resume_fingerprint() == base  # float rounding only
+    assert parse_spec(spec_with(counted_loss=False)).resume_fingerprint() == base  # float rounding only
+    assert parse_spec(spec_with(ce_chunk=4096)).resume_fingerprint() == base
+    with pytest.raises(SpecError, match="ce_chunk = 4096 precisa de counted_loss = true"):
+        parse_spec(spec_with(counted_loss=False, ce_chunk=4096))  # mlx-lm's own loss has no tiles: never silent
     assert parse_spec(spec_with(pack=True)).resume_fingerprint() == dict(base, pack=True)  # other batches
     with pytest.raises(SpecError, match="pack = true precisa de counted_loss = true"):
         parse_spec(spec_with(pack=True, counted_loss=False))

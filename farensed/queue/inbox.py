@@ -9,6 +9,7 @@ deals with each file: fix it and move it back into jobs/pending/, or delete it a
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ class Rejected:
     rejected_at: float
 
     def to_dict(self) -> dict:
-        return {"file": self.name, "reason": self.reason, "rejected_at": self.rejected_at}
+        when = dt.datetime.fromtimestamp(self.rejected_at).astimezone().isoformat(timespec="seconds")
+        return {"file": self.name, "reason": self.reason, "rejected_at": when}  # a time as every other in list --json
 
 
 def reason_of(exc: BaseException) -> str:

@@ -351,6 +351,12 @@ def _cross_checks(spec: JobSpec, label: str) -> None:
                 "{label}: pack = true precisa de counted_loss = true (o packing usa a loss das posições contadas)"
             ).format(label=label)
         )
+    if spec.ce_chunk and not spec.counted_loss:
+        raise SpecError(
+            _(
+                "{label}: ce_chunk = {ce_chunk} precisa de counted_loss = true (sem ela a loss é a do mlx-lm, sem tiles)"
+            ).format(label=label, ce_chunk=spec.ce_chunk)
+        )
     if spec.not_before is not None:
         check_not_before(spec.not_before, label)
     if spec.window is not None:
