@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.queue.daemon import Daemon
+from farensed.queue.job import parse_time
 from farensed.queue.jobs import Queue
 from farensed.storage.workspace import Workspace
 from farensed.terminal import terminal_text
