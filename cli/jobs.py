@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -14,22 +15,23 @@ from farensed.queue.job import JobStatus
 from farensed.terminal import safe
 
 
-def _final(q, job) -> int:
-    """Print how a job ended (the final analysis, or why it failed); return its exit code."""
+def _final(q, job, err: bool = False) -> int:
+    """Print how a job ended (the final analysis, or why it failed); return its exit code. `err`: on stderr (stdout
+    is kept for the one JSON document of --json)."""
     from farensed.analysis.gap import format_analysis
     from farensed.views.runref import resolve
     from farensed.views.status import gap_report, job_exit_code
 
     job = q.get(job.id)
-    click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {job.state}")
+    click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {job.state}", err=err)
     if job.status is JobStatus.FAILED:
-        click.echo(failure_lines(job))
+        click.echo(failure_lines(job), err=err)
     else:
-        click.echo(format_analysis(gap_report(resolve(q.ws, str(job.id)))))
+        click.echo(format_analysis(gap_report(resolve(q.ws, str(job.id)))), err=err)
     return job_exit_code(job)
 
 
-def _follow(q, job, emit, interval: float = 0.5) -> int:
+def _follow(q, job, emit, interval: float = 0.5, err: bool = False) -> int:
     """Follow a job's metrics until it ends; return its exit code. Ctrl-C detaches (exit 130), job untouched."""
     from farensed.analysis.monitor import follow
     from farensed.queue.job import job_run_dir
@@ -49,7 +51,7 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
     except KeyboardInterrupt:
         click.echo("\n" + _("desligado (o job continua)"), err=True)
         return 130
-    return _final(q, job)
+    return _final(q, job, err)
 
 
 @cli.command()
@@ -61,7 +63,7 @@ def _follow(q, job, emit, interval: float = 0.5) -> int:
 @click.option("--after", type=int, multiple=True, metavar="ID", help="Start only after job ID is done (repeatable).")
 @click.option("--fresh", is_flag=True, help="Start over: the run folder of the same name is moved aside.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end and exit with its code.")
-@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (with --wait: as it ended).")
 def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     """Validate SPEC fully and queue it; prints the job id.
 
@@ -83,18 +85,9 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
         after=list(after) or None,
         fresh=fresh or None,
     )
-    if as_json:
-        print_json(
-            {
-                "id": job.id,
-                "name": job.name,
-                "state": job.state,
-                "priority": job.priority,
-                "not_before": job.not_before,
-                "after": job.after,
-            }
-        )
-    else:
+    if as_json and not wait_:
+        print_json(_submitted(job))
+    elif not as_json:
         click.echo(job.id)
     click.echo(
         _("seguir: farensectl tail {id} | estado: farensectl status {id} | cancelar: farensectl cancel {id}").format(
@@ -105,7 +98,21 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
     if daemon_pid(q.ws) is None:
         click.echo(_("farensed não está a correr: farensectl daemon start"), err=True)
     if wait_:
-        sys.exit(_follow(q, job, lambda r: click.echo(record_line(r, None, None), err=True)))
+        code = _follow(q, job, lambda r: click.echo(record_line(r, None, None), err=True), err=as_json)
+        if as_json:  # one JSON document on stdout: the job as it ended
+            print_json(_submitted(q.get(job.id)))
+        sys.exit(code)
+
+
+def _submitted(job) -> dict:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "priority": job.priority,
+        "not_before": job.not_before,
+        "after": job.after,
+    }
 
 
 @cli.command(name="list")
@@ -213,10 +220,21 @@ def retry(job_id):
     click.echo(f"job {job.id}: {job.state}")
 
 
+def _seconds(_ctx, _param, value):
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(_("deve ser um número de segundos ≥ 0"))
+    return value
+
+
 @cli.command()
 @click.argument("job_id", type=int, metavar="ID")
 @click.option(
-    "--timeout", type=float, default=None, metavar="SECONDS", help="Give up after this many seconds (exit 124)."
+    "--timeout",
+    type=float,
+    default=None,
+    callback=_seconds,
+    metavar="SECONDS",
+    help="Give up after this many seconds (exit 124).",
 )
 def wait(job_id, timeout):
     """Wait for a job to end; the exit code is the job's (0 done, 130 cancelled).
@@ -225,17 +243,31 @@ def wait(job_id, timeout):
     Example:
       farensectl wait 3 && farensectl gap 3
     """
+    from farensed.queue.pidfile import daemon_pid
     from farensed.views.status import job_exit_code
 
     q = queue()
     live = LiveLine(q) if sys.stdout.isatty() else None  # one line redrawn on a terminal; nothing in a script
     deadline = None if timeout is None else time.monotonic() + timeout
+    said_down, looked = False, 0.0
     while not (job := q.get(job_id)).status.terminal:
         if deadline is not None and time.monotonic() > deadline:
             if live:
                 live.end()
             click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=job.state), err=True)
             sys.exit(124)
+        if time.monotonic() - looked > 5:  # a wait on a stopped queue says so once, then goes on waiting
+            looked, down = time.monotonic(), daemon_pid(q.ws) is None
+            if down and not said_down:
+                if live:
+                    live.end()
+                click.echo(
+                    _(
+                        "farensed não está a correr: o job {id} só avança quando arrancar (farensectl daemon start)"
+                    ).format(id=job_id),
+                    err=True,
+                )
+            said_down = down
         if live:
             live.show(job)
         time.sleep(0.5)

@@ -304,3 +304,35 @@ def test_resubmitting_a_changed_spec_fails_and_fresh_starts_over_once(workspace)
     assert log.count("--fresh: a pasta anterior foi guardada em") == 2  # checkpoints_qlora/t and output/t, once
     assert log.count("checkpoints_qlora/t.old-") == 1 and "A retomar de checkpoint_epoch" in log
     assert len([p for p in (workspace / "checkpoints_qlora").iterdir() if p.name.startswith("t.old-")]) == 1
+
+
+def test_submit_wait_json_prints_one_json_document_the_job_as_it_ended(workspace):
+    """`submit --wait --json` is for scripts: stdout is one JSON document (the job in its final state); the progress
+    and the gap analysis go to stderr."""
+    daemon = start_daemon(workspace)
+    try:
+        spec = write_spec(workspace, spec_with(name="scripted", epochs=1), "scripted.json")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "farensed.cli.main",
+                "--home",
+                str(workspace),
+                "submit",
+                str(spec),
+                "--wait",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ended = orjson.loads(proc.stdout)  # the whole of stdout parses: nothing else there
+    assert ended["name"] == "scripted" and ended["state"] == "done"
+    assert "scripted" in proc.stderr and "gap" in proc.stderr.lower()

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from farensed.cli.main import cli
 from farensed.engine.callbacks import ConsoleProgress
 from farensed.engine.jit import CompileWatch, cpu_cache_dir
 from farensed.storage.workspace import Workspace
@@ -176,3 +178,21 @@ def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated
     assert piped.returncode == 124 and stdout == ""  # a script sees no progress line
     line = out.decode().split("\r")
     assert any("job 1 (t): running · step 6/40 · loss 0.3333 · ETA 0m17s" in part for part in line), out
+
+
+@pytest.mark.parametrize("timeout", ["nan", "-5", "inf"])
+def test_wait_refuses_a_timeout_that_is_no_number_of_seconds(isolated_home, timeout):
+    result = CliRunner().invoke(cli, ["--home", str(isolated_home), "wait", "1", "--timeout", timeout])
+    assert result.exit_code == 2 and "--timeout" in result.output and "segundos ≥ 0" in result.output
+
+
+def test_wait_on_a_stopped_queue_says_so_once_and_waits(isolated_home):
+    from farensed.queue.job import Job
+    from farensed.queue.jobs import Queue
+
+    q = Queue(Workspace(isolated_home))
+    q.job_dir(1).mkdir()
+    q.save(Job(id=1, name="t", state="pending"))
+    result = CliRunner().invoke(cli, ["--home", str(isolated_home), "wait", "1", "--timeout", "0.2"])
+    assert result.exit_code == 124
+    assert result.stderr.count("farensed não está a correr: o job 1 só avança quando arrancar") == 1
