@@ -210,3 +210,13 @@ def test_a_model_config_of_odd_types_is_described_not_a_traceback(spec_workspace
     result = doctor(spec_workspace, str(write_spec(spec_workspace, TEST_SPEC)))
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     assert lines_named(result.output, "modelo"), result.output
+
+
+def test_an_unreadable_hostfile_fails_the_distributed_check_as_submit_refuses_it(spec_workspace):
+    import os
+
+    os.mkfifo(spec_workspace / "hosts.txt")
+    spec = write_spec(spec_workspace, spec_with(distributed={"hostfile": "hosts.txt"}))
+    result = doctor(spec_workspace, "--json", str(spec))
+    (check,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "distributed"]
+    assert result.exit_code == 1 and check["status"] == "fail" and "FIFO" in check["detail"], result.output

@@ -284,3 +284,14 @@ def test_doctor_on_a_gguf_spec_states_the_file_s_size_as_the_weights(isolated_ho
     (estimate,) = [c for c in orjson.loads(doctor.output)["checks"] if c["name"] == "estimate"]
     weights = (isolated_home / "models" / "q.gguf").stat().st_size
     assert weights > 0 and f"({size(weights)})" in estimate["detail"].replace("os pesos ocupam ", "")
+
+
+def test_importing_the_same_gguf_again_keeps_it_and_another_layout_is_refused(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", metadata(), tensors())
+    out = tmp_path / "out"
+    first = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(out)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(out), "--json"])
+    assert again.exit_code == 0 and orjson.loads(again.stdout)["already"] is True
+    compact = CliRunner().invoke(cli, ["model", "import-gguf", str(path), str(out), "--compact"])
+    assert compact.exit_code == 2 and "sem --compact; escolha outra pasta" in compact.output  # never dropped silently

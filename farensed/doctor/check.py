@@ -43,6 +43,7 @@ LABELS = {
     "time": N_("tempo"),
     "memory_per_step": N_("memória por step"),
     "memory_plan": N_("plano de memória"),
+    "distributed": N_("distribuído"),
 }
 
 

@@ -15,6 +15,7 @@ import orjson
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check
 from farensed.i18n import _, ngettext
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 from farensed.units import size as gb
 
 PACKAGES = ("farense", "mlx", "mlx-metal", "mlx-lm", "transformers", "tokenizers", "huggingface-hub", "numpy")
@@ -69,9 +70,13 @@ def probe_mlx(timeout: float = 120.0) -> dict:
         return {"error": _("mlx não respondeu em {timeout:.0f} s").format(timeout=timeout)}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        last = (proc.stderr.strip().splitlines() or [f"código {proc.returncode}"])[-1]
-        return {"error": last}
-    return orjson.loads(lines[-1])
+        last = (proc.stderr.strip().splitlines() or [_("código {code}").format(code=proc.returncode)])[-1]
+        return {"error": safe(last, 300)}
+    try:
+        probe = orjson.loads(lines[-1])
+    except orjson.JSONDecodeError:  # something else printed last (a library's notice): what it said, not a traceback
+        return {"error": safe(lines[-1], 300)}
+    return probe if isinstance(probe, dict) else {"error": safe(lines[-1], 300)}
 
 
 def check_mlx(probe: dict) -> Check:

@@ -348,6 +348,13 @@ def spec_checks(ws: Workspace, spec_path: Path, probe: dict) -> list[Check]:
         check_inputs(spec, ws, label)  # the cross-checks submit makes (e.g. enough examples for one batch)
     except SpecError as exc:
         return [*checks, Check("steps", FAIL, str(exc), _("reduza batch_size ou junte exemplos"))]
+    if spec.distributed:  # the hostfile and the batch split, as submit checks them
+        from farensed.spec.hosts import check_batch_size, world_size
+
+        try:
+            check_batch_size(spec, world_size(spec, ws), label)
+        except SpecError as exc:
+            return [*checks, Check("distributed", FAIL, str(exc), _("corrija distributed na spec ou o hostfile"))]
     checks.append(check_steps(spec, counts))
     if (run := check_run_folder(ws, spec)) is not None:
         checks.append(run)

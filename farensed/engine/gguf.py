@@ -190,9 +190,16 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
     digest = digest or sha256_of(src)
     if dest.exists():
         if imported_digest(dest) == digest:
-            log(_("✅ {dest} já contém este GGUF importado (sha256 {sha256})").format(dest=dest, sha256=digest[:12]))
             summary = (read_json_dict(dest / MARKER) or {}).get("summary")
-            return dict(summary if isinstance(summary, dict) else {}, already=True)
+            summary = summary if isinstance(summary, dict) else {}
+            if bool(summary.get("compact")) != compact:  # the same file, another layout: never dropped silently
+                raise SpecError(
+                    _(
+                        "{dest}: já contém este GGUF importado {layout}; escolha outra pasta para esta importação"
+                    ).format(dest=dest, layout=_("com --compact") if summary.get("compact") else _("sem --compact"))
+                )
+            log(_("✅ {dest} já contém este GGUF importado (sha256 {sha256})").format(dest=dest, sha256=digest[:12]))
+            return dict(summary, already=True)
         raise SpecError(_("{dest}: o destino já existe; escolha outra pasta ou mova-a").format(dest=dest))
     tokenizer = _tokenizer(info)  # before the weights: a bad vocabulary is refused in a second, not minutes
     log(
