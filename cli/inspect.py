@@ -164,11 +164,19 @@ def logs(ref, lines):
     if run.job is None:
         raise QueueError(_("{ref}: corrida sem job na fila, sem log (feita com farensectl run?)").format(ref=ref))
     path = run.queue.log_path(run.job.id)
+    if not path.exists():  # nothing silent: a job that never started has no log yet
+        click.echo(
+            _("job {id} ({state}): ainda sem log (o log começa quando o job arranca)").format(
+                id=run.job.id, state=run.job.state
+            ),
+            err=True,
+        )
+        return
     # colours pass; any other escape sequence (window title, clipboard write, cursor moves) never reaches the terminal
     if lines:
         click.echo(terminal_text(b"\n".join(tail_lines(path, lines)).decode(errors="replace")))
     else:
-        click.echo(terminal_text(read_regular(path).decode(errors="replace")) if path.exists() else "", nl=False)
+        click.echo(terminal_text(read_regular(path).decode(errors="replace")), nl=False)
 
 
 @cli.command()

@@ -196,3 +196,14 @@ def test_wait_on_a_stopped_queue_says_so_once_and_waits(isolated_home):
     result = CliRunner().invoke(cli, ["--home", str(isolated_home), "wait", "1", "--timeout", "0.2"])
     assert result.exit_code == 124
     assert result.stderr.count("farensed não está a correr: o job 1 só avança quando arrancar") == 1
+
+
+def test_logs_of_a_job_that_never_started_says_there_is_none_yet(isolated_home):
+    from farensed.queue.job import Job
+    from farensed.queue.jobs import Queue
+
+    q = Queue(Workspace(isolated_home))
+    q.job_dir(1).mkdir()
+    q.save(Job(id=1, name="t", state="cancelled"))
+    result = CliRunner().invoke(cli, ["--home", str(isolated_home), "logs", "1"])
+    assert result.exit_code == 0 and "job 1 (cancelled): ainda sem log" in result.stderr, result.output
