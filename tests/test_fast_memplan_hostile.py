@@ -220,3 +220,15 @@ def test_the_tile_knob_names_the_counted_loss_it_needs():
     limit = (plan(counted, model, step(spec))["total"] + plan(tiled, model, step(spec))["total"]) / 2
     assert first_knob(spec, model, step, limit)[0] == "counted_loss: true, ce_chunk: 1024"
     assert first_knob(parse_spec(spec_with(lora=lora)), model, step, 1e12)[0] == "ce_chunk: 1024"
+
+
+def test_a_chat_template_that_loops_is_estimated_not_awaited(tmp_path, untrained_model, monkeypatch):
+    """A template of nested loops renders for hours (mlx-lm too would sit there): the doctor waits its budget, then
+    estimates, and answers."""
+    import farensed.doctor.lengths as lengths
+
+    monkeypatch.setattr(lengths, "TOKENIZE_SECONDS", 0.5)
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
+    model = _model_with_template(tmp_path, untrained_model, loop)
+    found = lengths.data_lengths(train_file(tmp_path), model, True, 256)  # returns: the budget, not the hours
+    assert found.source == "estimate" and found.examples == 8 and found.longest

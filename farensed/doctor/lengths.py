@@ -12,6 +12,8 @@ The file is read twice, line by line: what is kept is the lengths, never the rec
 from __future__ import annotations
 
 import heapq
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,28 @@ MAX_LINE = 16 << 20  # a data line larger than this is not read here (datacheck 
 # is estimated (and clipped alike), not tokenized; so is one of more than RECORD_CHARS (below SHORT_CHARS: tokenized)
 CHARS_PER_LIMIT, SHORT_CHARS, RECORD_CHARS = 8, 1 << 12, 1 << 18
 TOTAL_CHARS = 16 << 20  # characters tokenized in all (the longest first); past them the rest is estimated
+TOKENIZE_SECONDS = 20.0  # the doctor's time to tokenize in all: a chat template that loops is estimated, not awaited
+
+
+def _within(call, seconds: float):
+    """call()'s result if it returns within `seconds`, else TimeoutError. It runs in a daemon thread: a template's
+    loop cannot be interrupted, so it is left behind and ends with the process."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it was
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="doctor-tokenize", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 @dataclass
@@ -120,15 +144,17 @@ class _Measure:
         self.tokenizer, self.mask_prompt = tokenizer, mask_prompt
         self.most = min(max(CHARS_PER_LIMIT * max_seq_length, SHORT_CHARS), RECORD_CHARS)
         self.left, self.estimated = TOTAL_CHARS, tokenizer is None
+        self.deadline = time.monotonic() + TOKENIZE_SECONDS
 
     def __call__(self, record: dict) -> tuple[int, int]:
         size = _chars(record) if self.tokenizer is not None else 0
         if self.tokenizer is not None and size <= min(self.most, self.left):
             self.left -= size
+            tokenizer, left = self.tokenizer, self.deadline - time.monotonic()
             try:
-                return _tokens(self.tokenizer, record, self.mask_prompt)
-            except Exception:  # a template that refuses this data (mlx-lm would fail too): estimate from here on
-                self.tokenizer = None
+                return _within(lambda: _tokens(tokenizer, record, self.mask_prompt), left)
+            except Exception:  # a template that refuses this data (mlx-lm would fail too), or one that takes
+                self.tokenizer = None  # longer than the doctor may wait: estimate from here on
         self.estimated = True
         return _estimate(record, self.mask_prompt)
 
