@@ -228,7 +228,8 @@ def test_a_chat_template_that_loops_is_estimated_not_awaited(tmp_path, untrained
     import farensed.doctor.lengths as lengths
 
     monkeypatch.setattr(lengths, "TOKENIZE_SECONDS", 0.5)
-    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
+    # a few seconds per render here (hours with 100000 × 100000): the thread left behind ends soon after the test
+    loop = "{% for i in range(4000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}{{ messages }}"
     model = _model_with_template(tmp_path, untrained_model, loop)
     found = lengths.data_lengths(train_file(tmp_path), model, True, 256)  # returns: the budget, not the hours
     assert found.source == "estimate" and found.examples == 8 and found.longest
