@@ -167,3 +167,24 @@ def write_untrained_model(folder: Path) -> Path:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "mlx"})
     (folder / "config.json").write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
     return folder
+
+
+def loaded_trainer(root, eval_mode: bool = False, **changes):
+    """A Trainer with model, tokens, batches and LoRA layers set up, its LoRA B made non-zero (a trained look);
+    `eval_mode`: no dropout, so two losses compared see the same network."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from farensed.engine.trainer import Trainer
+    from farensed.spec.load import load_spec
+    from farensed.storage.workspace import Workspace
+
+    ws = Workspace(root)
+    trainer = Trainer(load_spec(write_spec(root, spec_with(**changes)), ws), ws)
+    trainer._prepare()
+    mx.random.seed(7)
+    params = tree_flatten(trainer.model.trainable_parameters())
+    trainer.model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in params], strict=False)
+    if eval_mode:
+        trainer.model.eval()
+    return trainer

@@ -223,10 +223,14 @@ def test_demo_prepare_builds_inputs_and_trains_nothing(isolated_home, tiny_model
 
 
 def test_sequences_longer_than_max_seq_length_are_truncated_and_counted(workspace):
-    spec = write_spec(workspace, spec_with(max_seq_length=24, epochs=1, eval_every=40, save_every=40))
+    """At 32 tokens every demo example is cut, and the prompts of 17 + 4 of them fill it: said, and trained on the
+    rest (at 24 every prompt fills it: refused, the test below)."""
+    spec = write_spec(workspace, spec_with(max_seq_length=32, epochs=1, eval_every=40, save_every=40))
     proc = run_cli(workspace, "run", str(spec))
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "212 exemplos mais longos que max_seq_length=24 foram truncados" in proc.stdout
+    assert "212 exemplos mais longos que max_seq_length=32 foram truncados" in proc.stdout
+    assert "data.train: 17 exemplos sem nenhum token da resposta dentro de max_seq_length=32" in proc.stdout
+    assert "data.valid: 4 exemplos sem nenhum token da resposta" in proc.stdout
 
 
 def test_a_run_whose_prompts_fill_max_seq_length_is_refused_not_a_nan_success(workspace):

@@ -8,26 +8,15 @@ import signal
 
 import pytest
 
-from farensed.spec.load import load_spec
-from farensed.storage.workspace import Workspace
-from tests.helpers import assert_same_adapters, deterministic_metrics, kill_at_record, run_cli, spec_with, write_spec
-
-
-def loaded_trainer(root, **changes):
-    """A Trainer with model, tokens, batches and LoRA layers set up, its LoRA B made non-zero (a trained look)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from farensed.engine.trainer import Trainer
-
-    ws = Workspace(root)
-    trainer = Trainer(load_spec(write_spec(root, spec_with(**changes)), ws), ws)
-    trainer._prepare()
-    mx.random.seed(7)
-    params = tree_flatten(trainer.model.trainable_parameters())
-    trainer.model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in params], strict=False)
-    trainer.model.eval()  # no dropout: both losses see the same network
-    return trainer
+from tests.helpers import (
+    assert_same_adapters,
+    deterministic_metrics,
+    kill_at_record,
+    loaded_trainer,
+    run_cli,
+    spec_with,
+    write_spec,
+)
 
 
 def loss_and_grads(model, loss, batch):
@@ -54,7 +43,7 @@ def test_counted_loss_and_tiled_cross_entropy_equal_default_loss_and_its_gradien
 
     from farensed.engine.trainloss import CountedBatches, CountedLoss
 
-    trainer = loaded_trainer(workspace)
+    trainer = loaded_trainer(workspace, eval_mode=True)
     counted = CountedBatches(trainer.train_set, trainer.spec)
     assert counted.steps_per_epoch == trainer.batches.steps_per_epoch
     widths = {b[0].shape[1] for b in counted.arrays}
@@ -80,7 +69,7 @@ def test_packed_rows_give_each_example_what_it_gives_alone(workspace):
     from farensed.engine.data import collate
     from farensed.engine.packing import PackedBatches, PackedLoss, _PackedCache, first_fit_decreasing
 
-    trainer = loaded_trainer(workspace, max_seq_length=256, pack=True)
+    trainer = loaded_trainer(workspace, eval_mode=True, max_seq_length=256, pack=True)
     packed = PackedBatches(trainer.train_set, trainer.spec)
     _index, batch = next(iter(packed.epoch(0)))
     rows = first_fit_decreasing(packed.lengths, 256, trainer.spec.seed, 0)[: trainer.spec.batch_size]

@@ -4,25 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farensed.spec.load import load_spec
-from farensed.storage.workspace import Workspace
-from tests.helpers import TEST_SPEC, spec_with, write_spec
-
-
-def loaded_trainer(root, **changes):
-    """A Trainer with model, tokens, batches and LoRA layers set up, its LoRA B made non-zero (a trained look)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from farensed.engine.trainer import Trainer
-
-    ws = Workspace(root)
-    trainer = Trainer(load_spec(write_spec(root, spec_with(**changes)), ws), ws)
-    trainer._prepare()
-    mx.random.seed(7)
-    params = tree_flatten(trainer.model.trainable_parameters())
-    trainer.model.load_weights([(k, 0.05 * mx.random.normal(v.shape)) for k, v in params], strict=False)
-    return trainer
+from tests.helpers import TEST_SPEC, loaded_trainer
 
 
 def mlx_lm_val_loss(trainer) -> float:

@@ -40,35 +40,24 @@ class TiledHead:
 
     def project(self, hidden, arrays: tuple):
         """hidden @ rows.T: the logits of these vocabulary rows."""
-        import mlx.core as mx
-
-        if not self.quantized:
-            return hidden @ arrays[0].T
-        w, scales, biases = arrays
-        return mx.quantized_matmul(
-            hidden,
-            w,
-            scales=scales,
-            biases=biases,
-            transpose=True,
-            group_size=self.group_size,
-            bits=self.bits,
-            mode=self.mode,
-        )
+        return self._times(hidden, arrays, transpose=True)
 
     def back(self, grad_logits, arrays: tuple):
         """grad_logits @ rows: the hidden states' gradient through these rows."""
+        return self._times(grad_logits, arrays, transpose=False)
+
+    def _times(self, x, arrays: tuple, transpose: bool):
         import mlx.core as mx
 
         if not self.quantized:
-            return grad_logits @ arrays[0]
+            return x @ arrays[0].T if transpose else x @ arrays[0]
         w, scales, biases = arrays
         return mx.quantized_matmul(
-            grad_logits,
+            x,
             w,
             scales=scales,
             biases=biases,
-            transpose=False,
+            transpose=transpose,
             group_size=self.group_size,
             bits=self.bits,
             mode=self.mode,
