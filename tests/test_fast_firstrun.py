@@ -207,3 +207,18 @@ def test_logs_of_a_job_that_never_started_says_there_is_none_yet(isolated_home):
     q.save(Job(id=1, name="t", state="cancelled"))
     result = CliRunner().invoke(cli, ["--home", str(isolated_home), "logs", "1"])
     assert result.exit_code == 0 and "job 1 (cancelled): ainda sem log" in result.stderr, result.output
+
+
+def test_the_progress_bar_of_an_iters_run_ends_where_the_run_does(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    progress = ConsoleProgress()
+    trainer = SimpleNamespace(
+        spec=SimpleNamespace(name="t"), epochs_total=2, total_steps=44, batches=SimpleNamespace(steps_per_epoch=40)
+    )
+    progress.on_train_begin(trainer, None)
+    progress.on_epoch_begin(0, 0)
+    assert progress.bar.total == 40
+    progress.bar.close()
+    progress.on_epoch_begin(1, 0)
+    assert progress.bar.total == 4  # iters 44: 4 steps of the second epoch, not 4/40
+    progress.bar.close()

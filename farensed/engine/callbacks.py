@@ -100,8 +100,10 @@ class ConsoleProgress(TrainingCallback):
         from tqdm import tqdm
 
         console.say(console.epoch_header(epoch, self.trainer.epochs_total))
+        per_epoch = self.trainer.batches.steps_per_epoch
+        left = getattr(self.trainer, "total_steps", per_epoch * (epoch + 1)) - epoch * per_epoch
         self.bar = tqdm(
-            total=self.trainer.batches.steps_per_epoch,
+            total=min(per_epoch, left),  # `iters` may end the run inside this epoch: the bar ends there too
             initial=start_index,
             desc=_("Treino"),
             unit="batch",
