@@ -104,6 +104,13 @@ def submit(spec, priority, not_before, after, fresh, wait_, as_json):
         sys.exit(code)
 
 
+def _table_header() -> None:
+    click.echo(
+        f"{'id':>4}  {_('nome'):<28} {_('estado'):<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
+        f"{_('banda'):<9} {_('rec'):>3}  {_('primeiro início'):<19} {_('tempo total'):>11}"
+    )
+
+
 def _submitted(job) -> dict:
     return {
         "id": job.id,
@@ -148,10 +155,10 @@ def list_jobs(as_json):
             }
         )
         return
-    click.echo(
-        f"{'id':>4}  {_('nome'):<28} {_('estado'):<9} {'step':>11} {_('época'):>5} {_('melhor val'):>10} "
-        f"{_('banda'):<9} {_('rec'):>3}  {_('primeiro início'):<19} {_('tempo total'):>11}"
-    )
+    if not rows:  # nothing silent: an empty queue says what to do, not a bare header
+        click.echo(_("nenhum job na fila: farensectl submit SPEC (ou farensectl demo para experimentar)"))
+    else:
+        _table_header()
     for r in rows:
         step = f"{r['step'] or 0}/{r['total_steps'] or '?'}" if r["step"] or r["total_steps"] else "-"
         total = r["total_duration_s"]

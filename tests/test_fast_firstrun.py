@@ -222,3 +222,9 @@ def test_the_progress_bar_of_an_iters_run_ends_where_the_run_does(capsys, monkey
     progress.on_epoch_begin(1, 0)
     assert progress.bar.total == 4  # iters 44: 4 steps of the second epoch, not 4/40
     progress.bar.close()
+
+
+def test_an_empty_queue_says_what_to_do_not_a_bare_header(isolated_home):
+    result = CliRunner().invoke(cli, ["--home", str(isolated_home), "list"])
+    assert result.exit_code == 0 and "nenhum job na fila: farensectl submit SPEC" in result.stdout
+    assert "melhor val" not in result.stdout  # no header over nothing
