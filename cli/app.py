@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -47,6 +48,9 @@ def cli(ctx, home):
       farensectl demo
       farensectl submit jobs/examples/v2.json && farensectl tail
     """
+    # transformers (tokenizers, chat templates: doctor, submit) says "PyTorch was not found" in English on its first
+    # import; farense never uses PyTorch, so the advice is noise in either language (and breaks --json on stdout+err)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     ctx.obj = {"home": home}
 
 

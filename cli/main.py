@@ -7,14 +7,9 @@ from farensed.cli.app import cli
 
 
 def main() -> None:
-    import os
-
     from farensed.storage.workspace import private_by_default
 
     private_by_default()
-    # transformers (tokenizers, chat templates: doctor, submit) says "PyTorch was not found" in English on every
-    # import; farense never uses PyTorch, so its advice is noise in either language
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     cli(prog_name="farensectl")
 
 

@@ -98,16 +98,17 @@ def test_json_is_one_document_with_every_check(spec_workspace, monkeypatch):
 
 
 def test_estimates_come_from_a_similar_earlier_run(workspace):
-    def recorded_run(name, max_seq_length, step_s, peak_gb):
+    def recorded_run(name, max_seq_length, step_s, peak_gb, **more):
         run = workspace / "checkpoints_qlora" / name
         run.mkdir(parents=True)
-        fingerprint = {"model": TEST_SPEC["model"], "max_seq_length": max_seq_length, "batch_size": 2}
+        fingerprint = {"model": TEST_SPEC["model"], "max_seq_length": max_seq_length, "batch_size": 2, **more}
         (run / "training_state.json").write_bytes(orjson.dumps({"step": 10, "fingerprint": fingerprint}))
         records = [{"step": s, "elapsed_s": s * step_s, "peak_memory_gb": peak_gb, "loss": 1.0} for s in range(1, 11)]
         (run / "training_metrics.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
 
     recorded_run("v1", max_seq_length=128, step_s=0.5, peak_gb=1.5)  # same model and max_seq_length, batch_size 2
     recorded_run("longer", max_seq_length=2048, step_s=9.0, peak_gb=30.0)  # not similar: ignored
+    recorded_run("packed", max_seq_length=128, step_s=7.0, peak_gb=20.0, pack=True)  # other steps: ignored
     result = doctor(workspace, str(write_spec(workspace, TEST_SPEC)), "--json")  # batch_size 4: 40 steps × 2 epochs
     assert result.exit_code == 0, result.output
     by_name = {c["name"]: c for c in orjson.loads(result.output)["checks"]}

@@ -41,6 +41,10 @@ def test_the_widest_batch_comes_from_the_longest_examples():
     assert step.counted == (511 - 100 + 1) + (300 - 290 + 1) and step.gathered == 448
     packed = step_shape(parse_spec(spec_with(batch_size=2, max_seq_length=512, pack=True)), longest, 0.5)
     assert (packed.rows, packed.width) == (2, 513)
+    huge = parse_spec(spec_with(batch_size=2, max_seq_length=65536, pack=True))
+    small_data = step_shape(huge, longest, 0.5, total_tokens=8650)  # rows no fuller than all the data
+    assert small_data.width == 8657 and small_data.counted <= 2 * 8656
+    assert step_shape(huge, longest, 0.5).width == 65537  # the data's size unknown: the key
 
 
 def test_counted_loss_and_tiles_shrink_the_head_and_grad_checkpoint_the_activations():

@@ -93,7 +93,7 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
 
     def reshape(other) -> StepShape:
         clipped = [(min(n, other.max_seq_length), o) for n, o in lengths.longest]
-        return step_shape(other, clipped, lengths.counted_share, world)
+        return step_shape(other, clipped, lengths.counted_share, world, lengths.total_tokens)
 
     step = reshape(spec)
     parts = plan(spec, model, step)

@@ -132,12 +132,16 @@ def bucket(count: int) -> int:
     return max(BUCKET, -(-count // BUCKET) * BUCKET)
 
 
-def step_shape(spec, longest: list[tuple[int, int]], counted_share: float, world: int = 1) -> StepShape:
-    """The widest batch: the `batch_size` longest examples (length-sorted batches), or a packed batch of full rows."""
+def step_shape(
+    spec, longest: list[tuple[int, int]], counted_share: float, world: int = 1, total_tokens: int | None = None
+) -> StepShape:
+    """The widest batch: the `batch_size` longest examples (length-sorted batches), or a packed batch of full rows
+    (no fuller than all the data: a max_seq_length far above the data's tokens plans the data, not the key)."""
     rows = max(spec.batch_size // max(world, 1), 1)
     if spec.pack:
-        width = PAD_TO * -(-spec.max_seq_length // PAD_TO)
-        counted = min(rows * width, math.ceil(counted_share * rows * spec.max_seq_length * 1.1))
+        fill = min(spec.max_seq_length, max(total_tokens, 1)) if total_tokens else spec.max_seq_length
+        width = PAD_TO * -(-fill // PAD_TO)
+        counted = min(rows * width, math.ceil(counted_share * rows * fill * 1.1))
         return StepShape(rows, width + 1, counted, bucket(counted))
     top = longest[: spec.batch_size] or [(1, 0)]
     width = padded_width(top[0][0], spec.max_seq_length)

@@ -268,6 +268,8 @@ def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
         fp = _json(state_path).get("fingerprint")
         if not isinstance(fp, dict) or fp.get("max_seq_length") != spec.max_seq_length:
             continue
+        if bool(fp.get("pack")) != spec.pack:  # packed rows are other steps: their time and peak are not this run's
+            continue
         if not _same_model(ws, fp.get("model"), model):
             continue
         fp = dict(fp, batch_size=_count(fp.get("batch_size"), 1024))  # scales the estimate: a number or unknown
