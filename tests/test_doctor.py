@@ -221,3 +221,9 @@ def test_an_unreadable_hostfile_fails_the_distributed_check_as_submit_refuses_it
     result = doctor(spec_workspace, "--json", str(spec))
     (check,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "distributed"]
     assert result.exit_code == 1 and check["status"] == "fail" and "FIFO" in check["detail"], result.output
+
+
+def test_the_steps_line_of_a_packed_spec_says_the_run_makes_fewer(spec_workspace):
+    result = doctor(spec_workspace, "--json", str(write_spec(spec_workspace, spec_with(pack=True))))
+    (steps,) = [c for c in orjson.loads(result.output)["checks"] if c["name"] == "steps"]
+    assert "com pack: true são menos" in steps["detail"], result.output

@@ -199,6 +199,8 @@ def check_steps(spec: JobSpec, counts: dict[str, int]) -> Check:
         updates=updates,
         validations=ngettext("{count} validação", "{count} validações", validations).format(count=validations),
     )
+    if spec.pack:  # rows are packed at the start, from every example's tokens: fewer steps than counted here
+        text += _("; com pack: true são menos (a run diz quantas linhas empacotadas ao arrancar)")
     return Check("steps", OK, text, data={"steps_per_epoch": per_epoch, "total_steps": total, "updates": updates})
 
 
