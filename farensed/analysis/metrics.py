@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 
+from farensed.analysis.gap import band
+from farensed.filevalues import finite
 from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
 from farensed.storage.jsonl import parse_lines, read_jsonl, tail_lines
 
@@ -79,16 +81,52 @@ class MetricsLog:
 
 
 def read_all(folder: Path) -> list[dict]:
-    """Every record, from the .jsonl (skipping a torn last line); [] when it cannot be read (absent, not a file)."""
+    """Every record, from the .jsonl (skipping a torn last line), as readers may use them (`readable`); [] when it
+    cannot be read (absent, not a file)."""
     try:
-        return read_jsonl(Path(folder) / JSONL_NAME)
+        return readable(read_jsonl(Path(folder) / JSONL_NAME))
     except OSError:
         return []
 
 
 def read_last(folder: Path, n: int) -> list[dict]:
-    """The last `n` records, reading the .jsonl backwards (cost independent of the file's length)."""
+    """The last `n` records, reading the .jsonl backwards (cost independent of the file's length), as `readable`."""
     try:
-        return parse_lines(tail_lines(Path(folder) / JSONL_NAME, n + 1))[-n:] if n > 0 else []
+        return readable(parse_lines(tail_lines(Path(folder) / JSONL_NAME, n + 1))[-n:]) if n > 0 else []
     except OSError:
         return []
+
+
+# ---- records as readers may use them: the metrics log is a file a person can edit -------------------------------
+NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
+VALIDATION = ("val_loss", "train_loss", "gap")
+
+
+def readable(raw: list) -> list[dict]:
+    """farense's own records as every reader may use them: a number that is not a finite number (or null) is left
+    out, a record without a step is skipped, and a validation is whole (val_loss, train_loss, gap; its band from
+    the gap) or not a validation: a hand edit or a torn write never reaches arithmetic or a terminal."""
+    out = []
+    for record in raw:
+        if not isinstance(record, dict):
+            continue
+        rec = clean_numbers(record, allow_null=True)
+        if not isinstance(rec.get("step"), int):
+            continue
+        if any(rec.get(k) is not None for k in VALIDATION):
+            if all(rec.get(k) is not None for k in VALIDATION):
+                rec["band"] = band(rec["gap"])
+            else:
+                rec = {k: v for k, v in rec.items() if k not in (*VALIDATION, "band")}
+        out.append(rec)
+    return out
+
+
+def clean_numbers(record: dict, allow_null: bool = False) -> dict:
+    """A record with its numbers checked: a value that is not a finite number (a hand edit, another tool's file) is
+    left out, never passed on to arithmetic or a terminal; farense's own null (a step that counted nothing) kept."""
+
+    def number(value) -> bool:
+        return allow_null if value is None else finite(value) is not None
+
+    return {k: v for k, v in record.items() if k not in NUMBERS or number(v)}

@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from farensed.analysis.gap import band_label
-from farensed.analysis.metrics import JSONL_NAME
-from farensed.analysis.records import farense_records
+from farensed.analysis.metrics import JSONL_NAME, readable
 from farensed.i18n import _
 from farensed.storage.jsonl import parse_lines
 
@@ -101,7 +100,7 @@ class MetricsFollower:
             data = self.partial + fh.read()
             self.offset = fh.tell()
         *lines, self.partial = data.split(b"\n")
-        yield from farense_records(parse_lines(lines))  # a hand-edited line never breaks a follower
+        yield from readable(parse_lines(lines))  # a hand-edited line never breaks a follower
 
 
 def follow(

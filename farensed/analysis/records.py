@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import orjson
 
 from farensed.analysis.gap import band
-from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, read_all
+from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, clean_numbers, read_all
 from farensed.storage.atomic import read_json
 
 
@@ -16,7 +15,7 @@ def load_records(run_dir: Path) -> list[dict]:
     """farense's training_metrics.jsonl, else the seed's training_metrics.json normalised (gap, band added)."""
     run_dir = Path(run_dir)
     if (run_dir / JSONL_NAME).exists():
-        return farense_records(read_all(run_dir))
+        return read_all(run_dir)
     try:
         raw = read_json(run_dir / JSON_NAME)
     except (OSError, orjson.JSONDecodeError):
@@ -31,7 +30,7 @@ def seed_records(raw: list[dict]) -> list[dict]:
     definition), unless the record carries its own `train_loss`/`gap`.
     """
     out, window = [], []
-    cleaned = (_clean(x) for x in raw if isinstance(x, dict))
+    cleaned = (clean_numbers(x) for x in raw if isinstance(x, dict))
     for i, r in enumerate(r for r in cleaned if "loss" in r or "train_loss" in r or "val_loss" in r):
         rec = dict(r)
         rec["step"] = r.get("step", r.get("iteration", r.get("iter", i + 1)))
@@ -52,39 +51,3 @@ def seed_records(raw: list[dict]) -> list[dict]:
             window = []
         out.append(rec)
     return out
-
-
-NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
-VALIDATION = ("val_loss", "train_loss", "gap")
-
-
-def farense_records(raw: list) -> list[dict]:
-    """farense's own records as every reader may use them: a number that is not a finite number (or null) is left
-    out, a record without a step is skipped, and a validation is whole (val_loss, train_loss, gap; its band from
-    the gap) or not a validation: a hand edit or a torn write never reaches arithmetic or a terminal."""
-    out = []
-    for record in raw:
-        if not isinstance(record, dict):
-            continue
-        rec = _clean(record, allow_null=True)
-        if not isinstance(rec.get("step"), int):
-            continue
-        if any(rec.get(k) is not None for k in VALIDATION):
-            if all(rec.get(k) is not None for k in VALIDATION):
-                rec["band"] = band(rec["gap"])
-            else:
-                rec = {k: v for k, v in rec.items() if k not in (*VALIDATION, "band")}
-        out.append(rec)
-    return out
-
-
-def _clean(record: dict, allow_null: bool = False) -> dict:
-    """A record with its numbers checked: a value that is not a finite number (a hand edit, another tool's file) is
-    left out, never passed on to arithmetic or a terminal; farense's own null (a step that counted nothing) kept."""
-
-    def number(value) -> bool:
-        if value is None:
-            return allow_null
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    return {k: v for k, v in record.items() if k not in NUMBERS or number(v)}

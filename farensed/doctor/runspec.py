@@ -9,6 +9,7 @@ import orjson
 from farensed.analysis.metrics import JSON_NAME, read_all
 from farensed.doctor.check import FAIL, INFO, OK, WARN, Check, duration
 from farensed.errors import SpecError
+from farensed.filevalues import positive, whole
 from farensed.i18n import _, ngettext
 from farensed.models.hub import resolve_model
 from farensed.spec.datacheck import check_data_file, check_model_dir, file_format
@@ -32,18 +33,6 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _count(value, top: int = 2**40) -> int | None:
-    """A whole number from a hand-editable file, 1 … top; anything else (text, lists, bools, floats) is unknown."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top else None
-
-
-def _positive(value) -> float | None:
-    """A finite positive number from a hand-editable file, else unknown."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if 0 < value < 1e15 else None
-
-
 def weights_bytes(model: Path) -> int:
     """The weights' size on disk: a .gguf file's own, or a model folder's safetensors."""
     try:
@@ -63,8 +52,8 @@ def describe_model(model: Path) -> tuple[str, dict]:
     data = {
         "path": str(model),
         "model_type": model_type if isinstance(model_type, str) else None,
-        "bits": _count(quant.get("bits"), 64),
-        "layers": _count(config.get("num_hidden_layers"), 100_000),
+        "bits": whole(quant.get("bits"), 64),
+        "layers": whole(config.get("num_hidden_layers"), 100_000),
         "weights_bytes": weights_bytes(model),
     }
     kind = safe(data["model_type"], 40) if data["model_type"] else "?"
@@ -209,7 +198,7 @@ def check_run_folder(ws: Workspace, spec: JobSpec) -> Check | None:
     if not state_path.is_file():
         return None
     state = _json(state_path)
-    step, total = _count(state.get("step")) or "?", _count(state.get("total_steps")) or "?"
+    step, total = whole(state.get("step")) or "?", whole(state.get("total_steps")) or "?"
     what = (
         _("terminou: submit/run acabam logo com os resultados")
         if state.get("finished") is True
@@ -241,11 +230,9 @@ def run_figures(run_dir: Path) -> dict | None:
     """Peak memory (GB) and seconds per step measured by a run, from its metrics records."""
     records = [r for r in _records(run_dir) if isinstance(r, dict)]
     timed = [
-        (elapsed, step)
-        for r in records
-        if (elapsed := _positive(r.get("elapsed_s"))) and (step := _count(r.get("step")))
+        (elapsed, step) for r in records if (elapsed := positive(r.get("elapsed_s"))) and (step := whole(r.get("step")))
     ]
-    peaks = [peak for r in records if (peak := _positive(r.get("peak_memory_gb")))]
+    peaks = [peak for r in records if (peak := positive(r.get("peak_memory_gb")))]
     if not timed:
         return None
     elapsed, step = timed[-1]
@@ -274,7 +261,7 @@ def similar_runs(ws: Workspace, spec: JobSpec) -> list[tuple[Path, dict]]:
             continue
         if not _same_model(ws, fp.get("model"), model):
             continue
-        fp = dict(fp, batch_size=_count(fp.get("batch_size"), 1024))  # scales the estimate: a number or unknown
+        fp = dict(fp, batch_size=whole(fp.get("batch_size"), 1024))  # scales the estimate: a number or unknown
         try:
             mtime = state_path.stat().st_mtime
         except OSError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farensed.analysis.metrics import read_last
-from farensed.analysis.records import farense_records
+from farensed.filevalues import positive
 from farensed.queue.job import JobStatus, job_run_dir, parse_time
 from farensed.spec.jobspec import JobSpec
 from farensed.spec.window import Window, finish_time, next_open, parse_windows
@@ -99,12 +99,6 @@ def _spec(queue, job) -> dict:
     return read_json_dict(queue.job_dir(job.id) / "spec.json") or {}
 
 
-def _count(value) -> float | None:
-    """A positive finite number read from a file, else None (a hand-edited file may hold anything)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e15
-    return float(value) if ok else None
-
-
 def _default(key: str):
     return JobSpec.__dataclass_fields__[key].default
 
@@ -112,7 +106,7 @@ def _default(key: str):
 def _step_seconds(records: list[dict]) -> float | None:
     """Seconds per step: the pace since the first record (whose time holds MLX's one-time compile, up to a minute
     on a cold CPU cache), else the only record's."""
-    timed = [r for r in records if _count(r.get("elapsed_s")) and _count(r.get("step"))]
+    timed = [r for r in records if positive(r.get("elapsed_s")) and positive(r.get("step"))]
     if not timed:
         return None
     first, last = timed[0], timed[-1]
@@ -124,8 +118,8 @@ def _step_seconds(records: list[dict]) -> float | None:
 def _total_steps(queue, spec: dict) -> int | None:
     data = spec.get("data")
     train = data.get("train") if isinstance(data, dict) else None
-    batch = _count(spec.get("batch_size", _default("batch_size")))
-    epochs = _count(spec.get("epochs", _default("epochs")))
+    batch = positive(spec.get("batch_size", _default("batch_size")))
+    epochs = positive(spec.get("epochs", _default("epochs")))
     if not isinstance(train, str) or batch is None or epochs is None:
         return None
     try:
@@ -157,7 +151,7 @@ def measured_step_seconds(runs_root: Path) -> dict[tuple, float]:
                 found.append((path.stat().st_mtime, key, elapsed / state["step"]))
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError, OverflowError):
             continue
-    return {key: seconds for _, key, seconds in sorted(found, key=lambda f: f[0]) if _count(seconds)}
+    return {key: seconds for _, key, seconds in sorted(found, key=lambda f: f[0]) if positive(seconds)}
 
 
 def _seconds_left(queue, job, spec: dict, records: list[dict], measured: dict) -> float | None:
@@ -166,8 +160,8 @@ def _seconds_left(queue, job, spec: dict, records: list[dict], measured: dict) -
     try:
         own = None if job.fresh and job.status is JobStatus.PENDING else _step_seconds(records)
         per_step = own or measured.get(key)
-        total = (_count(records[-1].get("total_steps")) if records and own else None) or _total_steps(queue, spec)
-        done = (_count(records[-1].get("step")) or 0) if records and own else 0
+        total = (positive(records[-1].get("total_steps")) if records and own else None) or _total_steps(queue, spec)
+        done = (positive(records[-1].get("step")) or 0) if records and own else 0
     except TypeError:  # an unhashable model or max_seq_length in a hand-edited spec.json
         return None
     return None if per_step is None or total is None else max(total - done, 0) * per_step
@@ -177,9 +171,7 @@ def queue_eta(queue, jobs: list, now: dt.datetime, default_window: str | None = 
     """{"jobs": {id: {"start", "end"}}, "end": when the queue is done (None: unknown)} for the non-finished jobs."""
     specs = {job.id: _spec(queue, job) for job in jobs}
     measured = measured_step_seconds(queue.ws.root / "checkpoints_qlora")
-    progress = {
-        job.id: farense_records(read_last(job_run_dir(queue.ws, job), 3)) for job in jobs if not job.status.terminal
-    }
+    progress = {job.id: read_last(job_run_dir(queue.ws, job), 3) for job in jobs if not job.status.terminal}
     items, running = [], None
     for job in jobs:
         if job.status.terminal:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from farensed.analysis.gap import analyse
 from farensed.analysis.metrics import read_last
-from farensed.analysis.records import farense_records
 from farensed.analysis.tensors import describe_adapters
 from farensed.errors import ERROR_PREFIXES
+from farensed.filevalues import finite
 from farensed.i18n import _
 from farensed.queue.job import Job, JobStatus, job_run_dir, never_ran, seconds_since
 from farensed.queue.jobs import Queue
@@ -26,12 +24,6 @@ def job_exit_code(job: Job) -> int:
     if job.status is JobStatus.CANCELLED:
         return EXIT_CANCELLED
     return job.exit_code or 1
-
-
-def _num(value) -> float | None:
-    """A finite number from a run's files, else None (what `list` and `status` may format)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return value if ok else None
 
 
 def duration_s(job: Job) -> float | None:
@@ -72,28 +64,30 @@ def run_progress(run_dir, finished: bool, last: list[dict] | None = None) -> dic
     """Step/total, epoch, best val_loss and latest gap band of a run folder (`last`: its newest records); all
     unknown for no run folder (None)."""
     summary = (read_json_dict(run_dir / "training_summary.json") if finished and run_dir is not None else None) or {}
-    last = [] if run_dir is None else farense_records(read_last(run_dir, 50)) if last is None else last
+    last = [] if run_dir is None else read_last(run_dir, 50) if last is None else last
     latest = last[-1] if last else {}
-    vals = [r for r in last if _num(r.get("val_loss")) is not None]
+    vals = [r for r in last if finite(r.get("val_loss")) is not None]
     state = (read_json_dict(run_dir / "training_state.json") or {}) if run_dir is not None else {}
     stopping = state.get("early_stopping") if isinstance(state.get("early_stopping"), dict) else {}
-    best = _num(summary.get("best_val_loss"))
+    best = finite(summary.get("best_val_loss"))
     if best is None:
-        candidates = [r["val_loss"] for r in vals] + [b for b in [_num(stopping.get("best_val_loss"))] if b is not None]
+        candidates = [r["val_loss"] for r in vals] + [
+            b for b in [finite(stopping.get("best_val_loss"))] if b is not None
+        ]
         best = min(candidates) if candidates else None
     band = summary.get("status") or (vals[-1].get("band") if vals else None)
-    epoch = _num(latest.get("epoch"))
+    epoch = finite(latest.get("epoch"))
     return {
-        "step": _num(latest.get("step")),
-        "total_steps": _num(latest.get("total_steps")) or _num(state.get("total_steps")),
+        "step": finite(latest.get("step")),
+        "total_steps": finite(latest.get("total_steps")) or finite(state.get("total_steps")),
         "epoch": int(epoch) if epoch is not None and abs(epoch) < 2**31 else None,
-        "loss": _num(latest.get("loss")),
+        "loss": finite(latest.get("loss")),
         "val_loss": vals[-1]["val_loss"] if vals else None,
-        "gap": _num(vals[-1].get("gap")) if vals else None,
+        "gap": finite(vals[-1].get("gap")) if vals else None,
         "band": band if isinstance(band, str) else None,
         "best_val_loss": best,
-        "tokens_per_second": _num(latest.get("tokens_per_second")),
-        "peak_memory_gb": _num(latest.get("peak_memory_gb")),
+        "tokens_per_second": finite(latest.get("tokens_per_second")),
+        "peak_memory_gb": finite(latest.get("peak_memory_gb")),
     }
 
 
