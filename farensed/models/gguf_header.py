@@ -60,9 +60,9 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        return (
-            GGML_TYPES[self.ggml_type][0] if self.ggml_type in GGML_TYPES else f"ggml_type {self.ggml_type}"
-        )  # no name: the number, the same in every language
+        if self.ggml_type in GGML_TYPES:
+            return GGML_TYPES[self.ggml_type][0]
+        return f"ggml_type {self.ggml_type}"  # no name: the number, the same in every language
 
     @property
     def size(self) -> int:

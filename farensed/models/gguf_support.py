@@ -265,9 +265,12 @@ def check_gguf_file(path: Path, label: str) -> GgufInfo:
     return info
 
 
+TEMPLATED_FORMATS = ("messages", "prompt/completion")  # data formats mlx-lm lays out with the chat template
+
+
 def check_chat_template(info: GgufInfo, formats: set, label: str) -> None:
     """`messages` and prompt/completion data need a chat template; a GGUF carries it in its metadata or not at all."""
-    templated = sorted(formats & {"messages", "prompt/completion"})
+    templated = sorted(formats & set(TEMPLATED_FORMATS))
     if templated and not info.metadata.get("tokenizer.chat_template"):
         raise SpecError(
             _(

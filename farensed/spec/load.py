@@ -9,18 +9,17 @@ import orjson
 
 from farensed.errors import SpecError
 from farensed.i18n import _
-from farensed.models.gguf_support import check_chat_template
+from farensed.models.gguf_support import TEMPLATED_FORMATS, check_chat_template
 from farensed.models.hub import resolve_model
 from farensed.spec.datacheck import check_model_dir, scan_data_file
 from farensed.spec.decode import decode_json, decode_yaml, read_spec_bytes
 from farensed.spec.jobspec import JobSpec, parse_spec
 from farensed.spec.mlxlm import config_to_spec, is_yaml
-from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_messages_template, check_safetensors
+from farensed.spec.modelcheck import MAX_CONFIG_BYTES, check_folder_chat_template, check_safetensors
 from farensed.spec.options import check_pack_architecture, check_report_installed
 from farensed.storage.regular import read_regular
 from farensed.storage.workspace import Workspace
 
-TEMPLATED_FORMATS = ("messages", "prompt/completion")  # mlx-lm lays both out with the chat template
 GGUF_EXPORT_TYPES = ("llama", "mixtral", "mistral")  # what mlx_lm fuse --export-gguf accepts
 
 
@@ -86,7 +85,7 @@ def check_inputs(spec: JobSpec, ws: Workspace, label: str) -> dict[str, int]:
     if gguf is not None:
         check_chat_template(gguf, set(formats.values()), f"{label}: model")
     elif chat := next((key for key, fmt in formats.items() if fmt in TEMPLATED_FORMATS), None):
-        check_messages_template(model_dir, f"{label}: model", f"data.{chat}", formats[chat])
+        check_folder_chat_template(model_dir, f"{label}: model", f"data.{chat}", formats[chat])
     if counts["train"] < spec.batch_size:
         raise SpecError(
             _("{label}: data.train tem {train} exemplos, menos que batch_size ({batch_size})").format(

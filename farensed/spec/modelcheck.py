@@ -218,7 +218,7 @@ def has_chat_template(folder: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def check_messages_template(folder: Path, label: str, data_label: str, data_format: str = "messages") -> None:
+def check_folder_chat_template(folder: Path, label: str, data_label: str, data_format: str) -> None:
     """`messages` and prompt/completion data need the tokenizer's chat template: mlx-lm lays both out with it, and
     fails at the first example without it."""
     if not has_chat_template(folder):

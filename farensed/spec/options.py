@@ -141,10 +141,8 @@ def check_report_installed(report_to: str | None, label: str) -> None:
             )
 
 
-PACKED_ARCHITECTURES = (
-    "llama",
-    "mistral",
-)  # config.json model_types mlx-lm builds as its LlamaModel (engine/packing.py)
+# config.json model_types mlx-lm builds as its LlamaModel (engine/packing.py)
+PACKED_ARCHITECTURES = ("llama", "mistral")
 
 
 def check_pack_architecture(pack: bool, config: dict, label: str) -> None:
