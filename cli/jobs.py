@@ -277,7 +277,7 @@ def wait(job_id, timeout):
             said_down = down
         if live:
             live.show(job)
-        time.sleep(0.5)
+        time.sleep(0.5 if deadline is None else min(0.5, max(deadline - time.monotonic(), 0.01)))  # exit on time
     if live:
         live.end()
     click.echo(f"job {job.id} ({safe(job.name, 80)}): {job.state}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -50,19 +51,23 @@ def package_of(module: str) -> str:
     return "core"  # farensed, farensed.errors, farensed.i18n, farensed.__main__
 
 
-def _imports(path: Path):
-    """(imported module, line, at module level) for every farensed/mlx import in a file."""
+@functools.cache
+def _imports(path: Path) -> tuple[tuple[str, int, bool], ...]:
+    """(imported module, line, at module level) for every farensed/mlx import in a file (parsed once per run)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top = {id(node) for node in tree.body}
+    found = []
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] in ("farensed", "mlx", "mlx_lm"):
-                yield name, node.lineno, id(node) in top
+        found += [(name, node.lineno, id(node) in top) for name in names if name.split(".")[0] in _WATCHED]
+    return tuple(found)
+
+
+_WATCHED = ("farensed", "mlx", "mlx_lm")
 
 
 def graph() -> dict[str, set[str]]:

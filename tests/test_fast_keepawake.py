@@ -36,7 +36,7 @@ def test_macos_keeps_awake_on_idle_and_on_mains_power():
 def test_linux_inhibits_sleep_until_the_pid_exits():
     cmd = keepawake.inhibit_command(4242, "linux", everything)
     assert cmd[0] == "systemd-inhibit" and "--what=sleep:idle" in cmd and "--mode=block" in cmd
-    assert cmd[cmd.index("tail") :] == ["tail", "--pid=4242", "-f", "/dev/null"]
+    assert cmd[cmd.index("tail") :] == ["tail", "--pid=4242", "-s", "0.5", "-f", "/dev/null"]
     assert keepawake.inhibit_command(4242, "linux", lambda name: None) is None
 
 

@@ -138,23 +138,30 @@ def test_farensed_turns_the_guard_on_by_default_and_takes_options_and_env(tmp_pa
 
     from tests.helpers import child_env
 
-    def first_line(*args, **env):
-        proc = subprocess.run(
-            [sys.executable, "-m", "farensed.queue.main", "--home", str(tmp_path), "--burst", *args],
-            capture_output=True,
+    runs = [  # (options, environment): five daemons side by side, each in its own workspace
+        ((), {}),
+        (("--min-available-mb", "300"), {}),
+        ((), {"FARENSE_MIN_AVAILABLE_MB": "400"}),
+        (("--no-memory-guard",), {}),
+        ((), {"FARENSE_MEMORY_GUARD": "0"}),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "farensed.queue.main", "--home", str(tmp_path / str(n)), "--burst", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env={**child_env(), **env},
-            timeout=60,
         )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.splitlines()[0]
-
-    default = first_line()
+        for n, (args, env) in enumerate(runs)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 5, [err for _out, err in outputs]
+    default, floor_300, floor_400, off, off_env = (out.splitlines()[0] for out, _err in outputs)
     assert "guarda de memória:" in default and "desligada" not in default
     if sys.platform != "darwin":
         floor = default_floor_mb(psutil.virtual_memory().total / 2**20)
         assert f"memória disponível < {floor:.0f} MB" in default
-        assert "memória disponível < 300 MB" in first_line("--min-available-mb", "300")
-        assert "memória disponível < 400 MB" in first_line(FARENSE_MIN_AVAILABLE_MB="400")
-    assert "desligada" in first_line("--no-memory-guard")
-    assert "desligada" in first_line(FARENSE_MEMORY_GUARD="0")
+        assert "memória disponível < 300 MB" in floor_300
+        assert "memória disponível < 400 MB" in floor_400
+    assert "desligada" in off and "desligada" in off_env

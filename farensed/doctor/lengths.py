@@ -11,6 +11,7 @@ The file is read twice, line by line: what is kept is the lengths, never the rec
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import threading
 import time
@@ -32,9 +33,20 @@ TOTAL_CHARS = 16 << 20  # characters tokenized in all (the longest first); past 
 TOKENIZE_SECONDS = 20.0  # the doctor's time to tokenize in all: a chat template that loops is estimated, not awaited
 
 
+class _Abandoned(BaseException):
+    """Raised inside a tokenizing thread the doctor stopped waiting for."""
+
+
+def _stop(thread: threading.Thread) -> None:
+    """Ask `thread` to raise _Abandoned at its next Python instruction: a chat template is Jinja compiled to Python, so
+    a template that loops stops there instead of burning a core until the process ends (a tokenizer busy in native
+    code stops when it returns)."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned))
+
+
 def _within(call, seconds: float):
-    """call()'s result if it returns within `seconds`, else TimeoutError. It runs in a daemon thread: a template's
-    loop cannot be interrupted, so it is left behind and ends with the process."""
+    """call()'s result if it returns within `seconds`, else TimeoutError (and the call is stopped)."""
     box: dict = {}
 
     def run():
@@ -47,6 +59,7 @@ def _within(call, seconds: float):
     thread.start()
     thread.join(max(seconds, 0.0))
     if thread.is_alive():
+        _stop(thread)
         raise TimeoutError
     if "error" in box:
         raise box["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import plistlib
@@ -60,8 +61,10 @@ def check_packages() -> Check:
     return Check("packages", OK, text, data=versions)
 
 
+@functools.cache
 def probe_mlx(timeout: float = 120.0) -> dict:
-    """Ask a fresh interpreter which device MLX trains on (a dict; 'error' when mlx cannot load)."""
+    """Ask a fresh interpreter which device MLX trains on (a dict; 'error' when mlx cannot load). Asked once per
+    process: the installed mlx and the machine's device do not change under it."""
     try:
         proc = subprocess.run(
             [sys.executable, "-c", MLX_PROBE], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)

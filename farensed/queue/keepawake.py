@@ -30,6 +30,8 @@ def inhibit_command(pid: int, platform: str = sys.platform, which=shutil.which) 
             "--mode=block",
             "tail",
             f"--pid={pid}",
+            "-s",  # looks for PID twice a second (as the daemon polls its child), not once: the lock ends with it
+            "0.5",
             "-f",
             "/dev/null",
         ]
