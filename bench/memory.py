@@ -7,7 +7,7 @@
                                        Mistral-7B (README's table), compiled shapes per gathered-count rule
                                        (bench/memcal.py)
   --compare                            peak memory of a few steps on SmolLM2 (masked chat data) against mlx_lm lora,
-                                       training tokens/s and the whole run on the demo; rewrites its RESULTS.md section
+                                       training tokens/s on the demo; rewrites its RESULTS.md section
 Ratios are measured side by side in one run; the machine is shared, so every pair is repeated and the spread shown.
 """
 
@@ -184,8 +184,9 @@ def planner_figures() -> list:
 
 
 def compare(repeats: int) -> list:
+    """Peaks and training tokens/s against mlx_lm lora (the whole run has its own section: `python -m bench
+    --wholerun`)."""
     from bench.figures import training_throughput, workspace
-    from bench.figures_wholerun import whole_run
 
     figures = planner_figures()
     with tempfile.TemporaryDirectory(prefix="farense-mem-") as tmp:
@@ -193,9 +194,7 @@ def compare(repeats: int) -> list:
         peaks = peak_figures(root, repeats)
         throughput = training_throughput(root, repeats + 1)
         throughput[0].goal = "≥ 1.3× mlx_lm lora"
-        whole = whole_run(root, repeats)
-        whole[0].goal = whole[1].goal = "≤ 0.67× (≥ 1.5× faster)"
-        figures += peaks + throughput + whole
+        figures += peaks + throughput
     return figures
 
 

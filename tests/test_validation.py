@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import TEST_SPEC, loaded_trainer
@@ -20,23 +23,50 @@ def mlx_lm_val_loss(trainer) -> float:
 
 def test_validation_batches_are_larger_and_equal_mlx_lm_evaluate(workspace):
     from farensed.engine.data import VAL_TOKEN_FACTOR, padded_width
+    from farensed.engine.validation import validation_split
 
     trainer = loaded_trainer(workspace)
     spec = trainer.spec
     rows = [batch.shape[0] for batch, _ in trainer.validation.batches]
     assert sum(rows) == TEST_SPEC["val_samples"]  # the same fixed subset, each example once
-    assert max(rows) > spec.batch_size and len(rows) < TEST_SPEC["val_samples"] // spec.batch_size
     widest = max(padded_width(int(batch.shape[1]), spec.max_seq_length) for batch, _ in trainer.batches.arrays)
-    budget = VAL_TOKEN_FACTOR * spec.batch_size * widest  # the automatic rule: bounded by the training batch
+    # the automatic rule: bounded by the training batch, shared by the batches evaluated at once (2 on a CPU)
+    split = validation_split()
+    budget = VAL_TOKEN_FACTOR * spec.batch_size * widest // split
     assert all(b.shape[0] * b.shape[1] <= budget for b, _ in trainer.validation.batches)
+    if split == 1:  # a GPU: batches larger than training's
+        assert max(rows) > spec.batch_size and len(rows) < TEST_SPEC["val_samples"] // spec.batch_size
+    trainer.model.train()
+    mode = trainer.model.training
     reference = mlx_lm_val_loss(trainer)
     first, second = trainer.validation(), trainer.validation()  # the second runs the cached compiled graph
     assert trainer.validation.loss.counted is not None  # the tiny Mistral has a plain head: only counted positions
     assert first == second
     assert first == pytest.approx(reference, rel=1e-5)
-    assert trainer.model.training  # back in training mode (dropout on)
+    assert trainer.model.training == mode  # validation runs on a twin in eval mode: the model keeps its own
     trainer.validation.loss.counted = None  # the full forward (models with a special head) gives the same number
     assert trainer.validation() == pytest.approx(reference, rel=1e-5)
+
+
+def test_threads_that_validate_at_once_give_the_same_number_as_one(workspace):
+    """On a CPU the batches are evaluated by several threads; their sums are added in batch order: the same val_loss,
+    to the last bit, as one thread over the same batches."""
+    from farensed.engine.validation import Validation
+
+    trainer = loaded_trainer(workspace)
+    batches, world = trainer.validation.batches, trainer.world
+    one = Validation(trainer.model, batches, world, workers=1)
+    three = Validation(trainer.model, batches, world, workers=3)
+    assert len(batches) > 3
+    seen, evaluate = set(), three._batch
+
+    def recorded(i):
+        seen.add(threading.current_thread().name)
+        return evaluate(i)
+
+    three._batch = recorded
+    assert one() == three() == three()
+    assert len(seen) > 1 and any(name.startswith("farense-validation") for name in seen)  # the work was shared
 
 
 def test_explicit_val_batch_size_gives_the_same_loss(workspace):
@@ -76,3 +106,46 @@ def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspac
     again, hit = cache.get(file_digest(data), tokenize)
     assert not hit and again.tokens == first.tokens and len(calls) == 3
     assert cache.get(file_digest(data), tokenize)[1]  # rewritten whole
+
+
+def test_validations_in_the_background_record_what_the_foreground_does(workspace, monkeypatch):
+    """On a CPU with spare cores a validation that cannot stop the run runs beside training: every number it
+    leaves (val_loss at each step, train losses, the best step, best and final adapters) is the foreground's."""
+    import orjson
+
+    from farensed.engine.runner import run_spec
+    from farensed.engine.stopping import EarlyStopping
+    from farensed.engine.validation import validation_workers
+    from tests.helpers import spec_with, write_spec
+
+    assert validation_workers() == 2  # a CPU with two cores or more: threads and the background are on
+
+    def run(name: str, foreground: bool) -> Path:
+        with monkeypatch.context() as patched:
+            if foreground:  # as if every validation might stop the run
+                patched.setattr(EarlyStopping, "could_stop_next", lambda self: True)
+            spec = spec_with(name=name, eval_every=3, save_every=8, early_stopping={"patience": 3, "min_delta": 0})
+            assert run_spec(write_spec(workspace, spec, f"{name}.json"), workspace) == 0
+        return workspace / "checkpoints_qlora" / name
+
+    fore, back = run("fore", True), run("back", False)
+    timings = [orjson.loads((d / "timings.json").read_bytes())[0] for d in (fore, back)]
+    assert timings[0]["validations_in_background"] == 0 and timings[1]["validations_in_background"] > 3
+    keys = ("step", "loss", "val_loss", "train_loss", "gap", "band")
+    records = [
+        [{k: r.get(k) for k in keys} for r in orjson.loads((d / "training_metrics.json").read_bytes())]
+        for d in (fore, back)
+    ]
+    assert records[0] == records[1] and sum(r["val_loss"] is not None for r in records[0]) > 5
+    assert safetensors_equal(fore / "adapters/adapters.safetensors", back / "adapters/adapters.safetensors")
+    states = [orjson.loads((d / "training_state.json").read_bytes()) for d in (fore, back)]
+    assert states[0]["early_stopping"] == states[1]["early_stopping"] and states[0]["step"] == states[1]["step"]
+    last = states[0]["checkpoint"]
+    assert safetensors_equal(fore / last / "adapters.safetensors", back / last / "adapters.safetensors")
+
+
+def safetensors_equal(a: Path, b: Path) -> bool:
+    import mlx.core as mx
+
+    x, y = mx.load(str(a)), mx.load(str(b))
+    return x.keys() == y.keys() and all(mx.array_equal(x[k], y[k]).item() for k in x)

@@ -50,10 +50,14 @@ def validation_subset(data: TokenizedSet, spec) -> TokenizedSet:
     return TokenizedSet([data.tokens[i] for i in chosen], [data.offsets[i] for i in chosen], 0)
 
 
-def validation_arrays(data: TokenizedSet, spec, train: TrainBatches, rank: int = 0, size: int = 1) -> list:
-    """This rank's share of the validation batches: forward only, so larger than training's (engine/data.py)."""
+def validation_arrays(
+    data: TokenizedSet, spec, train: TrainBatches, rank: int = 0, size: int = 1, split: int = 1
+) -> list:
+    """This rank's share of the validation batches: forward only, so larger than training's (engine/data.py).
+    `split` batches are evaluated at once (engine/validation.py): each gets that share of the token budget, so
+    validation holds no more memory at once than one batch of the whole budget would."""
     subset = validation_subset(data, spec)
     checkpointed = getattr(spec, "grad_checkpoint", False)  # saves less in training: no more tokens than it
-    budget = train.tokens_per_batch * (1 if checkpointed else VAL_TOKEN_FACTOR)
+    budget = train.tokens_per_batch * (1 if checkpointed else VAL_TOKEN_FACTOR) // max(split, 1)
     batches = validation_batches(subset, spec.max_seq_length, spec.val_batch_size, token_budget=budget)
     return [collate(subset, b, spec.max_seq_length) for i, b in enumerate(batches) if i % size == rank]

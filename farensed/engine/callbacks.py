@@ -184,6 +184,7 @@ class Timings(TrainingCallback):
 
     def on_val_loss_report(self, info: dict) -> None:
         self.clock.add("validation", info["val_time"], info["val_cpu_time"])
+        self.clock.counts["validation_background"] += bool(info.get("background"))
 
     def on_checkpoint(self, path: Path, seconds: float) -> None:
         self.checkpoints.append(seconds)

@@ -29,6 +29,10 @@ class EarlyStopping:
                 self.stopped = True
         return improved
 
+    def could_stop_next(self) -> bool:
+        """Whether the next validation may stop the run (one more without improvement reaches the patience)."""
+        return self.patience is not None and self.wait + 1 >= self.patience
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

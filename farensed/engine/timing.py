@@ -49,7 +49,7 @@ class RunClock:
         self.cpu_marks: dict[str, float] = {}  # CPU seconds of this process (all threads) at each mark
         self.seconds = {"validation": 0.0, "checkpoint": 0.0}
         self.cpu = {"validation": 0.0}
-        self.counts = {"validation": 0, "checkpoint": 0}
+        self.counts = {"validation": 0, "validation_background": 0, "checkpoint": 0}
         self.info: dict = {"pid": os.getpid()}
 
     def mark(self, name: str, **info) -> None:
@@ -75,6 +75,7 @@ class RunClock:
             "validation_s": round(self.seconds["validation"], 4),
             "validation_cpu_s": round(self.cpu["validation"], 4),
             "validations": self.counts["validation"],
+            "validations_in_background": self.counts["validation_background"],
             "checkpoint_s": round(self.seconds["checkpoint"], 4),
             "checkpoints": self.counts["checkpoint"],
         }

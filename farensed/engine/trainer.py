@@ -30,7 +30,7 @@ from farensed.engine.step import build_micro_step, place
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
 from farensed.engine.timing import RunClock
-from farensed.engine.valloss import Validation
+from farensed.engine.validation import PendingValidation, Validation, validation_split, validation_workers
 from farensed.i18n import _
 from farensed.models.hub import resolve_model
 from farensed.spec.jobspec import JobSpec
@@ -68,6 +68,7 @@ class Trainer:
         self.iterate_batches = iterate_batches or TrainBatches
         self.extra_callbacks = list(callbacks)
         self.stop = StopRequest(None if "MLX_RANK" in os.environ else self.run_dir)
+        self.pending = None  # a validation still running in the background (engine/validation.py)
         self.clock = RunClock()  # start-up, validation and checkpoint seconds of this process (timings.json)
         self.clock.mark("engine_ready")
 
@@ -86,7 +87,9 @@ class Trainer:
         micro_step = build_micro_step(self.model, self.optimizer, self.loss, self.world, self.spec.grad_checkpoint)
         self.callbacks.on_train_begin(self, self.progress)
         self.model.train()  # dropout on (mlx-lm loads a model in eval mode)
-        if self._train(micro_step) == EXIT_RESUMABLE:
+        outcome = self._train(micro_step)
+        self._settle()
+        if outcome == EXIT_RESUMABLE:
             return EXIT_RESUMABLE
         self.callbacks.on_train_end(self.progress.stop_reason or "completed")
         return self.finish(self.progress.stop_reason or "completed")
@@ -144,8 +147,12 @@ class Trainer:
         record = self._record(where.epoch, window["tokens"], window["seconds"])
         window.update(tokens=0, seconds=0.0)
         if validating:
-            self._validate_into(record, where.epoch)
-        self.callbacks.on_train_loss_report({"iteration": step, **record})
+            self._settle()  # one validation at a time
+            self._validate(record, where)
+        if self.pending is not None:  # held behind the validation still running: records leave in step order
+            self.pending.records.append(record)
+        else:
+            self.callbacks.on_train_loss_report({"iteration": step, **record})
 
     def _record(self, epoch: int, tokens: int, seconds: float) -> dict:
         import mlx.core as mx
@@ -165,23 +172,44 @@ class Trainer:
         p.group_loss, p.group_steps = 0.0, 0
         return record
 
-    def _validate_into(self, record: dict, epoch: int) -> None:
-        """val_loss, the gap against the train loss since the previous validation, the best adapters kept."""
-        p = self.progress
-        tic, cpu = time.perf_counter(), time.process_time()
-        val_loss = self.validation()
-        val_time, val_cpu = time.perf_counter() - tic, time.process_time() - cpu
+    def _validate(self, record: dict, where) -> None:
+        """val_loss at this step: in the background when it cannot stop the run early and no checkpoint follows at
+        once (engine/validation.py), else now, on every validation thread. The gap is against the train loss since
+        the previous validation."""
+        p, epoch = self.progress, where.epoch
         train_loss = p.window_loss / p.window_steps
-        gap = val_loss - train_loss
         p.window_loss, p.window_steps = 0.0, 0
+        params = self.model.trainable_parameters()  # this step's arrays: the steps that follow make new ones
+        background = self.validation.can_background
+        background = background and not self.stopper.could_stop_next() and not self._checkpoint_due(where, False)
+        future = self.validation.start(params, background)
+        self.pending = PendingValidation(future, record, epoch, train_loss, params, background)
+        if not background:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the validation still running, if any; record it (best adapters from its own step's weights),
+        then report the records held behind it."""
+        from mlx.utils import tree_flatten
+
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        tic = time.perf_counter()
+        val_loss, seconds, cpu = pending.future.result()
+        waited = time.perf_counter() - tic if pending.background else seconds
+        record, step, train_loss = pending.record, pending.record["step"], pending.train_loss
+        gap = val_loss - train_loss
         record.update(val_loss=val_loss, train_loss=train_loss, gap=gap, band=band(gap))
-        improved = self.stopper.update(val_loss, p.step, epoch)
+        improved = self.stopper.update(val_loss, step, pending.epoch)
         if improved and self.world.is_main:
-            save_adapters(
-                self.run_dir / "adapters", self._adapter_weights(), adapter_config(self.spec, self.model_path)
-            )
-        info = {"iteration": p.step, "val_loss": val_loss, "train_loss": train_loss, "gap": gap, "band": band(gap)}
-        self.callbacks.on_val_loss_report({**info, "improved": improved, "val_time": val_time, "val_cpu_time": val_cpu})
+            weights = dict(tree_flatten(pending.params))
+            save_adapters(self.run_dir / "adapters", weights, adapter_config(self.spec, self.model_path))
+        info = {"iteration": step, "val_loss": val_loss, "train_loss": train_loss, "gap": gap, "band": band(gap)}
+        timing = {"val_time": waited, "val_cpu_time": cpu, "background": pending.background}
+        self.callbacks.on_val_loss_report({**info, "improved": improved, **timing})
+        for held in pending.records:
+            self.callbacks.on_train_loss_report({"iteration": held["step"], **held})
 
     def _checkpoint_due(self, where, stop_now: bool) -> bool:
         """At an early stop; at an update boundary every `save_every` steps, at each epoch's end, at a stop request
@@ -220,9 +248,10 @@ class Trainer:
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = spec.iters or self.steps_per_epoch * spec.epochs
         self.epochs_total = -(-self.total_steps // self.steps_per_epoch)
-        self.validation = Validation(
-            self.model, validation_arrays(self.valid_set, spec, self.batches, rank, size), self.world
-        )
+        automatic = spec.val_batch_size is None  # rows set by hand: as they are, one at a time
+        split, workers = (validation_split(), validation_workers(size)) if automatic else (1, 1)
+        batches = validation_arrays(self.valid_set, spec, self.batches, rank, size, split)
+        self.validation = Validation(self.model, batches, self.world, workers)
         apply_fine_tune_type(self.model, spec, self.ws, console.say)  # lora | dora | full (+ resume_adapter_file)
         self.optimizer = build_optimizer(spec)
         if self.world.is_main:
@@ -299,6 +328,7 @@ class Trainer:
         needs is listed here, in one place."""
         from mlx.utils import tree_flatten
 
+        self._settle()  # a checkpoint holds every validation before it
         if not self.world.is_main:
             return
         tic, progress = time.perf_counter(), self.progress

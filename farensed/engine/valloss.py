@@ -105,27 +105,3 @@ class ValidationLoss:
             same = False
         if not same:
             self.counted = None
-
-
-class Validation:
-    """The validation loss of the model over fixed batches: the token-weighted mean over every batch (and every
-    rank). No randomness is involved; the compiled loss is built at the first call."""
-
-    def __init__(self, model, batches: list, world):
-        self.model, self.batches, self.world = model, batches, world
-        self.loss = None
-
-    def __call__(self) -> float:
-        import mlx.core as mx
-
-        self.model.eval()
-        if self.loss is None:
-            self.loss = ValidationLoss(self.model, self.batches)
-        total, ntoks = mx.array(0.0), mx.array(0.0)
-        for i, batch in enumerate(self.batches):
-            loss_sum, toks = self.loss(i, *batch)
-            total, ntoks = total + loss_sum, ntoks + toks
-            mx.eval(total, ntoks)
-        self.model.train()
-        total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))
-        return (total / ntoks).item()
