@@ -30,7 +30,7 @@ from farensed.engine.step import build_micro_step, place
 from farensed.engine.stopping import EarlyStopping
 from farensed.engine.summary import finish_run
 from farensed.engine.timing import RunClock
-from farensed.engine.validation import PendingValidation, Validation, validation_split, validation_workers
+from farensed.engine.validation import PendingValidation, Validation, background_possible, validation_split
 from farensed.i18n import _
 from farensed.models.hub import resolve_model
 from farensed.spec.jobspec import JobSpec
@@ -87,8 +87,11 @@ class Trainer:
         micro_step = build_micro_step(self.model, self.optimizer, self.loss, self.world, self.spec.grad_checkpoint)
         self.callbacks.on_train_begin(self, self.progress)
         self.model.train()  # dropout on (mlx-lm loads a model in eval mode)
-        outcome = self._train(micro_step)
-        self._settle()
+        try:
+            outcome = self._train(micro_step)
+            self._settle()
+        finally:
+            self.validation.close()  # the validation thread, if any, ends with the training
         if outcome == EXIT_RESUMABLE:
             return EXIT_RESUMABLE
         self.callbacks.on_train_end(self.progress.stop_reason or "completed")
@@ -248,10 +251,10 @@ class Trainer:
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = spec.iters or self.steps_per_epoch * spec.epochs
         self.epochs_total = -(-self.total_steps // self.steps_per_epoch)
-        automatic = spec.val_batch_size is None  # rows set by hand: as they are, one at a time
-        split, workers = (validation_split(), validation_workers(size)) if automatic else (1, 1)
+        automatic = spec.val_batch_size is None  # rows set by hand: as they are, in the foreground
+        split = validation_split() if automatic else 1
         batches = validation_arrays(self.valid_set, spec, self.batches, rank, size, split)
-        self.validation = Validation(self.model, batches, self.world, workers)
+        self.validation = Validation(self.model, batches, self.world, automatic and background_possible(size))
         apply_fine_tune_type(self.model, spec, self.ws, console.say)  # lora | dora | full (+ resume_adapter_file)
         self.optimizer = build_optimizer(spec)
         if self.world.is_main:
