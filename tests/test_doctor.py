@@ -162,7 +162,9 @@ def test_the_memory_plan_sizes_the_widest_batch_the_engine_will_build(workspace,
     assert (step["rows"], step["width"]) == (4, width)
     assert step["counted"] == len(counted_index(lengths, width))
     parts = planned["data"]["parts"]
-    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    step_parts = {k: v for k, v in parts.items() if k not in ("total", "validation", "worst")}
+    assert parts["total"] == pytest.approx(sum(step_parts.values()))  # the step; a validation beside it, apart
+    assert parts["worst"] == pytest.approx(parts["total"] + parts["validation"])
 
 
 DAMAGED_RUN_FILES = {

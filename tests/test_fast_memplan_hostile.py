@@ -234,3 +234,32 @@ def test_a_chat_template_that_loops_is_estimated_not_awaited(tmp_path, untrained
     assert found.source == "estimate" and found.examples == 8 and found.longest
     # and the render it gave up on is stopped, not left burning a core until the process ends
     assert wait_for(lambda: not any(t.name == "doctor-tokenize" for t in threading.enumerate()), timeout=10)
+
+
+def test_a_cpu_plan_fits_a_validation_beside_the_step(tmp_path, untrained_model, monkeypatch):
+    """On a CPU with a core to spare a validation may run beside a step (engine/validation.py): the plan says what it
+    may add, and the step and it must fit together; on a GPU, with val_batch_size set by hand or on one core, the
+    step alone."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    spec, data = parse_spec(spec_with()), train_file(tmp_path)
+
+    def planned(device: str, limit: float | None = None, other=spec):
+        probe = {"device": device, "info": {"max_recommended_working_set_size": limit or 8 << 30}}
+        return check_memory_plan(other, untrained_model, data, probe)
+
+    cpu, gpu = planned("Device(cpu, 0)"), planned("Device(gpu, 0)")
+    parts = cpu.data["parts"]
+    assert parts["validation"] > 0 and parts["worst"] == parts["total"] + parts["validation"]
+    assert "uma validação ao lado (CPU) junta-lhe até" in cpu.detail
+    assert parts["total"] == gpu.data["parts"]["total"]  # the step's own prediction is the same
+    by_hand = planned("Device(cpu, 0)", other=parse_spec(spec_with(val_batch_size=4)))
+    for alone in (gpu, by_hand):
+        assert alone.data["parts"]["validation"] == 0 and "validação ao lado" not in alone.detail
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert planned("Device(cpu, 0)").data["parts"]["validation"] == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    between = (parts["total"] + parts["worst"]) / 2 / 0.9  # the step fits that limit, the step and a validation not
+    assert planned("Device(gpu, 0)", between).status == "ok"
+    assert planned("Device(cpu, 0)", between).status == "warn"

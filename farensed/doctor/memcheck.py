@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farensed.doctor.check import INFO, OK, WARN, Check
 from farensed.doctor.lengths import data_lengths
-from farensed.doctor.memplan import MAX_DIM, ModelShape, StepShape, model_shape, plan, step_shape
+from farensed.doctor.memplan import MAX_DIM, ModelShape, StepShape, model_shape, plan, step_shape, validation_beside
 from farensed.i18n import _
 from farensed.units import size as gb
 
@@ -71,10 +71,30 @@ def knobs(spec, model: ModelShape, world: int = 1) -> list[tuple[str, object]]:
     return out
 
 
-def first_knob(spec, model: ModelShape, reshape, limit: float, world: int = 1) -> tuple[str, float] | None:
+def validates_beside(spec, probe: dict, world: int) -> bool:
+    """Whether the run's validations may sit beside its steps: MLX on the CPU with a core to spare, one host, the
+    automatic validation batch (engine/validation.py: background_possible)."""
+    import os
+
+    device = str(probe.get("device", ""))
+    return "cpu" in device and world == 1 and spec.val_batch_size is None and (os.cpu_count() or 1) >= 2
+
+
+def peak(spec, model: ModelShape, step: StepShape, beside: bool) -> dict[str, float]:
+    """The plan of a step (`total`), and what a background validation's batch may add beside it (`validation`, at
+    most: the two peaks meeting); `worst` is what must fit."""
+    parts = plan(spec, model, step)
+    parts["validation"] = validation_beside(spec, model, step) if beside else 0.0
+    parts["worst"] = parts["total"] + parts["validation"]
+    return parts
+
+
+def first_knob(
+    spec, model: ModelShape, reshape, limit: float, world: int = 1, beside: bool = False
+) -> tuple[str, float] | None:
     """The cheapest single change whose plan fits `limit`, with its predicted peak; None when none does alone."""
     for text, other in knobs(spec, model, world):
-        total = plan(other, model, reshape(other))["total"]
+        total = peak(other, model, reshape(other), beside)["worst"]
         if total <= limit:
             return text, total
     return None
@@ -96,7 +116,8 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
         return step_shape(other, clipped, lengths.counted_share, world, lengths.total_tokens)
 
     step = reshape(spec)
-    parts = plan(spec, model, step)
+    beside = validates_beside(spec, probe, world)
+    parts = peak(spec, model, step, beside)
     source = _("tokens contados") if lengths.source == "tokenizer" else _("tokens estimados pelos caracteres")
     detail = _(
         "≈ {total} por step (pesos {weights}, treino {trainable}, ativações {activations}, logits {logits}); "
@@ -112,15 +133,17 @@ def check_memory_plan(spec, model_dir: Path, train_file: Path, probe: dict, worl
         counted=step.counted,
         source=source,
     )
+    if beside:
+        detail += _("; uma validação ao lado (CPU) junta-lhe até {val}").format(val=gb(parts["validation"]))
     data = {"parts": parts, "step": step.__dict__, "lengths_source": lengths.source}
     limit, what = memory_limit(probe)
     if limit is None:
         return Check("memory_plan", OK, detail, data=data)
     data["limit_bytes"] = limit
     detail += _("; limite {limit} {what}").format(limit=gb(limit), what=what)
-    if parts["total"] <= SAFETY * limit:
+    if parts["worst"] <= SAFETY * limit:
         return Check("memory_plan", OK, detail, data=data)
-    knob = first_knob(spec, model, reshape, SAFETY * limit, world)
+    knob = first_knob(spec, model, reshape, SAFETY * limit, world, beside)
     if knob is None:
         fix = _("não cabe com uma só mudança: reduza max_seq_length e batch_size e ligue grad_checkpoint")
     else:

@@ -212,3 +212,16 @@ def plan(spec, model: ModelShape, step: StepShape, coef: dict | None = None) -> 
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def validation_beside(spec, model: ModelShape, step: StepShape, coef: dict | None = None) -> float:
+    """Bytes a background validation adds beside a step (a CPU, engine/validation.py): one forward-only batch of
+    about the training batch's tokens (half the automatic budget, which is twice them), one block's working set at
+    a time, and the logits of its counted positions (validation projects them whole, without tiles). Not fitted on
+    its own: the terms are the step's, an upper bound (measured on the demo: the run's peak grew 6 % with
+    validations in the background; this says 55 %)."""
+    c = COEF if coef is None else coef
+    positions = step.rows * (step.width - 1)
+    per_token = 12 * model.hidden + 5 * model.intermediate
+    one_layer = positions * per_token * model.act_bytes + step.rows * model.heads * (step.width - 1) ** 2 * 4
+    return c["transient"] * one_layer + c["head"] * step.counted * model.vocab * 4
