@@ -240,9 +240,9 @@ def test_a_cpu_plan_fits_a_validation_beside_the_step(tmp_path, untrained_model,
     """On a CPU with a core to spare a validation may run beside a step (engine/validation.py): the plan says what it
     may add, and the step and it must fit together; on a GPU, with val_batch_size set by hand or on one core, the
     step alone."""
-    import os
+    import farensed.doctor.memcheck as memcheck
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(memcheck, "usable_cores", lambda: 4)
     spec, data = parse_spec(spec_with()), train_file(tmp_path)
 
     def planned(device: str, limit: float | None = None, other=spec):
@@ -257,9 +257,9 @@ def test_a_cpu_plan_fits_a_validation_beside_the_step(tmp_path, untrained_model,
     by_hand = planned("Device(cpu, 0)", other=parse_spec(spec_with(val_batch_size=4)))
     for alone in (gpu, by_hand):
         assert alone.data["parts"]["validation"] == 0 and "validação ao lado" not in alone.detail
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(memcheck, "usable_cores", lambda: 1)
     assert planned("Device(cpu, 0)").data["parts"]["validation"] == 0
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(memcheck, "usable_cores", lambda: 4)
     between = (parts["total"] + parts["worst"]) / 2 / 0.9  # the step fits that limit, the step and a validation not
     assert planned("Device(gpu, 0)", between).status == "ok"
     assert planned("Device(cpu, 0)", between).status == "warn"

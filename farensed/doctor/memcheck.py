@@ -10,6 +10,7 @@ from farensed.doctor.check import INFO, OK, WARN, Check
 from farensed.doctor.lengths import data_lengths
 from farensed.doctor.memplan import MAX_DIM, ModelShape, StepShape, model_shape, plan, step_shape, validation_beside
 from farensed.i18n import _
+from farensed.storage.procs import usable_cores
 from farensed.units import size as gb
 
 SAFETY = 0.9  # plan within this share of the limit: the OS, the data loader and the allocator's cache need room
@@ -74,10 +75,8 @@ def knobs(spec, model: ModelShape, world: int = 1) -> list[tuple[str, object]]:
 def validates_beside(spec, probe: dict, world: int) -> bool:
     """Whether the run's validations may sit beside its steps: MLX on the CPU with a core to spare, one host, the
     automatic validation batch (engine/validation.py: background_possible)."""
-    import os
-
     device = str(probe.get("device", ""))
-    return "cpu" in device and world == 1 and spec.val_batch_size is None and (os.cpu_count() or 1) >= 2
+    return "cpu" in device and world == 1 and spec.val_batch_size is None and usable_cores() >= 2
 
 
 def peak(spec, model: ModelShape, step: StepShape, beside: bool) -> dict[str, float]:

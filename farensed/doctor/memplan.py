@@ -184,17 +184,28 @@ def tile_rows(spec, model: ModelShape) -> int:
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "adafactor": 1, "muon": 1}
 
 
+def _kept_per_token(model: ModelShape) -> int:
+    """Activations one adapted block keeps per token (a llama block)."""
+    return 12 * model.hidden + 5 * model.intermediate
+
+
+def _block_pass(model: ModelShape, step: StepShape) -> int:
+    """Bytes of any one block's pass over a batch of this shape: its activations and attention scores."""
+    positions = step.rows * (step.width - 1)
+    return positions * _kept_per_token(model) * model.act_bytes + step.rows * model.heads * (step.width - 1) ** 2 * 4
+
+
 def plan(spec, model: ModelShape, step: StepShape, coef: dict | None = None) -> dict[str, float]:
     """Bytes of each part of a step's peak, and `total`: what `mx.get_peak_memory()` reads over that step."""
     c = COEF if coef is None else coef
     ab, n = model.act_bytes, adapted_layers(spec, model)
     positions = step.rows * (step.width - 1)
-    per_token = 12 * model.hidden + 5 * model.intermediate  # what one adapted block keeps per token (llama block)
+    per_token = _kept_per_token(model)
     kept = n if not spec.grad_checkpoint else 1  # checkpointing keeps block inputs and recomputes one block
     layers = positions * (kept * per_token + (n * model.hidden if spec.grad_checkpoint else 0)) * ab
     attention = step.rows * model.heads * (step.width - 1) ** 2 * kept * 4
     frozen = positions * model.hidden * model.layers * ab
-    one_layer = positions * per_token * ab + step.rows * model.heads * (step.width - 1) ** 2 * 4  # any block's pass
+    one_layer = _block_pass(model, step)
     projected = step.gathered if spec.counted_loss or spec.pack else positions
     tile = tile_rows(spec, model)
     chunked = bool(tile) and (spec.counted_loss or spec.pack)
@@ -221,7 +232,4 @@ def validation_beside(spec, model: ModelShape, step: StepShape, coef: dict | Non
     its own: the terms are the step's, an upper bound (measured on the demo: the run's peak grew 6 % with
     validations in the background; this says 55 %)."""
     c = COEF if coef is None else coef
-    positions = step.rows * (step.width - 1)
-    per_token = 12 * model.hidden + 5 * model.intermediate
-    one_layer = positions * per_token * model.act_bytes + step.rows * model.heads * (step.width - 1) ** 2 * 4
-    return c["transient"] * one_layer + c["head"] * step.counted * model.vocab * 4
+    return c["transient"] * _block_pass(model, step) + c["head"] * step.counted * model.vocab * 4

@@ -177,8 +177,7 @@ class Trainer:
 
     def _validate(self, record: dict, where) -> None:
         """val_loss at this step: in the background when it cannot stop the run early and no checkpoint follows at
-        once (engine/validation.py), else now, on every validation thread. The gap is against the train loss since
-        the previous validation."""
+        once (engine/validation.py), else now. The gap is against the train loss since the previous validation."""
         p, epoch = self.progress, where.epoch
         train_loss = p.window_loss / p.window_steps
         p.window_loss, p.window_steps = 0.0, 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import os
 import queue
 import threading
 import time
@@ -23,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from farensed.engine.valloss import ValidationLoss
+from farensed.storage.procs import usable_cores
 
 CPU_SPLIT = 2  # on a CPU the automatic validation batch is this much smaller: it sits beside a training step
 
@@ -42,13 +42,7 @@ def validation_split() -> int:
 
 def background_possible(world_size: int = 1) -> bool:
     """Whether validations may run beside training: on a CPU with a core to spare, one rank."""
-    if not _on_cpu() or world_size > 1:
-        return False
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cores = os.cpu_count() or 1
-    return cores >= 2
+    return _on_cpu() and world_size == 1 and usable_cores() >= 2
 
 
 def twin(module):
@@ -164,7 +158,7 @@ class Validation:
                 self.twin.update(released)
             return val_loss, time.perf_counter() - tic, cpu_clock() - cpu if cpu_clock else None
 
-        if background and self.can_background:
+        if background:  # the caller asks only where can_background
             self.thread = self.thread or ValidationThread()
             return self.thread.submit(lambda: validate(None))  # MLX computes on its own threads: no CPU clock
         done: Future = Future()

@@ -11,6 +11,14 @@ import psutil
 from farensed.i18n import _
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity on Linux, every core elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 def create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
