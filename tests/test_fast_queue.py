@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -54,10 +55,16 @@ def add(q: Queue, name: str = "a", **fields) -> Job:
 
 
 def sleeper(*cmd: str) -> subprocess.Popen:
-    """A live process in its own session, standing in for a training child."""
-    return subprocess.Popen(
+    """A live process in its own session, standing in for a training child, once its command line can be read.
+
+    Popen returns when exec closed its error pipe, which the kernel does before the new program's arguments are in
+    place: for a moment /proc/PID/cmdline reads empty (a CI run saw kill_orphans find no workspace there).
+    """
+    popen = subprocess.Popen(
         list(cmd) or [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True, env=child_env()
     )
+    wait_for(lambda: psutil.Process(popen.pid).cmdline(), timeout=10)
+    return popen
 
 
 @pytest.fixture
