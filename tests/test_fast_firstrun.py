@@ -54,18 +54,24 @@ def test_the_first_step_draws_no_rate_or_eta_measured_on_the_compile(capsys, mon
         spec=SimpleNamespace(name="t"), epochs_total=1, batches=SimpleNamespace(steps_per_epoch=40)
     )
     progress.on_train_begin(trainer, None)
+    began = time.monotonic()
     progress.on_epoch_begin(0, 0)
     progress.bar.mininterval = 0  # as if the compile had taken longer than the bar's refresh interval
     time.sleep(0.3)  # the "compile"
+    first = time.monotonic()
     progress.on_step_end(1, 0.3)
     drawn = [line for line in capsys.readouterr().out.split("\r") if "1/40" in line]
     assert drawn and all("<?, ?batch/s" in line for line in drawn), drawn  # every draw (a log keeps them all)
     time.sleep(0.02)
     progress.on_step_end(2, 0.02)
+    second = time.monotonic()
     last = capsys.readouterr().out.split("\r")[-1]
     progress.on_train_end("completed")
     rate = re.search(r"2/40 \[[^,]*, ([\d.]+)batch/s\]", last)
-    assert rate and float(rate.group(1)) > 15, last  # the second step's pace (~50/s), not the compile's (~6/s)
+    assert rate, last
+    # the second step's pace, not the compile's; measured here, so a loaded machine's slow sleeps change nothing
+    step_pace, with_compile = 1 / (second - first), 2 / (second - began)
+    assert abs(float(rate.group(1)) - step_pace) < abs(float(rate.group(1)) - with_compile), last
 
 
 def test_demo_prepare_writes_the_readme_days_examples_for_a_wheel_user(isolated_home):

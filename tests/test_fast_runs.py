@@ -168,11 +168,13 @@ def test_the_progress_bar_clock_restarts_after_the_compile_step():
     bar = tqdm(total=100, file=io.StringIO(), mininterval=0)
     time.sleep(0.25)  # the first step: JIT compile
     bar.update(1)
+    restarted = time.time()  # tqdm's clock
     restart_clock(bar)
     for _ in range(3):
         bar.update(1)
     info = bar.format_dict
-    assert info["n"] == 4 and info["initial"] == 1 and info["elapsed"] < 0.15  # the compile is not in the rate
+    since = time.time() - restarted
+    assert info["n"] == 4 and info["initial"] == 1 and info["elapsed"] <= since  # the compile is not in the rate
     bar.close()
 
 
