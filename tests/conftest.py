@@ -28,8 +28,12 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session", autouse=True)
 def portuguese():
     """Tests pin the language they assert: Portuguese (the seed's wording), here and in every process they start,
-    set before any fixture (a module-scoped workspace starts its daemon before function-scoped fixtures run)."""
+    set before any fixture (a module-scoped workspace starts its daemon before function-scoped fixtures run).
+    The developer's own farense settings (FARENSE_WINDOW, FARENSE_MEMORY_GUARD, ...) and a rank's MLX_RANK are not
+    the tests': each test sets what it needs."""
     with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if k.startswith("FARENSE_") or k == "MLX_RANK"]:
+            mp.delenv(name)
         mp.setenv("FARENSE_LANG", "pt")
         yield
 

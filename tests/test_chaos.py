@@ -7,7 +7,9 @@ from __future__ import annotations
 def test_short_chaos_soak_every_job_once_tensor_identical_never_two_trainers(tiny_model, tmp_path):
     from bench.chaos import soak
 
-    figures = soak(0.5, model=tiny_model, seed=1, workdir=tmp_path, interval=(2.0, 5.0), drain_timeout=300)
+    figures = soak(
+        0.5, model=tiny_model, seed=1, workdir=tmp_path, interval=(2.0, 5.0), drain_timeout=600, min_strikes=5
+    )
     assert figures["problems"] == [], figures
     assert figures["kills_total"] >= 5 and figures["daemons_started"] >= 2
     assert figures["done"] >= 5 and figures["adapters_compared"] == figures["done"] and figures["divergences"] == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import psutil
@@ -31,15 +33,29 @@ TWO = {"hosts": ["127.0.0.1", "127.0.0.1"], "backend": "ring"}
 DIST_SPEC = spec_with(epochs=1, lora={"rank": 4, "alpha": 16, "dropout": 0.0, "layers": 2}, distributed=TWO)
 
 
-def rank_pids(rank: str) -> list[int]:
+def rank_pids(rank: str, home: Path) -> list[int]:
+    """This workspace's ranks (their command line names its spec): never another test run's on the same machine."""
     pids = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if "farensed.engine.rank" in (proc.info["cmdline"] or []) and proc.environ().get("MLX_RANK") == rank:
+            cmdline = proc.info["cmdline"] or []
+            ours = "farensed.engine.rank" in cmdline and str(home) in " ".join(cmdline)
+            if ours and proc.environ().get("MLX_RANK") == rank:
                 pids.append(proc.pid)
         except psutil.Error:
             continue
     return pids
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(workspace):
+    """A failed test leaves no launcher or rank behind (they would train beside the next test's)."""
+    yield
+    named = [p for p in psutil.process_iter(["cmdline"]) if str(workspace) in " ".join(p.info["cmdline"] or [])]
+    for proc in named:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(named, timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +89,7 @@ def test_kill9_of_a_rank_resumes_to_the_uninterrupted_two_rank_result(two_rank_r
     spec = write_spec(workspace, DIST_SPEC)
     run = start_cli(workspace, "run", str(spec))
     wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 11, proc=run)
-    victims = rank_pids("1")
+    victims = rank_pids("1", workspace)
     assert victims
     os.kill(victims[0], signal.SIGKILL)
     assert run.wait(timeout=120) == EXIT_RESUMABLE
@@ -91,7 +107,7 @@ def test_resuming_with_another_world_size_is_refused(two_rank_run, workspace):
     run = start_cli(workspace, "run", str(spec))
     wait_for(lambda: metric_lines(workspace / "checkpoints_qlora/t") >= 5, proc=run)
     run.send_signal(signal.SIGTERM)  # the launcher ignores it; ranks get it from the terminal's group in real life
-    for pid in rank_pids("0") + rank_pids("1"):
+    for pid in rank_pids("0", workspace) + rank_pids("1", workspace):
         os.kill(pid, signal.SIGTERM)
     assert run.wait(timeout=120) == EXIT_RESUMABLE
     single = {k: v for k, v in DIST_SPEC.items() if k != "distributed"}
@@ -121,7 +137,7 @@ def test_daemon_runs_the_launcher_like_any_child_and_recovers_when_it_is_killed(
         assert daemon.wait(timeout=60) == 0
     final = q.get(job.id)
     assert (final.state, final.recoveries, final.world_size) == ("done", 1, 2)
-    assert not rank_pids("1")
+    assert not rank_pids("1", workspace)
     assert_same_adapters(two_rank_run / "output/t/adapters.safetensors", workspace / "output/t/adapters.safetensors")
     status = orjson.loads(
         subprocess.run(
@@ -146,7 +162,7 @@ def test_sigterm_through_the_daemon_stops_every_rank_at_one_checkpoint_and_resum
     assert daemon.wait(timeout=120) == 0
     stopped = q.get(job.id)
     assert (stopped.state, stopped.exit_code, stopped.recoveries) == ("pending", EXIT_RESUMABLE, 0)
-    assert not rank_pids("0") and not rank_pids("1")
+    assert not rank_pids("0", workspace) and not rank_pids("1", workspace)
     state = orjson.loads((run_dir / "training_state.json").read_bytes())
     assert not state["finished"] and state["step"] % DIST_SPEC["grad_accumulation"] == 0  # an update boundary
     new = {p.name for p in run_dir.iterdir() if p.name.startswith("checkpoint_")} - before

@@ -106,7 +106,7 @@ def test_a_pause_resume_is_not_an_attempt_a_retry_is(q, monkeypatch):
 
 def test_durations_say_the_latest_start_and_the_total_over_attempts(q):
     def ago(seconds: float) -> str:
-        return (dt.datetime.now().astimezone() - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
+        return (dt.datetime.now().astimezone() - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
 
     daemon = Daemon(q.ws, log=logging.getLogger("test"))
     job = add(q, state="running", attempts=1, started_at=ago(120), first_started_at=ago(120))

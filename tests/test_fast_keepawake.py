@@ -15,6 +15,7 @@ from farensed.queue.job import Job
 from farensed.queue.jobs import Queue
 from farensed.storage.procs import create_time
 from farensed.storage.workspace import Workspace
+from tests.helpers import wait_for
 
 # What systemd-inhibit does once logind grants the lock: run the command it wraps. Here (a container, no logind)
 # the real one cannot take a lock, so this stand-in records its arguments and runs the wrapped command.
@@ -61,7 +62,8 @@ def test_an_adopted_job_is_kept_awake_until_its_process_ends(tmp_path, monkeypat
         awake = daemon.current.awake
         assert awake is not None and awake.poll() is None
         if sys.platform != "darwin":
-            assert f"--pid={child.pid}" in (tmp_path / "inhibit-args").read_text().split()
+            args = tmp_path / "inhibit-args"  # written by the stand-in once it runs
+            wait_for(lambda: args.exists() and f"--pid={child.pid}" in args.read_text().split(), timeout=10)
         child.kill()
         child.wait()
         awake.wait(timeout=10)  # the inhibition ends with the process it covers

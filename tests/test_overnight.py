@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.queue.jobs import Queue
+from farensed.storage.atomic import atomic_write_json
 from farensed.storage.workspace import Workspace
 from tests.helpers import (
     TEST_SPEC,
@@ -83,12 +84,16 @@ def test_window_end_checkpoint_stops_shows_pause_and_resumes_exactly_at_next_win
     daemon = start_daemon(workspace)
     try:
         now = dt.datetime.now().astimezone().replace(microsecond=0)
-        closes, reopens = now + dt.timedelta(seconds=5), now + dt.timedelta(seconds=14)
+        job_id = submit(workspace, spec_with(window=f"{clock(now)}-{clock(now + dt.timedelta(hours=1))}"))
+        run_dir = workspace / "checkpoints_qlora/t"
+        wait_for(lambda: metric_lines(run_dir) >= 2, timeout=120)  # training, however long a loaded machine took
+        # the window closes now, in the job's own spec (the daemon reads it at every tick: a hand edit counts)
+        now = dt.datetime.now().astimezone().replace(microsecond=0)
+        closes, reopens = now + dt.timedelta(seconds=2), now + dt.timedelta(seconds=17)
         later = reopens + dt.timedelta(hours=1)
         window = f"{clock(now - dt.timedelta(seconds=2))}-{clock(closes)},{clock(reopens)}-{clock(later)}"
-        job_id = submit(workspace, spec_with(window=window))
-        run_dir = workspace / "checkpoints_qlora/t"
-        wait_for(lambda: queue(workspace).get(job_id).state == "running", timeout=30)
+        spec_file = queue(workspace).job_dir(job_id) / "spec.json"
+        atomic_write_json(spec_file, {**orjson.loads(spec_file.read_bytes()), "window": window})
         wait_for(lambda: queue(workspace).get(job_id).state == "pending", timeout=60)
         assert dt.datetime.now().astimezone() < reopens, "the stop took longer than the pause"
         job = queue(workspace).get(job_id)
@@ -215,6 +220,7 @@ class HtmlCheck(HTMLParser):
 
 def test_morning_report_every_job_every_figure_evaluation_comparison_valid_html(workspace, reference_run, fresh_copy):
     root = fresh_copy(reference_run, "morning")  # run "t" finished: its jobs end at once with its results
+    began = (dt.datetime.now().astimezone() - dt.timedelta(minutes=1)).isoformat(timespec="seconds")
     first, second = submit(root, TEST_SPEC), submit(root, TEST_SPEC)
     cancelled = submit(root, spec_with(name="w"))
     queue(root).cancel(cancelled)
@@ -238,7 +244,7 @@ def test_morning_report_every_job_every_figure_evaluation_comparison_valid_html(
     )
     spec_path = root / "jobs" / str(second) / "spec.json"  # a spec with success criteria (the `success` key)
     spec_path.write_bytes(orjson.dumps({**orjson.loads(spec_path.read_bytes()), "success": {"gap_max": 0.15}}))
-    path = Path(farensectl(root, "report", "--since", "00:00", "-o", "morning.html").strip())
+    path = Path(farensectl(root, "report", "--since", began, "-o", "morning.html").strip())
     assert path == root / "morning.html"
     text = path.read_text()
     check = HtmlCheck()

@@ -43,12 +43,12 @@ class CompileWatch:
 
     def start(self) -> CompileWatch:
         if self.folder is not None and os.environ.get("MLX_DISABLE_COMPILE") != "1":
-            self._thread = threading.Thread(target=self._run, name="farense-compile-watch", daemon=True)
+            before = _count(self.folder)  # here, not in the thread: kernels written before it first runs count
+            self._thread = threading.Thread(target=self._run, args=(before,), name="farense-compile-watch", daemon=True)
             self._thread.start()
         return self
 
-    def _run(self) -> None:
-        before = _count(self.folder)
+    def _run(self, before: int) -> None:
         while not self._stop.wait(self.interval):
             if _count(self.folder) > before:
                 self.fired = True
