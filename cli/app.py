@@ -15,6 +15,12 @@ class FarenseGroup(click.Group):
     """A click group that turns library errors into one line on stderr (`Erro: …` / `Error: …`) and their exit
     code."""
 
+    def main(self, *args, **kwargs):
+        from farensed.cli.helptext import localize
+
+        localize(self)  # --help and Click's own messages in the user's language, decided at each invocation
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx):
         from farensed.terminal import safe
 
@@ -38,7 +44,14 @@ class FarenseGroup(click.Group):
     envvar="FARENSE_HOME",
     help="Workspace root (default: $FARENSE_HOME, else the current directory).",
 )
-@click.version_option(package_name="farense")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _print_version(ctx, value),
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(ctx, home):
     """Fine-tune LLMs with QLoRA on MLX: a queue daemon, exact resume, gap analysis.
@@ -52,6 +65,19 @@ def cli(ctx, home):
     # import; farense never uses PyTorch, so the advice is noise in either language (and breaks --json on stdout+err)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     ctx.obj = {"home": home}
+
+
+def _print_version(ctx, value: bool) -> None:
+    """Click's --version, its words said when asked (Click's own decorator fixes them when the module loads)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from farensed.i18n import click_gettext
+
+    said = click_gettext("%(prog)s, version %(version)s")
+    click.echo(said % {"prog": ctx.find_root().info_name, "version": version("farense")})
+    ctx.exit()
 
 
 def workspace(ctx=None):

@@ -87,9 +87,15 @@ def readme_with_table(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from farensed import i18n
+    from farensed.cli.helptext import localize
+    from farensed.cli.main import cli
+
     repo = Path(__file__).resolve().parent.parent
-    targets = {repo / "docs" / "CLI.md": reference() + "\n", repo / "README.md": None}
-    targets[repo / "README.md"] = readme_with_table((repo / "README.md").read_text())
+    with i18n.speaking("en"):  # the reference is English, as the help is written, whatever FARENSE_LANG says
+        localize(cli)
+        targets = {repo / "docs" / "CLI.md": reference() + "\n", repo / "README.md": None}
+        targets[repo / "README.md"] = readme_with_table((repo / "README.md").read_text())
     stale = [path for path, text in targets.items() if not path.exists() or path.read_text() != text]
     if "--check" in argv:
         for path in stale:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import gettext
+import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,16 +17,34 @@ PO_FILE = LOCALEDIR / "en" / "LC_MESSAGES" / f"{DOMAIN}.po"
 MO_FILE = PO_FILE.with_suffix(".mo")
 LANGUAGES = ("pt", "en")
 
+# --help and Click's own messages are written in English (Click's msgids are): their catalog is Portuguese
+HELP_DOMAIN = "farense-help"
+HELP_PO = LOCALEDIR / "pt" / "LC_MESSAGES" / f"{HELP_DOMAIN}.po"
+HELP_MO = HELP_PO.with_suffix(".mo")
+
 _catalogs: dict[str, gettext.NullTranslations] = {}
 _warned: set[str] = set()
+_speaking: list[str] = []  # `speaking(lang)` blocks, innermost last
 
 
 def _from_value(value: str) -> str:
     return "pt" if value.strip().lower().startswith("pt") else "en"
 
 
+@contextlib.contextmanager
+def speaking(lang: str):
+    """Everything said inside in `lang`, whatever the environment (the CLI reference is written in English)."""
+    _speaking.append(lang)
+    try:
+        yield
+    finally:
+        _speaking.pop()
+
+
 def language() -> str:
     """pt or en: FARENSE_LANG (pt|en), else the POSIX locale (LC_ALL, LC_MESSAGES, LANG; pt* → pt), else en."""
+    if _speaking:
+        return _speaking[-1]
     chosen = os.environ.get("FARENSE_LANG", "").strip()
     if chosen:
         lang = chosen.lower()[:2]
@@ -59,6 +80,71 @@ def _(message: str) -> str:
 def ngettext(singular: str, plural: str, n: int) -> str:
     """A message with a count, in the current language."""
     return translations().ngettext(singular, plural, n)
+
+
+def help_translations(lang: str | None = None) -> gettext.NullTranslations:
+    """The catalog of --help and Click's messages in a language (English: the msgids themselves)."""
+    lang = lang or language()
+    key = f"{HELP_DOMAIN}-{lang}"
+    if key not in _catalogs:
+        if lang == "pt":
+            _catalogs[key] = gettext.translation(HELP_DOMAIN, LOCALEDIR, languages=["pt"], fallback=True)
+        else:
+            _catalogs[key] = gettext.NullTranslations()
+    return _catalogs[key]
+
+
+def _paragraphs(text: str) -> list[tuple[str, str | None]]:
+    """A help text's paragraphs, each with its msgid: the paragraph on one line (Click rewraps it), or for a
+    verbatim block (Click's `\\b`: examples) only its heading (`Example:`); None where nothing is to translate."""
+    out = []
+    for para in re.split(r"\n\s*\n", inspect.cleandoc(text)):
+        lines = para.split("\n")
+        if lines[0].strip() == "\b":
+            heading = lines[1].strip() if len(lines) > 1 and lines[1].strip().endswith(":") else None
+            out.append((para, heading))
+        else:
+            out.append((para, " ".join(para.split()) or None))
+    return out
+
+
+def help_msgids(text: str) -> list[str]:
+    """What the help catalog holds of one help text (see `help_text`)."""
+    return [msgid for _para, msgid in _paragraphs(text) if msgid]
+
+
+def help_text(text: str | None, lang: str | None = None) -> str | None:
+    """A --help text (a command's docstring, an option's help) in the language, paragraph by paragraph; a paragraph
+    without a translation stays as written."""
+    lang = lang or language()
+    if not text or lang == "en":  # English is how it is written
+        return text
+    catalog = help_translations(lang)
+    out = []
+    for para, msgid in _paragraphs(text):
+        said = catalog.gettext(msgid) if msgid else msgid
+        if not msgid or said == msgid:
+            out.append(para)
+        elif para.startswith("\b"):
+            lines = para.split("\n")
+            out.append("\n".join([lines[0], said, *lines[2:]]))
+        else:
+            out.append(said)
+    return "\n\n".join(out)
+
+
+def click_gettext(message: str) -> str:
+    """Click's own messages (usage, errors, `Options`) in the language: farense's catalog under Portuguese, else
+    what the stdlib's gettext (Click's own route) says."""
+    if language() == "pt":
+        return help_translations("pt").gettext(message)
+    return gettext.gettext(message)
+
+
+def click_ngettext(singular: str, plural: str, n: int) -> str:
+    if language() == "pt":
+        return help_translations("pt").ngettext(singular, plural, n)
+    return gettext.ngettext(singular, plural, n)
 
 
 def N_(message: str) -> str:
@@ -110,13 +196,14 @@ def compile_catalog(po: Path = PO_FILE) -> bytes:
     return buf.getvalue()
 
 
-def update_catalog(po: Path = PO_FILE) -> list[str]:
-    """Add the code's new msgids to the .po (empty msgstr, to translate) and drop unused ones; returns the new ones."""
+def update_catalog(po: Path = PO_FILE, used: dict | None = None) -> list[str]:
+    """Add the code's new msgids (or `used`'s) to the .po (empty msgstr, to translate) and drop unused ones;
+    returns the new ones."""
     from babel.messages.pofile import read_po, write_po
 
     with po.open("rb") as f:
         catalog = read_po(f)
-    used = msgids()
+    used = msgids() if used is None else used
     key = {(m[0] if isinstance(m, tuple) else m): m for m in used}  # babel keys a plural by its singular
     new = [m for m in used if (m[0] if isinstance(m, tuple) else m) not in catalog]
     for msgid in new:

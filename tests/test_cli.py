@@ -75,8 +75,8 @@ def invoke(root, *args):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
-    result = CliRunner().invoke(cli, [command, "--help"])
-    assert result.exit_code == 0 and "Example" in result.output
+    result = CliRunner().invoke(cli, [command, "--help"])  # Portuguese, as the tests speak (conftest)
+    assert result.exit_code == 0 and "Exemplo:" in result.output
 
 
 def test_submit_prints_the_bare_id_and_hints_on_stderr(spec_workspace):

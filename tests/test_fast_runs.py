@@ -128,7 +128,7 @@ def test_run_references_resolve_one_documented_way(spec_workspace):
         resolve(ws, "nope")
     result = CliRunner().invoke(cli, ["gap", "--help"])
     text = " ".join(result.output.split())  # as read, whatever the terminal's wrapping
-    assert "An all-digit RUN is always a job id" in text and "Example" in result.output
+    assert "Um RUN só de algarismos é sempre um id de job" in text and "Exemplo:" in result.output
     job = orjson.loads((spec_workspace / "jobs" / str(first.id) / "job.json").read_bytes())
     assert job["run_dir"] == "checkpoints_qlora/2"  # relative: a moved spec_workspace keeps working
 

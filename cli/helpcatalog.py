@@ -1,0 +1,49 @@
+"""The Portuguese help catalog's upkeep (a development tool): `python -m farensed.cli.helpcatalog update` adds the
+commands' help paragraphs and Click's own messages that are new to farensed/locale/pt/LC_MESSAGES/farense-help.po
+(translate the empty msgstr), `compile` writes its .mo; a fast test checks that every one is translated and compiled.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from farensed import i18n
+from farensed.cli.helptext import WORDS, texts, walk
+
+
+def msgids(root: click.Command) -> dict[str, str]:
+    """Every msgid of the help catalog: the commands' help paragraphs and Click's own messages, with where."""
+    found: dict[str, str] = {}
+    for command in walk(root):
+        for obj, attr in texts(command):
+            written = obj.__dict__.get(f"_farense_{attr}", getattr(obj, attr, None))
+            for msgid in i18n.help_msgids(written) if written else []:
+                found.setdefault(msgid, f"help/{command.name or 'farensectl'}:1")
+    for word in WORDS:
+        found.setdefault(word, "help/click:1")
+    click_sources = sorted(Path(click.__file__).parent.glob("*.py"))
+    for msgid, where in i18n.msgids(click_sources).items():
+        found.setdefault(msgid, where)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    from farensed.cli.main import cli
+
+    if argv[:1] == ["update"]:
+        new = i18n.update_catalog(i18n.HELP_PO, msgids(cli))
+        print(f"{i18n.HELP_PO}: {len(new)} new message(s) to translate")
+        return 0
+    if argv[:1] == ["compile"]:
+        i18n.HELP_MO.write_bytes(i18n.compile_catalog(i18n.HELP_PO))
+        print(f"{i18n.HELP_MO} written")
+        return 0
+    print("usage: python -m farensed.cli.helpcatalog update|compile", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

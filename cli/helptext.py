@@ -1,0 +1,71 @@
+"""--help in the user's language: the commands' help and Click's own messages (usage, errors, `Options`) through
+the Portuguese help catalog (farensed/locale/pt/LC_MESSAGES/farense-help.po; English is how they are written).
+
+`python -m farensed.cli.helpcatalog update|compile` keeps that catalog (cli/helpcatalog.py).
+"""
+
+from __future__ import annotations
+
+import gettext
+import sys
+
+import click
+
+from farensed import i18n
+
+
+def route_click_messages() -> None:
+    """Click translates its messages through the stdlib's global gettext domain (each module binds
+    `gettext.gettext` as `_`), which follows LANGUAGE/LANG, not FARENSE_LANG, and has no Portuguese: send them to
+    farense's catalog instead. A Click that binds them otherwise keeps its English."""
+    for name, module in list(sys.modules.items()):
+        if name != "click" and not name.startswith("click."):
+            continue
+        if getattr(module, "_", None) is gettext.gettext:
+            module._ = i18n.click_gettext
+        if getattr(module, "ngettext", None) is gettext.ngettext:
+            module.ngettext = i18n.click_ngettext
+
+
+def texts(command: click.Command) -> list[tuple[object, str]]:
+    """The help-bearing objects of a command and its parameters, with the attribute that holds the text."""
+    found = [(command, attr) for attr in ("help", "short_help", "epilog")]
+    return found + [(param, "help") for param in command.params if isinstance(param, click.Option)]
+
+
+def walk(command: click.Command):
+    yield command
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            yield from walk(sub)
+
+
+# Words shown as they are: metavars (Click's, and the options' own: `--refresh SECONDS`) and value types' names
+# (`--home DIRECTORY`, "not a valid integer"); an argument's metavar (SPEC, RUN) is named in the help: kept
+WORDS = ("[OPTIONS]", "COMMAND [ARGS]...", "integer", "float", "text", "boolean", "directory", "file", "path")
+WORDS += ("SECONDS", "TIME")
+
+
+def _words(command: click.Command) -> list[tuple[object, str]]:
+    found = [(command, "options_metavar")]
+    if isinstance(command, click.Group):
+        found.append((command, "subcommand_metavar"))
+    found += [(param, "metavar") for param in command.params if isinstance(param, click.Option) and param.metavar]
+    return found + [(param.type, "name") for param in command.params if isinstance(param.type, click.ParamType)]
+
+
+def localize(root: click.Command, lang: str | None = None) -> None:
+    """Set every command's help to the language (from the English as written, kept aside the first time)."""
+    route_click_messages()
+    lang = lang or i18n.language()
+    words = i18n.help_translations(lang)
+    for command in walk(root):
+        for obj, attr in texts(command):
+            written = obj.__dict__.setdefault(f"_farense_{attr}", getattr(obj, attr, None))
+            setattr(obj, attr, i18n.help_text(written, lang))
+        for obj, attr in _words(command):  # a value type may be shared (click.INT): kept aside once all the same
+            written = obj.__dict__.setdefault(f"_farense_{attr}", getattr(obj, attr, None))
+            if isinstance(written, str):
+                setattr(obj, attr, words.gettext(written))
+        if hasattr(command, "_help_option"):
+            command._help_option = None  # Click caches its --help option with the text of its first language
