@@ -9,6 +9,7 @@ import click
 import orjson
 
 from farensed.errors import FarenseError, error_line
+from farensed.helptext import version_option
 
 
 class FarenseGroup(click.Group):
@@ -16,7 +17,7 @@ class FarenseGroup(click.Group):
     code."""
 
     def main(self, *args, **kwargs):
-        from farensed.cli.helptext import localize
+        from farensed.helptext import localize
 
         localize(self)  # --help and Click's own messages in the user's language, decided at each invocation
         return super().main(*args, **kwargs)
@@ -44,14 +45,7 @@ class FarenseGroup(click.Group):
     envvar="FARENSE_HOME",
     help="Workspace root (default: $FARENSE_HOME, else the current directory).",
 )
-@click.option(
-    "--version",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=lambda ctx, _param, value: _print_version(ctx, value),
-    help="Show the version and exit.",
-)
+@version_option()
 @click.pass_context
 def cli(ctx, home):
     """Fine-tune LLMs with QLoRA on MLX: a queue daemon, exact resume, gap analysis.
@@ -65,19 +59,6 @@ def cli(ctx, home):
     # import; farense never uses PyTorch, so the advice is noise in either language (and breaks --json on stdout+err)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     ctx.obj = {"home": home}
-
-
-def _print_version(ctx, value: bool) -> None:
-    """Click's --version, its words said when asked (Click's own decorator fixes them when the module loads)."""
-    if not value or ctx.resilient_parsing:
-        return
-    from importlib.metadata import version
-
-    from farensed.i18n import click_gettext
-
-    said = click_gettext("%(prog)s, version %(version)s")
-    click.echo(said % {"prog": ctx.find_root().info_name, "version": version("farense")})
-    ctx.exit()
 
 
 def workspace(ctx=None):

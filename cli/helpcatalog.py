@@ -11,13 +11,21 @@ from pathlib import Path
 import click
 
 from farensed import i18n
-from farensed.cli.helptext import WORDS, texts, walk
+from farensed.helptext import WORDS, texts, walk
 
 
-def msgids(root: click.Command) -> dict[str, str]:
+def roots() -> list[click.Command]:
+    """farensectl and farensed (the daemon's own options)."""
+    from farensed.cli.main import cli
+    from farensed.queue.main import cli as daemon
+
+    return [cli, daemon]
+
+
+def msgids(*commands: click.Command) -> dict[str, str]:
     """Every msgid of the help catalog: the commands' help paragraphs and Click's own messages, with where."""
     found: dict[str, str] = {}
-    for command in walk(root):
+    for command in (c for root in commands or roots() for c in walk(root)):
         for obj, attr in texts(command):
             written = obj.__dict__.get(f"_farense_{attr}", getattr(obj, attr, None))
             for msgid in i18n.help_msgids(written) if written else []:
@@ -31,10 +39,8 @@ def msgids(root: click.Command) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    from farensed.cli.main import cli
-
     if argv[:1] == ["update"]:
-        new = i18n.update_catalog(i18n.HELP_PO, msgids(cli))
+        new = i18n.update_catalog(i18n.HELP_PO, msgids())
         print(f"{i18n.HELP_PO}: {len(new)} new message(s) to translate")
         return 0
     if argv[:1] == ["compile"]:

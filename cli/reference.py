@@ -88,8 +88,8 @@ def readme_with_table(readme: str) -> str:
 
 def main(argv: list[str]) -> int:
     from farensed import i18n
-    from farensed.cli.helptext import localize
     from farensed.cli.main import cli
+    from farensed.helptext import localize
 
     repo = Path(__file__).resolve().parent.parent
     with i18n.speaking("en"):  # the reference is English, as the help is written, whatever FARENSE_LANG says

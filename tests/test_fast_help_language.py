@@ -8,8 +8,8 @@ import pytest
 from babel.messages.pofile import read_po
 from click.testing import CliRunner
 
-from farensed import i18n
-from farensed.cli import helpcatalog, helptext
+from farensed import helptext, i18n
+from farensed.cli import helpcatalog
 from farensed.cli.main import cli
 from tests.helpers import child_env, cli_cmd
 
@@ -42,7 +42,7 @@ def words(text: str) -> str:
 
 
 def test_every_help_paragraph_and_what_click_says_first_has_a_portuguese_translation():
-    ours = {m for m, where in helpcatalog.msgids(cli).items() if not where.startswith("click/")}
+    ours = {m for m, where in helpcatalog.msgids().items() if not where.startswith("click/")}
     translated = catalog()
     missing = [m for m in (*ours, *SEEN_FIRST) if not translated.get(m)]
     assert not missing, "python -m farensed.cli.helpcatalog update, translate, compile:\n" + "\n".join(missing)
@@ -99,3 +99,17 @@ def test_the_cli_reference_stays_english_whatever_the_language():
     with i18n.speaking("pt"):
         assert reference.main(["--check"]) == 0  # docs/CLI.md and README's table: as written
     assert i18n.language() == "pt"  # conftest's, back after the block
+
+
+def test_the_daemons_own_help_and_errors_follow_the_language(isolated_home):
+    import sys
+
+    env = dict(child_env(), FARENSE_LANG="pt")
+    daemon = [sys.executable, "-m", "farensed.queue.main"]
+    helped = subprocess.run([*daemon, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    text = words(helped.stdout)
+    assert helped.returncode == 0 and text.startswith("Utilização: farensed [OPÇÕES]")
+    assert "O daemon da fila do farense em primeiro plano" in text and "--stall-minutes INTERVALO DE DECIMAIS" in text
+    typo = subprocess.run([*daemon, "--hom", "x"], capture_output=True, text=True, env=env, timeout=60)
+    assert typo.returncode == 2
+    assert typo.stderr.splitlines()[-1] == "Erro: A opção '--hom' não existe. Queria dizer '--home'?"

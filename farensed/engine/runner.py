@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from farensed.i18n import _
+from farensed.signals import StoppedBeforeTraining
 from farensed.spec.load import load_spec
 from farensed.storage.workspace import Workspace
 
@@ -57,6 +58,12 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
     try:
         trainer = Trainer(spec, ws, fresh=fresh, loss=loss, iterate_batches=batches, callbacks=report)
         code = trainer.run()
+    except StoppedBeforeTraining as exc:  # loading, importing, tokenizing: nothing to checkpoint, nothing changed
+        from farensed import EXIT_RESUMABLE
+        from farensed.engine import console
+
+        console.say("\n" + exc.line())
+        return EXIT_RESUMABLE
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
             raise

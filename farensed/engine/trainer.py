@@ -67,7 +67,8 @@ class Trainer:
         self.loss = loss
         self.iterate_batches = iterate_batches or TrainBatches
         self.extra_callbacks = list(callbacks)
-        self.stop = StopRequest(None if "MLX_RANK" in os.environ else self.run_dir)
+        single = "MLX_RANK" not in os.environ
+        self.stop = StopRequest(self.run_dir if single else None, single=single)
         self.pending = None  # a validation still running in the background (engine/validation.py)
         self.clock = RunClock()  # start-up, validation and checkpoint seconds of this process (timings.json)
         self.clock.mark("engine_ready")
@@ -85,6 +86,7 @@ class Trainer:
         if check := getattr(self.loss, "check", None):  # a loss that picks its path on a real batch (trainloss.py)
             check(self.model, next(iter(self.batches.epoch(0)))[1])
         micro_step = build_micro_step(self.model, self.optimizer, self.loss, self.world, self.spec.grad_checkpoint)
+        self.stop.training_begins()  # from here a stop checkpoints at the next update boundary
         self.callbacks.on_train_begin(self, self.progress)
         self.model.train()  # dropout on (mlx-lm loads a model in eval mode)
         try:

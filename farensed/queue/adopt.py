@@ -41,6 +41,7 @@ class Running:
     create_time: float | None = None
     oom_before: int | None = None  # the kernel's OOM-kill count when we started watching
     cancel_sent: bool = False
+    stalled: str | None = None  # why the stall watch stopped it (queue/stall.py): its job fails with this
 
     def exit_status(self) -> tuple[bool, int | None]:
         """(finished, return code if known)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from farensed import EXIT_RESUMABLE
 from farensed.errors import FarenseError, error_line
 from farensed.i18n import _
+from farensed.signals import StoppedBeforeTraining, stop_before_training
 from farensed.storage.atomic import atomic_write_json
 from farensed.storage.exitfile import EXIT_FILE, write_exit_code
 
@@ -27,18 +28,6 @@ FRESH_DONE = "fresh.done"
 CHILD_FILE = (
     "child.json"  # the child's own pid + start time: written once it handles SIGTERM, before it touches the run
 )
-
-
-class StoppedBeforeTraining(BaseException):
-    """SIGTERM arrived before the trainer took over its handling (loading, a GGUF import, a lock wait).
-
-    A BaseException, like KeyboardInterrupt: the libraries imported meanwhile (transformers, mlx-lm) wrap optional
-    imports in `except Exception`, which would swallow the stop and let the child train on.
-    """
-
-
-def _stop_before_training(signum, frame):
-    raise StoppedBeforeTraining(signum)
 
 
 def wait_for_go() -> bool:
@@ -105,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     # memory guard, window end, daemon shutdown) ends the child cleanly with 75 instead of killing it: a killed child
     # would read as "lost" and cost a recovery. Installed before child.json is written: the daemon reads child.json
     # as "this child handles a stop" (queue/overnight.py: child_ready).
-    signal.signal(signal.SIGTERM, _stop_before_training)
+    signal.signal(signal.SIGTERM, stop_before_training)
     code, error = 1, None
     try:
         record_self(job_dir, args.attempt)
@@ -127,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_("⚠  {exc}; o job volta à fila").format(exc=exc), flush=True)
             code = EXIT_RESUMABLE  # the daemon waits until the run is free
     except StoppedBeforeTraining as exc:
-        print(
-            _("⏸  Parado antes de começar a treinar (sinal {signum}); nada mudou na corrida").format(
-                signum=exc.args[0]
-            ),
-            flush=True,
-        )
+        print(exc.line(), flush=True)
         code = EXIT_RESUMABLE
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)

@@ -31,6 +31,7 @@ from farensed.queue.outcome import ending, failure_line, last_lines
 from farensed.queue.overnight import Overnight, resumes_after_pause
 from farensed.queue.pidfile import daemon_pid, mark_ready, record_daemon
 from farensed.queue.pressure import Action, MemoryGuard
+from farensed.queue.stall import DEFAULT_MINUTES, StallWatch, failed_line
 from farensed.queue.wake import Waker, watch_folder
 from farensed.storage.exitfile import EXIT_FILE, read_exit_error
 from farensed.storage.procs import create_time, describe_loss, kill_orphans, oom_kills, signal_group
@@ -52,6 +53,7 @@ class Daemon:
         log: logging.Logger | None = None,
         overnight: Overnight | None = None,
         recovery_backoff: tuple[float, ...] = backoff.DEFAULT_SCHEDULE,
+        stall_minutes: float | None = DEFAULT_MINUTES,
     ):
         self.ws, self.queue = ws, Queue(ws)
         self.recovery_backoff = recovery_backoff
@@ -67,6 +69,7 @@ class Daemon:
         self.overnight = overnight or Overnight(ws, log=self.log)  # windows, power, queue pause, morning report
         self.mishaps = Mishaps(self.logger)  # an unexpected exception: logged, its job set aside, the loop goes on
         self.handling: int | None = None  # the job the loop is working on now (what a mishap sets aside)
+        self.stall = StallWatch(stall_minutes * 60 if stall_minutes else None)  # a child that writes nothing
 
     def log(self, msg: str) -> None:
         self.logger.info(safe(msg))  # one line whatever a file or job name holds
@@ -187,7 +190,14 @@ class Daemon:
         except OSError:
             pass  # it died already; poll_current settles it
 
-    def settle(self, job_id: int, code: int | None, reason: str | None = None, ended: str | None = None) -> Job:
+    def settle(
+        self,
+        job_id: int,
+        code: int | None,
+        reason: str | None = None,
+        ended: str | None = None,
+        stalled: str | None = None,
+    ) -> Job:
         """Record how a child ended: done, back to pending (resumable or lost), failed or cancelled."""
         failure = None
         if code not in (None, 0, EXIT_RESUMABLE):
@@ -195,7 +205,7 @@ class Daemon:
                 last_lines(self.queue.log_path(job_id), 40)
             )
         with self.queue.lock:  # read, decide, write as one: a cancel landing meanwhile is never lost
-            changes = ending(self.queue.get(job_id), code, reason, failure, self.recovery_backoff, ended)
+            changes = ending(self.queue.get(job_id), code, reason, failure, self.recovery_backoff, ended, stalled)
             job = self.queue.update(job_id, **changes)
         self.log(events.ended(job, code, changes.get("loss_reason") if code is None else None))
         if job.status.terminal:
@@ -215,7 +225,11 @@ class Daemon:
             code = rc  # failed on its own without exit.json (e.g. could not start Python)
         if code is None:
             signal_group(run.pid, signal.SIGKILL)  # ranks orphaned by a killed launcher must not train on
-        self.settle(run.job_id, code, reason=describe_loss(rc, run.oom_before) if code is None else None)
+        reason = describe_loss(rc, run.oom_before) if code is None else None
+        job = self.settle(run.job_id, code, reason=reason, stalled=run.stalled)
+        if run.stalled and job.status is JobStatus.FAILED:
+            with open(self.queue.log_path(job.id), "a", encoding="utf-8") as fh:
+                fh.write(failed_line(job.id, run.stalled))
 
     def forward_cancel(self) -> None:
         """A cancel written while the child was starting (or by hand in job.json) still reaches the child."""
@@ -322,6 +336,7 @@ class Daemon:
             self.handling = self.current.job_id  # a failure while watching or settling it sets this job aside
             self.poll_current()
             self.forward_cancel()
+            self.stall.tick(self)  # a child that writes nothing for too long is stopped, its job failed
         self.handling = None
         memory_ok = self.guard_memory()
         allowed = self.overnight.tick(self)  # may stop the current job; None: nothing new may start

@@ -8,6 +8,8 @@ import sys
 import click
 
 from farensed.errors import FarenseError
+from farensed.helptext import version_option
+from farensed.queue.stall import DEFAULT_MINUTES
 from farensed.storage.workspace import Workspace, private_by_default
 from farensed.terminal import SafeFormatter, safe
 
@@ -90,7 +92,16 @@ def configure_logging() -> None:
     help="Seconds to wait before restarting a lost child, per recovery; the last is the cap "
     "[env FARENSE_RECOVERY_BACKOFF].",
 )
-@click.version_option(package_name="farense")
+@click.option(
+    "--stall-minutes",
+    type=click.FloatRange(0, 7 * 24 * 60),
+    default=DEFAULT_MINUTES,
+    envvar="FARENSE_STALL_MINUTES",
+    show_default=True,
+    help="Stop a job whose child writes nothing (log, run folder) for this long, and fail it with the reason; "
+    "0 turns it off [env FARENSE_STALL_MINUTES].",
+)
+@version_option()
 def cli(
     home,
     burst,
@@ -105,6 +116,7 @@ def cli(
     window,
     battery_min,
     recovery_backoff,
+    stall_minutes,
 ):
     """The farense queue daemon in the foreground: watch jobs/, run one job at a time, survive every crash."""
     from farensed.queue.backoff import parse_schedule
@@ -139,6 +151,7 @@ def cli(
             stop_timeout=stop_timeout,
             overnight=Overnight(ws, window=window, battery_min=battery_min, log=log),
             recovery_backoff=schedule,
+            stall_minutes=stall_minutes,
         )
         sys.exit(daemon.work(burst=burst))
     except FarenseError as exc:
@@ -158,6 +171,9 @@ def _check_window(value: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from farensed.helptext import localize
+
+    localize(cli)  # its --help and usage errors in the user's language, as farensectl's
     cli.main(args=argv, prog_name="farensed")
 
 

@@ -37,11 +37,21 @@ def failure_line(text: str) -> str:
 
 
 def ending(
-    job: Job, code: int | None, reason: str | None, failure: str | None, schedule, ended: str | None = None
+    job: Job,
+    code: int | None,
+    reason: str | None,
+    failure: str | None,
+    schedule,
+    ended: str | None = None,
+    stalled: str | None = None,
 ) -> dict:
-    """The changes to a job whose child ended with `code` (None: lost, `reason` says how) at `ended` (else now)."""
+    """The changes to a job whose child ended with `code` (None: lost, `reason` says how) at `ended` (else now);
+    a child the stall watch stopped (`stalled`) fails with that reason unless it finished or was cancelled."""
     changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
     changes.update(ran_time(job, ended))
+    if stalled and code != 0 and not job.cancel_requested:  # a stuck job would hang again: the user decides (retry)
+        changes.update(state=JobStatus.FAILED.value, ended_at=now_iso(), error=stalled)
+        return changes
     if job.held and code == EXIT_RESUMABLE:
         changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)
     if code is None:

@@ -1,5 +1,6 @@
-"""--help in the user's language: the commands' help and Click's own messages (usage, errors, `Options`) through
-the Portuguese help catalog (farensed/locale/pt/LC_MESSAGES/farense-help.po; English is how they are written).
+"""--help in the user's language, for farensectl and farensed: the commands' help and Click's own messages (usage,
+errors, `Options`) through the Portuguese help catalog (farensed/locale/pt/LC_MESSAGES/farense-help.po; English is
+how they are written).
 
 `python -m farensed.cli.helpcatalog update|compile` keeps that catalog (cli/helpcatalog.py).
 """
@@ -43,7 +44,7 @@ def walk(command: click.Command):
 # Words shown as they are: metavars (Click's, and the options' own: `--refresh SECONDS`) and value types' names
 # (`--home DIRECTORY`, "not a valid integer"); an argument's metavar (SPEC, RUN) is named in the help: kept
 WORDS = ("[OPTIONS]", "COMMAND [ARGS]...", "integer", "float", "text", "boolean", "directory", "file", "path")
-WORDS += ("SECONDS", "TIME")
+WORDS += ("integer range", "float range", "required", "SECONDS", "TIME")
 
 
 def _words(command: click.Command) -> list[tuple[object, str]]:
@@ -69,3 +70,20 @@ def localize(root: click.Command, lang: str | None = None) -> None:
                 setattr(obj, attr, words.gettext(written))
         if hasattr(command, "_help_option"):
             command._help_option = None  # Click caches its --help option with the text of its first language
+
+
+def version_option(package: str = "farense"):
+    """Click's --version, its words said when asked (Click's own decorator fixes them when the module loads)."""
+
+    def say(ctx: click.Context, _param, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        from importlib.metadata import version
+
+        said = i18n.click_gettext("%(prog)s, version %(version)s")
+        click.echo(said % {"prog": ctx.find_root().info_name, "version": version(package)})
+        ctx.exit()
+
+    return click.option(
+        "--version", is_flag=True, expose_value=False, is_eager=True, callback=say, help="Show the version and exit."
+    )
