@@ -10,7 +10,7 @@ from farensed.cli.app import cli, failure_lines, print_json, queue, record_line
 from farensed.cli.jobs import _follow
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import _
-from farensed.queue.job import JobStatus
+from farensed.queue.job import JobStatus, state_label
 from farensed.terminal import safe
 
 
@@ -82,7 +82,7 @@ def tail(ref, lines, follow, refresh):
             _("job {id} ({name}): {state}, recuperações {recoveries}, hosts {world_size}").format(
                 id=job.id,
                 name=safe(job.name, 80),
-                state=job.state,
+                state=state_label(job.state),
                 recoveries=job.recoveries,
                 world_size=job.world_size,
             )
@@ -167,7 +167,7 @@ def logs(ref, lines):
     if not path.exists():  # nothing silent: a job that never started has no log yet
         click.echo(
             _("job {id} ({state}): ainda sem log (o log começa quando o job arranca)").format(
-                id=run.job.id, state=run.job.state
+                id=run.job.id, state=state_label(run.job.state)
             ),
             err=True,
         )

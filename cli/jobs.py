@@ -11,7 +11,7 @@ import click
 
 from farensed.cli.app import cli, colour_band, failure_lines, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
-from farensed.queue.job import JobStatus
+from farensed.queue.job import JobStatus, state_label
 from farensed.terminal import safe
 
 
@@ -23,7 +23,7 @@ def _final(q, job, err: bool = False) -> int:
     from farensed.views.status import gap_report, job_exit_code
 
     job = q.get(job.id)
-    click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {job.state}", err=err)
+    click.echo(f"\njob {job.id} ({safe(job.name, 80)}): {state_label(job.state)}", err=err)
     if job.status is JobStatus.FAILED:
         click.echo(failure_lines(job), err=err)
     else:
@@ -35,15 +35,22 @@ def _follow(q, job, emit, interval: float = 0.5, err: bool = False) -> int:
     """Follow a job's metrics until it ends; return its exit code. Ctrl-C detaches (exit 130), job untouched."""
     from farensed.analysis.monitor import follow
     from farensed.queue.job import job_run_dir
+    from farensed.queue.pidfile import daemon_pid
 
-    announced_wait = False
+    announced_wait, said_down, looked = False, False, 0.0
 
     def is_over():
-        nonlocal announced_wait
+        nonlocal announced_wait, said_down, looked
         current = q.get(job.id)
         if current.status is JobStatus.PENDING and not announced_wait:
             click.echo(_("job {id} pendente: à espera que comece…").format(id=job.id), err=True)
             announced_wait = True
+        if current.status is JobStatus.PENDING and time.monotonic() - looked > 5:  # nothing silent: nobody runs it
+            looked = time.monotonic()
+            down = daemon_pid(q.ws) is None
+            if down and not said_down:
+                click.echo(_down_line(job.id), err=True)
+            said_down = down
         return current.status.terminal
 
     try:
@@ -166,7 +173,7 @@ def list_jobs(as_json):
         epoch = str(r["epoch"] + 1) if r["epoch"] is not None else "-"
         band = colour_band(f"{safe(band_label(r['band']), 9):<9}", r["band"])
         click.echo(
-            f"{r['id']:>4}  {safe(r['name'], 28):<28} {r['state']:<9} {step:>11} {epoch:>5} "
+            f"{r['id']:>4}  {safe(r['name'], 28):<28} {state_label(r['state']):<9} {step:>11} {epoch:>5} "
             f"{fmt_number(r['best_val_loss']):>10} {band} {r['recoveries']:>3}  "
             f"{safe((r['first_started_at'] or '-')[:19], 19):<19} {dur:>11}"
         )
@@ -224,7 +231,7 @@ def retry(job_id):
       farensectl retry 3
     """
     job = queue().retry(job_id)
-    click.echo(f"job {job.id}: {job.state}")
+    click.echo(f"job {job.id}: {state_label(job.state)}")
 
 
 def _seconds(_ctx, _param, value):
@@ -261,27 +268,28 @@ def wait(job_id, timeout):
         if deadline is not None and time.monotonic() > deadline:
             if live:
                 live.end()
-            click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=job.state), err=True)
+            click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=state_label(job.state)), err=True)
             sys.exit(124)
         if time.monotonic() - looked > 5:  # a wait on a stopped queue says so once, then goes on waiting
             looked, down = time.monotonic(), daemon_pid(q.ws) is None
             if down and not said_down:
                 if live:
                     live.end()
-                click.echo(
-                    _(
-                        "farensed não está a correr: o job {id} só avança quando arrancar (farensectl daemon start)"
-                    ).format(id=job_id),
-                    err=True,
-                )
+                click.echo(_down_line(job_id), err=True)
             said_down = down
         if live:
             live.show(job)
         time.sleep(0.5 if deadline is None else min(0.5, max(deadline - time.monotonic(), 0.01)))  # exit on time
     if live:
         live.end()
-    click.echo(f"job {job.id} ({safe(job.name, 80)}): {job.state}")
+    click.echo(f"job {job.id} ({safe(job.name, 80)}): {state_label(job.state)}")
     sys.exit(job_exit_code(job))
+
+
+def _down_line(job_id: int) -> str:
+    return _("farensed não está a correr: o job {id} só avança quando arrancar (farensectl daemon start)").format(
+        id=job_id
+    )
 
 
 class LiveLine:
@@ -301,7 +309,7 @@ class LiveLine:
             self.first = last[0]  # the ETA's base: the oldest record of this look (a resume rewrites the file)
         note = safe(pause_of(self.q, job) or job.held or "", 200) or None  # values from files: never raw
         line = live_line(
-            f"job {job.id} ({safe(job.name, 80)})", job.state, last[-1] if last else None, self.first, note
+            f"job {job.id} ({safe(job.name, 80)})", state_label(job.state), last[-1] if last else None, self.first, note
         )
         width = shutil.get_terminal_size().columns - 1
         click.echo("\r" + line[:width] + "\x1b[K", nl=False)

@@ -23,9 +23,11 @@ def pause():
     ws = workspace()
     record = pause_queue(ws)
     nudge(ws.jobs)
-    click.echo(
-        _("fila em pausa desde {since}: o job em curso para com checkpoint").format(since=record["paused_at"][:19])
-    )
+    since = record["paused_at"][:19].replace("T", " ")
+    if any(job.status is JobStatus.RUNNING for job in queue().jobs()):
+        click.echo(_("fila em pausa desde {since}: o job em curso para com checkpoint").format(since=since))
+    else:
+        click.echo(_("fila em pausa desde {since}: nenhum job começa até farensectl resume").format(since=since))
 
 
 @cli.command()

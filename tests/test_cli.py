@@ -204,7 +204,7 @@ def test_cancel_retry_wait(done_ws):
     assert invoke(done_ws, "wait", str(job_id)).exit_code == 130
     assert "já terminou" in invoke(done_ws, "cancel", str(job_id)).output
     assert invoke(done_ws, "retry", "1").exit_code == 4  # done jobs are not retried
-    assert invoke(done_ws, "retry", str(job_id)).output.strip() == f"job {job_id}: pending"
+    assert invoke(done_ws, "retry", str(job_id)).output.strip() == f"job {job_id}: pendente"
     assert invoke(done_ws, "wait", "1").exit_code == 0
     assert invoke(done_ws, "wait", str(job_id), "--timeout", "0.2").exit_code == 124
 

@@ -183,7 +183,7 @@ def test_wait_shows_one_live_line_on_a_terminal_and_nothing_in_a_script(isolated
     stdout, _stderr = piped.communicate(timeout=60)
     assert piped.returncode == 124 and stdout == ""  # a script sees no progress line
     line = out.decode().split("\r")
-    assert any("job 1 (t): running · step 6/40 · loss 0.3333 · ETA 0m17s" in part for part in line), out
+    assert any("job 1 (t): a correr · step 6/40 · loss 0.3333 · ETA 0m17s" in part for part in line), out
 
 
 @pytest.mark.parametrize("timeout", ["nan", "-5", "inf"])
@@ -212,7 +212,7 @@ def test_logs_of_a_job_that_never_started_says_there_is_none_yet(isolated_home):
     q.job_dir(1).mkdir()
     q.save(Job(id=1, name="t", state="cancelled"))
     result = CliRunner().invoke(cli, ["--home", str(isolated_home), "logs", "1"])
-    assert result.exit_code == 0 and "job 1 (cancelled): ainda sem log" in result.stderr, result.output
+    assert result.exit_code == 0 and "job 1 (cancelado): ainda sem log" in result.stderr, result.output
 
 
 def test_the_progress_bar_of_an_iters_run_ends_where_the_run_does(capsys, monkeypatch, tmp_path):
@@ -234,3 +234,31 @@ def test_an_empty_queue_says_what_to_do_not_a_bare_header(isolated_home):
     result = CliRunner().invoke(cli, ["--home", str(isolated_home), "list"])
     assert result.exit_code == 0 and "nenhum job na fila: farensectl submit SPEC" in result.stdout
     assert "melhor val" not in result.stdout  # no header over nothing
+
+
+def test_tail_of_a_pending_job_says_once_that_farensed_is_not_running(isolated_home):
+    import signal
+    import subprocess
+
+    from farensed.queue.job import Job
+    from farensed.queue.jobs import Queue
+    from tests.helpers import child_env, cli_cmd
+
+    q = Queue(Workspace(isolated_home))
+    q.job_dir(1).mkdir(parents=True)
+    q.save(Job(id=1, name="t", state="pending"))
+    err = isolated_home / "tail.err"
+    with open(err, "wb") as fh:
+        tail = subprocess.Popen(
+            cli_cmd(isolated_home, "tail", "1"), stdout=subprocess.DEVNULL, stderr=fh, env=child_env()
+        )
+    try:
+        wait_for(lambda: "farensed não está a correr" in err.read_text(), timeout=60, proc=tail)
+        tail.send_signal(signal.SIGINT)
+        assert tail.wait(timeout=30) == 130  # Ctrl-C detaches, the job untouched
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    said = err.read_text()
+    assert said.count("farensed não está a correr: o job 1 só avança quando arrancar") == 1, said
+    assert "job 1 pendente: à espera que comece" in said and q.get(1).state == "pending"

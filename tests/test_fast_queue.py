@@ -213,7 +213,7 @@ def test_retry_after_cancel_or_failure_resets_flags_and_recoveries(q):
     again = q.retry(job.id)
     assert (again.state, again.cancel_requested, again.recoveries, again.retry_at) == ("pending", False, 0, None)
     assert q.next_runnable().id == job.id
-    with pytest.raises(Exception, match="só jobs failed ou cancelled"):
+    with pytest.raises(Exception, match="só um job falhado ou cancelado pode voltar à fila"):
         q.retry(job.id)
 
 

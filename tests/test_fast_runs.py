@@ -319,3 +319,25 @@ def test_a_hand_edited_farense_metrics_log_is_read_by_every_reader(isolated_home
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.output)
         assert "Traceback" not in result.output and "KeyError" not in result.output, (args, result.output)
     assert orjson.loads(runner.invoke(cli, ["gap", str(folder), "--json"]).stdout)["gap_max"] == pytest.approx(-0.15)
+
+
+def test_status_and_list_say_the_state_in_the_language_and_labels_never_touch_their_values(isolated_home):
+    import re
+
+    from farensed.queue.job import Job
+
+    q = Queue(Workspace(isolated_home))
+    started = "2026-12-05T10:00:00+00:00"
+    q.job_dir(1).mkdir(parents=True)
+    q.save(Job(id=1, name="v2", state="done", attempts=1, first_started_at=started, started_at=started, exit_code=0))
+    runner = CliRunner()
+    for lang, state in (("pt", "concluído"), ("en", "done")):
+        text = runner.invoke(cli, ["status", "1"], env={"FARENSE_LANG": lang}).output
+        lines = text.splitlines()
+        assert any(re.fullmatch(rf"(estado|state): +{state}", line) for line in lines), text
+        labelled = [line for line in lines if re.match(r"^[^ :][^:]*:", line)]
+        assert labelled and all(re.match(r"^[^:]+: +\S", line) for line in labelled), text  # `primeiro início: 2026…`
+        columns = {len(re.match(r"^[^:]+: +", line).group(0)) for line in labelled}
+        assert len(columns) == 1, text  # one value column
+        assert f" {state} " in runner.invoke(cli, ["list"], env={"FARENSE_LANG": lang}).output
+    assert orjson.loads(runner.invoke(cli, ["status", "1", "--json"]).stdout)["state"] == "done"  # JSON: fixed

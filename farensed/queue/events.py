@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from farensed.i18n import _, ngettext
+from farensed.queue.job import state_label
 
 SEPARATOR = " · "
 FRAME_RE = re.compile(r"^=== farensed: (.*?) ===$")
@@ -132,11 +133,11 @@ def ended(job, code: int | None, lost: str | None) -> str:
     recoveries = ngettext("{count} recuperação", "{count} recuperações", job.recoveries).format(count=job.recoveries)
     if code is None:
         human = _("job {id} ({name}): {state}; processo perdido ({reason}); {recoveries}").format(
-            id=job.id, name=job.name, state=job.state, reason=lost or "-", recoveries=recoveries
+            id=job.id, name=job.name, state=state_label(job.state), reason=lost or "-", recoveries=recoveries
         )
     else:
         human = _("job {id} ({name}): {state} (código de saída {code}; {recoveries})").format(
-            id=job.id, name=job.name, state=job.state, code=code, recoveries=recoveries
+            id=job.id, name=job.name, state=state_label(job.state), code=code, recoveries=recoveries
         )
     fields = {"job": job.id, "event": "ended", "state": job.state, "exit_code": code, "recoveries": job.recoveries}
     return line(fields, human)
@@ -145,7 +146,9 @@ def ended(job, code: int | None, lost: str | None) -> str:
 def ended_by_farensed(job, why: str, reason: str) -> str:
     """A job the daemon itself ended (`why`: `dependency`, `internal_error`, `unreadable`): the same fixed
     `event=ended` fields as a child's end, so every end of a job has one line."""
-    human = _("job {id} ({name}): {state}: {reason}").format(id=job.id, name=job.name, state=job.state, reason=reason)
+    human = _("job {id} ({name}): {state}: {reason}").format(
+        id=job.id, name=job.name, state=state_label(job.state), reason=reason
+    )
     fields = {"job": job.id, "event": "ended", "state": job.state, "exit_code": None, "by": why}
     return line(fields, human)
 

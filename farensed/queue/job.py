@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from farensed.i18n import _
+from farensed.i18n import N_, _
 from farensed.storage.workspace import Workspace
 from farensed.terminal import excerpt
 
@@ -26,6 +26,21 @@ class JobStatus(str, enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+# How a state reads on screen (job.json and JSON keep the English value above, in every language)
+STATE_LABELS = {
+    "pending": N_("pendente"),
+    "running": N_("a correr"),
+    "done": N_("concluído"),
+    "failed": N_("falhado"),
+    "cancelled": N_("cancelado"),
+}
+
+
+def state_label(state: str | None) -> str:
+    """A job state as a person reads it, in the chosen language (`pending` → `pendente`)."""
+    return _(STATE_LABELS[state]) if state in STATE_LABELS else str(state or "-")
 
 
 def now_iso() -> str:

@@ -29,6 +29,7 @@ from farensed.queue.job import (
     now_iso,
     parse_time,
     relative_to_ws,
+    state_label,
 )
 from farensed.queue.jobfile import salvage
 from farensed.spec.hosts import check_batch_size, world_size
@@ -309,7 +310,9 @@ class Queue:
         with self.lock:
             job = self.get(job_id)
             if job.status.terminal:
-                raise QueueError(_("job {job_id} já terminou ({state})").format(job_id=job_id, state=job.state))
+                raise QueueError(
+                    _("job {job_id} já terminou ({state})").format(job_id=job_id, state=state_label(job.state))
+                )
             if job.status is JobStatus.PENDING:
                 return self.update(job_id, state=JobStatus.CANCELLED.value, ended_at=now_iso(), error=_("cancelado"))
             job = self.update(job_id, cancel_requested=True)
@@ -323,8 +326,8 @@ class Queue:
             job = self.get(job_id)
             if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise QueueError(
-                    _("job {job_id} está {state}: só jobs failed ou cancelled podem ser repetidos").format(
-                        job_id=job_id, state=job.state
+                    _("job {job_id} está {state}: só um job falhado ou cancelado pode voltar à fila").format(
+                        job_id=job_id, state=state_label(job.state)
                     )
                 )
             job = self.update(

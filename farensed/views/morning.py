@@ -17,7 +17,7 @@ from farensed.analysis.compare import ROWS, cell, column
 from farensed.analysis.gap import analyse, format_analysis
 from farensed.i18n import _, language, ngettext
 from farensed.queue import events
-from farensed.queue.job import Job, job_run_dir, parse_time
+from farensed.queue.job import Job, job_run_dir, parse_time, state_label
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json_dict
 from farensed.storage.regular import open_regular
@@ -188,7 +188,7 @@ def _job_html(item: dict, png: bytes | None) -> str:
     attempts = ngettext("{count} tentativa", "{count} tentativas", item["attempts"]).format(count=item["attempts"])
     parts = [
         f'<section class="job" id="job-{item["id"]}" data-job="{item["id"]}">',
-        f'<h2>#{item["id"]} {esc(item["name"])} <span class="state {esc(item["state"])}">{esc(item["state"])}</span>'
+        f'<h2>#{item["id"]} {esc(item["name"])} <span class="state {esc(item["state"])}">{esc(state_label(item["state"]))}</span>'
         "</h2>",
         _table(
             [
@@ -262,7 +262,7 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
             (
                 f"#{i['id']}",
                 i["name"],
-                i["state"],
+                state_label(i["state"]),
                 i["attempts"],
                 i["recoveries"],
                 format_duration(i["total_duration_s"]),
@@ -272,7 +272,7 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
         ("job", _("nome"), _("estado"), _("tent."), _("rec."), _("duração total")),
     )
     jobs = ngettext("{count} job", "{count} jobs", len(data["jobs"])).format(count=len(data["jobs"]))
-    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    states = ", ".join(f"{n} {state_label(s)}" for s, n in sorted(counts.items()))
     title = _("farense — relatório da manhã")
     body = [
         "<!DOCTYPE html>",

@@ -22,7 +22,7 @@ from farensed.analysis.metrics import JSON_NAME, JSONL_NAME
 from farensed.analysis.records import load_records
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.job import Job, job_run_dir, never_ran
+from farensed.queue.job import Job, job_run_dir, never_ran, state_label
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import read_json, read_json_dict
 from farensed.storage.workspace import Workspace
@@ -50,7 +50,7 @@ class Run:
 
     def heading(self) -> str:
         if self.job:
-            return f"job {self.job.id} ({self.job.name}): {self.job.state}"
+            return f"job {self.job.id} ({self.job.name}): {state_label(self.job.state)}"
         seed = " " + _("— pasta só com métricas, só leitura") if self.seed_era else ""
         return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
 

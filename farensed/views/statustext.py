@@ -6,7 +6,7 @@ from farensed.analysis.compare import cell
 from farensed.analysis.gap import band_label
 from farensed.i18n import N_, _, ngettext
 from farensed.queue.backoff import seconds_left
-from farensed.queue.job import JobStatus
+from farensed.queue.job import JobStatus, state_label
 from farensed.terminal import safe
 from farensed.views.status import format_duration
 
@@ -52,16 +52,25 @@ def status_lines(info: dict) -> list[str]:
     return _facts(info) + _timing(info) + _progress(info["progress"]) + _adapters(info) + _problem(info)
 
 
+# the other labels `status` may show (written with N_ where they are used): the value column clears them all
+OTHER_LABELS = (N_("nota"), N_("duração"), N_("retoma às"), N_("progresso"), N_("erro"), "adapters")
+
+
+def _width() -> int:
+    """The value column: past the longest label in the chosen language (`primeiro início:` is 16 wide)."""
+    return max(len(_(text)) for text in (*STATUS_LABELS.values(), *OTHER_LABELS)) + 2
+
+
 def _label(text: str) -> str:
     """`estado:` padded to the value column, in the chosen language (`text` marked with N_ where it is written)."""
-    return f"{_(text) + ':':<14}"
+    return f"{_(text) + ':':<{_width()}}"
 
 
 def _facts(info: dict) -> list[str]:
     lines = []
     for key, label in STATUS_LABELS.items():
         if info.get(key) not in (None, [], ""):
-            value = status_value(info[key])
+            value = state_label(info[key]) if key == "state" else status_value(info[key])
             if key == "pid" and info.get("pid_alive") is False:
                 value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
             lines.append(_label(label) + safe(value, 400))  # a value from a file never reaches the terminal raw
@@ -115,7 +124,7 @@ def _adapters(info: dict) -> list[str]:
     lines = []
     if (adapters := info.get("adapters")) and "error" not in adapters:
         lines.append(
-            f"{'adapters:':<14}"
+            _label("adapters")
             + _("{tensors}, {parameters} ({path})").format(
                 tensors=ngettext("{count} tensor", "{count} tensores", adapters["tensors"]).format(
                     count=adapters["tensors"]
@@ -133,7 +142,7 @@ def _problem(info: dict) -> list[str]:
     lines = []
     if info.get("reason"):
         lines.append(_label(N_("erro")) + safe(info["reason"], 400))
-        lines.append(f"{'':<14}" + _("log completo: farensectl logs {id}").format(id=info["id"]))
+        lines.append(" " * _width() + _("log completo: farensectl logs {id}").format(id=info["id"]))
     elif info.get("error"):
         lines.append(_label(N_("nota")) + safe(info["error"], 400))
     return lines
