@@ -45,7 +45,9 @@ def status(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="[RUN]", required=False)
-@click.option("-n", "lines", type=int, default=10, show_default=True, metavar="N", help="Records to show first.")
+@click.option(
+    "-n", "lines", type=click.IntRange(0), default=10, show_default=True, metavar="N", help="Records to show first."
+)
 @click.option("--follow/--no-follow", default=True, help="Keep following until the run ends.")
 @click.option(
     "--refresh",
@@ -146,7 +148,7 @@ def gap(ref, as_json):
 
 @cli.command()
 @click.argument("ref", metavar="RUN")
-@click.option("-n", "lines", type=int, default=0, metavar="N", help="Only the last N lines.")
+@click.option("-n", "lines", type=click.IntRange(0), default=0, metavar="N", help="Only the last N lines.")
 @with_run_help(default=False)
 def logs(ref, lines):
     """Print a job's merged stdout/stderr log (a run made with `farensectl run` has none).

@@ -103,7 +103,7 @@ def test_second_sigterm_exits_farensed_at_once_and_the_next_daemon_adopts_the_ch
     assert proc.returncode == 0, proc.stdout[-2000:]
     job = queue(workspace).get(job_id)
     assert (job.state, job.recoveries) == ("done", 0), job
-    assert job_log.read_text().count("Interrompido (sinal 15)") == 1
+    assert job_log.read_text().count("Interrompido (sinal SIGTERM)") == 1
 
 
 def test_second_ctrl_c_in_run_stops_at_once_naming_the_checkpoint_it_resumes_from(workspace):

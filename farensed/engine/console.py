@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from farensed.analysis.gap import icon
 from farensed.i18n import N_, _, ngettext
+from farensed.signals import signal_name
 
 LINE = "=" * 80
 THIN = "─" * 76
@@ -119,6 +120,7 @@ def compiled(seconds: float) -> str:
 
 def interrupted(signum: int) -> str:
     """How a signal-stopped run says the way back: the same command, or (from the queue) what the child adds."""
+    name = signal_name(signum)  # SIGTERM, not 15: what a person can look up
     if os.environ.get("FARENSE_JOB_ID"):
-        return "\n" + _("⏸  Interrompido (sinal {signum}); checkpoint guardado.").format(signum=signum)
-    return "\n" + _("⏸  Interrompido (sinal {signum}); retoma com o mesmo comando.").format(signum=signum)
+        return "\n" + _("⏸  Interrompido (sinal {signum}); checkpoint guardado.").format(signum=name)
+    return "\n" + _("⏸  Interrompido (sinal {signum}); retoma com o mesmo comando.").format(signum=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from farensed import EXIT_RESUMABLE
 from farensed.analysis.compare import cell
 from farensed.analysis.gap import band_label
 from farensed.i18n import N_, _, ngettext
@@ -73,6 +74,8 @@ def _facts(info: dict) -> list[str]:
             value = state_label(info[key]) if key == "state" else status_value(info[key])
             if key == "pid" and info.get("pid_alive") is False:
                 value = _("{pid} (terminou)").format(pid=value)  # a dead pid is never shown as alive
+            if key == "exit_code" and info[key] == EXIT_RESUMABLE:  # a stop with a checkpoint, not a failure
+                value = _("{code} (parado com checkpoint; retomável)").format(code=value)
             lines.append(_label(label) + safe(value, 400))  # a value from a file never reaches the terminal raw
     if info.get("note"):
         lines.append(_label(N_("nota")) + safe(info["note"], 400))
