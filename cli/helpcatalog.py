@@ -39,16 +39,7 @@ def msgids(*commands: click.Command) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["update"]:
-        new = i18n.update_catalog(i18n.HELP_PO, msgids())
-        print(f"{i18n.HELP_PO}: {len(new)} new message(s) to translate")
-        return 0
-    if argv[:1] == ["compile"]:
-        i18n.HELP_MO.write_bytes(i18n.compile_catalog(i18n.HELP_PO))
-        print(f"{i18n.HELP_MO} written")
-        return 0
-    print("usage: python -m farensed.cli.helpcatalog update|compile", file=sys.stderr)
-    return 2
+    return i18n.catalog_main(argv, "farensed.cli.helpcatalog", i18n.HELP_PO, used=msgids)
 
 
 if __name__ == "__main__":

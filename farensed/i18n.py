@@ -217,18 +217,23 @@ def update_catalog(po: Path = PO_FILE, used: dict | None = None) -> list[str]:
     return new
 
 
-def main(argv: list[str]) -> int:
-    """python -m farensed.i18n update|compile: refresh the English .po from the code, compile it to the .mo."""
+def catalog_main(argv: list[str], program: str, po: Path, used=None) -> int:
+    """`update` (the msgids in use, `used()` or the code's, into the .po) or `compile` (the .po into its .mo)."""
     if argv[:1] == ["update"]:
-        new = update_catalog()
-        print(f"{PO_FILE}: {len(new)} new message(s) to translate")
+        new = update_catalog(po, used() if used else None)
+        print(f"{po}: {len(new)} new message(s) to translate")
         return 0
     if argv[:1] == ["compile"]:
-        MO_FILE.write_bytes(compile_catalog())
-        print(f"{MO_FILE} written")
+        po.with_suffix(".mo").write_bytes(compile_catalog(po))
+        print(f"{po.with_suffix('.mo')} written")
         return 0
-    print("usage: python -m farensed.i18n update|compile", file=sys.stderr)
+    print(f"usage: python -m {program} update|compile", file=sys.stderr)
     return 2
+
+
+def main(argv: list[str]) -> int:
+    """python -m farensed.i18n update|compile: refresh the English .po from the code, compile it to the .mo."""
+    return catalog_main(argv, "farensed.i18n", PO_FILE)
 
 
 if __name__ == "__main__":
