@@ -54,7 +54,9 @@ def daemon_status(as_json):
         state = _("a correr (pid {pid})").format(pid=info["pid"]) if info["running"] else _("parado")
         click.echo(
             _("farensed {state}; gestor: {manager}; instalado: {installed}").format(
-                state=state, manager=info["manager"], installed=_("sim") if info["installed"] else _("não")
+                state=state,
+                manager=service.manager_label(info["manager"]),
+                installed=_("sim") if info["installed"] else _("não"),
             )
         )
         if info["manager"] == "process":

@@ -140,7 +140,9 @@ def check_service(ws: Workspace) -> Check:
 
     info = service.status(ws)
     m = service.manager()
-    where = f"{info['manager']}, " + (_("instalado") if info["installed"] else _("não instalado"))
+    where = f"{service.manager_label(info['manager'])}, " + (
+        _("instalado") if info["installed"] else _("não instalado")
+    )
     if info["installed"] and m.kind == "launchd":
         info["process_type"] = _process_type(m.unit_path)
         where += f", ProcessType {info['process_type'] or _('em falta')}"

@@ -34,6 +34,11 @@ class Manager:
     unit_path: Path | None
 
 
+def manager_label(kind: str) -> str:
+    """A service manager as a person reads it: launchd and systemd by name, the fallback in words."""
+    return _("processo em segundo plano") if kind == "process" else str(kind)
+
+
 def template(name: str) -> str:
     path = TEMPLATES / name
     if not path.is_file():
