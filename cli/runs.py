@@ -68,7 +68,11 @@ def check(ref, criteria, as_json):
 
             chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
         except orjson.JSONDecodeError as exc:
-            raise SpecError(_("--success: JSON inválido ({exc})").format(exc=exc)) from None
+            from farensed.spec.decode import json_reason
+
+            raise SpecError(
+                _("--success: JSON inválido na coluna {colno}: {msg}").format(colno=exc.colno, msg=json_reason(exc.msg))
+            ) from None
         own = True
     else:
         chosen, own = criteria_of(run.spec_dict())

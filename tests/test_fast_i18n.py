@@ -217,3 +217,28 @@ def test_messages_carry_no_layout_and_name_their_placeholders():
         for text in msgid if isinstance(msgid, tuple) else (msgid,):
             assert text == text.strip(" \n") and "\n" not in text, (where, text)
             assert not vague.search(text), (where, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "pt", "en"),
+    [
+        (
+            b'{"a": 1 "b": 2}',
+            "carácter inesperado; esperava-se ',' ou '}'",
+            "unexpected character; expected ',' or '}'",
+        ),
+        (b'{"a": 1,}', "vírgula a mais antes do fecho", "trailing comma before the closing bracket"),
+        (b'{"a": ', "o texto acaba a meio", "the text ends midway"),
+        (b"{a: 1}", "esperava-se uma chave entre aspas", "expected a key in double quotes"),
+    ],
+)
+def test_a_malformed_json_spec_is_explained_in_the_chosen_language(monkeypatch, text, pt, en):
+    from farensed.errors import SpecError
+    from farensed.spec.decode import decode_json
+
+    for lang, said in (("pt", pt), ("en", en)):
+        monkeypatch.setenv("FARENSE_LANG", lang)
+        with pytest.raises(SpecError) as raised:
+            decode_json(text, "v2.json")
+        assert said in str(raised.value) and "v2.json" in str(raised.value)
+        assert ("linha 1" if lang == "pt" else "line 1") in str(raised.value)

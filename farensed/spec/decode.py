@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from farensed.errors import SpecError
-from farensed.i18n import _
+from farensed.i18n import N_, _
 from farensed.storage.regular import FileTooLarge, NotRegularFile, read_regular
 from farensed.terminal import excerpt, safe
 
@@ -66,6 +66,30 @@ class _Duplicate(Exception):
     pass
 
 
+# orjson's reasons, in the reader's language (one it does not list here is shown as orjson says it)
+JSON_REASONS = (
+    (re.compile(r"unexpected character, expected a string key"), N_("esperava-se uma chave entre aspas")),
+    (re.compile(r"unexpected character, expected (.+)"), N_("carácter inesperado; esperava-se {expected}")),
+    (re.compile(r"invalid literal, expected (.+)"), N_("valor inválido; esperava-se {expected}")),
+    (re.compile(r"trailing comma is not allowed"), N_("vírgula a mais antes do fecho")),
+    (re.compile(r"unexpected end of data"), N_("o texto acaba a meio (falta fechar algo)")),
+    (re.compile(r"unexpected content after document"), N_("há texto depois do fim do documento")),
+    (re.compile(r"Input is a zero-length, empty document"), N_("ficheiro vazio")),
+    (re.compile(r"number with leading zero is not allowed"), N_("número começado por zero")),
+    (re.compile(r"invalid escaped sequence in string"), N_("sequência de escape inválida num texto")),
+    (re.compile(r"str is not valid UTF-8.*"), N_("não é texto UTF-8 válido")),
+)
+
+
+def json_reason(msg: str) -> str:
+    """orjson's reason for a malformed document, in the chosen language (`',' or '}'` → `',' ou '}'`)."""
+    for pattern, said in JSON_REASONS:
+        if m := pattern.fullmatch(msg):
+            expected = m.group(1).replace(" or ", " " + _("ou") + " ") if m.groups() else ""
+            return _(said).format(expected=expected)
+    return msg
+
+
 def decode_json(data: bytes, label: str) -> Any:
     """JSON text → value: malformed JSON names its line and column, a repeated key names the key."""
     try:
@@ -73,7 +97,7 @@ def decode_json(data: bytes, label: str) -> Any:
     except orjson.JSONDecodeError as exc:
         raise SpecError(
             _("{path}: JSON inválido na linha {lineno}, coluna {colno}: {msg}").format(
-                path=label, lineno=exc.lineno, colno=exc.colno, msg=exc.msg
+                path=label, lineno=exc.lineno, colno=exc.colno, msg=json_reason(exc.msg)
             )
         ) from None
     check_bounds(value, label)  # bounded depth before the standard library's (recursive) second pass
