@@ -89,7 +89,7 @@ def test_a_stop_before_training_raises_at_once_and_in_training_only_asks():
             for _ in range(1000):  # the handler runs between bytecodes: a loop that never checks a flag
                 pass
         assert "SIGTERM" in raised.value.line()
-        stop.training_begins()
+        stop.loading_done()
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM  # now a request, honoured at the next update boundary
         ranks = StopRequest(None, single=False)  # ranks agree on every stop: never at once

@@ -44,7 +44,7 @@ def stop_now(run_dir: Path) -> None:
 class StopRequest:
     """SIGTERM/SIGINT set a flag; the loop finishes the current optimizer update and checkpoints.
 
-    Before `training_begins()` a single-process run has nothing to checkpoint: a stop ends it at once
+    Until `loading_done()` a single-process run has nothing to checkpoint: a stop ends it at once
     (StoppedBeforeTraining, exit 75), so a cancel reaches a long load or a stuck tokenization. Ranks agree on every
     stop, so they only set the flag. A second SIGINT (Ctrl-C) in a single-process run (`run_dir` given) stops at
     once (`stop_now`).
@@ -53,15 +53,15 @@ class StopRequest:
     def __init__(self, run_dir: Path | None = None, single: bool = True):
         self.signum = None
         self.run_dir = run_dir
-        self.training = not single
+        self.loaded = not single
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
-    def training_begins(self) -> None:
-        self.training = True
+    def loading_done(self) -> None:
+        self.loaded = True
 
     def _handle(self, signum, frame):
-        if not self.training:
+        if not self.loaded:
             raise StoppedBeforeTraining(signum)
         if signum == signal.SIGINT and self.run_dir is not None:
             if self.signum is not None:

@@ -77,6 +77,9 @@ class Trainer:
     def run(self) -> int:
         self._prepare()
         start, cont = self._decide_start()
+        # loaded: from here a stop is honoured where the work can resume (an update boundary, the next evaluated
+        # example of a finished run); before, it ended the process at once (farensed/signals.py)
+        self.stop.loading_done()
         if start.resuming and start.state.get("finished") and not cont.reopen:
             console.say("\n" + _("Treino já terminado; nada a fazer."))
             return self.finish(start.state["progress"]["stop_reason"] or "completed", already=True)
@@ -86,7 +89,6 @@ class Trainer:
         if check := getattr(self.loss, "check", None):  # a loss that picks its path on a real batch (trainloss.py)
             check(self.model, next(iter(self.batches.epoch(0)))[1])
         micro_step = build_micro_step(self.model, self.optimizer, self.loss, self.world, self.spec.grad_checkpoint)
-        self.stop.training_begins()  # from here a stop checkpoints at the next update boundary
         self.callbacks.on_train_begin(self, self.progress)
         self.model.train()  # dropout on (mlx-lm loads a model in eval mode)
         try:
