@@ -12,7 +12,7 @@ from farensed.queue.backoff import DEFAULT_SCHEDULE
 from farensed.queue.job import Job
 from farensed.queue.outcome import ending
 from farensed.queue.stall import Stall, StallWatch
-from farensed.signals import StoppedBeforeTraining
+from farensed.signals import StoppedBeforeTraining, forget_requests
 
 
 class Clock:
@@ -89,6 +89,9 @@ def test_a_stop_before_training_raises_at_once_and_in_training_only_asks():
             for _ in range(1000):  # the handler runs between bytecodes: a loop that never checks a flag
                 pass
         assert "SIGTERM" in raised.value.line()
+        with pytest.raises(StoppedBeforeTraining):
+            stop.loading_done()  # asked once, stays asked: loading never ends into training after a stop
+        forget_requests()
         stop.loading_done()
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM  # now a request, honoured at the next update boundary
@@ -96,5 +99,71 @@ def test_a_stop_before_training_raises_at_once_and_in_training_only_asks():
         os.kill(os.getpid(), signal.SIGTERM)
         assert ranks.signum == signal.SIGTERM
     finally:
+        forget_requests()  # what this test asked must not stop a later trainer in this process
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_a_stop_whose_raise_was_swallowed_in_a_del_still_stops_when_loading_ends(monkeypatch):
+    """Python loses an exception raised inside __del__ (it prints "Exception ignored"): a stop that lands there
+    while loading is raised again once loading ends, before any training."""
+    import sys
+
+    from farensed.engine.interrupt import StopRequest
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: swallowed.append(info.exc_type))
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = StopRequest(None)
+
+        class Finalized:
+            def __del__(self):
+                stop._handle(signal.SIGTERM, None)  # what the signal does when it lands in a finalizer
+
+        Finalized()
+        assert swallowed == [StoppedBeforeTraining]  # lost, as in the regex module during a GGUF import
+        with pytest.raises(StoppedBeforeTraining):
+            stop.loading_done()
+        with pytest.raises(StoppedBeforeTraining):
+            StopRequest(None)  # the next handler of this run knows too
+    finally:
+        forget_requests()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert StopRequest(None).loading_done() is None  # a new run starts with no stop requested
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_retry_of_the_same_job_is_a_new_child_watched_from_zero(tmp_path):
+    """A stalled job retried in the morning: its new child is neither killed at once nor left unwatched."""
+    clock = Clock()
+    watch = StallWatch(limit_s=60, kill_after_s=60, clock=clock)
+    paths = lambda: [tmp_path]  # noqa: E731
+    watch.check((7, 100), paths)
+    clock.now += 61
+    assert watch.check((7, 100), paths) is Stall.STOP
+    clock.now += 60
+    assert watch.check((7, 100), paths) is Stall.KILL
+    assert watch.check((7, 200), paths) is Stall.NONE  # the retry's child: a clean slate
+    clock.now += 30
+    assert watch.check((7, 200), paths) is Stall.NONE
+    clock.now += 31
+    assert watch.check((7, 200), paths) is Stall.STOP  # and watched like any other
+
+
+def test_the_stall_limit_refuses_what_would_turn_it_off_silently_or_stop_every_job(isolated_home):
+    from click.testing import CliRunner
+
+    from farensed.queue.main import cli as farensed_cli
+
+    runner = CliRunner()
+    for value in ("nan", "0.01", "-1", "abc", "1e12"):
+        result = runner.invoke(farensed_cli, ["--home", str(isolated_home), "--stall-minutes", value, "--burst"])
+        assert result.exit_code == 2, (value, result.output)
+        assert "--stall-minutes" in result.output
+    result = runner.invoke(
+        farensed_cli, ["--home", str(isolated_home), "--burst"], env={"FARENSE_STALL_MINUTES": "nan"}
+    )
+    assert result.exit_code == 2 and "0 (desligado) ou pelo menos 0.1 minutos" in result.output

@@ -39,3 +39,27 @@ def test_a_stuck_job_fails_with_the_reason_and_the_next_job_runs(workspace, tiny
     assert log.rstrip().endswith(f"Para tentar de novo: farensectl retry {stuck.id}")
     assert f"job {stuck.id}: sem sinal de vida" in burst.stdout and "SIGKILL" not in burst.stdout
     assert q.get(fine.id).state == "done"  # the queue went on
+
+
+def test_run_stopped_while_it_imports_a_gguf_ends_at_once_and_leaves_nothing_half_written(workspace, tiny_model):
+    """`farensectl run` gets SIGTERM in the middle of a GGUF import (before any trainer exists): exit 75 with the
+    line that says so, no half-imported folder, and the next run imports and trains as if nothing happened."""
+    import signal
+
+    from tests.ggufwrite import tiny_gguf
+    from tests.helpers import start_cli, wait_for
+
+    (workspace / "gg").mkdir()
+    tiny_gguf(tiny_model, workspace / "gg" / "tiny.gguf", width=2048)  # ~50 MB: an import that takes a moment
+    spec = write_spec(workspace, spec_with(name="g", model="gg/tiny.gguf", epochs=1))
+    out = workspace / "run.out"
+    run = start_cli(workspace, "run", str(spec), log=out)
+    wait_for(lambda: "A importar tiny.gguf" in out.read_text(), timeout=120, interval=0.005, proc=run)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 75
+    text = out.read_text()
+    assert "Parado antes de começar a treinar (sinal SIGTERM)" in text and "Traceback" not in text
+    assert not [p.name for p in (workspace / "gg").iterdir() if ".tmp-" in p.name]  # nothing half-imported
+    imported = workspace / "gg" / "tiny.gguf.mlx"  # whole, if the stop came as it ended (written atomically)
+    assert not imported.exists() or (imported / "config.json").is_file()
+    assert not (workspace / "checkpoints_qlora" / "g" / "training_state.json").exists()  # no training began

@@ -47,10 +47,16 @@ def test_validation_batches_are_larger_and_equal_mlx_lm_evaluate(workspace):
     assert trainer.validation() == pytest.approx(reference, rel=1e-5)
 
 
-def test_explicit_val_batch_size_gives_the_same_loss(workspace):
+def test_explicit_val_batch_size_gives_the_same_loss(workspace, capsys, monkeypatch):
+    import farensed.engine.validation as validation
+
     trainer = loaded_trainer(workspace, val_batch_size=7)
     assert [b.shape[0] for b, _ in trainer.validation.batches] == [7, 7, 7, 3]
+    capsys.readouterr()
+    monkeypatch.setattr(validation, "PROGRESS_EVERY_S", 0.0)  # as if every batch took a minute
     assert trainer.validation() == pytest.approx(mlx_lm_val_loss(trainer), rel=1e-5)
+    said = [line.strip() for line in capsys.readouterr().out.splitlines() if "validação:" in line]
+    assert said == [f"… validação: {n}/4 lotes" for n in (1, 2, 3, 4)]  # a long validation is never silent
 
 
 def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspace, tiny_model):

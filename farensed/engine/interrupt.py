@@ -13,7 +13,7 @@ import orjson
 from farensed import EXIT_RESUMABLE
 from farensed.engine.checkpoint import STATE_NAME, list_checkpoints
 from farensed.i18n import _
-from farensed.signals import StoppedBeforeTraining
+from farensed.signals import raise_if_requested, stop_before_training
 
 
 def resume_point(run_dir: Path) -> str | None:
@@ -56,13 +56,17 @@ class StopRequest:
         self.loaded = not single
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
+        if single:
+            raise_if_requested()  # a stop before this handler existed, whose raise was swallowed
 
     def loading_done(self) -> None:
+        if not self.loaded:
+            raise_if_requested()  # a stop while loading whose raise was swallowed (inside a __del__)
         self.loaded = True
 
     def _handle(self, signum, frame):
         if not self.loaded:
-            raise StoppedBeforeTraining(signum)
+            stop_before_training(signum, frame)
         if signum == signal.SIGINT and self.run_dir is not None:
             if self.signum is not None:
                 stop_now(self.run_dir)

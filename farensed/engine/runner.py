@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 
+from farensed import EXIT_RESUMABLE
 from farensed.i18n import _
-from farensed.signals import StoppedBeforeTraining
+from farensed.signals import StoppedBeforeTraining, forget_requests, quiet_lost_stops, stop_before_training
 from farensed.spec.load import load_spec
 from farensed.storage.workspace import Workspace
 
@@ -27,18 +29,36 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
     `farensed.queue.fresh.start_over`, which also repoints the jobs that trained it; the engine knows no queue).
     """
     configure_environment()
-    ws = Workspace.at(home)
+    from farensed.engine import console
+    from farensed.engine.distributed import in_rank
+
+    if in_rank():  # ranks agree on every stop (their handler only asks): no stop at once here
+        ws = Workspace.at(home)
+        return _train(load_spec(Path(spec_path), ws), ws, fresh)
+    # until the trainer's own handler: a stop ends the process at once; the caller's handlers come back at the end
+    if job_id is None:  # a queued job's child has been taking stops since it started (queue/child.py)
+        forget_requests()
+    quiet_lost_stops()
+    before = {sig: signal.signal(sig, stop_before_training) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _run_here(spec_path, Workspace.at(home), fresh, job_id, start_over)
+    except StoppedBeforeTraining as exc:  # a Hub download, a GGUF import, a lock: nothing of the run changed
+        console.say("\n" + exc.line())
+        return EXIT_RESUMABLE
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _run_here(spec_path: Path, ws: Workspace, fresh: bool, job_id: int | None, start_over) -> int:
     from farensed.engine import console
     from farensed.engine.presubmit import prepare
 
     if job_id is None:  # a queued job did this at submit; its child only reads the HF cache (never the network)
         prepare(Path(spec_path), ws, console.say)  # a Hub model into the HF cache; optimizer/schedule arguments tried
     spec = load_spec(Path(spec_path), ws)
-    from farensed.engine.distributed import in_rank
     from farensed.storage.runlock import hold_run
 
-    if in_rank():
-        return _train(spec, ws, fresh)
     with hold_run(ws.run_dir(spec.name), job_id=job_id, sweep=(ws.output_dir(spec.name),), within=ws.root):
         if fresh:  # only under the lock: a run someone else trains is never moved from under them
             start_over(ws, spec.name, job_id=job_id, say=console.say)
@@ -48,7 +68,8 @@ def run_spec(spec_path: Path, home=None, fresh: bool = False, job_id: int | None
 
 
 def _train(spec, ws: Workspace, fresh: bool) -> int:
-    """Train (and evaluate when the spec asks) in this process; a full disk is one line, not a traceback."""
+    """Train (and evaluate when the spec asks) in this process; a full disk is one line, not a traceback. A stop
+    while loading raises StoppedBeforeTraining (run_spec says it and returns 75)."""
     from farensed.engine.diskfull import disk_full_error, is_disk_full
     from farensed.engine.reporting import reporting_callbacks
     from farensed.engine.trainer import Trainer  # imports mlx: only here, never in the daemon
@@ -58,19 +79,12 @@ def _train(spec, ws: Workspace, fresh: bool) -> int:
     try:
         trainer = Trainer(spec, ws, fresh=fresh, loss=loss, iterate_batches=batches, callbacks=report)
         code = trainer.run()
-    except StoppedBeforeTraining as exc:  # loading, importing, tokenizing: nothing to checkpoint, nothing changed
-        from farensed import EXIT_RESUMABLE
-        from farensed.engine import console
-
-        console.say("\n" + exc.line())
-        return EXIT_RESUMABLE
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
             raise
         raise disk_full_error(exc, ws.run_dir(spec.name)) from None
     if code == 0 and os.environ.get("MLX_RANK", "0") == "0":
         if not _post_steps(spec, ws, should_stop=lambda: trainer.stop.signum is not None):
-            from farensed import EXIT_RESUMABLE
             from farensed.engine import console
 
             console.say(console.interrupted(trainer.stop.signum))

@@ -21,10 +21,13 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from farensed.engine import console
 from farensed.engine.valloss import ValidationLoss
+from farensed.i18n import _
 from farensed.storage.procs import usable_cores
 
 CPU_SPLIT = 2  # on a CPU the automatic validation batch is this much smaller: it sits beside a training step
+PROGRESS_EVERY_S = 60.0  # a foreground validation longer than this says how far it is
 
 
 def _on_cpu() -> bool:
@@ -153,7 +156,7 @@ class Validation:
         def validate(cpu_clock):
             tic, cpu = time.perf_counter(), cpu_clock() if cpu_clock else 0.0
             try:
-                val_loss = self._mean()
+                val_loss = self._mean(foreground=cpu_clock is not None)
             finally:  # the twin lets go of this step's arrays (with full fine-tuning, a copy of the model)
                 self.twin.update(released)
             return val_loss, time.perf_counter() - tic, cpu_clock() - cpu if cpu_clock else None
@@ -165,16 +168,22 @@ class Validation:
         done.set_result(validate(time.process_time))
         return done
 
-    def _mean(self) -> float:
+    def _mean(self, foreground: bool = False) -> float:
+        """The mean; a long one in the foreground says how far it is each minute (training is silent meanwhile:
+        the log shows it alive, to a person and to the daemon's stall watch)."""
         import mlx.core as mx
 
         total, ntoks = mx.array(0.0), mx.array(0.0)
+        said = time.monotonic()
         for i, batch in enumerate(self.batches):
             if self.thread is not None and self.thread.closing:
                 raise Closed
             loss_sum, toks = self.loss(i, *batch)
             total, ntoks = total + loss_sum, ntoks + toks
             mx.eval(total, ntoks)
+            if foreground and self.world.is_main and time.monotonic() - said >= PROGRESS_EVERY_S:
+                said = time.monotonic()
+                console.say("  " + _("… validação: {done}/{total} lotes").format(done=i + 1, total=len(self.batches)))
         total, ntoks = self.world.all_sum(mx.stack([total, ntoks]))
         return (total / ntoks).item()
 

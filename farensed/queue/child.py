@@ -20,7 +20,7 @@ from pathlib import Path
 from farensed import EXIT_RESUMABLE
 from farensed.errors import FarenseError, error_line
 from farensed.i18n import _
-from farensed.signals import StoppedBeforeTraining, stop_before_training
+from farensed.signals import StoppedBeforeTraining, quiet_lost_stops, stop_before_training
 from farensed.storage.atomic import atomic_write_json
 from farensed.storage.exitfile import EXIT_FILE, write_exit_code
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # would read as "lost" and cost a recovery. Installed before child.json is written: the daemon reads child.json
     # as "this child handles a stop" (queue/overnight.py: child_ready).
     signal.signal(signal.SIGTERM, stop_before_training)
+    quiet_lost_stops()
     code, error = 1, None
     try:
         record_self(job_dir, args.attempt)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import click
 
 from farensed.errors import FarenseError
 from farensed.helptext import version_option
-from farensed.queue.stall import DEFAULT_MINUTES
+from farensed.i18n import _
+from farensed.queue.stall import DEFAULT_MINUTES, MIN_MINUTES
 from farensed.storage.workspace import Workspace, private_by_default
 from farensed.terminal import SafeFormatter, safe
 
@@ -97,6 +99,7 @@ def configure_logging() -> None:
     type=click.FloatRange(0, 7 * 24 * 60),
     default=DEFAULT_MINUTES,
     envvar="FARENSE_STALL_MINUTES",
+    callback=lambda ctx, param, value: _check_stall(value),
     show_default=True,
     help="Stop a job whose child writes nothing (log, run folder) for this long, and fail it with the reason; "
     "0 turns it off [env FARENSE_STALL_MINUTES].",
@@ -157,6 +160,15 @@ def cli(
     except FarenseError as exc:
         click.echo(f"farensed: {safe(exc, 2000)}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _check_stall(value: float) -> float:
+    if math.isnan(value) or 0 < value < MIN_MINUTES:  # NaN passes FloatRange; a few seconds would stop every job
+        raise click.BadParameter(
+            _("{value} não serve: 0 (desligado) ou pelo menos {least} minutos").format(value=value, least=MIN_MINUTES),
+            param_hint="--stall-minutes",
+        )
+    return value
 
 
 def _check_window(value: str | None) -> str | None:

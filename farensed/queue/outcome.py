@@ -50,7 +50,7 @@ def ending(
     changes = {"pid": None, "pid_create_time": None, "exit_code": code, "retry_at": None}
     changes.update(ran_time(job, ended))
     if stalled and code != 0 and not job.cancel_requested:  # a stuck job would hang again: the user decides (retry)
-        changes.update(state=JobStatus.FAILED.value, ended_at=now_iso(), error=stalled)
+        changes.update(state=JobStatus.FAILED.value, ended_at=now_iso(), error=stalled, loss_reason=stalled)
         return changes
     if job.held and code == EXIT_RESUMABLE:
         changes["loss_reason"] = _("parado pela guarda de memória: {held}").format(held=job.held)

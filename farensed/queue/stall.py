@@ -21,6 +21,7 @@ from farensed.queue import events
 from farensed.queue.job import job_run_dir, now_iso
 
 DEFAULT_MINUTES = 60.0
+MIN_MINUTES = 0.1  # 6 s: what a test needs; a healthy start-up may be quieter than that
 KILL_AFTER_S = 60.0  # after the SIGTERM: a child stuck in a loop never reaches its checkpoint
 LOOK_EVERY_S = 5.0  # the log and the run folder are looked at this often, not at every tick
 
@@ -53,20 +54,21 @@ class StallWatch:
     limit_s: float | None = DEFAULT_MINUTES * 60
     kill_after_s: float = KILL_AFTER_S
     clock: object = time.monotonic
-    _job: int | None = field(default=None, repr=False)
+    _job: object = field(default=None, repr=False)
     _mark: tuple = field(default=(), repr=False)
     _since: float = field(default=0.0, repr=False)
     _looked: float = field(default=float("-inf"), repr=False)
     _stopped: float | None = field(default=None, repr=False)
 
-    def check(self, job_id: int, paths) -> Stall:
+    def check(self, child, paths) -> Stall:
         """NONE while the child writes; STOP once after `limit_s` of silence; KILL once `kill_after_s` later.
+        `child` names one process (job id and pid: a retry of the same job is a new child, watched from zero);
         `paths()` gives the files and folders to look at (called only when it looks)."""
         now = self.clock()
         if self.limit_s is None:
             return Stall.NONE
-        if job_id != self._job:  # a new child (or one adopted by this daemon): its silence starts now
-            self._job, self._mark, self._since, self._looked, self._stopped = job_id, activity(paths()), now, now, None
+        if child != self._job:  # a new child (or one adopted by this daemon): its silence starts now
+            self._job, self._mark, self._since, self._looked, self._stopped = child, activity(paths()), now, now, None
             return Stall.NONE
         if self._stopped is not None:
             if now - self._stopped >= min(self.kill_after_s, self.limit_s):
@@ -101,7 +103,7 @@ class StallWatch:
         run = daemon.current
         if run is None:
             return
-        verdict = self.check(run.job_id, lambda: written_by(daemon, run.job_id))
+        verdict = self.check((run.job_id, run.pid), lambda: written_by(daemon, run.job_id))
         if verdict is Stall.STOP:
             run.stalled = self.reason()
             job = daemon.queue.get(run.job_id)
