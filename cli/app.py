@@ -10,6 +10,7 @@ import orjson
 
 from farensed.errors import FarenseError, error_line
 from farensed.helptext import version_option
+from farensed.i18n import _
 
 
 class FarenseGroup(click.Group):
@@ -63,9 +64,15 @@ def cli(ctx, home):
 
 def workspace(ctx=None):
     from farensed.storage.workspace import Workspace
+    from farensed.terminal import safe
 
     ctx = ctx or click.get_current_context()
-    return Workspace.at(ctx.find_root().obj["home"])
+    obj = ctx.find_root().obj
+    ws = Workspace.at(obj["home"])
+    if not ws.root.exists() and not obj.get("said_new"):  # nothing silent: a mistyped --home makes a new folder
+        obj["said_new"] = True
+        click.echo(_("farense: {root} não existia: espaço de trabalho novo").format(root=safe(ws.root, 300)), err=True)
+    return ws
 
 
 def queue(ctx=None):

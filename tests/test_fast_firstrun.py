@@ -262,3 +262,12 @@ def test_tail_of_a_pending_job_says_once_that_farensed_is_not_running(isolated_h
     said = err.read_text()
     assert said.count("farensed não está a correr: o job 1 só avança quando arrancar") == 1, said
     assert "job 1 pendente: à espera que comece" in said and q.get(1).state == "pending"
+
+
+def test_a_home_that_does_not_exist_is_said_once_not_made_silently(tmp_path):
+    home = tmp_path / "typo" / "ws"
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--home", str(home), "list"])
+    assert first.exit_code == 0 and first.stderr.count(f"{home} não existia: espaço de trabalho novo") == 1
+    again = runner.invoke(cli, ["--home", str(home), "list", "--json"])
+    assert "não existia" not in again.stderr and orjson.loads(again.stdout)["jobs"] == []
