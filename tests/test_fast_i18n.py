@@ -242,3 +242,22 @@ def test_a_malformed_json_spec_is_explained_in_the_chosen_language(monkeypatch, 
             decode_json(text, "v2.json")
         assert said in str(raised.value) and "v2.json" in str(raised.value)
         assert ("linha 1" if lang == "pt" else "line 1") in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "pt", "en"),
+    [
+        (b"a: [1, 2", "o texto acaba a meio; esperava-se ',' ou ']'", "the text ends midway; expected ',' or ']'"),
+        (b"a: b: c", "'chave: valor' onde não pode estar", "'key: value' where it cannot be"),
+        (b'a: "x', "o texto acaba a meio (falta fechar algo)", "the text ends midway (something is not closed)"),
+    ],
+)
+def test_a_malformed_yaml_config_is_explained_in_the_chosen_language(monkeypatch, text, pt, en):
+    from farensed.errors import SpecError
+    from farensed.spec.decode import decode_yaml
+
+    for lang, said in (("pt", pt), ("en", en)):
+        monkeypatch.setenv("FARENSE_LANG", lang)
+        with pytest.raises(SpecError) as raised:
+            decode_yaml(text, "lora.yaml")
+        assert said in str(raised.value) and "lora.yaml" in str(raised.value)

@@ -81,9 +81,26 @@ JSON_REASONS = (
 )
 
 
-def json_reason(msg: str) -> str:
-    """orjson's reason for a malformed document, in the chosen language (`',' or '}'` → `',' ou '}'`)."""
-    for pattern, said in JSON_REASONS:
+# PyYAML's problems, likewise (what a hand-edited mlx_lm config most often has)
+YAML_REASONS = (
+    (
+        re.compile(r"expected (.+), but (?:got|found) '<stream end>'"),
+        N_("o texto acaba a meio; esperava-se {expected}"),
+    ),
+    (re.compile(r"found unexpected end of stream"), N_("o texto acaba a meio (falta fechar algo)")),
+    (re.compile(r"mapping values are not allowed here"), N_("'chave: valor' onde não pode estar (falta um espaço?)")),
+    (
+        re.compile(r"found character (.+) that cannot start any token"),
+        N_("o carácter {expected} não pode começar um valor"),
+    ),
+    (re.compile(r"expected (.+), but (?:got|found) .+"), N_("esperava-se {expected} (indentação?)")),
+)
+
+
+def json_reason(msg: str, table=JSON_REASONS) -> str:
+    """A parser's reason for a malformed document, in the chosen language (`',' or '}'` → `',' ou '}'`); one the
+    table does not know is shown as the parser says it."""
+    for pattern, said in table:
         if m := pattern.fullmatch(msg):
             expected = m.group(1).replace(" or ", " " + _("ou") + " ") if m.groups() else ""
             return _(said).format(expected=expected)
@@ -207,6 +224,7 @@ def decode_yaml(data: bytes, label: str) -> Any:
             else ""
         )
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        problem = json_reason(problem, YAML_REASONS)
         raise SpecError(
             _("{path}: YAML inválido{where}: {problem}").format(path=label, where=where, problem=safe(problem, 160))
         ) from None
