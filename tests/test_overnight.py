@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from farensed.cli.main import cli
 from farensed.queue.jobs import Queue
+from farensed.spec.window import format_clock
 from farensed.storage.atomic import atomic_write_json
 from farensed.storage.workspace import Workspace
 from tests.helpers import (
@@ -100,7 +101,7 @@ def test_window_end_checkpoint_stops_shows_pause_and_resumes_exactly_at_next_win
         assert (job.attempts, job.recoveries, job.exit_code) == (1, 0, 75)
         state = orjson.loads((run_dir / "training_state.json").read_bytes())
         assert 0 < state["step"] < 80 and checkpoint_steps(run_dir)[-1] == state["step"]
-        pause = f"em pausa até {clock(reopens)}"
+        pause = f"em pausa até {format_clock(reopens)}"  # HH:MM, with seconds only when not :00
         assert pause in farensectl(workspace, "list")
         assert pause in farensectl(workspace, "status", str(job_id))
         wait_for(lambda: queue(workspace).get(job_id).state == "done", timeout=300)
@@ -177,8 +178,6 @@ def test_low_battery_stops_at_a_checkpoint_and_mains_power_resumes_exactly(works
 
 
 def test_queue_eta_from_measured_step_times_windows_and_unknowns(workspace, reference_run, fresh_copy):
-    from farensed.spec.window import format_clock
-
     root = fresh_copy(reference_run, "eta")  # run "t" finished: its metrics give the step time
     now = dt.datetime.now().astimezone().replace(second=0, microsecond=0)
     opens = now + dt.timedelta(hours=2)
