@@ -220,44 +220,30 @@ def test_messages_carry_no_layout_and_name_their_placeholders():
 
 
 @pytest.mark.parametrize(
-    ("text", "pt", "en"),
+    ("decoder", "text", "pt", "en"),
     [
         (
+            "json",
             b'{"a": 1 "b": 2}',
             "carácter inesperado; esperava-se ',' ou '}'",
-            "unexpected character; expected ',' or '}'",
+            "unexpected character; expected ','",
         ),
-        (b'{"a": 1,}', "vírgula a mais antes do fecho", "trailing comma before the closing bracket"),
-        (b'{"a": ', "o texto acaba a meio", "the text ends midway"),
-        (b"{a: 1}", "esperava-se uma chave entre aspas", "expected a key in double quotes"),
+        ("json", b'{"a": 1,}', "vírgula a mais antes do fecho", "trailing comma before the closing bracket"),
+        ("json", b'{"a": ', "o texto acaba a meio", "the text ends midway"),
+        ("json", b"{a: 1}", "esperava-se uma chave entre aspas", "expected a key in double quotes"),
+        ("yaml", b"a: [1, 2", "o texto acaba a meio; esperava-se ',' ou ']'", "the text ends midway; expected ','"),
+        ("yaml", b"a: b: c", "'chave: valor' onde não pode estar", "'key: value' where it cannot be"),
+        ("yaml", b'a: "x', "o texto acaba a meio (falta fechar algo)", "the text ends midway (something is not"),
     ],
 )
-def test_a_malformed_json_spec_is_explained_in_the_chosen_language(monkeypatch, text, pt, en):
+def test_a_malformed_spec_is_explained_in_the_chosen_language(monkeypatch, decoder, text, pt, en):
+    """The parser's reason (orjson's, PyYAML's) in the reader's language, with the file and the line."""
     from farensed.errors import SpecError
-    from farensed.spec.decode import decode_json
+    from farensed.spec import decode
 
     for lang, said in (("pt", pt), ("en", en)):
         monkeypatch.setenv("FARENSE_LANG", lang)
         with pytest.raises(SpecError) as raised:
-            decode_json(text, "v2.json")
-        assert said in str(raised.value) and "v2.json" in str(raised.value)
+            getattr(decode, f"decode_{decoder}")(text, f"spec.{decoder}")
+        assert said in str(raised.value) and f"spec.{decoder}" in str(raised.value)
         assert ("linha 1" if lang == "pt" else "line 1") in str(raised.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "pt", "en"),
-    [
-        (b"a: [1, 2", "o texto acaba a meio; esperava-se ',' ou ']'", "the text ends midway; expected ',' or ']'"),
-        (b"a: b: c", "'chave: valor' onde não pode estar", "'key: value' where it cannot be"),
-        (b'a: "x', "o texto acaba a meio (falta fechar algo)", "the text ends midway (something is not closed)"),
-    ],
-)
-def test_a_malformed_yaml_config_is_explained_in_the_chosen_language(monkeypatch, text, pt, en):
-    from farensed.errors import SpecError
-    from farensed.spec.decode import decode_yaml
-
-    for lang, said in (("pt", pt), ("en", en)):
-        monkeypatch.setenv("FARENSE_LANG", lang)
-        with pytest.raises(SpecError) as raised:
-            decode_yaml(text, "lora.yaml")
-        assert said in str(raised.value) and "lora.yaml" in str(raised.value)
