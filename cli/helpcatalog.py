@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from farensed import i18n
-from farensed.helptext import WORDS, texts, walk
+from farensed.helptext import WORDS, texts, walk, written
 
 
 def roots() -> list[click.Command]:
@@ -27,8 +27,8 @@ def msgids(*commands: click.Command) -> dict[str, str]:
     found: dict[str, str] = {}
     for command in (c for root in commands or roots() for c in walk(root)):
         for obj, attr in texts(command):
-            written = obj.__dict__.get(f"_farense_{attr}", getattr(obj, attr, None))
-            for msgid in i18n.help_msgids(written) if written else []:
+            text = written(obj, attr)
+            for msgid in i18n.help_msgids(text) if text else []:
                 found.setdefault(msgid, f"help/{command.name or 'farensectl'}:1")
     for word in WORDS:
         found.setdefault(word, "help/click:1")

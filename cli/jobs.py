@@ -35,22 +35,17 @@ def _follow(q, job, emit, interval: float = 0.5, err: bool = False) -> int:
     """Follow a job's metrics until it ends; return its exit code. Ctrl-C detaches (exit 130), job untouched."""
     from farensed.analysis.monitor import follow
     from farensed.queue.job import job_run_dir
-    from farensed.queue.pidfile import daemon_pid
 
-    announced_wait, said_down, looked = False, False, 0.0
+    announced_wait, down = False, DaemonDown(q.ws)
 
     def is_over():
-        nonlocal announced_wait, said_down, looked
+        nonlocal announced_wait
         current = q.get(job.id)
         if current.status is JobStatus.PENDING and not announced_wait:
             click.echo(_("job {id} pendente: à espera que comece…").format(id=job.id), err=True)
             announced_wait = True
-        if current.status is JobStatus.PENDING and time.monotonic() - looked > 5:  # nothing silent: nobody runs it
-            looked = time.monotonic()
-            down = daemon_pid(q.ws) is None
-            if down and not said_down:
-                click.echo(_down_line(job.id), err=True)
-            said_down = down
+        if current.status is JobStatus.PENDING and down.newly():  # nothing silent: nobody runs it
+            click.echo(_down_line(job.id), err=True)
         return current.status.terminal
 
     try:
@@ -257,26 +252,22 @@ def wait(job_id, timeout):
     Example:
       farensectl wait 3 && farensectl gap 3
     """
-    from farensed.queue.pidfile import daemon_pid
     from farensed.views.status import job_exit_code
 
     q = queue()
     live = LiveLine(q) if sys.stdout.isatty() else None  # one line redrawn on a terminal; nothing in a script
     deadline = None if timeout is None else time.monotonic() + timeout
-    said_down, looked = False, 0.0
+    down = DaemonDown(q.ws)
     while not (job := q.get(job_id)).status.terminal:
         if deadline is not None and time.monotonic() > deadline:
             if live:
                 live.end()
             click.echo(_("job {job_id} ainda {state}").format(job_id=job_id, state=state_label(job.state)), err=True)
             sys.exit(124)
-        if time.monotonic() - looked > 5:  # a wait on a stopped queue says so once, then goes on waiting
-            looked, down = time.monotonic(), daemon_pid(q.ws) is None
-            if down and not said_down:
-                if live:
-                    live.end()
-                click.echo(_down_line(job_id), err=True)
-            said_down = down
+        if down.newly():  # a wait on a stopped queue says so once, then goes on waiting
+            if live:
+                live.end()
+            click.echo(_down_line(job_id), err=True)
         if live:
             live.show(job)
         time.sleep(0.5 if deadline is None else min(0.5, max(deadline - time.monotonic(), 0.01)))  # exit on time
@@ -284,6 +275,22 @@ def wait(job_id, timeout):
         live.end()
     click.echo(f"job {job.id} ({safe(job.name, 80)}): {state_label(job.state)}")
     sys.exit(job_exit_code(job))
+
+
+class DaemonDown:
+    """Whether farensed has just been found not running (looked at every 5 s): said once, again only after it ran."""
+
+    def __init__(self, ws):
+        self.ws, self.looked, self.down = ws, 0.0, False
+
+    def newly(self) -> bool:
+        from farensed.queue.pidfile import daemon_pid
+
+        if time.monotonic() - self.looked <= 5:
+            return False
+        was, self.looked = self.down, time.monotonic()
+        self.down = daemon_pid(self.ws) is None
+        return self.down and not was
 
 
 def _down_line(job_id: int) -> str:

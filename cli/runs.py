@@ -68,10 +68,12 @@ def check(ref, criteria, as_json):
 
             chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
         except orjson.JSONDecodeError as exc:
-            from farensed.spec.decode import json_reason
+            from farensed.spec.decode import parser_reason
 
             raise SpecError(
-                _("--success: JSON inválido na coluna {colno}: {msg}").format(colno=exc.colno, msg=json_reason(exc.msg))
+                _("--success: JSON inválido na coluna {colno}: {msg}").format(
+                    colno=exc.colno, msg=parser_reason(exc.msg)
+                )
             ) from None
         own = True
     else:

@@ -34,6 +34,11 @@ def texts(command: click.Command) -> list[tuple[object, str]]:
     return found + [(param, "help") for param in command.params if isinstance(param, click.Option)]
 
 
+def written(obj, attr: str):
+    """A help text or word as written (English), kept aside on the object the first time it is translated."""
+    return obj.__dict__.setdefault(f"_farense_{attr}", getattr(obj, attr, None))
+
+
 def walk(command: click.Command):
     yield command
     if isinstance(command, click.Group):
@@ -62,12 +67,10 @@ def localize(root: click.Command, lang: str | None = None) -> None:
     words = i18n.help_translations(lang)
     for command in walk(root):
         for obj, attr in texts(command):
-            written = obj.__dict__.setdefault(f"_farense_{attr}", getattr(obj, attr, None))
-            setattr(obj, attr, i18n.help_text(written, lang))
+            setattr(obj, attr, i18n.help_text(written(obj, attr), lang))
         for obj, attr in _words(command):  # a value type may be shared (click.INT): kept aside once all the same
-            written = obj.__dict__.setdefault(f"_farense_{attr}", getattr(obj, attr, None))
-            if isinstance(written, str):
-                setattr(obj, attr, words.gettext(written))
+            if isinstance(word := written(obj, attr), str):
+                setattr(obj, attr, words.gettext(word))
         if hasattr(command, "_help_option"):
             command._help_option = None  # Click caches its --help option with the text of its first language
 

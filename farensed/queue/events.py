@@ -96,9 +96,11 @@ def attempt_frame(job, resuming: bool, time: str) -> str:
     return frame(fields, human.format(attempt=job.attempts))
 
 
-def stop_frame(job_id: int, attempt: int | None, time: str, reason: str) -> str:
-    """The frame of a checkpoint-stop the daemon decided (window, power, queue pause, memory guard)."""
-    human = _("{reason}; a parar com checkpoint").format(reason=reason)
+def stop_frame(job_id: int, attempt: int | None, time: str, reason: str, checkpoint: bool = True) -> str:
+    """The frame of a stop the daemon decided: with a checkpoint (window, power, queue pause, memory guard), or of a
+    child it gave up on (the stall watch)."""
+    said = _("{reason}; a parar com checkpoint") if checkpoint else _("{reason}; a parar")
+    human = said.format(reason=reason)
     return frame({"job": job_id, "event": "stopping", "attempt": attempt, "time": time}, human)
 
 

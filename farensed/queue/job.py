@@ -10,7 +10,7 @@ from pathlib import Path
 
 from farensed.i18n import N_, _
 from farensed.storage.workspace import Workspace
-from farensed.terminal import excerpt
+from farensed.terminal import excerpt, safe
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 SCHEMA_VERSION = 1  # job.json's layout; readers keep unknown keys and default missing ones
@@ -40,7 +40,7 @@ STATE_LABELS = {
 
 def state_label(state: str | None) -> str:
     """A job state as a person reads it, in the chosen language (`pending` → `pendente`)."""
-    return _(STATE_LABELS[state]) if state in STATE_LABELS else str(state or "-")
+    return _(STATE_LABELS[state]) if state in STATE_LABELS else safe(state or "-", 20)
 
 
 def now_iso() -> str:

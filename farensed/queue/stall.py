@@ -108,9 +108,8 @@ class StallWatch:
             run.stalled = self.reason()
             job = daemon.queue.get(run.job_id)
             daemon.log(_("job {job_id}: {reason}; a parar").format(job_id=run.job_id, reason=run.stalled))
-            fields = {"job": job.id, "event": "stopping", "attempt": job.attempts, "time": now_iso()}
             with open(daemon.queue.log_path(job.id), "ab") as fh:
-                fh.write(events.frame(fields, _("{reason}; a parar").format(reason=run.stalled)).encode())
+                fh.write(events.stop_frame(job.id, job.attempts, now_iso(), run.stalled, checkpoint=False).encode())
             daemon.signal_child(signal.SIGTERM)
         elif verdict is Stall.KILL:
             daemon.log(_("job {job_id}: não parou com SIGTERM; SIGKILL").format(job_id=run.job_id))

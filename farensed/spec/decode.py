@@ -97,7 +97,7 @@ YAML_REASONS = (
 )
 
 
-def json_reason(msg: str, table=JSON_REASONS) -> str:
+def parser_reason(msg: str, table=JSON_REASONS) -> str:
     """A parser's reason for a malformed document, in the chosen language (`',' or '}'` → `',' ou '}'`); one the
     table does not know is shown as the parser says it."""
     for pattern, said in table:
@@ -114,7 +114,7 @@ def decode_json(data: bytes, label: str) -> Any:
     except orjson.JSONDecodeError as exc:
         raise SpecError(
             _("{path}: JSON inválido na linha {lineno}, coluna {colno}: {msg}").format(
-                path=label, lineno=exc.lineno, colno=exc.colno, msg=json_reason(exc.msg)
+                path=label, lineno=exc.lineno, colno=exc.colno, msg=parser_reason(exc.msg)
             )
         ) from None
     check_bounds(value, label)  # bounded depth before the standard library's (recursive) second pass
@@ -224,7 +224,7 @@ def decode_yaml(data: bytes, label: str) -> Any:
             else ""
         )
         problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        problem = json_reason(problem, YAML_REASONS)
+        problem = parser_reason(problem, YAML_REASONS)
         raise SpecError(
             _("{path}: YAML inválido{where}: {problem}").format(path=label, where=where, problem=safe(problem, 160))
         ) from None

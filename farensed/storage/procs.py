@@ -9,6 +9,7 @@ import signal
 import psutil
 
 from farensed.i18n import _
+from farensed.signals import signal_name
 
 
 def usable_cores() -> int:
@@ -64,10 +65,7 @@ def describe_loss(returncode: int | None, oom_before: int | None) -> str:
     after = oom_kills()
     oom = oom_before is not None and after is not None and after > oom_before
     if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
+        name = signal_name(-returncode)
         if oom and -returncode == signal.SIGKILL:
             return _("morto pelo kernel por falta de memória (OOM, {name})").format(name=name)
         return _("morto pelo sinal {name}").format(name=name)
