@@ -127,6 +127,34 @@ def test_the_daemon_sets_aside_every_poison_file_says_why_and_queues_the_good_on
     assert "jobs/failed/ tem ficheiros recusados (total: 19)" in text and "\x1b" not in text
 
 
+KILLED_MID_REJECTION = """
+import os, signal, sys
+from pathlib import Path
+from farensed.queue.jobs import Queue
+from farensed.storage.workspace import Workspace
+queue = Queue(Workspace(Path(sys.argv[1])))
+queue.ingest(queue.inbox / sys.argv[2], on_reject=lambda *_: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_a_daemon_killed_while_refusing_a_file_leaves_it_to_the_next_one_refused_logged_and_no_temp(ws):
+    """CI once caught a kill -9 between the move into jobs/failed/ and the reason: a file without reason, no line."""
+    pending, failed = ws.jobs / "pending", ws.jobs / "failed"
+    drop(pending, "empty.json", "")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_REJECTION, str(ws.root), "empty.json"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert (pending / "empty.json").exists() and (failed / "empty.json.reason.txt").exists()  # said, not moved
+    gone = subprocess.Popen(["true"])  # its pid: a writer killed inside an atomic write
+    gone.wait()
+    for folder in (pending, failed):
+        (folder / f".x.json.tmp-{gone.pid}").write_bytes(b"half")
+    logged = run_daemon(ws)
+    assert not list(pending.iterdir())
+    assert sorted(p.name for p in failed.iterdir()) == ["empty.json", "empty.json.reason.txt"]  # the same name
+    assert (failed / "empty.json.reason.txt").read_text().count("\n") == 1
+    assert sum("jobs/pending/empty.json recusado" in line for line in logged) == 1
+
+
 # ---- the loop never dies of one tick ---------------------------------------------------------------------------
 class Flaky(Daemon):
     """A daemon whose memory check fails three times and whose start of job `bad` raises: what a bug would do."""

@@ -91,8 +91,9 @@ class Daemon:
         The pid in job.json, the child's own record (child.json) and the run lock's holder are all asked before a
         job is called lost, so a daemon that died while starting a child never leads to a second trainer.
         """
-        with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept
-            for folder in [self.ws.jobs, *(self.queue.job_dir(i) for i in self.queue.ids())]:
+        with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept (submit's, a reason's too)
+            folders = [self.ws.jobs, self.queue.inbox, self.queue.failed_inbox]
+            for folder in [*folders, *(self.queue.job_dir(i) for i in self.queue.ids())]:
                 with contextlib.suppress(OSError):  # a folder that vanished or cannot be listed: nothing to sweep
                     sweep_temps(folder, self.ws.root)
         for job in self.queue.jobs():

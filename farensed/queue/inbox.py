@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,17 +95,38 @@ def _target_name(name: str) -> str:
     return raw[:NAME_MAX_BYTES].decode("utf-8", "ignore") + "…"
 
 
-def reject(failed: Path, path: Path, reason: str) -> Path:
-    """Move an inbox entry into jobs/failed/ beside `<name>.reason.txt`; nothing is deleted. Returns its new path."""
-    base = _target_name(path.name)
+def _free_target(failed: Path, name: str) -> Path:
+    """Where a rejected file goes: its own name, or `.N` before the suffix when that name is taken.
+
+    A reason without its file is what a daemon killed mid-rejection leaves: that name is free again.
+    """
+    base = _target_name(name)
     target = failed / base
     n = 1
-    while os.path.lexists(target) or os.path.lexists(target.with_name(target.name + REASON_SUFFIX)):
+    while os.path.lexists(target):
         stem, dot, suffix = base.rpartition(".")
         target = failed / (f"{stem}.{n}.{suffix}" if dot and stem else f"{base}.{n}")
         n += 1
-    os.replace(path, target)
-    atomic_write_bytes(target.with_name(target.name + REASON_SUFFIX), (safe(reason, REASON_MAX) + "\n").encode())
+    return target
+
+
+def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None] | None = None) -> Path:
+    """Move an inbox entry into jobs/failed/ beside `<name>.reason.txt`; nothing is deleted. Returns its new path.
+
+    The reason is written first, then `before_move` is called (the daemon's log line), then the entry moves: a kill
+    anywhere leaves the entry in jobs/pending/, refused and said again by the next daemon, never a file in
+    jobs/failed/ without its reason or a refusal nobody logged.
+    """
+    target = _free_target(failed, path.name)
+    reason_file = target.with_name(target.name + REASON_SUFFIX)
+    atomic_write_bytes(reason_file, (safe(reason, REASON_MAX) + "\n").encode())
+    if before_move is not None:
+        before_move()
+    try:
+        os.replace(path, target)
+    except OSError:
+        reason_file.unlink(missing_ok=True)  # ours, written a moment ago, for a file that stays where it was
+        raise
     fsync_dir(path.parent)
     return target
 

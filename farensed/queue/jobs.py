@@ -190,16 +190,22 @@ class Queue:
                 return None
 
     def _set_aside(self, path: Path, reason: str, exc: Exception, on_reject) -> None:
+        def say(
+            text: str,
+        ) -> None:  # before the move (inbox.reject): a kill between them repeats the line, never loses it
+            if on_reject is not None:
+                on_reject(path.name, text, exc)
+
         try:
-            reject(self.failed_inbox, path, reason)
+            reject(self.failed_inbox, path, reason, before_move=lambda: say(reason))
         except OSError as move_error:  # failed/ unwritable, the entry vanished...: remember it, say it once
             with contextlib.suppress(OSError):
                 self.stuck.add(identity(os.lstat(path), path.name))
-            reason = _("{reason} (e não foi possível movê-lo para jobs/failed/: {strerror})").format(
-                reason=reason, strerror=move_error.strerror or type(move_error).__name__
+            say(
+                _("{reason} (e não foi possível movê-lo para jobs/failed/: {strerror})").format(
+                    reason=reason, strerror=move_error.strerror or type(move_error).__name__
+                )
             )
-        if on_reject is not None:
-            on_reject(path.name, reason, exc)
 
     def ingest_inbox(self, on_reject=None) -> list[Job]:
         """Every settled entry waiting in jobs/pending/, oldest first; refusals go to failed/ (and `on_reject`)."""
