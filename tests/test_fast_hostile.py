@@ -155,6 +155,56 @@ def test_a_daemon_killed_while_refusing_a_file_leaves_it_to_the_next_one_refused
     assert sum("jobs/pending/empty.json recusado" in line for line in logged) == 1
 
 
+def test_a_file_refused_under_a_name_already_in_jobs_failed_is_kept_beside_it(ws):
+    pending, failed = ws.jobs / "pending", ws.jobs / "failed"
+    for content in ("{", "[", "{"):
+        drop(pending, "v2.json", content)
+        Queue(ws).ingest_inbox()
+    names = sorted(p.name for p in failed.iterdir())
+    assert names == sorted(f"{n}{s}" for n in ("v2.json", "v2.1.json", "v2.2.json") for s in ("", ".reason.txt"))
+    assert [(failed / n).read_text() for n in ("v2.json", "v2.1.json", "v2.2.json")] == ["{", "[", "{"]
+
+
+KILLED_MID_INGEST = """
+import os, signal, sys
+from pathlib import Path
+from farensed.queue.jobs import Queue
+from farensed.storage.workspace import Workspace
+write_job = Queue._write_job
+
+def dying(self, job, data):
+    if sys.argv[3] == "after":
+        write_job(self, job, data)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Queue._write_job = dying
+queue = Queue(Workspace(Path(sys.argv[1])))
+queue.ingest(queue.inbox / sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_daemon_killed_while_making_a_job_of_a_file_leaves_one_job_never_two_nor_none(ws, when):
+    """The file is claimed before its job is written and moved into it after: a kill between leaves a claim."""
+    pending = ws.jobs / "pending"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")  # queued, never started
+    data = orjson.dumps(spec(name="v2", not_before=tomorrow))
+    drop(pending, "v2.json", data)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_INGEST, str(ws.root), "v2.json", when], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in pending.iterdir()] == [".claimed-1-v2.json"]
+    assert Queue(ws).ids() == ([1] if when == "after" else [])
+    drop(pending, "other.json", orjson.dumps(spec(name="other", not_before=tomorrow)))
+    queue = Queue(ws)
+    assert queue.ingest(pending / "other.json").id == 2  # a claimed id is never given to another file
+    queue.ingest_inbox()  # the claim settled first: into job 1, or back into the inbox and taken now
+    jobs = queue.jobs()
+    assert sorted(j.name for j in jobs) == ["other", "v2"] and not list(pending.iterdir())
+    v2 = next(j for j in jobs if j.name == "v2")
+    assert (queue.job_dir(v2.id) / "submitted.json").read_bytes() == data and v2.source == "v2.json"
+    assert v2.id == (1 if when == "after" else 3)
+
+
 # ---- the loop never dies of one tick ---------------------------------------------------------------------------
 class Flaky(Daemon):
     """A daemon whose memory check fails three times and whose start of job `bad` raises: what a bug would do."""

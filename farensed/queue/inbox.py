@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,17 +96,17 @@ def _target_name(name: str) -> str:
     return raw[:NAME_MAX_BYTES].decode("utf-8", "ignore") + "…"
 
 
-def _free_target(failed: Path, name: str) -> Path:
-    """Where a rejected file goes: its own name, or `.N` before the suffix when that name is taken.
+def free_name(folder: Path, name: str) -> Path:
+    """Where an entry named `name` goes in `folder`: its own name (cut to fit), or `.N` before the suffix if taken.
 
-    A reason without its file is what a daemon killed mid-rejection leaves: that name is free again.
+    In jobs/failed/ a reason without its file is what a daemon killed mid-rejection leaves: that name is free again.
     """
     base = _target_name(name)
-    target = failed / base
+    target = folder / base
     n = 1
     while os.path.lexists(target):
         stem, dot, suffix = base.rpartition(".")
-        target = failed / (f"{stem}.{n}.{suffix}" if dot and stem else f"{base}.{n}")
+        target = folder / (f"{stem}.{n}.{suffix}" if dot and stem else f"{base}.{n}")
         n += 1
     return target
 
@@ -117,7 +118,7 @@ def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None
     anywhere leaves the entry in jobs/pending/, refused and said again by the next daemon, never a file in
     jobs/failed/ without its reason or a refusal nobody logged.
     """
-    target = _free_target(failed, path.name)
+    target = free_name(failed, path.name)
     reason_file = target.with_name(target.name + REASON_SUFFIX)
     atomic_write_bytes(reason_file, (safe(reason, REASON_MAX) + "\n").encode())
     if before_move is not None:
@@ -129,6 +130,35 @@ def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None
         raise
     fsync_dir(path.parent)
     return target
+
+
+# ---- claims: an inbox entry on its way to becoming a job ------------------------------------------------------------
+CLAIM_RE = re.compile(r"^\.claimed-(\d+)-(.+)$", re.DOTALL)
+
+
+def claim(path: Path, job_id: int) -> Path:
+    """Rename an inbox entry `.claimed-<job id>-<name>` before its job is written: a kill until the entry is inside
+    the job's folder leaves a claim the next ingest finishes (the job exists) or undoes (it does not), so a file
+    never becomes two jobs, nor none (`Queue.settle_claims`)."""
+    claimed = path.with_name(f".claimed-{job_id}-{_target_name(path.name)}")
+    os.replace(path, claimed)
+    fsync_dir(path.parent)
+    return claimed
+
+
+def claims(inbox: Path) -> list[tuple[Path, int, str]]:
+    """Claims left in the inbox (path, job id, original name): only a process killed mid-ingest leaves one."""
+    found = []
+    try:
+        with os.scandir(inbox) as entries:
+            for n, entry in enumerate(entries):
+                if n >= SCAN_MAX:
+                    break
+                if m := CLAIM_RE.match(entry.name):
+                    found.append((Path(entry.path), int(m.group(1)), m.group(2)))
+    except OSError:
+        return []
+    return found
 
 
 def rejected(failed: Path, limit: int = 50) -> list[Rejected]:

@@ -13,6 +13,7 @@ from farensed.storage.workspace import Workspace
 from farensed.terminal import excerpt, safe
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
+SUBMITTED_FILE = "submitted.json"  # the inbox file as it was dropped, kept beside its job
 SCHEMA_VERSION = 1  # job.json's layout; readers keep unknown keys and default missing ones
 
 

@@ -18,11 +18,23 @@ from filelock import FileLock
 
 from farensed.errors import FarenseError, QueueError, SpecError
 from farensed.i18n import _
-from farensed.queue.inbox import Rejected, identity, not_a_file, reason_of, reject, rejected, settled_entries
+from farensed.queue.inbox import (
+    Rejected,
+    claim,
+    claims,
+    free_name,
+    identity,
+    not_a_file,
+    reason_of,
+    reject,
+    rejected,
+    settled_entries,
+)
 from farensed.queue.job import (
     JOB_FILE,
     LOG_FILE,
     SPEC_FILE,
+    SUBMITTED_FILE,
     Job,
     JobStatus,
     job_run_dir,
@@ -129,13 +141,15 @@ class Queue:
         return moved
 
     def _next_id(self) -> int:
+        """One above every job and every claim left by a killed ingest (whose job may not exist yet)."""
         ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
+        ids += [job_id for _, job_id, _ in claims(self.inbox)]
         return max(ids, default=0) + 1
 
-    def _create(self, spec_bytes: bytes, spec, source: str, overrides: dict) -> Job:
-        job_id = self._next_id()
+    def _new_job(self, spec, source: str, overrides: dict) -> Job:
+        """The job a spec becomes, checked against the queue (batch, not_before, after); nothing written yet."""
         job = Job(
-            id=job_id,
+            id=self._next_id(),
             name=spec.name,
             priority=spec.priority,
             after=list(spec.after),
@@ -154,20 +168,34 @@ class Queue:
         for dep in job.after:
             if not self.job_dir(dep).is_dir():
                 raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
-        folder = self.job_dir(job_id)
-        tmp = self.root / f".{job_id}.tmp-{os.getpid()}"
+        return job
+
+    def _write_job(self, job: Job, spec_bytes: bytes) -> None:
+        """The job's folder, complete or not at all (written aside, then renamed into place)."""
+        tmp = self.root / f".{job.id}.tmp-{os.getpid()}"
         tmp.mkdir(mode=0o700)
         (tmp / SPEC_FILE).write_bytes(spec_bytes)
         atomic_write_json(tmp / JOB_FILE, job.to_dict())
-        os.replace(tmp, folder)
+        os.replace(tmp, self.job_dir(job.id))
         fsync_dir(self.root)
-        return job
 
-    def ingest(self, path: Path, overrides: dict | None = None, on_reject=None) -> Job | None:
+    def settle_claims(self) -> None:
+        """Finish what a process killed mid-ingest left (inbox.claim): its entry into its job, or back in the inbox."""
+        with self.lock:
+            for claimed, job_id, name in claims(self.inbox):
+                folder = self.job_dir(job_id)
+                target = free_name(folder, SUBMITTED_FILE) if folder.is_dir() else free_name(self.inbox, name)
+                with contextlib.suppress(OSError):  # a folder that cannot take it: the claim waits, nothing is lost
+                    os.replace(claimed, target)
+                    fsync_dir(self.inbox)
+
+    def ingest(
+        self, path: Path, overrides: dict | None = None, on_reject=None, source: str | None = None
+    ) -> Job | None:
         """Turn one inbox entry into a job, or move it to failed/ with its reason — whatever goes wrong. Holds the lock.
 
         `on_reject(name, reason, exc)` hears of each refusal (the daemon logs it). From `submit` (overrides given)
-        the refusal is raised as one line after the file is set aside.
+        the refusal is raised as one line after the file is set aside; `source` names the user's file there.
         """
         with self.lock:
             if not os.path.lexists(path):
@@ -176,8 +204,14 @@ class Queue:
                 if (kind := not_a_file(path)) is not None:
                     raise SpecError(_("{path}: é {kind}, não um ficheiro de spec").format(path=path.name, kind=kind))
                 spec, data = load_spec_file(path, self.ws)
-                job = self._create(data, spec, path.name, overrides or {})
-                os.replace(path, self.job_dir(job.id) / "submitted.json")
+                job = self._new_job(spec, source or path.name, overrides or {})
+                claimed = claim(path, job.id)  # from here until the move below, a kill leaves a claim to settle
+                try:
+                    self._write_job(job, data)
+                except BaseException:
+                    os.replace(claimed, path)
+                    raise
+                os.replace(claimed, self.job_dir(job.id) / SUBMITTED_FILE)
                 fsync_dir(self.inbox)
                 return job
             except Exception as exc:  # noqa: BLE001 - one file must never stop the queue: set it aside, say why
@@ -210,6 +244,8 @@ class Queue:
     def ingest_inbox(self, on_reject=None) -> list[Job]:
         """Every settled entry waiting in jobs/pending/, oldest first; refusals go to failed/ (and `on_reject`)."""
         jobs = []
+        if claims(self.inbox):
+            self.settle_claims()
         for path in settled_entries(self.inbox, self.stuck):
             if job := self.ingest(path, on_reject=on_reject):
                 jobs.append(job)
@@ -230,11 +266,12 @@ class Queue:
         self._check_overrides(spec_path, spec, overrides)
         if check is not None:
             check(spec, self.ws)
-        name = f".submit-{os.getpid()}-{spec_path.stem[:100]}.json"  # a YAML config is queued as its JSON spec
+        # Hidden from the daemon's scan, and a temp file by name: one a killed submit leaves is swept at its start.
+        name = f".submit-{spec_path.stem[:100]}.json.tmp-{os.getpid()}"  # a YAML config is queued as its JSON spec
         try:
             with self.lock:
                 atomic_write_bytes(self.inbox / name, data)
-                job = self.ingest(self.inbox / name, overrides)
+                job = self.ingest(self.inbox / name, overrides, source=spec_path.name)
         except OSError as exc:  # a read-only or full jobs/: one line, nothing half-written
             raise QueueError(
                 _("{path}: não foi possível escrever na fila ({strerror})").format(
