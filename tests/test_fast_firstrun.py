@@ -271,3 +271,23 @@ def test_a_home_that_does_not_exist_is_said_once_not_made_silently(tmp_path):
     assert first.exit_code == 0 and first.stderr.count(f"{home} não existia: espaço de trabalho novo") == 1
     again = runner.invoke(cli, ["--home", str(home), "list", "--json"])
     assert "não existia" not in again.stderr and orjson.loads(again.stdout)["jobs"] == []
+
+
+CONVERT_SAID = (
+    "[INFO] Loading\n[INFO] Using dtype: float32\n[INFO] Quantizing\n"
+    "[INFO] Quantized model with 6.043 bits per weight.\n"
+)  # what mlx-lm 0.32's convert prints while the demo builds its model
+
+
+@pytest.mark.parametrize("lang", ["pt", "en"])
+def test_the_model_build_says_mlx_lms_numbers_in_the_readers_language(monkeypatch, lang):
+    from farensed.demo.tinymodel import _passed_on, about_the_model
+
+    monkeypatch.setenv("FARENSE_LANG", lang)
+    said = []
+    bits_per_weight = _passed_on(CONVERT_SAID + "a warning of its own\n", said.append)
+    assert bits_per_weight == 6.043 and said == ["a warning of its own"]  # [INFO] said in words, the rest kept
+    text = about_the_model(0.16, 4, 32, bits_per_weight)
+    assert "6.04" in text and "INFO" not in text and "bits per weight'" not in text
+    assert ("bits por peso" in text) == (lang == "pt") and ("bits per weight" in text) == (lang == "en")
+    assert "4 bits" in about_the_model(0.16, 4, 32, _passed_on("", said.append))  # a convert that says nothing

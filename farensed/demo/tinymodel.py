@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -161,23 +164,38 @@ def build_tiny_model(target: Path, force: bool = False, log=print) -> Path:
         mx.save_safetensors(str(fp_dir / "model.safetensors"), dict(tree_flatten(model.parameters())))
         (fp_dir / "config.json").write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
         q = RECIPE["quantize"]
-        convert(str(fp_dir), str(q_dir), quantize=True, q_group_size=q["group_size"], q_bits=q["bits"])
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # mlx-lm's [INFO] lines: said below in words
+            convert(str(fp_dir), str(q_dir), quantize=True, q_group_size=q["group_size"], q_bits=q["bits"])
+        bits_per_weight = _passed_on(said.getvalue(), log)
         atomic_write_json(q_dir / MARKER, {"recipe": recipe_hash(), "pretrain_loss": final_loss, "facts": len(FACTS)})
         if target.exists():
             move_aside(target)
         shutil.move(str(q_dir), str(target))
         fsync_dir(target.parent)
     log(_("✅ Modelo pronto: {target}").format(target=target))
-    log(about_the_model(final_loss, q["bits"], q["group_size"]))
+    log(about_the_model(final_loss, q["bits"], q["group_size"], bits_per_weight))
     return target
 
 
-def about_the_model(final_loss: float, bits: int, group_size: int) -> str:
-    """What the build's numbers mean: the pre-training loss is not the demo's scale, and mlx-lm's 'bits per
-    weight' counts more than the 4-bit layers."""
+def _passed_on(said: str, log) -> float | None:
+    """The bits per weight mlx-lm's convert reported; any line of its other than [INFO] is passed on as it was."""
+    for line in said.splitlines():
+        if line.strip() and not line.startswith("[INFO]"):
+            log(line)
+    found = re.search(r"with ([0-9.]+) bits per weight", said)
+    return float(found.group(1)) if found else None
+
+
+def about_the_model(final_loss: float, bits: int, group_size: int, bits_per_weight: float | None = None) -> str:
+    """What the build's numbers mean: the pre-training loss is not the demo's scale, and the bits per weight mlx-lm
+    measures count more than the 4-bit layers."""
+    weight = (
+        _("Quantizado a {bits} bits, o modelo pesa {bpw:.2f} bits por peso").format(bits=bits, bpw=bits_per_weight)
+        if bits_per_weight
+        else _("Quantizado a {bits} bits, o modelo pesa mais do que {bits} bits por peso").format(bits=bits)
+    )
     return _(
         "ℹ  Loss de pré-treino {final_loss:.3f}, em texto corrido; o treino do demo mede outra coisa (só as respostas, "
-        "em formato de chat), por isso começa mais alto. Os 'bits per weight' que o mlx-lm indica acima "
-        "passam de {bits}: contam também a escala e o bias de cada grupo de {group_size} pesos e as camadas que "
-        "ficam em float, que num modelo tão pequeno pesam muito."
-    ).format(final_loss=final_loss, bits=bits, group_size=group_size)
+        "em formato de chat), por isso começa mais alto. {weight}: contam também a escala e o bias de cada grupo de "
+        "{group_size} pesos e as camadas que ficam em float, que num modelo tão pequeno pesam muito."
+    ).format(final_loss=final_loss, weight=weight, group_size=group_size)
