@@ -82,6 +82,13 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations().ngettext(singular, plural, n)
 
 
+def grouped(number: float, decimals: int = 0) -> str:
+    """A number with its thousands grouped as the reader writes them: 12 288 in Portuguese (a no-break space), 12,288
+    in English."""
+    text = f"{number:,.{decimals}f}"
+    return text.replace(",", "\u00a0") if language() == "pt" else text
+
+
 def help_translations(lang: str | None = None) -> gettext.NullTranslations:
     """The catalog of --help and Click's messages in a language (English: the msgids themselves)."""
     lang = lang or language()

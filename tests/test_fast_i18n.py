@@ -247,3 +247,17 @@ def test_a_malformed_spec_is_explained_in_the_chosen_language(monkeypatch, decod
             getattr(decode, f"decode_{decoder}")(text, f"spec.{decoder}")
         assert said in str(raised.value) and f"spec.{decoder}" in str(raised.value)
         assert ("linha 1" if lang == "pt" else "line 1") in str(raised.value)
+
+
+def test_counts_are_grouped_as_the_reader_writes_them(monkeypatch):
+    from farensed.analysis.monitor import format_record
+    from farensed.i18n import grouped, ngettext
+
+    record = {"step": 10, "epoch": 0, "loss": 1.5, "tokens_per_second": 12288.4}
+    for lang, sep, word in (("pt", "\u00a0", "parâmetros"), ("en", ",", "parameters")):
+        monkeypatch.setenv("FARENSE_LANG", lang)
+        assert (
+            ngettext("{count} parâmetro", "{count} parâmetros", 12288).format(count=grouped(12288))
+            == f"12{sep}288 {word}"
+        )
+        assert f"12{sep}288 tok/s" in format_record(record, None)

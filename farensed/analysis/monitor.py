@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farensed.analysis.gap import band_label
 from farensed.analysis.metrics import JSONL_NAME, readable
-from farensed.i18n import _
+from farensed.i18n import _, grouped
 from farensed.storage.jsonl import parse_lines
 
 
@@ -52,7 +52,7 @@ def format_record(record: dict, best: float | None, first: dict | None = None, c
         parts.append(f"val_loss {record['val_loss']:.4f}")
         parts.append(colour(f"gap {record['gap']:+.4f} {band_label(record['band'])}", record["band"]))
     if record.get("tokens_per_second"):
-        parts.append(f"{record['tokens_per_second']:,.0f} tok/s")
+        parts.append(f"{grouped(record['tokens_per_second'])} tok/s")
     if record.get("peak_memory_gb") is not None:
         parts.append(f"mem {record['peak_memory_gb']:.2f} GB")
     if (eta := _eta(record, first)) is not None:

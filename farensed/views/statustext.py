@@ -5,7 +5,7 @@ from __future__ import annotations
 from farensed import EXIT_RESUMABLE
 from farensed.analysis.compare import cell
 from farensed.analysis.gap import band_label
-from farensed.i18n import N_, _, ngettext
+from farensed.i18n import N_, _, grouped, ngettext
 from farensed.queue.backoff import seconds_left
 from farensed.queue.job import JobStatus, state_label
 from farensed.terminal import safe
@@ -132,8 +132,8 @@ def _adapters(info: dict) -> list[str]:
                 tensors=ngettext("{count} tensor", "{count} tensores", adapters["tensors"]).format(
                     count=adapters["tensors"]
                 ),
-                parameters=ngettext("{count:,} parâmetro", "{count:,} parâmetros", adapters["parameters"]).format(
-                    count=adapters["parameters"]
+                parameters=ngettext("{count} parâmetro", "{count} parâmetros", adapters["parameters"]).format(
+                    count=grouped(adapters["parameters"])
                 ),
                 path=safe(adapters["path"], 300),
             )
