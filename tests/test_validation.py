@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,12 @@ def test_token_cache_returns_the_same_tokens_and_ignores_a_damaged_file(workspac
         return tokenize_file(data, tokenizer, 128)
 
     folder = workspace / "cache"
+    gone = subprocess.Popen(["true"])  # its pid: a writer killed mid-write
+    gone.wait()
+    folder.mkdir()
+    (folder / f".x.safetensors.tmp-{gone.pid}").write_bytes(b"half")
     cache = TokenCache(folder, tiny_model, {"max_seq_length": 128, "mask_prompt": True})
+    assert not list(folder.iterdir())  # its temp file swept
     first, hit = cache.get(file_digest(data), tokenize)
     assert not hit and len(calls) == 1 and len(list(folder.glob("*.safetensors"))) == 1
     second, hit = cache.get(file_digest(data), tokenize)

@@ -8,6 +8,7 @@ that is unreadable or whose metadata does not match is ignored and rewritten; no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import orjson
 
 from farensed.engine.data import TokenizedSet
 from farensed.storage.atomic import atomic_write_with
+from farensed.storage.runlock import sweep_temps
 
 FORMAT = 1
 CACHE_DIR = ".tokens"
@@ -50,6 +52,8 @@ class TokenCache:
 
     def __init__(self, folder: Path, model_dir: Path, settings: dict):
         self.folder = Path(folder)
+        with contextlib.suppress(OSError):  # a writer killed mid-write left its temp file; an absent cache has none
+            sweep_temps(self.folder)
         self.tokenizer = tokenizer_digest(model_dir)
         self.settings = settings
 
