@@ -3,6 +3,8 @@ every supported type (exact where MLX can hold the blocks), qwen2, and a K-quant
 
 from __future__ import annotations
 
+import subprocess
+
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -105,8 +107,14 @@ def test_spec_naming_a_gguf_imports_once_and_trains(workspace, tiny_file):
 def test_import_refuses_an_existing_destination_and_keeps_a_same_import(tiny_file, tmp_path):
     gguf, _ = tiny_file
     dest = tmp_path / "imported"
+    gone = subprocess.Popen(["true"])  # its pid: an import killed midway, which left a model-sized folder
+    gone.wait()
+    (tmp_path / f".imported.tmp-{gone.pid}").mkdir()
+    (tmp_path / f".imported.tmp-{gone.pid}" / "model-00001.safetensors").write_bytes(b"half")
+    (tmp_path / f".notes.txt.tmp-{gone.pid}").write_bytes(b"another program's")
     runner = CliRunner()
     assert runner.invoke(cli, ["model", "import-gguf", str(gguf), str(dest)]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [f".notes.txt.tmp-{gone.pid}"]
     again = runner.invoke(cli, ["model", "import-gguf", str(gguf), str(dest)])
     assert again.exit_code == 0 and "já contém" in again.output
     other = tmp_path / "other"

@@ -22,6 +22,7 @@ from farensed.models.gguf_header import GgufInfo, read_header, shown
 from farensed.models.gguf_quants import Measure, conversion_table, convert, row_key, to_float32
 from farensed.models.gguf_support import PERMUTED_QK, ROPE_FREQS, check_supported, mlx_name
 from farensed.storage.atomic import atomic_write_json, fsync_dir, move_aside, read_json_dict
+from farensed.storage.runlock import sweep_temps
 
 MARKER = "farense_gguf.json"
 CACHE_SUFFIX = ".mlx"
@@ -210,6 +211,7 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
         )
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(dest.parent, of=dest.name)  # an import killed midway left a model-sized folder: not ours to keep
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an interrupted import by this pid

@@ -74,11 +74,12 @@ def _inside(folder: Path, within: Path | None) -> bool:
         return False
 
 
-def sweep_temps(folder: Path, within: Path | None = None) -> list[Path]:
+def sweep_temps(folder: Path, within: Path | None = None, of: str | None = None) -> list[Path]:
     """Remove temp files/folders left in `folder` by writers that are dead (a temp is never user data).
 
     Never through a link: a `folder` that is a symlink, or that resolves outside `within` (the workspace), is left
-    alone, and a temp entry that is a link is unlinked itself, never followed.
+    alone, and a temp entry that is a link is unlinked itself, never followed. `of`: only the temps of that name
+    (`.<of>.tmp-<pid>`), in a folder of the user's where other programs' temps may lie.
     """
     removed = []
     if not _inside(folder, within):
@@ -86,6 +87,8 @@ def sweep_temps(folder: Path, within: Path | None = None) -> list[Path]:
     for entry in Path(folder).iterdir():
         m = TEMP_RE.match(entry.name)
         if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
+            continue
+        if of is not None and entry.name != f".{of}.tmp-{m.group(1)}":
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)  # rmtree never follows the links inside
