@@ -17,14 +17,17 @@ def pause():
     Example:
       farensectl pause && farensectl resume
     """
-    from farensed.queue.overnight import pause_queue
+    from farensed.queue.overnight import pause_queue, queue_paused
     from farensed.queue.wake import nudge
 
     ws = workspace()
+    already = queue_paused(ws)
     record = pause_queue(ws)
     nudge(ws.jobs)
     since = record["paused_at"][:19].replace("T", " ")
-    if any(job.status is JobStatus.RUNNING for job in queue().jobs()):
+    if already:
+        click.echo(_("a fila já estava em pausa desde {since}; retomar: farensectl resume").format(since=since))
+    elif any(job.status is JobStatus.RUNNING for job in queue().jobs()):
         click.echo(_("fila em pausa desde {since}: o job em curso para com checkpoint").format(since=since))
     else:
         click.echo(_("fila em pausa desde {since}: nenhum job começa até farensectl resume").format(since=since))

@@ -258,3 +258,20 @@ def test_a_report_that_cannot_be_recorded_is_not_started_again_at_every_tick(tmp
     assert len(mine) <= 1  # the one whose record failed (terminated), never one per tick
     _gone, alive = psutil.wait_procs(mine, timeout=10)
     assert not alive
+
+
+def test_pause_twice_says_it_already_was_and_resume_twice_says_it_was_not(isolated_home):
+    from click.testing import CliRunner
+
+    from farensed.cli.main import cli
+
+    def said(command: str) -> str:
+        result = CliRunner().invoke(cli, ["--home", str(isolated_home), command])
+        assert result.exit_code == 0, result.output
+        return result.output.strip()
+
+    first = said("pause")
+    assert "nenhum job começa até farensectl resume" in first
+    since = first.split("desde ")[1][:19]
+    assert said("pause") == f"a fila já estava em pausa desde {since}; retomar: farensectl resume"  # the first time
+    assert (said("resume"), said("resume")) == ("fila retomada", "a fila não estava em pausa")
