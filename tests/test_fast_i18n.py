@@ -261,3 +261,12 @@ def test_counts_are_grouped_as_the_reader_writes_them(monkeypatch):
             == f"12{sep}288 {word}"
         )
         assert f"12{sep}288 tok/s" in format_record(record, None)
+
+
+def test_an_unknown_farense_lang_is_said_once_short_and_escaped(monkeypatch, capsys):
+    from farensed import i18n
+
+    monkeypatch.setenv("FARENSE_LANG", "\x1b]52;c;" + "x" * 5000)
+    assert i18n.language() == "en" and i18n.language() == "en"
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and len(said) < 120 and "\x1b" not in said
