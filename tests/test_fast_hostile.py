@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -125,6 +126,22 @@ def test_the_daemon_sets_aside_every_poison_file_says_why_and_queues_the_good_on
     assert all(parse_time(r["rejected_at"]).tzinfo for r in listed["rejected"])  # ISO, as every time in list --json
     text = invoke(ws, "list").output
     assert "jobs/failed/ tem ficheiros recusados (total: 19)" in text and "\x1b" not in text
+
+
+def test_folders_in_jobs_that_only_look_like_job_ids_are_not_jobs(ws):
+    """'²' and '٣' pass str.isdigit ('²' then broke int(), '٣' aliased job 3); '007' would alias job 7."""
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    drop(ws.jobs / "pending", "v2.json", orjson.dumps(spec(name="v2", not_before=tomorrow)))
+    queue = Queue(ws)
+    [job] = queue.ingest_inbox()
+    for name in ("²", "٣", "001", "9999999999"):
+        shutil.copytree(queue.job_dir(job.id), ws.jobs / name)
+    assert queue.ids() == [1]
+    drop(ws.jobs / "pending", "v3.json", orjson.dumps(spec(name="v3", not_before=tomorrow)))
+    assert [j.id for j in queue.ingest_inbox()] == [2]
+    listed = orjson.loads(invoke(ws, "list", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"]] == [1, 2]
+    assert refused(ws, "status", "²", code=4).startswith("Erro:")
 
 
 KILLED_MID_REJECTION = """

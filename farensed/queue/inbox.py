@@ -133,7 +133,7 @@ def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None
 
 
 # ---- claims: an inbox entry on its way to becoming a job ------------------------------------------------------------
-CLAIM_RE = re.compile(r"^\.claimed-(\d+)-(.+)$", re.DOTALL)
+CLAIM_RE = re.compile(r"^\.claimed-([1-9][0-9]{0,8})-(.+)$", re.DOTALL)  # a job id, bounded: the name may be hand-made
 
 
 def claim(path: Path, job_id: int) -> Path:

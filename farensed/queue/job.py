@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from farensed.terminal import excerpt, safe
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 SUBMITTED_FILE = "submitted.json"  # the inbox file as it was dropped, kept beside its job
+JOB_ID_RE = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: '²' and '٣' pass str.isdigit, '007' would alias 7
+
+
+def job_id_of(text: str) -> int | None:
+    """The job id a folder name or a command-line reference spells, else None."""
+    return int(text) if JOB_ID_RE.fullmatch(text) else None
+
+
 SCHEMA_VERSION = 1  # job.json's layout; readers keep unknown keys and default missing ones
 
 

@@ -37,6 +37,7 @@ from farensed.queue.job import (
     SUBMITTED_FILE,
     Job,
     JobStatus,
+    job_id_of,
     job_run_dir,
     now_iso,
     parse_time,
@@ -86,7 +87,7 @@ class Queue:
         return self.root / str(job_id)
 
     def ids(self) -> list[int]:
-        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and (p / JOB_FILE).is_file())
+        return sorted(i for p in self.root.iterdir() if (i := job_id_of(p.name)) and (p / JOB_FILE).is_file())
 
     def get(self, job_id: int) -> Job:
         """A job's state; an unreadable job.json turns that one job into `failed` (the bad file kept beside)."""
@@ -142,7 +143,7 @@ class Queue:
 
     def _next_id(self) -> int:
         """One above every job and every claim left by a killed ingest (whose job may not exist yet)."""
-        ids = [int(p.name) for p in self.root.iterdir() if p.name.isdigit()]
+        ids = [i for p in self.root.iterdir() if (i := job_id_of(p.name))]
         ids += [job_id for _, job_id, _ in claims(self.inbox)]
         return max(ids, default=0) + 1
 

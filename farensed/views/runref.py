@@ -22,7 +22,7 @@ from farensed.analysis.metrics import JSON_NAME, JSONL_NAME
 from farensed.analysis.records import load_records
 from farensed.errors import QueueError
 from farensed.i18n import _
-from farensed.queue.job import Job, job_run_dir, never_ran, state_label
+from farensed.queue.job import Job, job_id_of, job_run_dir, never_ran, state_label
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import read_json, read_json_dict
 from farensed.storage.workspace import Workspace
@@ -88,12 +88,12 @@ class Run:
 
 def resolve(ws: Workspace, ref: str | None) -> Run:
     """A job id, a run name or a run folder → the Run (QueueError, exit 4, naming REF when nothing matches)."""
-    queue = Queue(ws) if ws.jobs.is_dir() or ref is None or str(ref).isdigit() else None
+    queue = Queue(ws) if ws.jobs.is_dir() or ref is None or job_id_of(str(ref)) else None
     if ref is None:
         return _of_job(ws, queue, queue.default_job())
     ref = str(ref)
-    if ref.isdigit():
-        return _of_job(ws, queue, queue.get(int(ref)))
+    if job_id := job_id_of(ref):
+        return _of_job(ws, queue, queue.get(job_id))
     looks_like_path = os.sep in ref or "/" in ref or ref.startswith((".", "~"))
     if not looks_like_path:
         if ws.run_dir(ref).is_dir():
