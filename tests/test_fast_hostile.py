@@ -222,6 +222,18 @@ def test_a_daemon_killed_while_making_a_job_of_a_file_leaves_one_job_never_two_n
     assert v2.id == (1 if when == "after" else 3)
 
 
+def test_a_hand_made_claim_for_a_job_that_has_its_file_goes_back_to_the_inbox(ws):
+    pending = ws.jobs / "pending"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    drop(pending, "v2.json", orjson.dumps(spec(name="v2", not_before=tomorrow)))
+    queue = Queue(ws)
+    [first] = queue.ingest_inbox()
+    before = sorted(p.name for p in queue.job_dir(first.id).iterdir())
+    drop(pending, f".claimed-{first.id}-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))
+    assert [j.name for j in queue.ingest_inbox()] == ["mine"]  # a file of the user's, not job 1's
+    assert sorted(p.name for p in queue.job_dir(first.id).iterdir()) == before and not list(pending.iterdir())
+
+
 # ---- the loop never dies of one tick ---------------------------------------------------------------------------
 class Flaky(Daemon):
     """A daemon whose memory check fails three times and whose start of job `bad` raises: what a bug would do."""

@@ -184,8 +184,8 @@ class Queue:
         """Finish what a process killed mid-ingest left (inbox.claim): its entry into its job, or back in the inbox."""
         with self.lock:
             for claimed, job_id, name in claims(self.inbox):
-                folder = self.job_dir(job_id)
-                target = free_name(folder, SUBMITTED_FILE) if folder.is_dir() else free_name(self.inbox, name)
+                kept = self.job_dir(job_id) / SUBMITTED_FILE  # a job made from it lacks only this file
+                target = kept if kept.parent.is_dir() and not os.path.lexists(kept) else free_name(self.inbox, name)
                 with contextlib.suppress(OSError):  # a folder that cannot take it: the claim waits, nothing is lost
                     os.replace(claimed, target)
                     fsync_dir(self.inbox)
