@@ -10,6 +10,7 @@ deals with each file: fix it and move it back into jobs/pending/, or delete it a
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import re
 import time
@@ -49,29 +50,31 @@ def reason_of(exc: BaseException) -> str:
     return safe(text, REASON_MAX)
 
 
+def scan(folder: Path) -> list[os.DirEntry]:
+    """The first SCAN_MAX entries of a folder, [] when it cannot be listed: a million files cost one bounded look."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(itertools.islice(entries, SCAN_MAX))
+    except OSError:
+        return []
+
+
 def settled_entries(inbox: Path, skip: set) -> list[Path]:
     """Entries of the inbox to take now, oldest first: not hidden, not being written, not known to be stuck."""
     now = time.time()
     found = []
-    try:
-        with os.scandir(inbox) as entries:
-            for n, entry in enumerate(entries):
-                if n >= SCAN_MAX:
-                    break
-                if entry.name.startswith("."):
-                    continue  # submit's own temp files, editors' swap files
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # gone meanwhile
-                # a file written now has mtime ≈ now; one dated in the future is not being written either
-                if now - SETTLE_S <= st.st_mtime <= now + 5:
-                    continue
-                if identity(st, entry.name) in skip:
-                    continue
-                found.append((st.st_mtime_ns, entry.name, Path(entry.path)))
-    except OSError:
-        return []
+    for entry in scan(inbox):
+        if entry.name.startswith("."):
+            continue  # submit's own temp files, claims, editors' swap files
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # gone meanwhile
+        # a file written now has mtime ≈ now; one dated in the future is not being written either
+        if now - SETTLE_S <= st.st_mtime <= now + 5:
+            continue
+        if identity(st, entry.name) not in skip:
+            found.append((st.st_mtime_ns, entry.name, Path(entry.path)))
     return [path for *_, path in sorted(found)]
 
 
@@ -148,39 +151,24 @@ def claim(path: Path, job_id: int) -> Path:
 
 def claims(inbox: Path) -> list[tuple[Path, int, str]]:
     """Claims left in the inbox (path, job id, original name): only a process killed mid-ingest leaves one."""
-    found = []
-    try:
-        with os.scandir(inbox) as entries:
-            for n, entry in enumerate(entries):
-                if n >= SCAN_MAX:
-                    break
-                if m := CLAIM_RE.match(entry.name):
-                    found.append((Path(entry.path), int(m.group(1)), m.group(2)))
-    except OSError:
-        return []
-    return found
+    found = (CLAIM_RE.match(entry.name) for entry in scan(inbox))
+    return [(inbox / m.group(0), int(m.group(1)), m.group(2)) for m in found if m]
 
 
 def rejected(failed: Path, limit: int = 50) -> list[Rejected]:
     """The files waiting in jobs/failed/ (newest first, at most `limit`), each with its reason."""
     items = []
-    try:
-        with os.scandir(failed) as entries:
-            for n, entry in enumerate(entries):
-                if n >= SCAN_MAX:
-                    break
-                if entry.name.endswith(REASON_SUFFIX) or entry.name.startswith("."):
-                    continue
-                try:  # when it was refused: its reason's time (a move keeps the file's own mtime)
-                    when = os.stat(entry.path + REASON_SUFFIX).st_mtime
-                except OSError:
-                    try:
-                        when = entry.stat(follow_symlinks=False).st_mtime
-                    except OSError:
-                        continue
-                items.append((when, entry.name))
-    except OSError:
-        return []
+    for entry in scan(failed):
+        if entry.name.endswith(REASON_SUFFIX) or entry.name.startswith("."):
+            continue
+        try:  # when it was refused: its reason's time (a move keeps the file's own mtime)
+            when = os.stat(entry.path + REASON_SUFFIX).st_mtime
+        except OSError:
+            try:
+                when = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+        items.append((when, entry.name))
     out = []
     for when, name in sorted(items, reverse=True)[:limit]:
         try:
@@ -193,8 +181,4 @@ def rejected(failed: Path, limit: int = 50) -> list[Rejected]:
 
 def count_rejected(failed: Path) -> int:
     """How many files wait in jobs/failed/."""
-    try:
-        with os.scandir(failed) as entries:
-            return sum(1 for e in entries if not e.name.endswith(REASON_SUFFIX) and not e.name.startswith("."))
-    except OSError:
-        return 0
+    return sum(1 for e in scan(failed) if not e.name.endswith(REASON_SUFFIX) and not e.name.startswith("."))
