@@ -25,6 +25,7 @@ from farensed.queue.job import parse_time
 from farensed.queue.jobs import Queue
 from farensed.storage.workspace import Workspace
 from farensed.terminal import terminal_text
+from tests.helpers import child_env
 from tests.hostile import (
     ALIAS_BOMB,
     OSC_CLIPBOARD,
@@ -232,6 +233,81 @@ def test_a_hand_made_claim_for_a_job_that_has_its_file_goes_back_to_the_inbox(ws
     drop(pending, f".claimed-{first.id}-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))
     assert [j.name for j in queue.ingest_inbox()] == ["mine"]  # a file of the user's, not job 1's
     assert sorted(p.name for p in queue.job_dir(first.id).iterdir()) == before and not list(pending.iterdir())
+
+
+KILLED_AT_POINT = """
+import os, signal, sys
+from pathlib import Path
+from farensed.queue.jobs import Queue
+from farensed.storage.workspace import Workspace
+queue = Queue(Workspace(Path(sys.argv[1])))
+kill_at, calls = int(sys.argv[2]), [0]
+
+def point(call):
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return call(*args, **kwargs)
+    return counted
+
+for name in ("replace", "rename", "fsync", "mkdir", "unlink", "link"):
+    setattr(os, name, point(getattr(os, name)))
+said = point(lambda name, reason, exc: print("rejected", name, flush=True))  # the daemon's log line is a point too
+queue.ingest_inbox(on_reject=said)
+print("points", calls[0])
+"""
+
+
+def restart(ws: Workspace) -> list[str]:
+    """What a new farensed does first: recover (sweeping dead writers' temps), then read the inbox; its log lines."""
+    logger = logging.getLogger(f"restart-{id(ws)}")
+    handler = Lines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        daemon = Daemon(ws, log=logger)
+        daemon.recover()
+        daemon._ingest()
+    finally:
+        logger.removeHandler(handler)
+    return handler.lines
+
+
+def test_a_kill_at_every_point_of_an_ingest_leaves_each_file_one_job_or_refused_once_and_nothing_else(tmp_path):
+    """Crash points enumerated: the ingest of a good file and a poison file is killed (SIGKILL) before each rename,
+    fsync, mkdir, unlink and log line in turn; a new daemon then must leave exactly what an unkilled one leaves."""
+    from tests.hostile import fake_workspace
+
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    good, poison = orjson.dumps(spec(name="good", not_before=tomorrow)), b"{"
+
+    def fresh(k: int) -> tuple[Workspace, subprocess.CompletedProcess]:
+        root = tmp_path / f"k{k}"
+        fake_workspace(root)
+        Queue(Workspace(root))
+        drop(root / "jobs" / "pending", "good.json", good)
+        drop(root / "jobs" / "pending", "bad.json", poison)
+        cmd = [sys.executable, "-c", KILLED_AT_POINT, str(root), str(k)]
+        return Workspace(root), subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
+
+    _, whole = fresh(0)
+    points = int(whole.stdout.split("points ")[1])
+    assert points >= 15, whole.stdout  # claim, job folder, submitted.json; reason, log line, move; and their fsyncs
+    for k in range(1, points + 1):
+        ws, killed = fresh(k)
+        assert killed.returncode == -signal.SIGKILL, (k, killed.stderr[-500:])
+        logged = restart(ws)
+        [job] = Queue(ws).jobs()
+        assert (job.name, job.source) == ("good", "good.json"), k
+        assert (Queue(ws).job_dir(job.id) / "submitted.json").read_bytes() == good, k
+        failed = ws.jobs / "failed"
+        assert sorted(p.name for p in failed.iterdir()) == ["bad.json", "bad.json.reason.txt"], k
+        assert (failed / "bad.json").read_bytes() == poison, k
+        said = killed.stdout.count("rejected bad.json") + sum("jobs/pending/bad.json recusado" in x for x in logged)
+        assert said in (1, 2), k  # said before the move: a kill between says it again, never not at all
+        everything = [p.relative_to(ws.jobs).as_posix() for p in ws.jobs.rglob("*")]
+        assert not [p for p in everything if ".tmp-" in p or ".claimed-" in p or p.startswith("pending/")], k
 
 
 # ---- the loop never dies of one tick ---------------------------------------------------------------------------
