@@ -9,13 +9,13 @@ import click
 import orjson
 
 from farensed.errors import FarenseError, error_line
-from farensed.helptext import version_option
+from farensed.helptext import OneLineErrors, version_option
 from farensed.i18n import _
 
 
-class FarenseGroup(click.Group):
-    """A click group that turns library errors into one line on stderr (`Erro: …` / `Error: …`) and their exit
-    code."""
+class FarenseGroup(OneLineErrors, click.Group):
+    """A click group that turns library errors and usage errors into one line on stderr (`Erro: …` / `Error: …`)
+    and their exit code."""
 
     def main(self, *args, **kwargs):
         from farensed.helptext import localize
@@ -37,6 +37,26 @@ class FarenseGroup(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 2000), err=True)
             ctx.exit(1)
+
+
+class JobId(click.ParamType):
+    """A job id as the queue spells it: ASCII digits, no sign, no leading zero (`int()` would take ' 1', '01', '٣')."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        from farensed.queue.job import job_id_of
+        from farensed.terminal import safe
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        job_id = job_id_of(str(value))
+        if job_id is None:
+            self.fail(_("{value} não é o número de um job").format(value=safe(repr(str(value)), 40)), param, ctx)
+        return job_id
+
+
+JOB_ID = JobId()
 
 
 @click.group(cls=FarenseGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from farensed.cli.app import cli, colour_band, failure_lines, fmt_number, print_json, queue, record_line
+from farensed.cli.app import JOB_ID, cli, colour_band, failure_lines, fmt_number, print_json, queue, record_line
 from farensed.i18n import _
 from farensed.queue.job import JobStatus, state_label
 from farensed.terminal import safe
@@ -62,7 +62,7 @@ def _follow(q, job, emit, interval: float = 0.5, err: bool = False) -> int:
 @click.option(
     "--not-before", "not_before", metavar="TIME", help="Start no earlier than this ISO time or HH:MM (next such time)."
 )
-@click.option("--after", type=int, multiple=True, metavar="ID", help="Start only after job ID is done (repeatable).")
+@click.option("--after", type=JOB_ID, multiple=True, metavar="ID", help="Start only after job ID is done (repeatable).")
 @click.option("--fresh", is_flag=True, help="Start over: the run folder of the same name is moved aside.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the job to its end and exit with its code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (with --wait: as it ended).")
@@ -202,7 +202,7 @@ def _list_rejected(q, rejected, shown: int = 10) -> None:
 
 
 @cli.command()
-@click.argument("job_id", type=int, metavar="ID")
+@click.argument("job_id", type=JOB_ID, metavar="ID")
 def cancel(job_id):
     """Cancel a job: pending never runs; running stops at a checkpoint (files kept).
 
@@ -217,7 +217,7 @@ def cancel(job_id):
 
 
 @cli.command()
-@click.argument("job_id", type=int, metavar="ID")
+@click.argument("job_id", type=JOB_ID, metavar="ID")
 def retry(job_id):
     """Put a failed or cancelled job back in the queue; it resumes from its checkpoint.
 
@@ -236,7 +236,7 @@ def _seconds(_ctx, _param, value):
 
 
 @cli.command()
-@click.argument("job_id", type=int, metavar="ID")
+@click.argument("job_id", type=JOB_ID, metavar="ID")
 @click.option(
     "--timeout",
     type=float,

@@ -13,6 +13,7 @@ import sys
 import click
 
 from farensed import i18n
+from farensed.i18n import _
 
 
 def route_click_messages() -> None:
@@ -90,3 +91,39 @@ def version_option(package: str = "farense"):
     return click.option(
         "--version", is_flag=True, expose_value=False, is_eager=True, callback=say, help="Show the version and exit."
     )
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error as one short line on stderr, its value made safe, with where to find the help (Click's own
+    prints the usage, a hint and the error on three lines, and echoes a value whole)."""
+
+    def __init__(self, exc: click.UsageError):
+        super().__init__(exc.format_message(), exc.ctx)
+        self.exit_code = exc.exit_code
+
+    def show(self, file=None) -> None:
+        from farensed.errors import error_line
+        from farensed.terminal import safe
+
+        hint = f" ({_('ajuda: {command} -h').format(command=self.ctx.command_path)})" if self.ctx else ""
+        click.echo(safe(error_line(self.format_message()), 300) + safe(hint, 100), err=True, file=file)
+
+
+class OneLineErrors:
+    """For a Click command or group: its usage errors (and its subcommands') as `OneLineUsageError`."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # the help itself, asked for by giving nothing
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.NoArgsIsHelpError, OneLineUsageError):
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc) from None

@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import re
 
-# what a terminal acts on: C0 and C1 controls, DEL, bidi embeddings/overrides/isolates, line/paragraph separators
-CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-CONTROL_BUT_NEWLINE_RE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# what a terminal acts on: C0 and C1 controls, DEL, bidi embeddings/overrides/isolates, line/paragraph separators;
+# and lone surrogates: a file name's undecodable bytes (os.fsdecode's surrogateescape), which no UTF-8 can hold
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+CONTROL_BUT_NEWLINE_RE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]"
+)
 NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}
 # in a log: an SGR sequence (colours) is kept; any other escape sequence, and any control character but newline,
 # tab and carriage return (the progress bar redraws with it), is dropped
@@ -25,7 +28,7 @@ LOG_RE = re.compile(
     r"|\x1b[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, SOS, PM, APC up to their terminator
     r"|\x1b[ -/]*[0-~]?"  # two-character escapes (and a lone ESC)
     r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
-    "|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 ELLIPSIS = "…"
 
@@ -35,6 +38,8 @@ def _visible(match: re.Match) -> str:
     if char in NAMED:
         return NAMED[char]
     code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name, shown as the byte it was
+        code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 

@@ -145,6 +145,98 @@ def test_folders_in_jobs_that_only_look_like_job_ids_are_not_jobs(ws):
     assert refused(ws, "status", "²", code=4).startswith("Erro:")
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_or_queued_and_shown_as_its_bytes(ws):
+    """A name with a byte UTF-8 cannot decode killed farensed at every start (the reason could not be written)."""
+    pending, failed = ws.jobs / "pending", ws.jobs / "failed"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    bad, good = os.fsdecode(b"x\xff\x9b2J.json"), os.fsdecode(b"v\xfe.json")
+    drop(pending, bad, "{")
+    drop(pending, good, orjson.dumps(spec(name="v", not_before=tomorrow)))
+    logged = run_daemon(ws)  # returns: the loop survived
+    assert not list(pending.iterdir()) and (failed / bad).read_bytes() == b"{"
+    reason = (failed / (bad + ".reason.txt")).read_text()
+    assert "x\\xff\\x9b2J.json" in reason and reason.count("\n") == 1
+    assert any("jobs/pending/x\\xff\\x9b2J.json recusado" in line for line in logged), logged
+    [job] = Queue(ws).jobs()
+    assert job.source == "v\\xfe.json"  # job.json is UTF-8: the byte shown, not lost
+    listed = invoke(ws, "list").output
+    assert "x\\xff\\x9b2J.json" in listed and "\x9b" not in listed
+
+
+def test_reading_a_file_in_the_inbox_does_not_wake_the_daemon_a_new_one_does(tmp_path):
+    """watchdog reports opens and closes too: the daemon's own read of a file that stayed woke it at once, a loop
+    at full speed (a failure that repeats never paused)."""
+    from farensed.queue.wake import Waker, watch_folder
+
+    (tmp_path / "a.json").write_text("{}")
+    waker = Waker(tmp_path)
+    observer = watch_folder(tmp_path, waker)
+    try:
+        waker.wait(0.2)
+        (tmp_path / "a.json").read_text()
+        assert not waker.wait(0.5)
+        (tmp_path / "b.json").write_text("{}")
+        assert waker.wait(5)
+    finally:
+        observer.stop()
+        waker.close()
+
+
+def test_the_loops_pause_after_failures_stays_bounded_for_ever():
+    from farensed.queue.mishaps import MAX_PAUSE_S, Mishaps
+
+    mishaps = Mishaps(logging.getLogger("bounded"))
+    mishaps.consecutive = 100_000  # 2.0 ** 99_999 raised OverflowError in the loop's own error path
+    assert mishaps.pause() == MAX_PAUSE_S
+
+
+def test_a_claim_of_a_file_named_like_a_temp_file_is_settled_never_swept(ws):
+    pending = ws.jobs / "pending"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    drop(pending, f".claimed-1-f.tmp-{gone.pid}", orjson.dumps(spec(name="f", not_before=tomorrow)))
+    run_daemon(ws)
+    assert [(j.name, j.source) for j in Queue(ws).jobs()] == [("f", f"f.tmp-{gone.pid}")]
+
+
+def test_submit_takes_a_file_already_in_the_inbox_itself_settles_claims_and_leaves_nothing_when_it_refuses(ws):
+    pending, failed = ws.jobs / "pending", ws.jobs / "failed"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    drop(pending, "dup.json", orjson.dumps(spec(name="dup", not_before=tomorrow)))
+    assert invoke(ws, "submit", str(pending / "dup.json")).exit_code == 0
+    drop(pending, ".claimed-7-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))  # left by a kill
+    write(ws.root, "sub\udcffx.json", orjson.dumps(spec(name="sub", not_before=tomorrow)))  # a name not UTF-8
+    assert invoke(ws, "submit", str(ws.root / "sub\udcffx.json")).exit_code == 0
+    run_daemon(ws)
+    jobs = {j.name: j for j in Queue(ws).jobs()}
+    assert sorted(jobs) == ["dup", "mine", "sub"] and jobs["dup"].source == "dup.json"  # one job of the file
+    assert jobs["sub"].source == "sub\\xffx.json"  # the byte shown, not lost
+    write(ws.root, "late.json", orjson.dumps(spec(name="late", after=[99])))
+    assert "job 99" in refused(ws, "submit", str(ws.root / "late.json"))  # refused: nothing written anywhere
+    assert not list(pending.iterdir()) and not list(failed.iterdir())
+    (ws.jobs / "999999999").mkdir()  # made by hand: the numbers run out
+    result = invoke(ws, "submit", str(ws.root / "sub\udcffx.json"))
+    assert result.exit_code == 4 and one_short_line(result.output).endswith("(o maior é 999999999)")
+    assert not list(pending.iterdir()) and not list(failed.iterdir()) and Queue(ws).ids() == [1, 2, 3]
+
+
+def test_a_claim_for_a_folder_that_is_not_a_job_goes_back_to_the_inbox(ws, tmp_path):
+    pending = ws.jobs / "pending"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws.jobs / "3").mkdir()  # a stray folder: no job.json
+    (ws.jobs / "4").symlink_to(outside)
+    for job_id in (3, 4):
+        drop(pending, f".claimed-{job_id}-c{job_id}.json", "{")
+    run_daemon(ws)
+    assert not list(outside.iterdir()) and not list((ws.jobs / "3").iterdir())
+    assert sorted(p.name for p in (ws.jobs / "failed").iterdir() if not p.name.endswith(".txt")) == [
+        "c3.json",
+        "c4.json",
+    ]
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path
@@ -164,10 +256,11 @@ def test_a_daemon_killed_while_refusing_a_file_leaves_it_to_the_next_one_refused
     assert (pending / "empty.json").exists() and (failed / "empty.json.reason.txt").exists()  # said, not moved
     gone = subprocess.Popen(["true"])  # its pid: a writer killed inside an atomic write
     gone.wait()
-    for folder in (pending, failed):
-        (folder / f".x.json.tmp-{gone.pid}").write_bytes(b"half")
+    for temp in (f"pending/.submit-v2.json.tmp-{gone.pid}", f"failed/.x.json.reason.txt.tmp-{gone.pid}"):
+        (ws.jobs / temp).write_bytes(b"half")
+    (pending / f".notes.tmp-{gone.pid}").write_bytes(b"the user's")  # a hidden file of theirs: left alone
     logged = run_daemon(ws)
-    assert not list(pending.iterdir())
+    assert [p.name for p in pending.iterdir()] == [f".notes.tmp-{gone.pid}"]
     assert sorted(p.name for p in failed.iterdir()) == ["empty.json", "empty.json.reason.txt"]  # the same name
     assert (failed / "empty.json.reason.txt").read_text().count("\n") == 1
     assert sum("jobs/pending/empty.json recusado" in line for line in logged) == 1

@@ -211,7 +211,9 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
         )
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temps(dest.parent, of=dest.name)  # an import killed midway left a model-sized folder: not ours to keep
+    sweep_temps(
+        dest.parent, prefix=f".{dest.name}.tmp-"
+    )  # an import killed midway left a model-sized folder: not ours to keep
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an interrupted import by this pid

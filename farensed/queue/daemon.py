@@ -24,7 +24,7 @@ from farensed.queue import backoff, events
 from farensed.queue.adopt import Running, find_child
 from farensed.queue.child import FRESH_DONE
 from farensed.queue.job import Job, JobStatus, now_iso
-from farensed.queue.jobs import Queue
+from farensed.queue.jobs import SUBMIT_TEMPS, Queue
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.mishaps import Mishaps
 from farensed.queue.outcome import ending, failure_line, last_lines
@@ -92,8 +92,9 @@ class Daemon:
         job is called lost, so a daemon that died while starting a child never leads to a second trainer.
         """
         with self.queue.lock:  # job.json writers hold it; a dead one's temp file is swept (submit's, a reason's too)
-            folders = [self.ws.jobs, self.queue.inbox, self.queue.failed_inbox]
-            for folder in [*folders, *(self.queue.job_dir(i) for i in self.queue.ids())]:
+            with contextlib.suppress(OSError):  # in the inbox, only submit's copies: the rest is the user's
+                sweep_temps(self.queue.inbox, self.ws.root, prefix=SUBMIT_TEMPS)
+            for folder in [self.ws.jobs, self.queue.failed_inbox, *(self.queue.job_dir(i) for i in self.queue.ids())]:
                 with contextlib.suppress(OSError):  # a folder that vanished or cannot be listed: nothing to sweep
                     sweep_temps(folder, self.ws.root)
         for job in self.queue.jobs():

@@ -22,6 +22,7 @@ from farensed.errors import FarenseError
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_bytes, fsync_dir
 from farensed.storage.regular import kind_of, read_regular
+from farensed.storage.runlock import CLAIM_PREFIX
 from farensed.terminal import safe
 
 REASON_SUFFIX = ".reason.txt"
@@ -136,14 +137,16 @@ def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None
 
 
 # ---- claims: an inbox entry on its way to becoming a job ------------------------------------------------------------
-CLAIM_RE = re.compile(r"^\.claimed-([1-9][0-9]{0,8})-(.+)$", re.DOTALL)  # a job id, bounded: the name may be hand-made
+CLAIM_RE = re.compile(
+    rf"^{re.escape(CLAIM_PREFIX)}([1-9][0-9]{{0,8}})-(.+)$", re.DOTALL
+)  # a job id, bounded: the name may be hand-made
 
 
 def claim(path: Path, job_id: int) -> Path:
     """Rename an inbox entry `.claimed-<job id>-<name>` before its job is written: a kill until the entry is inside
     the job's folder leaves a claim the next ingest finishes (the job exists) or undoes (it does not), so a file
     never becomes two jobs, nor none (`Queue.settle_claims`)."""
-    claimed = path.with_name(f".claimed-{job_id}-{_target_name(path.name)}")
+    claimed = path.with_name(f"{CLAIM_PREFIX}{job_id}-{_target_name(path.name)}")
     os.replace(path, claimed)
     fsync_dir(path.parent)
     return claimed

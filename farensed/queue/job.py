@@ -15,6 +15,7 @@ from farensed.terminal import excerpt, safe
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 SUBMITTED_FILE = "submitted.json"  # the inbox file as it was dropped, kept beside its job
+MAX_JOB_ID = 999_999_999
 JOB_ID_RE = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: '²' and '٣' pass str.isdigit, '007' would alias 7
 
 

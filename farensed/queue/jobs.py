@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 from pathlib import Path
 
 from filelock import FileLock
@@ -33,6 +34,7 @@ from farensed.queue.inbox import (
 from farensed.queue.job import (
     JOB_FILE,
     LOG_FILE,
+    MAX_JOB_ID,
     SPEC_FILE,
     SUBMITTED_FILE,
     Job,
@@ -51,6 +53,7 @@ from farensed.spec.load import load_spec_file
 from farensed.storage.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from farensed.storage.exitfile import EXIT_FILE, read_exit_code
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 
 
 def _private_folder(folder: Path) -> None:
@@ -67,6 +70,10 @@ def _private_folder(folder: Path) -> None:
                     path=folder, strerror=exc.strerror
                 )
             ) from None
+
+
+NAME_SHOWN = 200  # characters of an inbox file's name a job keeps as its source (undecodable bytes shown as \xNN)
+SUBMIT_TEMPS = (".submit-", "..submit-")  # submit's copy in the inbox, and the atomic write's temp of it
 
 
 class Queue:
@@ -145,7 +152,10 @@ class Queue:
         """One above every job and every claim left by a killed ingest (whose job may not exist yet)."""
         ids = [i for p in self.root.iterdir() if (i := job_id_of(p.name))]
         ids += [job_id for _, job_id, _ in claims(self.inbox)]
-        return max(ids, default=0) + 1
+        next_id = max(ids, default=0) + 1
+        if next_id > MAX_JOB_ID:  # a folder made by hand: refused in a line, never a job no command can name
+            raise QueueError(_("jobs/: não há mais números de job (o maior é {max})").format(max=MAX_JOB_ID))
+        return next_id
 
     def _new_job(self, spec, source: str, overrides: dict) -> Job:
         """The job a spec becomes, checked against the queue (batch, not_before, after); nothing written yet."""
@@ -175,9 +185,13 @@ class Queue:
         """The job's folder, complete or not at all (written aside, then renamed into place)."""
         tmp = self.root / f".{job.id}.tmp-{os.getpid()}"
         tmp.mkdir(mode=0o700)
-        (tmp / SPEC_FILE).write_bytes(spec_bytes)
-        atomic_write_json(tmp / JOB_FILE, job.to_dict())
-        os.replace(tmp, self.job_dir(job.id))
+        try:
+            (tmp / SPEC_FILE).write_bytes(spec_bytes)
+            atomic_write_json(tmp / JOB_FILE, job.to_dict())
+            os.replace(tmp, self.job_dir(job.id))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own half-written folder
+            raise
         fsync_dir(self.root)
 
     def settle_claims(self) -> None:
@@ -185,7 +199,8 @@ class Queue:
         with self.lock:
             for claimed, job_id, name in claims(self.inbox):
                 kept = self.job_dir(job_id) / SUBMITTED_FILE  # a job made from it lacks only this file
-                target = kept if kept.parent.is_dir() and not os.path.lexists(kept) else free_name(self.inbox, name)
+                ours = job_id in self.ids() and not kept.parent.is_symlink() and not os.path.lexists(kept)
+                target = kept if ours else free_name(self.inbox, name)
                 with contextlib.suppress(OSError):  # a folder that cannot take it: the claim waits, nothing is lost
                     os.replace(claimed, target)
                     fsync_dir(self.inbox)
@@ -196,7 +211,8 @@ class Queue:
         """Turn one inbox entry into a job, or move it to failed/ with its reason — whatever goes wrong. Holds the lock.
 
         `on_reject(name, reason, exc)` hears of each refusal (the daemon logs it). From `submit` (overrides given)
-        the refusal is raised as one line after the file is set aside; `source` names the user's file there.
+        the refusal is raised as one line; `source`, the user's file, says `path` is submit's own copy of it, which
+        a refusal removes (the user's file is where it was) rather than setting aside.
         """
         with self.lock:
             if not os.path.lexists(path):
@@ -205,7 +221,7 @@ class Queue:
                 if (kind := not_a_file(path)) is not None:
                     raise SpecError(_("{path}: é {kind}, não um ficheiro de spec").format(path=path.name, kind=kind))
                 spec, data = load_spec_file(path, self.ws)
-                job = self._new_job(spec, source or path.name, overrides or {})
+                job = self._new_job(spec, safe(source or path.name, NAME_SHOWN), overrides or {})
                 claimed = claim(path, job.id)  # from here until the move below, a kill leaves a claim to settle
                 try:
                     self._write_job(job, data)
@@ -217,7 +233,11 @@ class Queue:
                 return job
             except Exception as exc:  # noqa: BLE001 - one file must never stop the queue: set it aside, say why
                 reason = reason_of(exc)
-                self._set_aside(path, reason, exc, on_reject)
+                if source is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)  # submit's copy of a file the user still has
+                else:
+                    self._set_aside(path, reason, exc, on_reject)
                 if overrides is not None:
                     if isinstance(exc, FarenseError):
                         raise
@@ -225,20 +245,19 @@ class Queue:
                 return None
 
     def _set_aside(self, path: Path, reason: str, exc: Exception, on_reject) -> None:
-        def say(
-            text: str,
-        ) -> None:  # before the move (inbox.reject): a kill between them repeats the line, never loses it
+        def say(text: str) -> None:  # before the move (inbox.reject): a kill then repeats the line, never loses it
             if on_reject is not None:
                 on_reject(path.name, text, exc)
 
         try:
             reject(self.failed_inbox, path, reason, before_move=lambda: say(reason))
-        except OSError as move_error:  # failed/ unwritable, the entry vanished...: remember it, say it once
+        except Exception as move_error:  # noqa: BLE001 - failed/ unwritable, the entry vanished, a bug: said once
             with contextlib.suppress(OSError):
                 self.stuck.add(identity(os.lstat(path), path.name))
+            why = getattr(move_error, "strerror", None) or type(move_error).__name__
             say(
                 _("{reason} (e não foi possível movê-lo para jobs/failed/: {strerror})").format(
-                    reason=reason, strerror=move_error.strerror or type(move_error).__name__
+                    reason=reason, strerror=why
                 )
             )
 
@@ -268,11 +287,15 @@ class Queue:
         if check is not None:
             check(spec, self.ws)
         # Hidden from the daemon's scan, and a temp file by name: one a killed submit leaves is swept at its start.
-        name = f".submit-{spec_path.stem[:100]}.json.tmp-{os.getpid()}"  # a YAML config is queued as its JSON spec
+        name = f"{SUBMIT_TEMPS[0]}{spec_path.stem[:100]}.json.tmp-{os.getpid()}"  # a YAML config: its JSON spec
         try:
             with self.lock:
-                atomic_write_bytes(self.inbox / name, data)
-                job = self.ingest(self.inbox / name, overrides, source=spec_path.name)
+                self.settle_claims()  # what a killed ingest left, before an id is given
+                if self._in_inbox(spec_path):  # the daemon would take it too: one job, made of the file itself
+                    job = self.ingest(spec_path, overrides)
+                else:
+                    atomic_write_bytes(self.inbox / name, data)
+                    job = self.ingest(self.inbox / name, overrides, source=spec_path.name)
         except OSError as exc:  # a read-only or full jobs/: one line, nothing half-written
             raise QueueError(
                 _("{path}: não foi possível escrever na fila ({strerror})").format(
@@ -283,6 +306,12 @@ class Queue:
 
         nudge(self.root)  # an idle daemon starts it now, not at its next poll
         return job
+
+    def _in_inbox(self, path: Path) -> bool:
+        try:
+            return path.resolve().parent == self.inbox.resolve()
+        except (OSError, RuntimeError):
+            return False
 
     def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
         if overrides.get("not_before"):

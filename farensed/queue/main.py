@@ -9,7 +9,7 @@ import sys
 import click
 
 from farensed.errors import FarenseError
-from farensed.helptext import version_option
+from farensed.helptext import OneLineErrors, version_option
 from farensed.i18n import _
 from farensed.queue.stall import DEFAULT_MINUTES, MIN_MINUTES
 from farensed.storage.workspace import Workspace, private_by_default
@@ -24,7 +24,11 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class FarensedCommand(OneLineErrors, click.Command):
+    """farensed's command: usage errors (a bad option or FARENSE_* value) as one short line."""
+
+
+@click.command(cls=FarensedCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home", envvar="FARENSE_HOME", help="Workspace root (default: $FARENSE_HOME, else the current directory)."
 )

@@ -78,7 +78,8 @@ class Mishaps:
 
     def pause(self) -> float:
         """Seconds to wait before the next tick: 0 after a clean tick, doubling with each consecutive failure."""
-        return 0.0 if not self.consecutive else min(MAX_PAUSE_S, self.first_pause * 2.0 ** (self.consecutive - 1))
+        doublings = min(self.consecutive - 1, 30)  # 2.0**n overflows past n=1023: a week of failures is still 60 s
+        return 0.0 if not self.consecutive else min(MAX_PAUSE_S, self.first_pause * 2.0**doublings)
 
     def clean_tick(self) -> None:
         self.consecutive = 0

@@ -69,6 +69,9 @@ class Waker:
                 pass
 
 
+READS = frozenset({"opened", "closed_no_write"})  # watchdog's events of a file read, not changed
+
+
 def watch_folder(folder: Path, waker: Waker, log=None):
     """A watchdog observer that wakes the daemon on any change in `folder` (a file dropped into jobs/pending/); None
     when the system refuses one (e.g. its inotify limit): the daemon's periodic rescan still finds every file."""
@@ -77,7 +80,10 @@ def watch_folder(folder: Path, waker: Waker, log=None):
 
     class Changed(FileSystemEventHandler):
         def on_any_event(self, event):
-            waker.set()
+            # Not opened/closed_no_write: the daemon's own read of a file would wake it again, a loop at full speed
+            # for any file that stays (a failure, a file set aside later).
+            if event.event_type not in READS:
+                waker.set()
 
     observer = Observer()
     try:

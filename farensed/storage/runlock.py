@@ -26,6 +26,7 @@ from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_json, read_json
 from farensed.storage.procs import process_alive
 
+CLAIM_PREFIX = ".claimed-"  # queue/inbox.py's claims: never swept
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
 _held: dict[str, list] = {}  # lock path → [FileLock, depth] for the locks this process holds
 
@@ -74,12 +75,13 @@ def _inside(folder: Path, within: Path | None) -> bool:
         return False
 
 
-def sweep_temps(folder: Path, within: Path | None = None, of: str | None = None) -> list[Path]:
+def sweep_temps(folder: Path, within: Path | None = None, prefix: str | tuple[str, ...] = ".") -> list[Path]:
     """Remove temp files/folders left in `folder` by writers that are dead (a temp is never user data).
 
     Never through a link: a `folder` that is a symlink, or that resolves outside `within` (the workspace), is left
-    alone, and a temp entry that is a link is unlinked itself, never followed. `of`: only the temps of that name
-    (`.<of>.tmp-<pid>`), in a folder of the user's where other programs' temps may lie.
+    alone, and a temp entry that is a link is unlinked itself, never followed. `prefix`: only temps whose name
+    starts so (e.g. `.<name>.tmp-`), in a folder where the user's or other programs' files may lie. An inbox claim
+    (`.claimed-<id>-<file>`, the user's file on its way to a job) is never a temp, whatever its file is called.
     """
     removed = []
     if not _inside(folder, within):
@@ -88,7 +90,7 @@ def sweep_temps(folder: Path, within: Path | None = None, of: str | None = None)
         m = TEMP_RE.match(entry.name)
         if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
             continue
-        if of is not None and entry.name != f".{of}.tmp-{m.group(1)}":
+        if not entry.name.startswith(prefix) or entry.name.startswith(CLAIM_PREFIX):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)  # rmtree never follows the links inside
