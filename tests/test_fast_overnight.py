@@ -102,6 +102,18 @@ def test_power_decision(reading, waiting, expected):
     assert power.must_wait(reading, 30.0, waiting) is expected
 
 
+def test_a_hostile_battery_file_is_no_battery_never_a_hang_or_a_huge_read(tmp_path, monkeypatch):
+    """FARENSE_BATTERY_FILE=/dev/zero grew farensed to 24 GB; a FIFO blocked it in open() for good."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "big").write_bytes(b" " * 10_000_000)
+    for path in ("/dev/zero", str(fifo), str(tmp_path / "big"), str(tmp_path)):
+        monkeypatch.setenv(power.BATTERY_FILE_ENV, path)
+        assert power.read_battery() is None, path
+
+
 def test_power_awareness_off_with_zero_threshold():
     assert power.must_wait(Battery(1, False), 0, False) is False
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
 from farensed.i18n import _
+from farensed.storage.regular import read_regular
 
 BATTERY_FILE_ENV = "FARENSE_BATTERY_FILE"
 DEFAULT_BATTERY_MIN = 30.0
@@ -30,7 +32,7 @@ def read_battery() -> Battery | None:
     path = os.environ.get(BATTERY_FILE_ENV)
     if path:
         try:
-            raw = orjson.loads(open(path, "rb").read())
+            raw = orjson.loads(read_regular(Path(path), 4096))  # a FIFO, /dev/zero or a huge file: no reading
             return Battery(float(raw["percent"]), None if raw.get("plugged") is None else bool(raw["plugged"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
