@@ -34,8 +34,8 @@ class FarenseGroup(OneLineErrors, click.Group):
         except BrokenPipeError:
             raise
         except OSError as exc:  # a file the command needs cannot be read or written: one line, never a traceback
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 2000), err=True)
+            where = f"{safe(exc.filename, 200)}: " if exc.filename else ""
+            click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 300), err=True)
             ctx.exit(1)
 
 

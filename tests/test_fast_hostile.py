@@ -237,6 +237,13 @@ def test_a_claim_for_a_folder_that_is_not_a_job_goes_back_to_the_inbox(ws, tmp_p
     ]
 
 
+@pytest.mark.parametrize("length", [300, 5000])
+def test_a_reference_too_long_for_any_file_is_one_short_line(ws, length):
+    """A 300-character name is past NAME_MAX (the file system refused it: a 2,000-character line, exit 1)."""
+    line = refused(ws, "status", "a" * length, code=4)
+    assert len(line) < 300
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path

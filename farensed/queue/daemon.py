@@ -323,8 +323,7 @@ class Daemon:
         return 0
 
     def _ingest(self) -> None:
-        for job in self.queue.ingest_inbox(on_reject=self._rejected):
-            self.log(events.received(job))
+        self.queue.ingest_inbox(on_reject=self._rejected, on_job=lambda job: self.log(events.received(job)))
 
     def _rejected(self, name: str, reason: str, exc: Exception) -> None:
         """An inbox file moved to jobs/failed/: one line in the log (and the traceback when it was a bug of ours)."""

@@ -261,14 +261,17 @@ class Queue:
                 )
             )
 
-    def ingest_inbox(self, on_reject=None) -> list[Job]:
-        """Every settled entry waiting in jobs/pending/, oldest first; refusals go to failed/ (and `on_reject`)."""
+    def ingest_inbox(self, on_reject=None, on_job=None) -> list[Job]:
+        """Every settled entry waiting in jobs/pending/, oldest first; refusals go to failed/ (and `on_reject`), each
+        job is told to `on_job` as soon as it exists (a kill midway loses no line about the ones before)."""
         jobs = []
         if claims(self.inbox):
             self.settle_claims()
         for path in settled_entries(self.inbox, self.stuck):
             if job := self.ingest(path, on_reject=on_reject):
                 jobs.append(job)
+                if on_job is not None:
+                    on_job(job)
         return jobs
 
     def rejected(self, limit: int = 50) -> list[Rejected]:

@@ -26,6 +26,7 @@ from farensed.queue.job import Job, job_id_of, job_run_dir, never_ran, state_lab
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import read_json, read_json_dict
 from farensed.storage.workspace import Workspace
+from farensed.terminal import safe
 
 RUN_FILES = (JSONL_NAME, JSON_NAME, "training_state.json", "spec.json")
 
@@ -94,6 +95,21 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
     ref = str(ref)
     if job_id := job_id_of(ref):
         return _of_job(ws, queue, queue.get(job_id))
+    try:
+        run = _named(ws, queue, ref)
+    except OSError:  # a name too long for the file system, a folder that cannot be read: none of the three
+        run = None
+    if run is None:
+        raise QueueError(
+            _("'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta").format(
+                ref=safe(ref, 100)
+            )
+        )
+    return run
+
+
+def _named(ws: Workspace, queue: Queue | None, ref: str) -> Run | None:
+    """The run a name or a folder (from the current directory, else the workspace root) names, else None."""
     looks_like_path = os.sep in ref or "/" in ref or ref.startswith((".", "~"))
     if not looks_like_path:
         if ws.run_dir(ref).is_dir():
@@ -102,17 +118,15 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
         if jobs:
             return _of_job(ws, queue, jobs[-1])
     path = Path(ref).expanduser()
-    if not path.is_absolute():  # from the current directory, else from the workspace root
+    if not path.is_absolute():
         path = Path.cwd() / path if (Path.cwd() / path).is_dir() else ws.root / path
     if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
         return _of_folder(ws, queue, path.resolve(), path.resolve().name)
     if path.is_dir():
         raise QueueError(
-            _("{ref}: pasta sem ficheiros de treino ({items})").format(ref=ref, items=", ".join(RUN_FILES))
+            _("{ref}: pasta sem ficheiros de treino ({items})").format(ref=safe(ref, 200), items=", ".join(RUN_FILES))
         )
-    raise QueueError(
-        _("'{ref}' não é um id de job, um nome de corrida (checkpoints_qlora/{ref}) nem uma pasta").format(ref=ref)
-    )
+    return None
 
 
 def _of_job(ws: Workspace, queue: Queue, job: Job) -> Run:
