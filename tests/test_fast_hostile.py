@@ -190,22 +190,22 @@ def test_the_loops_pause_after_failures_stays_bounded_for_ever():
     assert mishaps.pause() == MAX_PAUSE_S
 
 
-def test_a_claim_of_a_file_named_like_a_temp_file_is_settled_never_swept(ws):
+def test_a_reservation_of_a_file_named_like_a_temp_file_is_settled_never_swept(ws):
     pending = ws.jobs / "pending"
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
     gone = subprocess.Popen(["true"])
     gone.wait()
-    drop(pending, f".claimed-1-f.tmp-{gone.pid}", orjson.dumps(spec(name="f", not_before=tomorrow)))
+    drop(pending, f".reserved-1-f.tmp-{gone.pid}", orjson.dumps(spec(name="f", not_before=tomorrow)))
     run_daemon(ws)
     assert [(j.name, j.source) for j in Queue(ws).jobs()] == [("f", f"f.tmp-{gone.pid}")]
 
 
-def test_submit_takes_a_file_already_in_the_inbox_itself_settles_claims_and_leaves_nothing_when_it_refuses(ws):
+def test_submit_takes_a_file_already_in_the_inbox_itself_settles_reservations_and_leaves_nothing_when_it_refuses(ws):
     pending, failed = ws.jobs / "pending", ws.jobs / "failed"
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
     drop(pending, "dup.json", orjson.dumps(spec(name="dup", not_before=tomorrow)))
     assert invoke(ws, "submit", str(pending / "dup.json")).exit_code == 0
-    drop(pending, ".claimed-7-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))  # left by a kill
+    drop(pending, ".reserved-7-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))  # left by a kill
     write(ws.root, "sub\udcffx.json", orjson.dumps(spec(name="sub", not_before=tomorrow)))  # a name not UTF-8
     assert invoke(ws, "submit", str(ws.root / "sub\udcffx.json")).exit_code == 0
     run_daemon(ws)
@@ -221,14 +221,14 @@ def test_submit_takes_a_file_already_in_the_inbox_itself_settles_claims_and_leav
     assert not list(pending.iterdir()) and not list(failed.iterdir()) and Queue(ws).ids() == [1, 2, 3]
 
 
-def test_a_claim_for_a_folder_that_is_not_a_job_goes_back_to_the_inbox(ws, tmp_path):
+def test_a_reservation_for_a_folder_that_is_not_a_job_goes_back_to_the_inbox(ws, tmp_path):
     pending = ws.jobs / "pending"
     outside = tmp_path / "outside"
     outside.mkdir()
     (ws.jobs / "3").mkdir()  # a stray folder: no job.json
     (ws.jobs / "4").symlink_to(outside)
     for job_id in (3, 4):
-        drop(pending, f".claimed-{job_id}-c{job_id}.json", "{")
+        drop(pending, f".reserved-{job_id}-c{job_id}.json", "{")
     run_daemon(ws)
     assert not list(outside.iterdir()) and not list((ws.jobs / "3").iterdir())
     assert sorted(p.name for p in (ws.jobs / "failed").iterdir() if not p.name.endswith(".txt")) == [
@@ -303,19 +303,19 @@ queue.ingest(queue.inbox / sys.argv[2])
 
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_daemon_killed_while_making_a_job_of_a_file_leaves_one_job_never_two_nor_none(ws, when):
-    """The file is claimed before its job is written and moved into it after: a kill between leaves a claim."""
+    """The file is reserved before its job is written and moved into it after: a kill between leaves it reserved."""
     pending = ws.jobs / "pending"
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")  # queued, never started
     data = orjson.dumps(spec(name="v2", not_before=tomorrow))
     drop(pending, "v2.json", data)
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_INGEST, str(ws.root), "v2.json", when], check=False)
     assert killed.returncode == -signal.SIGKILL
-    assert [p.name for p in pending.iterdir()] == [".claimed-1-v2.json"]
+    assert [p.name for p in pending.iterdir()] == [".reserved-1-v2.json"]
     assert Queue(ws).ids() == ([1] if when == "after" else [])
     drop(pending, "other.json", orjson.dumps(spec(name="other", not_before=tomorrow)))
     queue = Queue(ws)
-    assert queue.ingest(pending / "other.json").id == 2  # a claimed id is never given to another file
-    queue.ingest_inbox()  # the claim settled first: into job 1, or back into the inbox and taken now
+    assert queue.ingest(pending / "other.json").id == 2  # a reserved id is never given to another file
+    queue.ingest_inbox()  # the reservation settled first: into job 1, or back into the inbox and taken now
     jobs = queue.jobs()
     assert sorted(j.name for j in jobs) == ["other", "v2"] and not list(pending.iterdir())
     v2 = next(j for j in jobs if j.name == "v2")
@@ -323,14 +323,14 @@ def test_a_daemon_killed_while_making_a_job_of_a_file_leaves_one_job_never_two_n
     assert v2.id == (1 if when == "after" else 3)
 
 
-def test_a_hand_made_claim_for_a_job_that_has_its_file_goes_back_to_the_inbox(ws):
+def test_a_hand_made_reservation_for_a_job_that_has_its_file_goes_back_to_the_inbox(ws):
     pending = ws.jobs / "pending"
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
     drop(pending, "v2.json", orjson.dumps(spec(name="v2", not_before=tomorrow)))
     queue = Queue(ws)
     [first] = queue.ingest_inbox()
     before = sorted(p.name for p in queue.job_dir(first.id).iterdir())
-    drop(pending, f".claimed-{first.id}-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))
+    drop(pending, f".reserved-{first.id}-mine.json", orjson.dumps(spec(name="mine", not_before=tomorrow)))
     assert [j.name for j in queue.ingest_inbox()] == ["mine"]  # a file of the user's, not job 1's
     assert sorted(p.name for p in queue.job_dir(first.id).iterdir()) == before and not list(pending.iterdir())
 
@@ -393,7 +393,7 @@ def test_a_kill_at_every_point_of_an_ingest_leaves_each_file_one_job_or_refused_
 
     _, whole = fresh(0)
     points = int(whole.stdout.split("points ")[1])
-    assert points >= 15, whole.stdout  # claim, job folder, submitted.json; reason, log line, move; and their fsyncs
+    assert points >= 15, whole.stdout  # reservation, job folder, submitted.json; reason, log, move; their fsyncs
     for k in range(1, points + 1):
         ws, killed = fresh(k)
         assert killed.returncode == -signal.SIGKILL, (k, killed.stderr[-500:])
@@ -407,7 +407,7 @@ def test_a_kill_at_every_point_of_an_ingest_leaves_each_file_one_job_or_refused_
         said = killed.stdout.count("rejected bad.json") + sum("jobs/pending/bad.json recusado" in x for x in logged)
         assert said in (1, 2), k  # said before the move: a kill between says it again, never not at all
         everything = [p.relative_to(ws.jobs).as_posix() for p in ws.jobs.rglob("*")]
-        assert not [p for p in everything if ".tmp-" in p or ".claimed-" in p or p.startswith("pending/")], k
+        assert not [p for p in everything if ".tmp-" in p or ".reserved-" in p or p.startswith("pending/")], k
 
 
 # ---- the loop never dies of one tick ---------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from farensed.i18n import _
 from farensed.queue import backoff, events
 from farensed.queue.adopt import Running, find_child
 from farensed.queue.child import FRESH_DONE
+from farensed.queue.intake import SUBMIT_TEMPS
 from farensed.queue.job import Job, JobStatus, now_iso
-from farensed.queue.jobs import SUBMIT_TEMPS, Queue
+from farensed.queue.jobs import Queue
 from farensed.queue.keepawake import keep_awake, notify, release
 from farensed.queue.mishaps import Mishaps
 from farensed.queue.outcome import ending, failure_line, last_lines

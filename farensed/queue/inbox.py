@@ -22,7 +22,7 @@ from farensed.errors import FarenseError
 from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_bytes, fsync_dir
 from farensed.storage.regular import kind_of, read_regular
-from farensed.storage.runlock import CLAIM_PREFIX
+from farensed.storage.runlock import RESERVED_PREFIX
 from farensed.terminal import safe
 
 REASON_SUFFIX = ".reason.txt"
@@ -66,7 +66,7 @@ def settled_entries(inbox: Path, skip: set) -> list[Path]:
     found = []
     for entry in scan(inbox):
         if entry.name.startswith("."):
-            continue  # submit's own temp files, claims, editors' swap files
+            continue  # submit's own temp files, reservations, editors' swap files
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -136,25 +136,22 @@ def reject(failed: Path, path: Path, reason: str, before_move: Callable[[], None
     return target
 
 
-# ---- claims: an inbox entry on its way to becoming a job ------------------------------------------------------------
-CLAIM_RE = re.compile(
-    rf"^{re.escape(CLAIM_PREFIX)}([1-9][0-9]{{0,8}})-(.+)$", re.DOTALL
-)  # a job id, bounded: the name may be hand-made
+# ---- reservations: an inbox entry on its way to becoming a job (queue/intake.py) -------------------------------------
+RESERVED_RE = re.compile(rf"^{re.escape(RESERVED_PREFIX)}([1-9][0-9]{{0,8}})-(.+)$", re.DOTALL)  # a bounded job id
 
 
-def claim(path: Path, job_id: int) -> Path:
-    """Rename an inbox entry `.claimed-<job id>-<name>` before its job is written: a kill until the entry is inside
-    the job's folder leaves a claim the next ingest finishes (the job exists) or undoes (it does not), so a file
-    never becomes two jobs, nor none (`Queue.settle_claims`)."""
-    claimed = path.with_name(f"{CLAIM_PREFIX}{job_id}-{_target_name(path.name)}")
-    os.replace(path, claimed)
+def reserve(path: Path, job_id: int) -> Path:
+    """Rename an inbox entry `.reserved-<job id>-<name>` before its job is written; the new path."""
+    reserved = path.with_name(f"{RESERVED_PREFIX}{job_id}-{_target_name(path.name)}")
+    os.replace(path, reserved)
     fsync_dir(path.parent)
-    return claimed
+    return reserved
 
 
-def claims(inbox: Path) -> list[tuple[Path, int, str]]:
-    """Claims left in the inbox (path, job id, original name): only a process killed mid-ingest leaves one."""
-    found = (CLAIM_RE.match(entry.name) for entry in scan(inbox))
+def reservations(inbox: Path) -> list[tuple[Path, int, str]]:
+    """Reservations left in the inbox (path, job id, original name): only a process killed mid-ingest leaves one
+    (or a user who makes one by hand)."""
+    found = (RESERVED_RE.match(entry.name) for entry in scan(inbox))
     return [(inbox / m.group(0), int(m.group(1)), m.group(2)) for m in found if m]
 
 

@@ -26,7 +26,7 @@ from farensed.i18n import _
 from farensed.storage.atomic import atomic_write_json, read_json
 from farensed.storage.procs import process_alive
 
-CLAIM_PREFIX = ".claimed-"  # queue/inbox.py's claims: never swept
+RESERVED_PREFIX = ".reserved-"  # queue/inbox.py's reservations (an inbox file on its way to a job): never swept
 TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic.py's temp files and checkpoint.py's temp folders
 _held: dict[str, list] = {}  # lock path → [FileLock, depth] for the locks this process holds
 
@@ -80,8 +80,8 @@ def sweep_temps(folder: Path, within: Path | None = None, prefix: str | tuple[st
 
     Never through a link: a `folder` that is a symlink, or that resolves outside `within` (the workspace), is left
     alone, and a temp entry that is a link is unlinked itself, never followed. `prefix`: only temps whose name
-    starts so (e.g. `.<name>.tmp-`), in a folder where the user's or other programs' files may lie. An inbox claim
-    (`.claimed-<id>-<file>`, the user's file on its way to a job) is never a temp, whatever its file is called.
+    starts so (e.g. `.<name>.tmp-`), in a folder where the user's or other programs' files may lie. An inbox
+    reservation (`.reserved-<id>-<file>`, the user's file on its way to a job) is never a temp, whatever its name.
     """
     removed = []
     if not _inside(folder, within):
@@ -90,7 +90,7 @@ def sweep_temps(folder: Path, within: Path | None = None, prefix: str | tuple[st
         m = TEMP_RE.match(entry.name)
         if not m or int(m.group(1)) == os.getpid() or psutil.pid_exists(int(m.group(1))):
             continue
-        if not entry.name.startswith(prefix) or entry.name.startswith(CLAIM_PREFIX):
+        if not entry.name.startswith(prefix) or entry.name.startswith(RESERVED_PREFIX):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)  # rmtree never follows the links inside
