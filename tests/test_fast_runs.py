@@ -124,6 +124,7 @@ def test_run_references_resolve_one_documented_way(spec_workspace):
     assert by_folder.job.id == first.id and by_folder.run_dir == spec_workspace / "checkpoints_qlora" / "2"
     assert resolve(ws, "b").job.id == second.id  # a name with no folder yet: its latest job
     assert resolve(ws, None).job.id == second.id
+    assert resolve(ws, f"jobs/{first.id}").job.id == first.id  # a job's folder: that job, not a run folder
     with pytest.raises(QueueError, match="não é um id de job, um nome de corrida"):
         resolve(ws, "nope")
     result = CliRunner().invoke(cli, ["gap", "--help"])

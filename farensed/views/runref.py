@@ -120,6 +120,8 @@ def _named(ws: Workspace, queue: Queue | None, ref: str) -> Run | None:
     path = Path(ref).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path if (Path.cwd() / path).is_dir() else ws.root / path
+    if queue is not None and path.parent.resolve() == ws.jobs.resolve() and (job_id := job_id_of(path.name)):
+        return _of_job(ws, queue, queue.get(job_id))  # a job's folder (jobs/3): that job
     if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
         return _of_folder(ws, queue, path.resolve(), path.resolve().name)
     if path.is_dir():
