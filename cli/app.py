@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 import orjson
@@ -37,6 +38,29 @@ class FarenseGroup(OneLineErrors, click.Group):
             where = f"{safe(exc.filename, 200)}: " if exc.filename else ""
             click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 300), err=True)
             ctx.exit(1)
+
+
+def output_file(path: Path, option: str = "--output") -> Path:
+    """A file a command is asked to write: new, or a regular file it may replace, in a folder that exists (a device,
+    FIFO or folder there is never replaced by the rename; a mistyped folder is never made)."""
+    from farensed.storage.regular import kind_of
+    from farensed.terminal import safe
+
+    path = Path(path)
+    shown = safe(path, 200)
+    try:
+        kind = kind_of(os.stat(path).st_mode)
+    except FileNotFoundError:
+        kind = None
+    except OSError as exc:
+        raise click.BadParameter(f"{shown}: {exc.strerror}", param_hint=option) from None
+    if kind is not None:
+        raise click.BadParameter(_("{path} é {kind}: não o substituo").format(path=shown, kind=kind), param_hint=option)
+    if not path.parent.is_dir():
+        raise click.BadParameter(
+            _("a pasta {folder} não existe").format(folder=safe(path.parent, 200)), param_hint=option
+        )
+    return path
 
 
 class JobId(click.ParamType):

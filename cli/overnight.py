@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from farensed.cli.app import cli, print_json, queue, workspace
+from farensed.cli.app import cli, output_file, print_json, queue, workspace
 from farensed.i18n import _
 from farensed.queue.job import JobStatus
 
@@ -115,7 +115,7 @@ def report(since, output, open_, notify, as_json, time_limit):
     if as_json:
         print_json(collect(q, start))
         return
-    path = write_report(q, start, output, auto=notify)
+    path = write_report(q, start, None if output is None else output_file(q.ws.resolve(output)), auto=notify)
     click.echo(str(path))
     if notify:
         from farensed.queue.keepawake import notify as send

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from farensed.cli.app import cli, workspace
+from farensed.cli.app import cli, output_file, workspace
 from farensed.cli.runs import resolve_run, with_run_help
 from farensed.i18n import _
 
@@ -74,8 +74,8 @@ def plot(ref, output):
     if not records:
         raise QueueError(_("{label} ainda não tem métricas ({run_dir})").format(label=run.label, run_dir=run.run_dir))
     path = (
-        Path(output)
-        if output
+        output_file(Path(output))
+        if output is not None
         else (Path.cwd() / f"{run.name}-{PLOT_NAME}" if run.seed_era else run.run_dir / PLOT_NAME)
     )
     summary = run.read("training_summary.json") or {}

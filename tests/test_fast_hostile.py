@@ -244,6 +244,60 @@ def test_a_reference_too_long_for_any_file_is_one_short_line(ws, length):
     assert len(line) < 300
 
 
+def test_output_files_never_replace_a_device_fifo_or_folder_nor_make_folders(ws, tmp_path):
+    """`plot -o /dev/zero` turned /dev/zero into a PNG (as root); `-o /nonexistent/x.png` made /nonexistent."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_metrics.jsonl").write_bytes(orjson.dumps({"step": 1, "epoch": 0, "loss": 2.0}) + b"\n")
+    os.mkfifo(tmp_path / "fifo")
+    for target in (tmp_path / "fifo", tmp_path, tmp_path / "missing" / "x.png"):
+        for command in (["plot", str(run)], ["report"]):
+            line = refused(ws, *command, "-o", str(target))
+            assert "--output" in line, line
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and not (tmp_path / "missing").exists()
+    assert invoke(ws, "plot", str(run), "-o", str(tmp_path / "p.png")).exit_code == 0  # a new file: written
+
+
+def test_readers_survive_records_a_hand_edit_or_a_diverged_seed_run_left(ws, tmp_path):
+    """1e308 overflowed gap/check/compare; a null or string loss crashed tail; the seed's json.dump writes NaN."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    records = [
+        {"step": 1, "epoch": 0, "loss": 2.0, "tokens_per_second": "x", "elapsed_s": "y", "total_steps": "z"},
+        {"step": 2, "epoch": 0, "loss": None},
+        {"step": 3, "epoch": 0, "loss": "str"},
+        {"step": 4, "epoch": 0, "loss": 1.5, "val_loss": 1e308, "train_loss": 1.5, "gap": 1e308},
+        {"step": 5, "epoch": 0, "loss": 1.2, "val_loss": 1.3, "train_loss": 1.2, "gap": 0.1},
+        {"step": 6, "epoch": True, "loss": True},
+    ]
+    (odd / "training_metrics.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "training_metrics.json").write_text(
+        '[{"step": 1, "loss": 3.0}, {"step": 2, "loss": NaN}, {"step": 3, "loss": 2.0, "val_loss": 2.5}]'
+    )
+    for folder in (odd, seed):
+        for command in (["tail", "--no-follow"], ["gap"], ["check"], ["status"], ["compare", str(folder)]):
+            result = invoke(ws, command[0], str(folder), *command[1:])
+            assert result.exit_code in (0, 1) and "Traceback" not in result.output, (command, result.output)
+            assert max(map(len, result.output.splitlines() or [""])) < 300, (command, result.output)
+    assert "2.5000" in invoke(ws, "gap", str(seed)).output  # NaN dropped, not the whole history
+
+
+@pytest.mark.parametrize(
+    "success, said",
+    [({"gap_mx": 0.1}, "'gap_mx' (quis dizer 'gap_max'?)"), ({"gap_max": "x"}, "success.gap_max"), ([1], "objeto")],
+)
+def test_a_hand_edited_success_is_one_line_never_a_green_check(ws, tmp_path, success, said):
+    """An unknown key printed no criterion and passed (exit 0): a typo turned the check green."""
+    run = ws.root / "checkpoints_qlora" / "r"
+    run.mkdir(parents=True)
+    (run / "spec.json").write_bytes(orjson.dumps(spec(name="r", success=success)))
+    (run / "training_metrics.jsonl").write_bytes(orjson.dumps({"step": 1, "epoch": 0, "loss": 2.0}) + b"\n")
+    for command in (["check", "r"], ["compare", "r", "r"]):
+        assert said in refused(ws, *command, code=2)
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path

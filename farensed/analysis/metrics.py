@@ -99,6 +99,8 @@ def read_last(folder: Path, n: int) -> list[dict]:
 
 # ---- records as readers may use them: the metrics log is a file a person can edit -------------------------------
 NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
+MEASURES = ("tokens_per_second", "elapsed_s", "total_steps", "peak_memory_gb", "learning_rate")  # optional
+BOUND = 1e15  # past it a number is a hand edit (1e308 overflows a mean), never a loss, a step or a rate
 VALIDATION = ("val_loss", "train_loss", "gap")
 
 
@@ -127,6 +129,6 @@ def clean_numbers(record: dict, allow_null: bool = False) -> dict:
     left out, never passed on to arithmetic or a terminal; farense's own null (a step that counted nothing) kept."""
 
     def number(value) -> bool:
-        return allow_null if value is None else finite(value) is not None
+        return allow_null if value is None else finite(value) is not None and abs(value) < BOUND
 
-    return {k: v for k, v in record.items() if k not in NUMBERS or number(v)}
+    return {k: v for k, v in record.items() if k not in NUMBERS + MEASURES or number(v)}

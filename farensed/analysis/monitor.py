@@ -14,7 +14,7 @@ from farensed.storage.jsonl import parse_lines
 
 def _eta(record: dict, first: dict | None) -> str | None:
     total, step = record.get("total_steps"), record.get("step")
-    if not total or not first or step is None or step <= first["step"]:
+    if not isinstance(total, int) or not first or step is None or step <= first["step"]:
         return None
     rate = (record.get("elapsed_s", 0) - first.get("elapsed_s", 0)) / (step - first["step"])
     if rate <= 0:
@@ -43,11 +43,10 @@ def live_line(head: str, state: str, record: dict | None, first: dict | None, no
 def format_record(record: dict, best: float | None, first: dict | None = None, colour=lambda text, band: text) -> str:
     """One line: step, epoch, loss, val_loss, gap+band, tok/s, memory, ETA, best so far."""
     total = record.get("total_steps")
-    parts = [
-        f"step {record['step']}" + (f"/{total}" if total else ""),
-        _("época {epoch}").format(epoch=record["epoch"] + 1),
-        f"loss {record['loss']:.4f}",
-    ]
+    parts = [f"step {record['step']}" + (f"/{total}" if isinstance(total, int) and total > 0 else "")]
+    if isinstance(record.get("epoch"), int):
+        parts.append(_("época {epoch}").format(epoch=record["epoch"] + 1))
+    parts.append(f"loss {record['loss']:.4f}" if record.get("loss") is not None else "loss —")  # null: a NaN loss
     if record.get("val_loss") is not None:
         parts.append(f"val_loss {record['val_loss']:.4f}")
         parts.append(colour(f"gap {record['gap']:+.4f} {band_label(record['band'])}", record["band"]))

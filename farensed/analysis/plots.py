@@ -62,10 +62,11 @@ def plot_training(records: list[dict], path: Path, title: str = "", early_stop_s
         ax_loss.plot([], [], color="red", linestyle=":", label=f"early stopping (step {early_stop_step})")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(title or _("Treino"))
-    ax_loss.legend()
     ax_gap.set_ylabel("gap = val_loss − loss")
     ax_gap.set_xlabel("step")
-    ax_gap.legend()
+    for ax in (ax_loss, ax_gap):
+        if ax.get_legend_handles_labels()[0]:  # no validation yet: no gap curve, no legend (matplotlib warns)
+            ax.legend()
     fig.tight_layout()
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import orjson
 
 from farensed.analysis.gap import band
 from farensed.analysis.metrics import JSON_NAME, JSONL_NAME, clean_numbers, read_all
-from farensed.storage.atomic import read_json
+from farensed.storage.regular import read_regular
+
+MAX_SEED_BYTES = 256 * 1024 * 1024  # the seed's whole history in one JSON file; more is not one
 
 
 def load_records(run_dir: Path) -> list[dict]:
@@ -17,9 +20,16 @@ def load_records(run_dir: Path) -> list[dict]:
     if (run_dir / JSONL_NAME).exists():
         return read_all(run_dir)
     try:
-        raw = read_json(run_dir / JSON_NAME)
-    except (OSError, orjson.JSONDecodeError):
+        data = read_regular(run_dir / JSON_NAME, MAX_SEED_BYTES)
+    except OSError:
         return []
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # Python's json.dump writes a diverged loss as NaN, which JSON (and orjson) refuse: that value is dropped
+            raw = json.loads(data)
+        except (ValueError, RecursionError):
+            return []
     return seed_records(raw if isinstance(raw, list) else [])
 
 

@@ -19,12 +19,15 @@ from farensed.analysis.textmetrics import aggregate, exact_match, token_f1
 from farensed.errors import FarenseError, SpecError
 from farensed.i18n import _
 from farensed.models.hub import resolve_model
-from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside
+from farensed.spec.modelcheck import check_safetensors
+from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, move_aside, read_json_dict
 from farensed.storage.digest import sha256_file
 from farensed.storage.jsonl import parse_lines, read_jsonl
+from farensed.storage.regular import read_regular
 
 REPORT, SUMMARY, PROGRESS = "evaluation_report.json", "evaluation_summary.csv", "evaluation_progress.jsonl"
 MODELS = ("base", "adapters")
+MAX_PROGRESS_BYTES = 512 * 1024 * 1024  # a test set's answers: far less; a file past it is not ours
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Evaluator:
             raise FarenseError(
                 _("{run_dir}: job sem adapters para avaliar (treine-o primeiro)").format(run_dir=self.run_dir)
             )
+        check_safetensors(self.adapters / "adapters.safetensors", "adapters")  # damaged: one line before any work
         self.examples = load_examples(self.data_path)  # bad input fails here, before any output
 
     def _fingerprint(self) -> dict:
@@ -109,14 +113,24 @@ class Evaluator:
 
     def _done(self, fingerprint: dict) -> dict[tuple[str, int], dict]:
         path = self.run_dir / PROGRESS
-        lines = path.read_bytes().splitlines() if path.exists() else []
-        if not lines or orjson.loads(lines[0]).get("fingerprint") != fingerprint:
+        try:  # a FIFO or a folder in its place is no progress, never a hang
+            lines = read_regular(path, MAX_PROGRESS_BYTES).splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError:
+            lines = [b"{}"]  # unreadable: moved aside below, a fresh one started
+        first = parse_lines(lines[:1])
+        if not first or first[0].get("fingerprint") != fingerprint:
             if path.exists():
                 move_aside(path)  # adapters or data changed: those results no longer apply
             append_line(path, orjson.dumps({"fingerprint": fingerprint}))
             return {}
-        # a killed evaluation may leave a torn last line: parse_lines skips it
-        return {(rec["model"], rec["index"]): rec for rec in parse_lines(lines[1:])}
+        # a killed evaluation may leave a torn last line: parse_lines skips it; a line edited by hand is left out
+        return {
+            (r["model"], r["index"]): r
+            for r in parse_lines(lines[1:])
+            if r.get("model") in MODELS and type(r.get("index")) is int
+        }
 
     def run(self, force: bool = False) -> dict:
         examples = self.examples
@@ -254,10 +268,7 @@ class Evaluator:
 
     def _reuse(self, examples: list[Example], done: dict, fingerprint: dict) -> dict:
         """Every example is scored already: the report on disk when it is these results, else written from them."""
-        try:
-            report = orjson.loads((self.run_dir / REPORT).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            report = None
+        report = read_json_dict(self.run_dir / REPORT)  # a FIFO in its place: None, never a hang
         config = report.get("config") if isinstance(report, dict) else None
         if not isinstance(config, dict) or any(config.get(k) != v for k, v in fingerprint.items()):
             report = self._report(examples, done, fingerprint)

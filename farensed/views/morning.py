@@ -15,6 +15,7 @@ from pathlib import Path
 
 from farensed.analysis.compare import ROWS, cell, column
 from farensed.analysis.gap import analyse, format_analysis
+from farensed.errors import FarenseError
 from farensed.i18n import _, language, ngettext
 from farensed.queue import events
 from farensed.queue.job import Job, job_run_dir, parse_time, state_label
@@ -73,7 +74,7 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
     if not isinstance(criteria, dict) or not criteria:
         return None
     try:
-        from farensed.analysis.success import verdicts
+        from farensed.analysis.success import criteria_of, verdicts
     except ImportError:
         return [
             {
@@ -84,9 +85,9 @@ def success_verdicts(spec: dict, records: list[dict], evaluation: dict | None) -
             for k, v in criteria.items()
         ]
     try:
-        chosen = {k: v for k, v in criteria.items() if v is not None}
+        chosen, _own = criteria_of(spec)
         return [v.to_dict() for v in verdicts(chosen, records, evaluation)]
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, FarenseError) as exc:
         return [{"criterion": "success", "passed": None, "text": _("critérios ilegíveis ({error})").format(error=exc)}]
 
 
@@ -314,7 +315,8 @@ def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = N
         while output.exists():  # two reports in one second: the second never replaces the first
             output, n = output.with_name(f"farense-{stamp}-{n}.html"), n + 1
     path = queue.ws.resolve(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if default:
+        path.parent.mkdir(parents=True, exist_ok=True)  # reports/ (a folder asked for must exist: never made)
     atomic_write_bytes(path, render(data, figures).encode())
     if default and auto:
         prune_reports(path.parent, keep_reports())
