@@ -38,6 +38,14 @@ class FarenseGroup(OneLineErrors, click.Group):
             where = f"{safe(exc.filename, 200)}: " if exc.filename else ""
             click.echo(safe(error_line(f"{where}{exc.strerror or exc}"), 300), err=True)
             ctx.exit(1)
+        except RuntimeError as exc:  # pathlib's resolve() of a path that loops (a link to itself in a hand edit)
+            if not str(exc).startswith("Symlink loop from "):
+                raise
+            where = str(exc).removeprefix("Symlink loop from ").strip("'")
+            click.echo(
+                safe(error_line(_("{path}: os links simbólicos formam um ciclo").format(path=where)), 300), err=True
+            )
+            ctx.exit(1)
 
 
 def output_file(path: Path, option: str = "--output") -> Path:

@@ -298,6 +298,35 @@ def test_a_hand_edited_success_is_one_line_never_a_green_check(ws, tmp_path, suc
         assert said in refused(ws, *command, code=2)
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--poll", "-1"],
+        ["--poll", "nan"],
+        ["--poll", "0"],
+        ["--rescan", "nan"],
+        ["--stop-timeout", "-1"],
+        ["--stop-timeout", "nan"],
+    ],
+)
+def test_farenseds_own_numbers_are_bounded_one_line_each(ws, option):
+    """--poll -1 or nan crashed in select(); --poll 0 --rescan 0 spun a core; negative or NaN timeouts passed."""
+    from farensed.queue.main import cli as farensed_cli
+
+    result = CliRunner().invoke(farensed_cli, ["--home", str(ws.root), *option], prog_name="farensed")
+    assert result.exit_code == 2 and option[0] in one_short_line(result.output)
+
+
+def test_an_empty_reference_or_a_run_folder_that_loops_is_one_line(ws):
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    drop(ws.jobs / "pending", "a.json", orjson.dumps(spec(name="a", not_before=tomorrow)))
+    [job] = Queue(ws).ingest_inbox()
+    (ws.root / "loop").symlink_to(ws.root / "loop")
+    Queue(ws).update(job.id, run_dir="loop/x")  # job.json edited by hand
+    assert "ciclo" in refused(ws, "status", str(job.id), code=1)
+    assert refused(ws, "status", "", code=4).startswith("Erro: '' não é")  # it named checkpoints_qlora/ itself
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path

@@ -7,6 +7,7 @@ import statistics
 from farensed.analysis.gap import analyse, band_label
 from farensed.analysis.success import run_verdicts
 from farensed.i18n import N_, _
+from farensed.statewords import state_label
 from farensed.terminal import safe
 
 # The comparison's rows, for every view of it (farensectl compare, the morning report): label (translated where it
@@ -40,6 +41,8 @@ def cell(value, spec: str | None = ".4f", key: str | None = None) -> str:
         return _("sim") if value else _("não")
     if key == "status":
         return band_label(value)  # a gap band, as it reads in the chosen language
+    if key == "state":
+        return state_label(value)  # a job's state, as list and status say it
     if spec and isinstance(value, (int, float)):
         return format(value, spec)
     return str(value)

@@ -9,9 +9,10 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from farensed.i18n import N_, _
+from farensed.i18n import _
+from farensed.statewords import STATE_LABELS, state_label  # noqa: F401 - job states as read, re-exported
 from farensed.storage.workspace import Workspace
-from farensed.terminal import excerpt, safe
+from farensed.terminal import excerpt
 
 JOB_FILE, SPEC_FILE, LOG_FILE = "job.json", "spec.json", "log"
 SUBMITTED_FILE = "submitted.json"  # the inbox file as it was dropped, kept beside its job
@@ -37,21 +38,6 @@ class JobStatus(str, enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-# How a state reads on screen (job.json and JSON keep the English value above, in every language)
-STATE_LABELS = {
-    "pending": N_("pendente"),
-    "running": N_("a correr"),
-    "done": N_("concluído"),
-    "failed": N_("falhado"),
-    "cancelled": N_("cancelado"),
-}
-
-
-def state_label(state: str | None) -> str:
-    """A job state as a person reads it, in the chosen language (`pending` → `pendente`)."""
-    return _(STATE_LABELS[state]) if state in STATE_LABELS else safe(state or "-", 20)
 
 
 def now_iso() -> str:

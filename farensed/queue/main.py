@@ -33,8 +33,22 @@ class FarensedCommand(OneLineErrors, click.Command):
     "--home", envvar="FARENSE_HOME", help="Workspace root (default: $FARENSE_HOME, else the current directory)."
 )
 @click.option("--burst", is_flag=True, help="Exit once no job is left to run.")
-@click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between checks of the running child.")
-@click.option("--rescan", type=float, default=5.0, show_default=True, help="Seconds between rescans of jobs/pending/.")
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.05, 3600),
+    callback=lambda ctx, param, value: _finite(value, "--poll"),
+    default=0.5,
+    show_default=True,
+    help="Seconds between checks of the running child.",
+)
+@click.option(
+    "--rescan",
+    type=click.FloatRange(0.05, 3600),
+    callback=lambda ctx, param, value: _finite(value, "--rescan"),
+    default=5.0,
+    show_default=True,
+    help="Seconds between rescans of jobs/pending/.",
+)
 @click.option(
     "--memory-guard/--no-memory-guard",
     default=True,
@@ -74,7 +88,12 @@ class FarensedCommand(OneLineErrors, click.Command):
     "[env FARENSE_MIN_AVAILABLE_MB].",
 )
 @click.option(
-    "--stop-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the child's checkpoint."
+    "--stop-timeout",
+    type=click.FloatRange(1, 86400),
+    callback=lambda ctx, param, value: _finite(value, "--stop-timeout"),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the child's checkpoint.",
 )
 @click.option(
     "--window",
@@ -183,6 +202,13 @@ def _check_window(value: str | None) -> str | None:
             parse_windows(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--window") from None
+    return value
+
+
+def _finite(value: float, option: str) -> float:
+    """Click's FloatRange lets NaN through (every comparison with it is false)."""
+    if math.isnan(value):
+        raise click.BadParameter(_("não é um número"), param_hint=option)
     return value
 
 

@@ -96,8 +96,8 @@ def resolve(ws: Workspace, ref: str | None) -> Run:
     if job_id := job_id_of(ref):
         return _of_job(ws, queue, queue.get(job_id))
     try:
-        run = _named(ws, queue, ref)
-    except OSError:  # a name too long for the file system, a folder that cannot be read: none of the three
+        run = _named(ws, queue, ref) if ref.strip() else None  # "" would name checkpoints_qlora/ itself
+    except (OSError, RuntimeError):  # a name too long for the file system, a link loop: none of the three
         run = None
     if run is None:
         raise QueueError(
