@@ -327,6 +327,38 @@ def test_an_empty_reference_or_a_run_folder_that_loops_is_one_line(ws):
     assert refused(ws, "status", "", code=4).startswith("Erro: '' não é")  # it named checkpoints_qlora/ itself
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("FARENSE_PSI_FULL_STOP", "nan"),
+        ("FARENSE_PSI_SOME_STOP", "nan"),
+        ("FARENSE_MIN_AVAILABLE_MB", "nan"),
+        ("FARENSE_MIN_AVAILABLE_MB", "-5"),
+        ("FARENSE_BATTERY_MIN", "nan"),
+        ("FARENSE_BATTERY_MIN", "1e400"),
+        ("FARENSE_RECOVERY_BACKOFF", "1,,2"),
+        ("FARENSE_RECOVERY_BACKOFF", "9" * 5000),
+    ],
+)
+def test_farenseds_settings_from_the_environment_are_bounded_one_short_line_each(ws, monkeypatch, name, value):
+    """NaN and negative values were taken (the memory guard then never fired, or always did)."""
+    from farensed.queue.main import cli as farensed_cli
+
+    monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(farensed_cli, ["--home", str(ws.root)], prog_name="farensed")
+    assert result.exit_code == 2 and len(one_short_line(result.output)) < 300, result.output
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "1e400", "-1"])
+def test_a_hostile_disk_margin_is_one_line(monkeypatch, value):
+    from farensed.engine.startup import disk_needed
+    from farensed.errors import SpecError
+
+    monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", value)
+    with pytest.raises(SpecError, match="^FARENSE_DISK_MARGIN_MB="):
+        disk_needed(1000, 3)
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path

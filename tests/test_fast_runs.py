@@ -141,7 +141,7 @@ def test_disk_check_needs_room_for_keep_checkpoints_plus_margin(tmp_path, monkey
     monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", "0")
     assert disk_needed(1000, 3) == 4 * checkpoint_bytes(1000) + 2000
     assert check_disk(tmp_path / "not" / "yet", 1000, 3).startswith("Disco: ")  # the nearest existing folder
-    monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", str(10**12))  # more than any disk here
+    monkeypatch.setenv("FARENSE_DISK_MARGIN_MB", str(10**9))  # a petabyte: more than any disk here
     with pytest.raises(FarenseError, match=r"^espaço em disco insuficiente em .*: .* livres, são precisos ~"):
         check_disk(tmp_path, 1000, 3)
 

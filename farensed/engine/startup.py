@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 
-from farensed.errors import FarenseError
+from farensed.errors import FarenseError, SpecError
 from farensed.i18n import _
+from farensed.terminal import safe
 from farensed.units import size as gb
 
 MARGIN_MB = 256  # besides the checkpoints: metrics, summaries, plots, evaluation (override: $FARENSE_DISK_MARGIN_MB)
@@ -36,9 +38,27 @@ def checkpoint_bytes(trainable_bytes: int) -> int:
     return 3 * trainable_bytes + 1_000_000
 
 
+def disk_margin_mb() -> float:
+    """$FARENSE_DISK_MARGIN_MB (0 to 10^9), else MARGIN_MB; anything else is said in one line (SpecError)."""
+    text = os.environ.get("FARENSE_DISK_MARGIN_MB")
+    if text is None or not text.strip():
+        return MARGIN_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1e9:  # NaN fails this too
+        raise SpecError(
+            _("FARENSE_DISK_MARGIN_MB={value}: precisa de um número de MB entre 0 e 1000000000").format(
+                value=safe(text, 30)
+            )
+        )
+    return value
+
+
 def disk_needed(trainable_bytes: int, keep: int) -> int:
     """keep_checkpoints checkpoints, one more being written, best adapters and output/, plus the margin."""
-    margin = float(os.environ.get("FARENSE_DISK_MARGIN_MB", MARGIN_MB)) * 1e6
+    margin = disk_margin_mb() * 1e6
     return int((keep + 1) * checkpoint_bytes(trainable_bytes) + 2 * trainable_bytes + margin)
 
 

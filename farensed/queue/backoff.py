@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from farensed.i18n import _
+from farensed.terminal import safe
 
 DEFAULT_SCHEDULE: tuple[float, ...] = (10.0, 30.0, 120.0, 300.0, 600.0)
 
@@ -17,14 +18,18 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
     """'10,30,120' → (10.0, 30.0, 120.0); empty or None → the default; the last value is the cap."""
     if text is None or not str(text).strip():
         return DEFAULT_SCHEDULE
+    shown = safe(text, 40)
     try:
-        values = tuple(float(v) for v in str(text).split(",") if v.strip())
+        parts = str(text).split(",")
+        if any(not v.strip() for v in parts):  # '1,,2': a value left out is a typo, not a shorter schedule
+            raise ValueError
+        values = tuple(float(v) for v in parts)
     except ValueError:
         raise ValueError(
-            _("'{text}' não é uma lista de segundos separados por vírgulas (ex.: 10,30,120)").format(text=text)
+            _("'{text}' não é uma lista de segundos separados por vírgulas (ex.: 10,30,120)").format(text=shown)
         ) from None
     if not values or any(not 0 <= v <= 86_400 for v in values):  # NaN and inf fail this too
-        raise ValueError(_("'{text}': os segundos devem estar entre 0 e 86400").format(text=text))
+        raise ValueError(_("'{text}': os segundos devem estar entre 0 e 86400").format(text=shown))
     return values
 
 

@@ -67,6 +67,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 @click.option(
     "--psi-full-stop",
     type=click.FloatRange(0, 100, min_open=True),
+    callback=lambda ctx, param, value: _finite(value, "--psi-full-stop"),
     default=20.0,
     envvar="FARENSE_PSI_FULL_STOP",
     show_default=True,
@@ -75,6 +76,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 @click.option(
     "--psi-some-stop",
     type=click.FloatRange(0, 100, min_open=True),
+    callback=lambda ctx, param, value: _finite(value, "--psi-some-stop"),
     default=60.0,
     envvar="FARENSE_PSI_SOME_STOP",
     show_default=True,
@@ -82,7 +84,8 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--min-available-mb",
-    type=float,
+    type=click.FloatRange(0, 10**9),
+    callback=lambda ctx, param, value: _finite(value, "--min-available-mb"),
     envvar="FARENSE_MIN_AVAILABLE_MB",
     help="Available-memory floor where the kernel gives no pressure level (Linux; default 5% of RAM, 512-4096 MB) "
     "[env FARENSE_MIN_AVAILABLE_MB].",
@@ -103,7 +106,8 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--battery-min",
-    type=float,
+    type=click.FloatRange(0, 100),
+    callback=lambda ctx, param, value: _finite(value, "--battery-min"),
     default=30.0,
     show_default=True,
     envvar="FARENSE_BATTERY_MIN",
@@ -205,9 +209,9 @@ def _check_window(value: str | None) -> str | None:
     return value
 
 
-def _finite(value: float, option: str) -> float:
+def _finite(value: float | None, option: str) -> float | None:
     """Click's FloatRange lets NaN through (every comparison with it is false)."""
-    if math.isnan(value):
+    if value is not None and math.isnan(value):
         raise click.BadParameter(_("não é um número"), param_hint=option)
     return value
 

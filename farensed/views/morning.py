@@ -328,7 +328,7 @@ def keep_reports() -> int:
     import os
 
     try:
-        return max(int(os.environ.get("FARENSE_KEEP_REPORTS", KEEP_REPORTS)), 1)
+        return min(max(int(os.environ.get("FARENSE_KEEP_REPORTS", KEEP_REPORTS)), 1), 10_000)
     except ValueError:
         return KEEP_REPORTS
 
