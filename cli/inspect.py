@@ -159,7 +159,7 @@ def logs(ref, lines):
     """
     from farensed.errors import QueueError
     from farensed.storage.jsonl import tail_lines
-    from farensed.storage.regular import read_regular
+    from farensed.storage.logfile import log_lines, shown_line
     from farensed.terminal import terminal_text
 
     run = resolve_run(ref)
@@ -176,9 +176,11 @@ def logs(ref, lines):
         return
     # colours pass; any other escape sequence (window title, clipboard write, cursor moves) never reaches the terminal
     if lines:
-        click.echo(terminal_text(b"\n".join(tail_lines(path, lines)).decode(errors="replace")))
+        for line in tail_lines(path, lines):
+            click.echo(terminal_text(shown_line(line)))
     else:
-        click.echo(terminal_text(read_regular(path).decode(errors="replace")), nl=False)
+        for line in log_lines(path):
+            click.echo(terminal_text(shown_line(line)))
 
 
 @cli.command()

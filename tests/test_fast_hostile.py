@@ -359,6 +359,21 @@ def test_a_hostile_disk_margin_is_one_line(monkeypatch, value):
         disk_needed(1000, 3)
 
 
+def test_logs_prints_any_log_line_by_line_cut_and_harmless(ws):
+    """A 150 MB line was read whole and printed whole; a job's name reached check's heading raw."""
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).isoformat(timespec="seconds")
+    drop(ws.jobs / "pending", "a.json", orjson.dumps(spec(name="a", not_before=tomorrow)))
+    [job] = Queue(ws).ingest_inbox()
+    log = b"start\n" + b"x" * 3_000_000 + b"\n" + OSC_TITLE.encode() + b"\xff end\n"
+    Queue(ws).log_path(job.id).write_bytes(log)
+    for args in (["logs", "1"], ["logs", "1", "-n", "5"]):
+        result = invoke(ws, *args)
+        assert result.exit_code == 0 and "\x1b]" not in result.output
+        assert max(map(len, result.output.splitlines())) < 4100 and "(+2996000 bytes)" in result.output, args
+    Queue(ws).update(job.id, name=OSC_TITLE)  # job.json edited by hand
+    assert "\x1b]" not in invoke(ws, "check", "1").output
+
+
 KILLED_MID_REJECTION = """
 import os, signal, sys
 from pathlib import Path

@@ -50,10 +50,13 @@ class Run:
         return f"#{self.job.id}" if self.job else self.name
 
     def heading(self) -> str:
+        """One safe line naming the run (a job's name or a folder's comes from files a person may edit)."""
         if self.job:
-            return f"job {self.job.id} ({self.job.name}): {state_label(self.job.state)}"
+            return f"job {self.job.id} ({safe(self.job.name, 80)}): {state_label(self.job.state)}"
         seed = " " + _("— pasta só com métricas, só leitura") if self.seed_era else ""
-        return _("corrida {name} ({run_dir}){seed}").format(name=self.name, run_dir=self.run_dir, seed=seed)
+        return _("corrida {name} ({run_dir}){seed}").format(
+            name=safe(self.name, 80), run_dir=safe(self.run_dir, 200), seed=seed
+        )
 
     @property
     def trained(self) -> bool:
