@@ -30,7 +30,7 @@ class FarenseGroup(OneLineErrors, click.Group):
         try:
             return super().invoke(ctx)
         except FarenseError as exc:
-            click.echo(safe(error_line(exc), 2000), err=True)  # a value from a user's file never reaches it raw
+            click.echo(safe(error_line(exc), 500), err=True)  # a value from a user's file never reaches it raw or whole
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             raise

@@ -11,6 +11,7 @@ from pathlib import Path
 from farensed.engine.distributed import peer_lost
 from farensed.errors import FarenseError, error_line
 from farensed.storage.exitfile import write_exit_code
+from farensed.terminal import safe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
         code = run_spec(Path(args.spec), args.home)
     except FarenseError as exc:
-        print(error_line(exc), file=sys.stderr, flush=True)
+        print(safe(error_line(exc), 500), file=sys.stderr, flush=True)
         code = exc.exit_code
     except BaseException as exc:  # noqa: BLE001
         traceback.print_exc()

@@ -23,6 +23,7 @@ from farensed.i18n import _
 from farensed.signals import StoppedBeforeTraining, quiet_lost_stops, stop_before_training
 from farensed.storage.atomic import atomic_write_json
 from farensed.storage.exitfile import EXIT_FILE, write_exit_code
+from farensed.terminal import safe
 
 FRESH_DONE = "fresh.done"
 CHILD_FILE = (
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except FarenseError as exc:
         code, error = exc.exit_code, str(exc)
         with contextlib.suppress(OSError):  # the log itself may be on the full disk
-            print(error_line(exc), flush=True)
+            print(safe(error_line(exc), 500), flush=True)
     except BaseException:  # noqa: BLE001 - the log must show why, and exit.json must say it failed
         traceback.print_exc()
         sys.stdout.flush()
