@@ -20,6 +20,7 @@ from tests.helpers import (
     deterministic_summary,
     kill_at_record,
     run_cli,
+    spec_with,
     write_spec,
 )
 
@@ -104,3 +105,12 @@ def test_mask_prompt_false_puts_the_prompt_into_the_loss(workspace):
     masked, whole = tokenize_file(path, tokenizer, 128), tokenize_file(path, tokenizer, 128, mask_prompt=False)
     assert masked.tokens == whole.tokens
     assert all(o > 0 for o in masked.offsets) and set(whole.offsets) == {0}
+
+
+def test_lora_keys_that_name_no_layer_are_one_line_before_training(workspace):
+    """It passed validation and then crashed at the first step ('[grad] Must specify at least one argument')."""
+    spec = spec_with(name="nokeys", lora={**TEST_SPEC["lora"], "keys": ["nonexistent_key"]})
+    proc = run_cli(workspace, "run", str(write_spec(workspace, spec)))
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("Erro:")]
+    assert "lora.keys" in line and "self_attn.q_proj" in line and "Traceback" not in proc.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from farensed.errors import SpecError
 from farensed.i18n import _
+from farensed.terminal import excerpt
 
 # mlx_lm/lora.py train_model(): optimizer name -> mlx.optimizers class
 OPTIMIZER_CLASSES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adafactor": "Adafactor", "muon": "Muon"}
@@ -64,6 +65,7 @@ def build_optimizer(spec, check_only: bool = False):
 def apply_fine_tune_type(model, spec, ws, say) -> None:
     """Freeze the base, then add LoRA/DoRA adapters or unfreeze the last layers (full); optionally load adapters."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     layers = spec.lora.layers
@@ -83,10 +85,25 @@ def apply_fine_tune_type(model, spec, ws, say) -> None:
         if spec.lora.keys:
             config["keys"] = spec.lora.keys
         linear_to_lora_layers(model, layers, config, use_dora=spec.fine_tune_type == "dora")
+    if not tree_flatten(model.trainable_parameters()):  # keys that name no layer: MLX's grad would fail on nothing
+        names = linear_names(model)
+        raise SpecError(
+            _("lora.keys {keys}: nenhuma camada do modelo tem esses nomes (por exemplo: {names})").format(
+                keys=excerpt(spec.lora.keys), names=", ".join(names[:6])
+            )
+        )
     if spec.resume_adapter_file:
         path = ws.resolve(spec.resume_adapter_file)
         say(_("A carregar adapters iniciais de {path}").format(path=path))
         model.load_weights(str(path), strict=False)
+
+
+def linear_names(model) -> list[str]:
+    """The linear layers of a transformer block as lora.keys names them (self_attn.q_proj, mlp.down_proj, …)."""
+    import mlx.nn as nn
+
+    found = model.layers[0].named_modules()
+    return sorted(name for name, m in found if isinstance(m, (nn.Linear, nn.QuantizedLinear)) and name)
 
 
 def enable_grad_checkpoint(model) -> None:
