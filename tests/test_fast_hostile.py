@@ -372,6 +372,8 @@ def test_logs_prints_any_log_line_by_line_cut_and_harmless(ws):
         assert max(map(len, result.output.splitlines())) < 4100 and "(+2996000 bytes)" in result.output, args
     Queue(ws).update(job.id, name=OSC_TITLE)  # job.json edited by hand
     assert "\x1b]" not in invoke(ws, "check", "1").output
+    assert invoke(ws, "report", "-o", str(ws.root / "r.html")).exit_code == 0
+    assert "\x1b" not in (ws.root / "r.html").read_text()  # a terminal that cats the report acts on none
 
 
 KILLED_MID_REJECTION = """

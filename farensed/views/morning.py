@@ -22,6 +22,7 @@ from farensed.queue.job import Job, job_run_dir, parse_time, state_label
 from farensed.queue.jobs import Queue
 from farensed.storage.atomic import atomic_write_bytes, read_json_dict
 from farensed.storage.regular import open_regular
+from farensed.terminal import safe, safe_lines
 from farensed.views.runref import Run
 from farensed.views.status import duration_s, format_duration, total_duration_s
 
@@ -145,13 +146,13 @@ def curves_png(queue: Queue, job: Job) -> bytes | None:
     if not records:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = plot_training(records, Path(tmp) / "curves.png", title=f"job {job.id} — {job.name}")
+        path = plot_training(records, Path(tmp) / "curves.png", title=f"job {job.id} — {safe(job.name, 80)}")
         return path.read_bytes()
 
 
 def _img(png: bytes, alt: str, name: str) -> str:
     data = base64.b64encode(png).decode()
-    return f'<figure data-figure="{name}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+    return f'<figure data-figure="{name}"><img alt="{_html(alt)}" src="data:image/png;base64,{data}"></figure>'
 
 
 # ---- HTML -----------------------------------------------------------------------------------------------
@@ -178,14 +179,14 @@ def _fmt(value, spec: str = ".4f") -> str:
 def _table(rows: list[tuple], head: tuple | None = None) -> str:
     out = ['<div class="scroll"><table>']
     if head:
-        out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>")
+        out.append("<tr>" + "".join(f"<th>{_html(str(h))}</th>" for h in head) + "</tr>")
     for row in rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{_html(str(c))}</td>" for c in row) + "</tr>")
     return "".join(out) + "</table></div>"
 
 
 def _job_html(item: dict, png: bytes | None) -> str:
-    esc = html.escape
+    esc = _html
     attempts = ngettext("{count} tentativa", "{count} tentativas", item["attempts"]).format(count=item["attempts"])
     parts = [
         f'<section class="job" id="job-{item["id"]}" data-job="{item["id"]}">',
@@ -248,7 +249,7 @@ def _comparison_html(comparison: dict) -> str:
     cols = comparison["jobs"]
     head = ("", *(f"#{c['id']} {c['name']}" for c in cols))
     rows = [(_(label), *(cell(c.get(key), spec, key) for c in cols)) for label, key, spec in ROWS if key != "name"]
-    return f'<div data-compare="{html.escape(comparison["model"])}"><h3>{html.escape(comparison["model"])}</h3>' + (
+    return f'<div data-compare="{_html(comparison["model"])}"><h3>{_html(comparison["model"])}</h3>' + (
         _table(rows, head) + "</div>"
     )
 
@@ -280,9 +281,9 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
         f'<html lang="{language()}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         AUTO_MARK if data.get("auto") else "",
-        f"<title>{html.escape(title)} {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p>"
-        + html.escape(
+        f"<title>{_html(title)} {data['generated_at'][:16]}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_html(title)}</h1><p>"
+        + _html(
             _("{generated} · desde {since} · {jobs} ({states})").format(
                 generated=data["generated_at"][:16].replace("T", " "),
                 since=data["since"][:16].replace("T", " "),
@@ -295,10 +296,16 @@ def render(data: dict, figures: dict[int, bytes | None]) -> str:
     ]
     body += [_job_html(item, figures.get(item["id"])) for item in data["jobs"]]
     if data["comparisons"]:
-        body.append(f"<h2>{html.escape(_('Comparação (V1 vs V2) por modelo'))}</h2>")
+        body.append(f"<h2>{_html(_('Comparação (V1 vs V2) por modelo'))}</h2>")
         body += [_comparison_html(c) for c in data["comparisons"]]
     body.append("</body></html>")
     return "\n".join(body)
+
+
+def _html(text) -> str:
+    """Text from files a person may edit, for the HTML: escaped, and its control characters and escape sequences
+    made visible (a raw ESC in the file would act on a terminal that shows it)."""
+    return html.escape(safe_lines(str(text), 10_000))
 
 
 def write_report(queue: Queue, since: dt.datetime, output: str | Path | None = None, auto: bool = False) -> Path:
