@@ -131,7 +131,7 @@ def test_start_up_says_the_device_and_refuses_a_full_disk_before_training(worksp
     from tests.helpers import child_env, cli_cmd, write_spec
 
     spec = write_spec(workspace, spec_with(epochs=1))
-    env = dict(child_env(), FARENSE_DISK_MARGIN_MB=str(10**12))
+    env = dict(child_env(), FARENSE_DISK_MARGIN_MB=str(10**9))
     proc = subprocess.run(cli_cmd(workspace, "run", str(spec)), capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and "Dispositivo: cpu (" in proc.stdout and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "espaço em disco insuficiente" in proc.stderr

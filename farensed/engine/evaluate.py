@@ -101,8 +101,8 @@ class Evaluator:
             raise FarenseError(
                 _("{run_dir}: job sem adapters para avaliar (treine-o primeiro)").format(run_dir=self.run_dir)
             )
-        check_safetensors(self.adapters / "adapters.safetensors", "adapters")  # damaged: one line before any work
         self.examples = load_examples(self.data_path)  # bad input fails here, before any output
+        check_safetensors(self.adapters / "adapters.safetensors", "adapters")  # damaged: one line, before any model
 
     def _fingerprint(self) -> dict:
         return {
