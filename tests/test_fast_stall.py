@@ -166,4 +166,6 @@ def test_the_stall_limit_refuses_what_would_turn_it_off_silently_or_stop_every_j
     result = runner.invoke(
         farensed_cli, ["--home", str(isolated_home), "--burst"], env={"FARENSE_STALL_MINUTES": "nan"}
     )
-    assert result.exit_code == 2 and "0 (desligado) ou pelo menos 0.1 minutos" in result.output
+    assert result.exit_code == 2 and "'--stall-minutes': não é um número" in result.output
+    result = runner.invoke(farensed_cli, ["--home", str(isolated_home), "--stall-minutes", "0.01", "--burst"])
+    assert "0 (desligado) ou pelo menos 0.1 minutos" in result.output

@@ -24,6 +24,16 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
+class FiniteRange(click.FloatRange):
+    """Click's FloatRange without NaN, which it lets through (every comparison with NaN is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(_("não é um número"), param, ctx)
+        return number
+
+
 class FarensedCommand(OneLineErrors, click.Command):
     """farensed's command: usage errors (a bad option or FARENSE_* value) as one short line."""
 
@@ -35,16 +45,14 @@ class FarensedCommand(OneLineErrors, click.Command):
 @click.option("--burst", is_flag=True, help="Exit once no job is left to run.")
 @click.option(
     "--poll",
-    type=click.FloatRange(0.05, 3600),
-    callback=lambda ctx, param, value: _finite(value, "--poll"),
+    type=FiniteRange(0.05, 3600),
     default=0.5,
     show_default=True,
     help="Seconds between checks of the running child.",
 )
 @click.option(
     "--rescan",
-    type=click.FloatRange(0.05, 3600),
-    callback=lambda ctx, param, value: _finite(value, "--rescan"),
+    type=FiniteRange(0.05, 3600),
     default=5.0,
     show_default=True,
     help="Seconds between rescans of jobs/pending/.",
@@ -66,8 +74,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--psi-full-stop",
-    type=click.FloatRange(0, 100, min_open=True),
-    callback=lambda ctx, param, value: _finite(value, "--psi-full-stop"),
+    type=FiniteRange(0, 100, min_open=True),
     default=20.0,
     envvar="FARENSE_PSI_FULL_STOP",
     show_default=True,
@@ -75,8 +82,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--psi-some-stop",
-    type=click.FloatRange(0, 100, min_open=True),
-    callback=lambda ctx, param, value: _finite(value, "--psi-some-stop"),
+    type=FiniteRange(0, 100, min_open=True),
     default=60.0,
     envvar="FARENSE_PSI_SOME_STOP",
     show_default=True,
@@ -84,16 +90,14 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--min-available-mb",
-    type=click.FloatRange(0, 10**9),
-    callback=lambda ctx, param, value: _finite(value, "--min-available-mb"),
+    type=FiniteRange(0, 10**9),
     envvar="FARENSE_MIN_AVAILABLE_MB",
     help="Available-memory floor where the kernel gives no pressure level (Linux; default 5% of RAM, 512-4096 MB) "
     "[env FARENSE_MIN_AVAILABLE_MB].",
 )
 @click.option(
     "--stop-timeout",
-    type=click.FloatRange(1, 86400),
-    callback=lambda ctx, param, value: _finite(value, "--stop-timeout"),
+    type=FiniteRange(1, 86400),
     default=300.0,
     show_default=True,
     help="Seconds to wait for the child's checkpoint.",
@@ -106,8 +110,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--battery-min",
-    type=click.FloatRange(0, 100),
-    callback=lambda ctx, param, value: _finite(value, "--battery-min"),
+    type=FiniteRange(0, 100),
     default=30.0,
     show_default=True,
     envvar="FARENSE_BATTERY_MIN",
@@ -123,7 +126,7 @@ class FarensedCommand(OneLineErrors, click.Command):
 )
 @click.option(
     "--stall-minutes",
-    type=click.FloatRange(0, 7 * 24 * 60),
+    type=FiniteRange(0, 7 * 24 * 60),
     default=DEFAULT_MINUTES,
     envvar="FARENSE_STALL_MINUTES",
     callback=lambda ctx, param, value: _check_stall(value),
@@ -190,7 +193,7 @@ def cli(
 
 
 def _check_stall(value: float) -> float:
-    if math.isnan(value) or 0 < value < MIN_MINUTES:  # NaN passes FloatRange; a few seconds would stop every job
+    if 0 < value < MIN_MINUTES:  # a few seconds would stop every job
         raise click.BadParameter(
             _("{value} não serve: 0 (desligado) ou pelo menos {least} minutos").format(value=value, least=MIN_MINUTES),
             param_hint="--stall-minutes",
@@ -206,13 +209,6 @@ def _check_window(value: str | None) -> str | None:
             parse_windows(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--window") from None
-    return value
-
-
-def _finite(value: float | None, option: str) -> float | None:
-    """Click's FloatRange lets NaN through (every comparison with it is false)."""
-    if value is not None and math.isnan(value):
-        raise click.BadParameter(_("não é um número"), param_hint=option)
     return value
 
 
