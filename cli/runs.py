@@ -63,10 +63,9 @@ def check(ref, criteria, as_json):
     run = resolve_run(ref)
     if criteria:
         try:
-            chosen = orjson.loads(criteria)
-            from farensed.spec.jobspec import SuccessConfig, _build
+            from farensed.spec.jobspec import parse_success
 
-            chosen = {k: v for k, v in vars(_build(SuccessConfig, chosen, "success.", "--success")).items()}
+            chosen = parse_success(orjson.loads(criteria), "--success")
         except orjson.JSONDecodeError as exc:
             from farensed.spec.decode import parser_reason
 
@@ -78,7 +77,6 @@ def check(ref, criteria, as_json):
         own = True
     else:
         chosen, own = criteria_of(run.spec_dict())
-    chosen = {k: v for k, v in chosen.items() if v is not None}
     evaluable = not run.seed_era and run.spec_dict() is not None  # what `farensectl eval` can evaluate
     items = verdicts(chosen, run.records(), run.read("evaluation_report.json"), evaluable)
     passed = all(v.passed for v in items)

@@ -8,14 +8,12 @@ f1_min        token F1 of the adapters at least this (seed: ≥ 0.93; needs an e
 
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import asdict, dataclass
 
 from farensed.analysis.gap import analyse
-from farensed.errors import SpecError
+from farensed.filevalues import finite
 from farensed.i18n import _
-from farensed.terminal import excerpt, safe
+from farensed.spec.jobspec import parse_success
 
 SEED_CRITERIA = {"loss_drop": 0.6, "val_improves": True, "gap_max": 0.15, "f1_min": 0.93}
 ORDER = ("loss_drop", "val_improves", "gap_max", "f1_min")
@@ -35,40 +33,13 @@ class Verdict:
         return asdict(self)
 
 
-RANGES = {  # what each criterion may be (the spec's own checks, farensed/spec/jobspec.py); a run's spec.json may
-    "loss_drop": lambda v: _number(v) and 0 <= v < 1,  # have been edited by hand since
-    "val_improves": lambda v: isinstance(v, bool),
-    "gap_max": lambda v: _number(v) and 0 < v <= 100,
-    "f1_min": lambda v: _number(v) and 0 <= v <= 1,
-}
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def criteria_of(spec: dict | None) -> tuple[dict, bool]:
     """The run's `success` criteria, else the seed's; the flag says whether they came from the spec.
 
     SpecError (one line) for criteria a hand edit broke: an unknown key (a typo would turn the check green) or a
     value out of its range."""
-    given = (spec or {}).get("success") or {}
-    if not isinstance(given, dict):
-        raise SpecError(_("spec.json da corrida: success deve ser um objeto"))
-    for key, value in given.items():
-        if key not in RANGES:
-            near = difflib.get_close_matches(str(key), RANGES, n=1)
-            hint = " " + _("(quis dizer '{key}'?)").format(key=near[0]) if near else ""
-            raise SpecError(
-                _("spec.json da corrida: success: chave desconhecida '{key}'").format(key=safe(key, 40)) + hint
-            )
-        if value is not None and not RANGES[key](value):
-            raise SpecError(
-                _("spec.json da corrida: success.{key}: valor fora do permitido ({value})").format(
-                    key=key, value=excerpt(value)
-                )
-            )
-    own = {k: v for k, v in given.items() if v is not None}
+    given = (spec or {}).get("success")
+    own = {} if given is None else parse_success(given, _("spec.json da corrida"))
     return (own, True) if own else (dict(SEED_CRITERIA), False)
 
 
@@ -121,7 +92,7 @@ def verdicts(criteria: dict, records: list[dict], evaluation: dict | None, evalu
         elif key == "f1_min":
             adapters = (evaluation if isinstance(evaluation, dict) else {}).get("adapters")
             value = adapters.get("f1_mean") if isinstance(adapters, dict) else None
-            value = value if _number(value) else None  # a report edited by hand: no evaluation
+            value = finite(value)  # a report edited by hand: no evaluation
             ok = value is not None and value >= target
             text = (
                 _("F1 {f1:.4f} (≥ {target:g})").format(f1=value, target=target)

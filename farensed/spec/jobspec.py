@@ -238,6 +238,12 @@ def _check_type(value: Any, typ: type, where: str) -> Any:
     return value
 
 
+def parse_success(raw: Any, label: str) -> dict:
+    """`success` criteria checked as a spec's are (keys, types, ranges; SpecError naming `label`), those given only:
+    a spec's key, `check --success`, a run's spec.json that a hand may have edited since."""
+    return {k: v for k, v in vars(_build(SuccessConfig, raw, "success.", label)).items() if v is not None}
+
+
 def _build(cls: type, raw: Any, prefix: str, label: str) -> Any:
     where = f"{label}: {prefix.rstrip('.')}" if prefix else label
     if not isinstance(raw, dict):
