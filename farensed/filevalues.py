@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+LARGEST = 1e15  # past it a number in such a file is a hand edit (1e308 overflows a mean), never a loss, step or rate
+
 
 def finite(value) -> int | float | None:
     """The value when it is a finite number (as it is: an int stays an int), else None."""
@@ -14,7 +16,7 @@ def finite(value) -> int | float | None:
 
 def positive(value) -> float | None:
     """A positive number below 10^15 (seconds, gigabytes, steps per second), as a float; else None."""
-    return float(value) if finite(value) is not None and 0 < value < 1e15 else None
+    return float(value) if finite(value) is not None and 0 < value < LARGEST else None
 
 
 def whole(value, top: int = 2**40) -> int | None:

@@ -52,9 +52,8 @@ def language() -> str:
             return lang
         if chosen not in _warned:  # a typo must not break a run: said once per process, English used
             _warned.add(chosen)
-            print(
-                f"farense: FARENSE_LANG={chosen[:20]!r} not supported (pt|en); using en", file=sys.stderr
-            )  # repr: no escapes
+            shown = repr(chosen[:20])  # repr: escapes made visible, and never the value whole
+            print(f"farense: FARENSE_LANG={shown} not supported (pt|en); using en", file=sys.stderr)
         return "en"
     for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
         value = os.environ.get(var, "")

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from farensed.analysis.gap import band
-from farensed.filevalues import finite
+from farensed.filevalues import LARGEST, finite
 from farensed.storage.atomic import append_line, atomic_write_bytes, atomic_write_json, fsync_file
 from farensed.storage.jsonl import parse_lines, read_jsonl, tail_lines
 
@@ -100,7 +100,6 @@ def read_last(folder: Path, n: int) -> list[dict]:
 # ---- records as readers may use them: the metrics log is a file a person can edit -------------------------------
 NUMBERS = ("step", "iteration", "iter", "epoch", "loss", "train_loss", "val_loss", "gap")
 MEASURES = ("tokens_per_second", "elapsed_s", "total_steps", "peak_memory_gb", "learning_rate")  # optional
-BOUND = 1e15  # past it a number is a hand edit (1e308 overflows a mean), never a loss, a step or a rate
 VALIDATION = ("val_loss", "train_loss", "gap")
 
 
@@ -129,6 +128,6 @@ def clean_numbers(record: dict, allow_null: bool = False) -> dict:
     left out, never passed on to arithmetic or a terminal; farense's own null (a step that counted nothing) kept."""
 
     def number(value) -> bool:
-        return allow_null if value is None else finite(value) is not None and abs(value) < BOUND
+        return allow_null if value is None else finite(value) is not None and abs(value) < LARGEST
 
     return {k: v for k, v in record.items() if k not in NUMBERS + MEASURES or number(v)}

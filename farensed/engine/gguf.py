@@ -211,9 +211,8 @@ def import_gguf(src: Path, dest: Path, log=print, digest: str | None = None, com
         )
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temps(
-        dest.parent, prefix=f".{dest.name}.tmp-"
-    )  # an import killed midway left a model-sized folder: not ours to keep
+    # an import killed midway left a model-sized temp folder: only that name's (the folder is the user's)
+    sweep_temps(dest.parent, prefix=f".{dest.name}.tmp-")
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover from an interrupted import by this pid

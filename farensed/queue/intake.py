@@ -93,7 +93,8 @@ class Intake:
         with self.lock:
             for reserved, job_id, name in reservations(self.inbox):
                 kept = self.job_dir(job_id) / SUBMITTED_FILE  # a job made from it lacks only this file
-                ours = job_id in self.ids() and not kept.parent.is_symlink() and not os.path.lexists(kept)
+                is_job = (kept.parent / JOB_FILE).is_file() and not kept.parent.is_symlink()
+                ours = is_job and not os.path.lexists(kept)
                 target = kept if ours else free_name(self.inbox, name)
                 with contextlib.suppress(OSError):  # a folder that cannot take it: it waits, nothing is lost
                     os.replace(reserved, target)
