@@ -70,10 +70,13 @@ class Intake:
                 setattr(job, key, value)
         if not_before:
             job.not_before = check_not_before(not_before, source).isoformat(timespec="seconds")
-        for dep in job.after:
+        self._check_after(job.after, source)
+        return job
+
+    def _check_after(self, deps, source) -> None:
+        for dep in deps:
             if not self.job_dir(dep).is_dir():
                 raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
-        return job
 
     def _write_job(self, job: Job, spec_bytes: bytes) -> None:
         """The job's folder, complete or not at all (written aside, then renamed into place)."""
@@ -214,6 +217,4 @@ class Intake:
     def _check_overrides(self, source: Path, spec, overrides: dict) -> None:
         if overrides.get("not_before"):
             check_not_before(overrides["not_before"], "--not-before")
-        for dep in overrides.get("after") or spec.after:
-            if not self.job_dir(dep).is_dir():
-                raise SpecError(_("{source}: after: job {dep} não existe").format(source=source, dep=dep))
+        self._check_after(overrides.get("after") or spec.after, source)
