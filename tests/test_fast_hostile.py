@@ -4,6 +4,7 @@ daemon's loop survives every file and says why it refused it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -58,19 +59,27 @@ class Lines(logging.Handler):
         self.lines.append(self.format(record))
 
 
-def run_daemon(ws: Workspace) -> list[str]:
-    """farensed's loop in this process until nothing is left to do; the lines it logged (it must return 0)."""
-    logger = logging.getLogger(f"hostile-{id(ws)}")
-    handler = Lines()
+@contextlib.contextmanager
+def captured(name: str):
+    """A logger for a daemon in this process, and the list its lines land in."""
+    logger, handler = logging.getLogger(name), Lines()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        assert Daemon(ws, log=logger, poll_interval=0.05).work(burst=True) == 0
+        yield logger, handler.lines
     finally:
         logger.removeHandler(handler)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-    return handler.lines
+
+
+def run_daemon(ws: Workspace) -> list[str]:
+    """farensed's loop in this process until nothing is left to do; the lines it logged (it must return 0)."""
+    with captured(f"hostile-{id(ws)}") as (logger, lines):
+        try:
+            assert Daemon(ws, log=logger, poll_interval=0.05).work(burst=True) == 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    return lines
 
 
 def invoke(ws: Workspace, *args: str):
@@ -493,17 +502,11 @@ print("points", calls[0])
 
 def restart(ws: Workspace) -> list[str]:
     """What a new farensed does first: recover (sweeping dead writers' temps), then read the inbox; its log lines."""
-    logger = logging.getLogger(f"restart-{id(ws)}")
-    handler = Lines()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with captured(f"restart-{id(ws)}") as (logger, lines):
         daemon = Daemon(ws, log=logger)
         daemon.recover()
         daemon._ingest()
-    finally:
-        logger.removeHandler(handler)
-    return handler.lines
+    return lines
 
 
 def test_a_kill_at_every_point_of_an_ingest_leaves_each_file_one_job_or_refused_once_and_nothing_else(tmp_path):
